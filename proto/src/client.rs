@@ -1,0 +1,1213 @@
+//! A blocking reference client for protocol v1, on `std::net` only.
+//!
+//! It is meant to be read and ported (Swift, Kotlin, ...): one TCP
+//! connection, no threads, every wait done with socket read timeouts.
+//!
+//! What it does for the caller:
+//! * handshake (HELLO → WELCOME), heartbeats (PING when idle, a connection
+//!   that stays silent too long is dead) and answering server PINGs;
+//! * per-topic resume state `(epoch, last_seq)`, updated by SUBSCRIBED and by
+//!   every EVENT, used to drop duplicates;
+//! * on a lost connection (EOF, I/O error, GOAWAY, ERROR, missed heartbeats):
+//!   exponential backoff with full jitter, reconnect, re-SUBSCRIBE every
+//!   topic with Resume, and report each new SUBSCRIBED so the caller sees
+//!   gaps ([`Delivery::Subscribed`]).
+//!
+//! A publish is never retried on a new connection: the first one may have
+//! been sequenced already, and retrying would publish it twice.
+
+use crate::codec::{decode, valid_topic, Limits};
+use crate::frame::*;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Extra silence tolerated on top of two heartbeat periods before the
+/// connection is declared dead: covers a slow mobile network round trip.
+const DEAD_GRACE: Duration = Duration::from_secs(5);
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+// ---------------------------------------------------------------------------
+// Configuration
+
+/// How to reach the server and how to behave when the connection drops.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `host:port`.
+    pub server: String,
+    /// Identifies this client in server logs; at most
+    /// `limits.client_id_bytes_max` bytes.
+    pub client_id: String,
+    /// Credential sent in HELLO; at most `limits.token_bytes_max` bytes.
+    pub token: Vec<u8>,
+    /// Limit for the TCP connect, and again for the WELCOME that follows.
+    pub connect_timeout_ms: u64,
+    /// How long `publish`, `subscribe` and `unsubscribe` wait for their
+    /// answer. On expiry the connection is dropped (its state is unknown).
+    pub request_timeout_ms: u64,
+    /// Reconnect delay window for the first attempt; doubles per failure.
+    pub backoff_min_ms: u64,
+    /// Largest reconnect delay window.
+    pub backoff_max_ms: u64,
+    /// Reconnect and resume after losing the connection. When false, the
+    /// first loss is returned as an error and the client is closed.
+    pub reconnect: bool,
+    /// Size limits for frames from the server. Raised to whatever the
+    /// server announces in WELCOME, so the client can read all it may send.
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// Defaults: a client id made of the process id and a random number,
+    /// no token, 5 s connect and request timeouts, reconnect with backoff
+    /// between 100 ms and 5 s, default limits.
+    pub fn new(server: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            server: server.into(),
+            client_id: format!("{}-{:016x}", std::process::id(), Rng::seeded().next_u64()),
+            token: Vec::new(),
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 5_000,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+            reconnect: true,
+            limits: Limits::DEFAULT,
+        }
+    }
+}
+
+/// Written by hand so the token never ends up in a log.
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("client_id", &self.client_id)
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("backoff_min_ms", &self.backoff_min_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("reconnect", &self.reconnect)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Public data types
+
+/// Where a new subscription starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Only events published from now on.
+    Live,
+    /// From this sequence of the topic's current epoch, whatever it is
+    /// (sends Resume with epoch 0 and `last_seq = seq - 1`).
+    From(u64),
+    /// Everything after `last_seq` of `epoch`, e.g. a point saved by the app.
+    Resume { epoch: u64, last_seq: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedEvent {
+    pub topic: String,
+    pub seq: u64,
+    pub epoch: u64,
+    pub publish_ts_ns: u64,
+    pub payload: Vec<u8>,
+}
+
+impl From<Event<'_>> for OwnedEvent {
+    fn from(e: Event<'_>) -> OwnedEvent {
+        OwnedEvent {
+            topic: topic_string(e.topic),
+            seq: e.seq,
+            epoch: e.epoch,
+            publish_ts_ns: e.publish_ts_ns,
+            payload: e.payload.to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedSubscribed {
+    pub topic: String,
+    pub status: SubscribeStatus,
+    pub epoch: u64,
+    pub oldest_seq: u64,
+    pub last_seq: u64,
+}
+
+impl From<Subscribed<'_>> for OwnedSubscribed {
+    fn from(s: Subscribed<'_>) -> OwnedSubscribed {
+        OwnedSubscribed {
+            topic: topic_string(s.topic),
+            status: s.status,
+            epoch: s.epoch,
+            oldest_seq: s.oldest_seq,
+            last_seq: s.last_seq,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedResumePoint {
+    pub topic: String,
+    pub epoch: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedGoAway {
+    pub reason: GoAwayReason,
+    pub retry_after_ms: u32,
+    /// `host:port` to reconnect to; empty for "the same server".
+    pub reconnect: String,
+    pub resume: Vec<OwnedResumePoint>,
+}
+
+impl From<&GoAway<'_>> for OwnedGoAway {
+    fn from(g: &GoAway<'_>) -> OwnedGoAway {
+        OwnedGoAway {
+            reason: g.reason,
+            retry_after_ms: g.retry_after_ms,
+            reconnect: String::from_utf8_lossy(g.reconnect).into_owned(),
+            resume: g
+                .resume
+                .iter()
+                .map(|p| OwnedResumePoint {
+                    topic: topic_string(p.topic),
+                    epoch: p.epoch,
+                    last_seq: p.last_seq,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What [`Client::next`] hands out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// An event of a subscribed topic, never one already delivered.
+    Event(OwnedEvent),
+    /// A subscription re-established after a reconnect. `status` other than
+    /// `Ok` means events were lost (NotRecovered: delivery restarts at
+    /// `oldest_seq`; EpochChanged: the topic's history was reset): reload
+    /// whatever state the app derives from the topic.
+    Subscribed(OwnedSubscribed),
+    /// The connection was lost because of `reason` and a new one is up after
+    /// `attempts` connection attempts. One `Subscribed` per topic follows.
+    Reconnected { reason: String, attempts: u32 },
+}
+
+/// Why a client call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Resolving, connecting, reading or writing failed.
+    Io(io::Error),
+    /// The server sent something protocol v1 does not allow.
+    Protocol(String),
+    /// PUBLISH_ACK carried this non-zero status (an [`ErrorCode`] value);
+    /// the connection stays usable.
+    Refused(u16),
+    /// The server sent ERROR with this code, then closed the connection.
+    Server { code: u16, message: String },
+    /// The server asked us to go away (during the handshake, or with
+    /// `reconnect` off, or while a request was waiting).
+    GoAway(OwnedGoAway),
+    /// The server closed the connection, or the client is closed.
+    Closed,
+    /// Nothing arrived in time; names what was awaited.
+    Timeout(&'static str),
+    /// The call's arguments or the configuration cannot work (bad topic,
+    /// payload over the server's limit, ...). Nothing was sent.
+    InvalidInput(String),
+}
+
+impl ClientError {
+    /// Errors that reconnecting cannot fix: the client stops trying.
+    fn is_fatal(&self) -> bool {
+        match self {
+            ClientError::Server { code, .. } => matches!(
+                ErrorCode::try_from(*code),
+                Ok(ErrorCode::NotAuthorized | ErrorCode::UnsupportedVersion)
+            ),
+            ClientError::InvalidInput(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "i/o error: {e}"),
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Refused(code) => write!(
+                f,
+                "refused by the server: {} ({code})",
+                ErrorCode::name_of(*code)
+            ),
+            ClientError::Server { code, message } => write!(
+                f,
+                "server error {} ({code}): {message}",
+                ErrorCode::name_of(*code)
+            ),
+            ClientError::GoAway(g) => write!(
+                f,
+                "server sent GOAWAY ({:?}, retry after {} ms)",
+                g.reason, g.retry_after_ms
+            ),
+            ClientError::Closed => f.write_str("connection closed"),
+            ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            ClientError::InvalidInput(m) => write!(f, "invalid input: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> ClientError {
+        ClientError::Io(e)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client
+
+/// Resume state of one subscription: the last event delivered (or, before
+/// any, where the server said the subscription starts).
+#[derive(Clone, Copy, Debug)]
+struct SubState {
+    epoch: u64,
+    last_seq: u64,
+}
+
+/// Bookkeeping while disconnected.
+struct Lost {
+    /// Why the last connection ended (reported in `Delivery::Reconnected`).
+    reason: String,
+    next_attempt: Instant,
+    /// GOAWAY's `reconnect` address, tried once.
+    redirect: Option<String>,
+    /// Connection attempts so far, drives the backoff.
+    attempts: u32,
+}
+
+pub struct Client {
+    config: ClientConfig,
+    /// `None` while disconnected (then `lost` says what to do) or closed.
+    conn: Option<Conn>,
+    welcome: Welcome,
+    subs: BTreeMap<String, SubState>,
+    queue: VecDeque<Delivery>,
+    next_request_id: u32,
+    rng: Rng,
+    lost: Option<Lost>,
+    /// When the current connection was made, and how many attempts it took:
+    /// a connection that dies young keeps the backoff growing.
+    connected_at: Instant,
+    attempts_before: u32,
+    closed: bool,
+}
+
+impl Client {
+    /// Connects and completes the handshake. Fails at once (no retry) if
+    /// the server cannot be reached or refuses the client.
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config
+            .limits
+            .validate()
+            .map_err(ClientError::InvalidInput)?;
+        let (conn, welcome) = Conn::open(&config.server, &config)?;
+        Ok(Client {
+            config,
+            conn: Some(conn),
+            welcome,
+            subs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            next_request_id: 1,
+            rng: Rng::seeded(),
+            lost: None,
+            connected_at: Instant::now(),
+            attempts_before: 0,
+            closed: false,
+        })
+    }
+
+    /// The WELCOME of the current (or last) connection.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// `(epoch, last_seq)` the client would resume `topic` from: save it to
+    /// resume with [`Start::Resume`] after the app restarts.
+    pub fn resume_point(&self, topic: &str) -> Option<(u64, u64)> {
+        self.subs.get(topic).map(|s| (s.epoch, s.last_seq))
+    }
+
+    /// Closes the connection; every later call fails with `Closed`.
+    pub fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
+        self.closed = true;
+    }
+
+    /// Publishes one event and waits for its PUBLISH_ACK. Events that
+    /// arrive meanwhile are kept for [`Client::next`].
+    ///
+    /// Not retried if the connection drops before the ack: the error is
+    /// returned, and the event may or may not have been published.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<PublishAck, ClientError> {
+        self.check_topic(topic)?;
+        let max = self.welcome.payload_bytes_max;
+        if payload.len() as u64 > u64::from(max) {
+            return Err(ClientError::InvalidInput(format!(
+                "payload of {} bytes is over the server's {max}-byte limit",
+                payload.len()
+            )));
+        }
+        self.ensure_connected(None)?;
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.send(&Frame::Publish(Publish {
+            request_id,
+            topic: topic.as_bytes(),
+            payload,
+        }))?;
+        let deadline = self.request_deadline();
+        loop {
+            match self.recv(Some(deadline))? {
+                Some(Inbound::PublishAck(ack)) if ack.request_id == request_id => {
+                    return if ack.status == 0 {
+                        Ok(ack)
+                    } else {
+                        Err(ClientError::Refused(ack.status))
+                    };
+                }
+                Some(other) => self.handle_unsolicited(other),
+                None => return Err(self.request_timed_out("PUBLISH_ACK")),
+            }
+        }
+    }
+
+    /// Subscribes to `topic` and waits for SUBSCRIBED. Replayed events (for
+    /// `From` / `Resume`) follow through [`Client::next`].
+    pub fn subscribe(&mut self, topic: &str, start: Start) -> Result<OwnedSubscribed, ClientError> {
+        self.check_topic(topic)?;
+        if self.subs.contains_key(topic) {
+            return Err(ClientError::InvalidInput(format!(
+                "already subscribed to {topic}; unsubscribe first"
+            )));
+        }
+        self.ensure_connected(None)?;
+        let max = usize::from(self.welcome.subscriptions_max);
+        if self.subs.len() >= max {
+            return Err(ClientError::InvalidInput(format!(
+                "the server allows {max} subscriptions per connection"
+            )));
+        }
+        let (mode, epoch, last_seq) = match start {
+            Start::Live => (StartMode::Live, 0, 0),
+            Start::From(seq) => (StartMode::Resume, 0, seq.saturating_sub(1)),
+            Start::Resume { epoch, last_seq } => (StartMode::Resume, epoch, last_seq),
+        };
+        self.send(&Frame::Subscribe(Subscribe {
+            mode,
+            epoch,
+            last_seq,
+            topic: topic.as_bytes(),
+        }))?;
+        let deadline = self.request_deadline();
+        loop {
+            match self.recv(Some(deadline))? {
+                Some(Inbound::Subscribed(s)) if s.topic == topic => {
+                    let state = state_after_subscribed(&s, mode, epoch, last_seq);
+                    self.subs.insert(s.topic.clone(), state);
+                    return Ok(s);
+                }
+                Some(other) => self.handle_unsolicited(other),
+                None => return Err(self.request_timed_out("SUBSCRIBED")),
+            }
+        }
+    }
+
+    /// Ends a subscription. No event of `topic` is delivered after this
+    /// returns, even one already received. While disconnected this only
+    /// forgets the topic (the next connection will not subscribe it).
+    pub fn unsubscribe(&mut self, topic: &str) -> Result<(), ClientError> {
+        if self.subs.remove(topic).is_none() {
+            return Err(ClientError::InvalidInput(format!(
+                "not subscribed to {topic}"
+            )));
+        }
+        self.queue
+            .retain(|d| !matches!(d, Delivery::Event(e) if e.topic == topic));
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        self.send(&Frame::Unsubscribe {
+            topic: topic.as_bytes(),
+        })?;
+        let deadline = self.request_deadline();
+        loop {
+            match self.recv(Some(deadline))? {
+                Some(Inbound::Unsubscribed(t)) if t == topic => return Ok(()),
+                Some(other) => self.handle_unsolicited(other),
+                None => return Err(self.request_timed_out("UNSUBSCRIBED")),
+            }
+        }
+    }
+
+    /// Sends a position fix. The server does not acknowledge it.
+    pub fn send_position(&mut self, position: Position) -> Result<(), ClientError> {
+        if position.validate().is_err() {
+            return Err(ClientError::InvalidInput(format!(
+                "position out of range: {position:?}"
+            )));
+        }
+        self.ensure_connected(None)?;
+        self.send(&Frame::Position(position))
+    }
+
+    /// Blocks until the next delivery. Reconnects (when configured) as
+    /// often as needed; returns an error only when the client gives up.
+    // Not `Iterator::next`: it blocks and can fail, and the name is the
+    // one client ports use.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Delivery, ClientError> {
+        loop {
+            if let Some(d) = self.next_until(None)? {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// Like [`Client::next`], but returns `Ok(None)` after `timeout`. A
+    /// reconnect attempt already started is finished first, so the call can
+    /// overrun by up to `connect_timeout_ms` + `request_timeout_ms`.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>, ClientError> {
+        self.next_until(Some(Instant::now() + timeout))
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Result<Option<Delivery>, ClientError> {
+        loop {
+            if let Some(d) = self.queue.pop_front() {
+                return Ok(Some(d));
+            }
+            if !self.ensure_connected(deadline)? {
+                return Ok(None);
+            }
+            match self.recv(deadline) {
+                Ok(Some(inbound)) => self.handle_unsolicited(inbound),
+                Ok(None) => return Ok(None),
+                // `recv` has recorded the loss; the next turn reconnects.
+                Err(e) if self.closed => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+
+    // -- connection management ---------------------------------------------
+
+    /// Makes sure there is a connection, reconnecting (with backoff) if
+    /// needed. `Ok(false)`: the deadline came first.
+    fn ensure_connected(&mut self, deadline: Option<Instant>) -> Result<bool, ClientError> {
+        loop {
+            if self.conn.is_some() {
+                return Ok(true);
+            }
+            let next_attempt = match &self.lost {
+                Some(lost) if !self.closed => lost.next_attempt,
+                _ => return Err(ClientError::Closed),
+            };
+            let now = Instant::now();
+            if let Some(deadline) = deadline {
+                if deadline < next_attempt {
+                    std::thread::sleep(deadline.saturating_duration_since(now));
+                    return Ok(false);
+                }
+            }
+            std::thread::sleep(next_attempt.saturating_duration_since(now));
+            self.reconnect_once()?;
+        }
+    }
+
+    /// One reconnect attempt. `Err` only for a failure that retrying cannot
+    /// fix; other failures schedule the next attempt.
+    fn reconnect_once(&mut self) -> Result<(), ClientError> {
+        let Some(lost) = self.lost.take() else {
+            return Ok(());
+        };
+        let attempts = lost.attempts + 1;
+        let addr = lost.redirect.as_deref().unwrap_or(&self.config.server);
+        match Conn::open(addr, &self.config) {
+            Ok((conn, welcome)) => {
+                self.conn = Some(conn);
+                self.welcome = welcome;
+                self.connected_at = Instant::now();
+                self.attempts_before = attempts;
+                self.queue.push_back(Delivery::Reconnected {
+                    reason: lost.reason,
+                    attempts,
+                });
+                match self.resubscribe_all() {
+                    Err(e) if e.is_fatal() => {
+                        self.closed = true;
+                        Err(e)
+                    }
+                    // Any other failure was recorded as a new loss by
+                    // `send` / `recv`; the caller's loop tries again.
+                    _ => Ok(()),
+                }
+            }
+            Err(e) if e.is_fatal() => {
+                self.closed = true;
+                Err(e)
+            }
+            Err(e) => {
+                let goaway = match &e {
+                    ClientError::GoAway(g) => Some(g),
+                    _ => None,
+                };
+                self.lost = Some(Lost {
+                    reason: lost.reason,
+                    next_attempt: Instant::now() + self.retry_delay(attempts, goaway),
+                    redirect: goaway.and_then(redirect_of),
+                    attempts,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-SUBSCRIBEs every topic with Resume from its saved point and queues
+    /// each SUBSCRIBED as a delivery.
+    fn resubscribe_all(&mut self) -> Result<(), ClientError> {
+        let subs: Vec<(String, SubState)> =
+            self.subs.iter().map(|(t, s)| (t.clone(), *s)).collect();
+        // Pipelined: all requests first, then the answers, in any order.
+        for (topic, state) in &subs {
+            self.send(&Frame::Subscribe(Subscribe {
+                mode: StartMode::Resume,
+                epoch: state.epoch,
+                last_seq: state.last_seq,
+                topic: topic.as_bytes(),
+            }))?;
+        }
+        let mut waiting: BTreeSet<&str> = subs.iter().map(|(t, _)| t.as_str()).collect();
+        let deadline = self.request_deadline();
+        while !waiting.is_empty() {
+            match self.recv(Some(deadline))? {
+                Some(Inbound::Subscribed(s)) if waiting.remove(s.topic.as_str()) => {
+                    if let Some(state) = self.subs.get_mut(&s.topic) {
+                        *state = state_after_subscribed(
+                            &s,
+                            StartMode::Resume,
+                            state.epoch,
+                            state.last_seq,
+                        );
+                    }
+                    self.queue.push_back(Delivery::Subscribed(s));
+                }
+                Some(other) => self.handle_unsolicited(other),
+                None => return Err(self.request_timed_out("SUBSCRIBED after reconnect")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the connection and schedules the reconnect (or closes the
+    /// client if reconnecting is off).
+    fn connection_lost(&mut self, reason: &ClientError) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
+        if !self.config.reconnect {
+            self.closed = true;
+            return;
+        }
+        let goaway = match reason {
+            ClientError::GoAway(g) => Some(g),
+            _ => None,
+        };
+        // A connection that lived long enough counts as a success and resets
+        // the backoff; one that died young (a server crashing at startup, a
+        // proxy accepting then closing) keeps it growing.
+        let lived = self.connected_at.elapsed();
+        let attempts = if lived >= Duration::from_millis(self.config.backoff_max_ms) {
+            0
+        } else {
+            self.attempts_before
+        };
+        self.lost = Some(Lost {
+            reason: reason.to_string(),
+            next_attempt: Instant::now() + self.retry_delay(attempts, goaway),
+            redirect: goaway.and_then(redirect_of),
+            attempts,
+        });
+    }
+
+    /// Delay before the next attempt: GOAWAY's `retry_after_ms` when given
+    /// (the server already jittered it), else exponential backoff with full
+    /// jitter: uniform in `0..=min(max, min * 2^failures)`, which spreads a
+    /// crowd of phones reconnecting at once.
+    fn retry_delay(&mut self, failures: u32, goaway: Option<&OwnedGoAway>) -> Duration {
+        if let Some(g) = goaway {
+            return Duration::from_millis(u64::from(g.retry_after_ms));
+        }
+        let window = self
+            .config
+            .backoff_min_ms
+            .saturating_mul(1 << failures.min(63))
+            .min(self.config.backoff_max_ms);
+        Duration::from_millis(self.rng.below_inclusive(window))
+    }
+
+    fn request_timed_out(&mut self, what: &'static str) -> ClientError {
+        // The request may still be answered later; the connection's state is
+        // unknown, so start over on a fresh one.
+        let e = ClientError::Timeout(what);
+        self.connection_lost(&e);
+        e
+    }
+
+    fn request_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    // -- frames ---------------------------------------------------------------
+
+    fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ClientError::Closed);
+        };
+        if let Err(e) = conn.send(frame) {
+            self.connection_lost(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The next frame the caller must look at (`None`: deadline). A frame
+    /// that ends the connection (GOAWAY, ERROR) and every read failure are
+    /// recorded as a loss and returned as the error.
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Inbound>, ClientError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ClientError::Closed);
+        };
+        let err = match conn.recv(deadline) {
+            Ok(Some(Inbound::GoAway(g))) => ClientError::GoAway(g),
+            Ok(Some(Inbound::Error { code, message })) => ClientError::Server { code, message },
+            Ok(other) => return Ok(other),
+            Err(e) => e,
+        };
+        self.connection_lost(&err);
+        Err(err)
+    }
+
+    /// A frame nobody in particular waits for.
+    fn handle_unsolicited(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Event(e) => {
+                if self.accept_event(&e) {
+                    self.queue.push_back(Delivery::Event(e));
+                }
+            }
+            // Answers to requests that timed out on an earlier connection
+            // cannot reach us (we drop the connection on timeout), so these
+            // are harmless server quirks: ignore them.
+            Inbound::PublishAck(_) | Inbound::Subscribed(_) | Inbound::Unsubscribed(_) => {}
+            // `recv` turns these into errors; listed for completeness.
+            Inbound::GoAway(_) | Inbound::Error { .. } => {}
+        }
+    }
+
+    /// Updates the topic's resume point; false for an event to drop: a
+    /// duplicate (seq already seen in this epoch) or a topic no longer
+    /// subscribed.
+    fn accept_event(&mut self, e: &OwnedEvent) -> bool {
+        let Some(state) = self.subs.get_mut(&e.topic) else {
+            return false;
+        };
+        if e.epoch == state.epoch && e.seq <= state.last_seq {
+            return false;
+        }
+        state.epoch = e.epoch;
+        state.last_seq = e.seq;
+        true
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let limits = Limits {
+            topic_bytes_max: self.welcome.topic_bytes_max,
+            ..self.config.limits
+        };
+        if valid_topic(topic.as_bytes(), &limits) {
+            Ok(())
+        } else {
+            Err(ClientError::InvalidInput(format!(
+                "invalid topic {topic:?}: 1 to {} bytes of A-Z a-z 0-9 _ . : -",
+                limits.topic_bytes_max
+            )))
+        }
+    }
+}
+
+/// Resume point right after SUBSCRIBED: the highest sequence the client
+/// must NOT be given again. Too low is harmless (only duplicates would slip
+/// through, and a fresh subscription has none); too high would drop events.
+fn state_after_subscribed(
+    s: &OwnedSubscribed,
+    mode: StartMode,
+    asked_epoch: u64,
+    asked_last_seq: u64,
+) -> SubState {
+    let last_seq = match mode {
+        // Live starts after the newest event at subscription time.
+        StartMode::Live => s.last_seq,
+        // Resume in the same epoch (0 = "current"): replay follows from
+        // what we asked for (or from oldest_seq if that is gone).
+        StartMode::Resume
+            if s.status != SubscribeStatus::EpochChanged
+                && (asked_epoch == 0 || asked_epoch == s.epoch) =>
+        {
+            asked_last_seq
+        }
+        // A new epoch: its sequences restart, accept everything.
+        StartMode::Resume => 0,
+    };
+    SubState {
+        epoch: s.epoch,
+        last_seq,
+    }
+}
+
+/// GOAWAY's reconnect address, if it gave one.
+fn redirect_of(g: &OwnedGoAway) -> Option<String> {
+    (!g.reconnect.is_empty()).then(|| g.reconnect.clone())
+}
+
+/// Topics are checked ASCII by the decoder, so this never loses anything.
+fn topic_string(topic: &[u8]) -> String {
+    String::from_utf8_lossy(topic).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// One connection
+
+/// Server frames, owned (they outlive the read buffer). PING and PONG are
+/// handled inside [`Conn::recv`] and never come out.
+enum Inbound {
+    Subscribed(OwnedSubscribed),
+    Unsubscribed(String),
+    PublishAck(PublishAck),
+    Event(OwnedEvent),
+    GoAway(OwnedGoAway),
+    Error { code: u16, message: String },
+}
+
+/// What one decoded frame means to the connection.
+enum Received {
+    Welcome(Welcome),
+    Ping(u64),
+    Pong,
+    Other(Inbound),
+}
+
+impl Received {
+    fn from_frame(frame: Frame<'_>) -> Result<Received, ClientError> {
+        Ok(match frame {
+            Frame::Welcome(w) => Received::Welcome(w),
+            Frame::Ping { nonce } => Received::Ping(nonce),
+            Frame::Pong { .. } => Received::Pong,
+            Frame::Subscribed(s) => Received::Other(Inbound::Subscribed(s.into())),
+            Frame::Unsubscribed { topic } => {
+                Received::Other(Inbound::Unsubscribed(topic_string(topic)))
+            }
+            Frame::PublishAck(a) => Received::Other(Inbound::PublishAck(a)),
+            Frame::Event(e) => Received::Other(Inbound::Event(e.into())),
+            Frame::GoAway(g) => Received::Other(Inbound::GoAway((&g).into())),
+            Frame::Error(e) => Received::Other(Inbound::Error {
+                code: e.code,
+                message: String::from_utf8_lossy(e.message).into_owned(),
+            }),
+            Frame::Hello(_)
+            | Frame::Subscribe(_)
+            | Frame::Unsubscribe { .. }
+            | Frame::Publish(_)
+            | Frame::Position(_) => {
+                return Err(ClientError::Protocol(format!(
+                    "the server sent {}, a frame only clients send",
+                    frame.frame_type()
+                )))
+            }
+        })
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Received bytes; `buf[start..]` is not decoded yet.
+    buf: Vec<u8>,
+    start: usize,
+    /// Reused for encoding outgoing frames.
+    out: Vec<u8>,
+    limits: Limits,
+    /// PING after this long without sending anything; `None`: never.
+    heartbeat: Option<Duration>,
+    /// Dead after this long without receiving anything; `None`: never.
+    dead_after: Option<Duration>,
+    last_sent: Instant,
+    last_recv: Instant,
+    ping_nonce: u64,
+}
+
+impl Conn {
+    /// TCP connect, HELLO, WELCOME.
+    fn open(addr: &str, config: &ClientConfig) -> Result<(Conn, Welcome), ClientError> {
+        if config.client_id.len() > usize::from(config.limits.client_id_bytes_max) {
+            return Err(ClientError::InvalidInput(format!(
+                "client_id is over {} bytes",
+                config.limits.client_id_bytes_max
+            )));
+        }
+        if config.token.len() > usize::from(config.limits.token_bytes_max) {
+            return Err(ClientError::InvalidInput(format!(
+                "token is over {} bytes",
+                config.limits.token_bytes_max
+            )));
+        }
+        let timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let stream = connect_any(addr, timeout)?;
+        // Frames are small and latency matters more than packet count.
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(timeout))?;
+        let now = Instant::now();
+        let mut conn = Conn {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            out: Vec::new(),
+            limits: config.limits,
+            heartbeat: None,
+            dead_after: None,
+            last_sent: now,
+            last_recv: now,
+            ping_nonce: 0,
+        };
+        conn.send(&Frame::Hello(Hello {
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            client_id: config.client_id.as_bytes(),
+            token: &config.token,
+        }))?;
+        let welcome = match conn.recv_raw(Some(now + timeout))? {
+            Some(Received::Welcome(w)) => w,
+            Some(Received::Other(Inbound::Error { code, message })) => {
+                return Err(ClientError::Server { code, message })
+            }
+            Some(Received::Other(Inbound::GoAway(g))) => return Err(ClientError::GoAway(g)),
+            Some(_) => {
+                return Err(ClientError::Protocol(
+                    "the server's first frame is not WELCOME".into(),
+                ))
+            }
+            None => return Err(ClientError::Timeout("WELCOME")),
+        };
+        if welcome.version != PROTOCOL_VERSION {
+            return Err(ClientError::Protocol(format!(
+                "the server chose protocol version {}; this client speaks only {PROTOCOL_VERSION}",
+                welcome.version
+            )));
+        }
+        // Accept everything the server says it may send.
+        conn.limits.frame_bytes_max = conn.limits.frame_bytes_max.max(welcome.frame_bytes_max);
+        conn.limits.payload_bytes_max =
+            conn.limits.payload_bytes_max.max(welcome.payload_bytes_max);
+        conn.limits.topic_bytes_max = conn.limits.topic_bytes_max.max(welcome.topic_bytes_max);
+        if welcome.heartbeat_ms > 0 {
+            let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
+            let dead_after = heartbeat * 2 + DEAD_GRACE;
+            conn.heartbeat = Some(heartbeat);
+            conn.dead_after = Some(dead_after);
+            // A write that cannot finish in that time is as dead as a read.
+            conn.stream.set_write_timeout(Some(dead_after))?;
+        }
+        Ok((conn, welcome))
+    }
+
+    fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
+        self.out.clear();
+        frame.encode(&mut self.out);
+        // A partial write leaves the stream mid-frame: any error here ends
+        // the connection (the caller treats it as lost).
+        self.stream
+            .write_all(&self.out)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    ClientError::Timeout("the server to accept our data")
+                }
+                _ => ClientError::Io(e),
+            })?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Next frame for the client; answers PINGs and swallows PONGs.
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Inbound>, ClientError> {
+        loop {
+            match self.recv_raw(deadline)? {
+                None => return Ok(None),
+                Some(Received::Other(inbound)) => return Ok(Some(inbound)),
+                Some(Received::Ping(nonce)) => self.send(&Frame::Pong { nonce })?,
+                // Its only job was to arrive, which already counted as life.
+                Some(Received::Pong) => {}
+                Some(Received::Welcome(_)) => {
+                    return Err(ClientError::Protocol("WELCOME after the handshake".into()))
+                }
+            }
+        }
+    }
+
+    /// Next decoded frame, sending heartbeats while waiting. `None`: the
+    /// deadline passed. Errors end the connection.
+    fn recv_raw(&mut self, deadline: Option<Instant>) -> Result<Option<Received>, ClientError> {
+        loop {
+            if let Some(received) = self.take_frame()? {
+                return Ok(Some(received));
+            }
+            let now = Instant::now();
+            let ping_at = self.heartbeat.map(|h| self.last_sent + h);
+            let dead_at = self.dead_after.map(|d| self.last_recv + d);
+            if ping_at.is_some_and(|t| now >= t) {
+                self.ping_nonce = self.ping_nonce.wrapping_add(1);
+                self.send(&Frame::Ping {
+                    nonce: self.ping_nonce,
+                })?;
+                continue;
+            }
+            if dead_at.is_some_and(|t| now >= t) {
+                return Err(ClientError::Timeout("any data from the server (heartbeat)"));
+            }
+            if deadline.is_some_and(|t| now >= t) {
+                return Ok(None);
+            }
+            // Sleep in read() until data, or the next thing we must do.
+            let wake = [ping_at, dead_at, deadline].into_iter().flatten().min();
+            let timeout = wake.map(|t| {
+                t.saturating_duration_since(now)
+                    .max(Duration::from_millis(1))
+            });
+            self.stream.set_read_timeout(timeout)?;
+            self.fill()?;
+        }
+    }
+
+    /// Decodes one frame from the buffer, if a whole one is there.
+    fn take_frame(&mut self) -> Result<Option<Received>, ClientError> {
+        let (received, used) = match decode(&self.buf[self.start..], &self.limits) {
+            Ok(None) => return Ok(None),
+            Ok(Some((frame, used))) => (Received::from_frame(frame)?, used),
+            Err(e) => {
+                return Err(ClientError::Protocol(format!(
+                    "bad frame from the server: {e}"
+                )))
+            }
+        };
+        self.start += used;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(received))
+    }
+
+    /// One read() into the buffer; a read timeout is not an error.
+    fn fill(&mut self) -> Result<(), ClientError> {
+        // Move undecoded bytes to the front before growing the buffer.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let old_len = self.buf.len();
+        self.buf.resize(old_len + READ_CHUNK, 0);
+        let result = self.stream.read(&mut self.buf[old_len..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(old_len + n);
+        match result {
+            Ok(0) => Err(ClientError::Closed),
+            Ok(_) => {
+                self.last_recv = Instant::now();
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(ClientError::Io(e)),
+        }
+    }
+}
+
+/// Connects to the first address of `addr` that answers.
+fn connect_any(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let mut last_err = None;
+    for sockaddr in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&sockaddr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(match last_err {
+        Some(e) => ClientError::Io(e),
+        None => ClientError::InvalidInput(format!("{addr} resolves to no address")),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Randomness for jitter and client ids (no dependency needed: xorshift64*
+// seeded from std's per-process random hasher keys and the clock).
+
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.write_u128(nanos);
+        Rng(h.finish() | 1) // xorshift must not start at 0
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..=n` for jitter.
+    fn below_inclusive(&mut self, n: u64) -> u64 {
+        match n.checked_add(1) {
+            Some(m) => self.next_u64() % m,
+            None => self.next_u64(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscribed(status: SubscribeStatus, epoch: u64, oldest: u64, last: u64) -> OwnedSubscribed {
+        OwnedSubscribed {
+            topic: "t".into(),
+            status,
+            epoch,
+            oldest_seq: oldest,
+            last_seq: last,
+        }
+    }
+
+    #[test]
+    fn resume_point_after_subscribed() {
+        use SubscribeStatus::*;
+        let live = state_after_subscribed(&subscribed(Ok, 7, 1, 50), StartMode::Live, 0, 0);
+        assert_eq!((live.epoch, live.last_seq), (7, 50));
+        // From(10) on the current epoch: replay 10.. is expected.
+        let from = state_after_subscribed(&subscribed(Ok, 7, 1, 50), StartMode::Resume, 0, 9);
+        assert_eq!((from.epoch, from.last_seq), (7, 9));
+        let gone = state_after_subscribed(
+            &subscribed(NotRecovered, 7, 30, 50),
+            StartMode::Resume,
+            7,
+            9,
+        );
+        assert_eq!((gone.epoch, gone.last_seq), (7, 9));
+        let reset =
+            state_after_subscribed(&subscribed(EpochChanged, 8, 1, 3), StartMode::Resume, 7, 9);
+        assert_eq!((reset.epoch, reset.last_seq), (8, 0));
+    }
+
+    #[test]
+    fn backoff_stays_in_window() {
+        let mut config = ClientConfig::new("127.0.0.1:1");
+        config.backoff_min_ms = 100;
+        config.backoff_max_ms = 5_000;
+        let mut client = Client {
+            config,
+            conn: None,
+            welcome: Welcome {
+                version: 1,
+                heartbeat_ms: 0,
+                idle_timeout_ms: 0,
+                frame_bytes_max: 0,
+                payload_bytes_max: 0,
+                subscriptions_max: 0,
+                topic_bytes_max: 0,
+            },
+            subs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            next_request_id: 1,
+            rng: Rng::seeded(),
+            lost: None,
+            connected_at: Instant::now(),
+            attempts_before: 0,
+            closed: false,
+        };
+        for failures in [0u32, 1, 3, 6, 10, 63, 64, 1000] {
+            let window = (100u64 << failures.min(20)).min(5_000);
+            for _ in 0..200 {
+                let d = client.retry_delay(failures, None);
+                assert!(d <= Duration::from_millis(window), "{failures}: {d:?}");
+            }
+        }
+        // Full jitter actually spreads: not everything at the top of the window.
+        let spread: BTreeSet<_> = (0..50).map(|_| client.retry_delay(10, None)).collect();
+        assert!(spread.len() > 10);
+        let g = OwnedGoAway {
+            reason: GoAwayReason::ServerFull,
+            retry_after_ms: 1234,
+            reconnect: String::new(),
+            resume: Vec::new(),
+        };
+        assert_eq!(client.retry_delay(0, Some(&g)), Duration::from_millis(1234));
+    }
+
+    #[test]
+    fn default_config() {
+        let c = ClientConfig::new("example.org:7000");
+        assert!(c.reconnect);
+        assert_eq!((c.backoff_min_ms, c.backoff_max_ms), (100, 5_000));
+        assert!(c.client_id.len() <= usize::from(c.limits.client_id_bytes_max));
+        assert_ne!(c.client_id, ClientConfig::new("x:1").client_id);
+        assert!(!format!("{c:?}").contains("token: ["));
+    }
+}

@@ -1,0 +1,11 @@
+//! cluecast protocol v1: frame types, the codec, and a reference client.
+//!
+//! This crate has no heavy dependencies on purpose: game backends, load
+//! generators and tests link it without building the appliance.
+
+pub mod client;
+pub mod codec;
+pub mod frame;
+
+pub use codec::{decode, valid_topic, DecodeError, Limits};
+pub use frame::*;

@@ -1,0 +1,137 @@
+//! The command line: `run` starts the appliance; `pub` and `sub` are small
+//! clients built on the reference client library, for operators and scripts.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
+use cluecast_proto::SubscribeStatus;
+
+use crate::config::RunArgs;
+use crate::log::Level;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cluecast",
+    version,
+    about = "Real-time event appliance: sequenced, replayable fan-out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the appliance (runs until SIGTERM or SIGINT, then drains)
+    Run {
+        #[command(flatten)]
+        args: Box<RunArgs>,
+        /// Most detailed log level printed
+        #[arg(long, env = "CLUECAST_LOG_LEVEL", value_enum, default_value = "info")]
+        log_level: Level,
+    },
+    /// Publish one event and print the sequence it was given
+    Pub {
+        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
+        server: String,
+        topic: String,
+        message: String,
+    },
+    /// Print a topic's events as `SEQ<TAB>PAYLOAD` lines; reconnects and
+    /// resumes by itself when the server restarts
+    Sub {
+        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
+        server: String,
+        topic: String,
+        /// Start at this sequence (as far back as the server retains)
+        #[arg(long)]
+        from: Option<u64>,
+        /// Exit after this many events
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { args, log_level } => {
+            crate::log::set_level(log_level);
+            args.resolve()
+                .and_then(|settings| crate::engine::run(&settings))
+        }
+        Command::Pub {
+            server,
+            topic,
+            message,
+        } => publish(&server, &topic, message.as_bytes()),
+        Command::Sub {
+            server,
+            topic,
+            from,
+            count,
+        } => subscribe(&server, &topic, from, count),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("cluecast: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn publish(server: &str, topic: &str, payload: &[u8]) -> Result<(), String> {
+    let mut config = ClientConfig::new(server);
+    config.reconnect = false;
+    let mut client = Client::connect(config).map_err(|e| format!("{server}: {e}"))?;
+    let ack = client.publish(topic, payload).map_err(|e| e.to_string())?;
+    println!("{}", ack.seq);
+    client.close();
+    Ok(())
+}
+
+fn subscribe(
+    server: &str,
+    topic: &str,
+    from: Option<u64>,
+    count: Option<u64>,
+) -> Result<(), String> {
+    let mut client =
+        Client::connect(ClientConfig::new(server)).map_err(|e| format!("{server}: {e}"))?;
+    let start = from.map_or(Start::Live, Start::From);
+    let subscribed = client.subscribe(topic, start).map_err(|e| e.to_string())?;
+    report_gap(&subscribed.status, subscribed.oldest_seq);
+    let mut stdout = std::io::stdout().lock();
+    let mut received = 0u64;
+    while count.is_none_or(|n| received < n) {
+        match client.next().map_err(|e| e.to_string())? {
+            Delivery::Event(event) => {
+                let text = String::from_utf8_lossy(&event.payload).replace('\n', "\\n");
+                writeln!(stdout, "{}\t{text}", event.seq).map_err(|e| e.to_string())?;
+                stdout.flush().map_err(|e| e.to_string())?;
+                received += 1;
+            }
+            Delivery::Subscribed(s) => report_gap(&s.status, s.oldest_seq),
+            Delivery::Reconnected { reason, attempts } => {
+                eprintln!("cluecast: reconnected after {attempts} attempt(s) ({reason})");
+            }
+        }
+    }
+    client.close();
+    Ok(())
+}
+
+fn report_gap(status: &SubscribeStatus, oldest_seq: u64) {
+    match status {
+        SubscribeStatus::Ok => {}
+        SubscribeStatus::NotRecovered => {
+            eprintln!("cluecast: some events are no longer retained; continuing from {oldest_seq}")
+        }
+        SubscribeStatus::EpochChanged => eprintln!(
+            "cluecast: the topic's history was reset; continuing from {oldest_seq} of the new epoch"
+        ),
+    }
+}

@@ -1,0 +1,229 @@
+//! Settings of `cluecast run`: every one is a flag, a CLUECAST_* variable and
+//! a key of the TOML file given with --config (flag > variable > file >
+//! built-in default), declared once below.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cluecast_proto::Limits;
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
+        #[derive(clap::Args, serde::Deserialize, Default, Debug, Clone)]
+        #[serde(deny_unknown_fields)]
+        pub struct RunArgs {
+            /// TOML file with any of the settings below, keys as the long flag
+            /// names with underscores
+            #[arg(long, env = "CLUECAST_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $name: Option<$ty>, )*
+        }
+
+        /// The resolved settings of one appliance.
+        #[derive(Debug, Clone)]
+        pub struct Settings { $( $(#[doc = $doc])* pub $name: $ty, )* }
+
+        impl RunArgs {
+            /// Fills what flags and variables left unset from `file`.
+            fn or(self, file: RunArgs) -> RunArgs {
+                RunArgs { config: self.config, $( $name: self.$name.or(file.$name), )* }
+            }
+
+            fn or_defaults(self) -> Settings {
+                Settings { $( $name: self.$name.unwrap_or_else(|| $default), )* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address to accept clients on (loopback only until authentication exists)
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7400)), "CLUECAST_LISTEN";
+    /// Shards, one pinned thread and ring each [default: 60% of the CPUs, at least 1]
+    shards: usize = default_shards(), "CLUECAST_SHARDS";
+    /// Connections per shard [default: derived from the open-file limit]
+    connections_max: usize = 0, "CLUECAST_CONNECTIONS_MAX";
+    /// Largest event payload accepted
+    payload_bytes_max: u32 = Limits::DEFAULT.payload_bytes_max, "CLUECAST_PAYLOAD_BYTES_MAX";
+    /// Longest topic name accepted
+    topic_bytes_max: u8 = Limits::DEFAULT.topic_bytes_max, "CLUECAST_TOPIC_BYTES_MAX";
+    /// Subscriptions one connection may hold
+    subscriptions_max: u16 = 64, "CLUECAST_SUBSCRIPTIONS_MAX";
+    /// Topics the appliance keeps, in all
+    topics_max: usize = 10_000, "CLUECAST_TOPICS_MAX";
+    /// Events of history kept per topic for resume
+    history_events_max: usize = 4096, "CLUECAST_HISTORY_EVENTS_MAX";
+    /// Bytes of history kept per topic for resume
+    history_bytes_max: usize = 1 << 20, "CLUECAST_HISTORY_BYTES_MAX";
+    /// Bytes queued for one connection before it is fed from history instead
+    queue_bytes_max: usize = 256 << 10, "CLUECAST_QUEUE_BYTES_MAX";
+    /// Frame arena per shard (history and queued frames live here)
+    arena_bytes: usize = 64 << 20, "CLUECAST_ARENA_BYTES";
+    /// Sends of a frame at least this large go out zero-copy; 0 turns zero-copy off
+    zerocopy_bytes_min: usize = 0, "CLUECAST_ZEROCOPY_BYTES_MIN";
+    /// Interval at which clients are told to ping when otherwise silent
+    heartbeat_ms: u32 = 30_000, "CLUECAST_HEARTBEAT_MS";
+    /// A connection silent for this long is closed
+    idle_timeout_ms: u32 = 90_000, "CLUECAST_IDLE_TIMEOUT_MS";
+    /// A connection must complete HELLO within this time
+    handshake_timeout_ms: u32 = 5_000, "CLUECAST_HANDSHAKE_TIMEOUT_MS";
+    /// On SIGTERM/SIGINT, time allowed to flush go-away to every client
+    drain_timeout_ms: u32 = 5_000, "CLUECAST_DRAIN_TIMEOUT_MS";
+    /// Base of the retry hint sent to clients refused for capacity (jittered up to 2x)
+    retry_after_ms: u32 = 1_000, "CLUECAST_RETRY_AFTER_MS";
+    /// Submission queue entries per ring (the completion queue is 4x)
+    ring_entries: u32 = 4096, "CLUECAST_RING_ENTRIES";
+    /// Provided receive buffers per shard (a power of two)
+    recv_buffers: u16 = 4096, "CLUECAST_RECV_BUFFERS";
+    /// Size of each receive buffer
+    recv_buffer_bytes: u32 = 4096, "CLUECAST_RECV_BUFFER_BYTES";
+    /// Capacity of each shard-to-shard channel
+    mesh_bytes: usize = 8 << 20, "CLUECAST_MESH_BYTES";
+    /// Take the frame arena from reserved huge pages when there are enough
+    huge_pages: bool = true, "CLUECAST_HUGE_PAGES";
+}
+
+/// 60% of the CPUs this process may use, rounded, at least one: the share
+/// the original system found best before lock contention (here: before the
+/// load generator and the kernel's network work starve).
+pub fn default_shards() -> usize {
+    let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
+    ((cpus as f64 * 0.6).round() as usize).max(1)
+}
+
+impl RunArgs {
+    /// Merges the TOML file (if any) under the flags and checks the result.
+    pub fn resolve(self) -> Result<Settings, String> {
+        let merged = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                let file: RunArgs =
+                    toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+                self.or(file)
+            }
+            None => self,
+        };
+        let settings = merged.or_defaults();
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            frame_bytes_max: Limits::frame_bytes_for(
+                self.payload_bytes_max,
+                Limits::DEFAULT.token_bytes_max,
+            ),
+            payload_bytes_max: self.payload_bytes_max,
+            topic_bytes_max: self.topic_bytes_max,
+            ..Limits::DEFAULT
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let limits = self.limits();
+        limits.validate()?;
+        let frame = limits.frame_bytes_max as usize;
+        let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
+        let checks: [(bool, String); 9] = [
+            (
+                self.shards >= 1 && self.shards <= cpus,
+                format!("--shards must be 1..={cpus} (the CPUs this process may use)"),
+            ),
+            (
+                self.topic_bytes_max >= 1,
+                "--topic-bytes-max must be at least 1".into(),
+            ),
+            (
+                self.queue_bytes_max >= frame,
+                format!("--queue-bytes-max must hold one whole frame ({frame} bytes)"),
+            ),
+            (
+                self.history_bytes_max >= frame && self.history_events_max >= 1,
+                format!("history must hold at least one frame ({frame} bytes)"),
+            ),
+            (
+                self.arena_bytes >= 64 * frame && self.arena_bytes <= 1 << 30,
+                format!("--arena-bytes must be {}..=1 GiB", 64 * frame),
+            ),
+            (
+                self.recv_buffers.is_power_of_two() && self.recv_buffers <= 32768,
+                "--recv-buffers must be a power of two up to 32768".into(),
+            ),
+            (
+                self.recv_buffer_bytes >= 512,
+                "--recv-buffer-bytes must be at least 512".into(),
+            ),
+            (
+                self.mesh_bytes >= 4 * frame,
+                format!("--mesh-bytes must be at least {} (4 frames)", 4 * frame),
+            ),
+            (
+                self.heartbeat_ms > 0
+                    && self.idle_timeout_ms > self.heartbeat_ms
+                    && self.handshake_timeout_ms > 0
+                    && self.topics_max >= self.shards,
+                "timeouts must be non-zero, --idle-timeout-ms above --heartbeat-ms, \
+                 and --topics-max at least --shards"
+                    .into(),
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(message),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_fills_what_flags_leave_unset_and_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("cluecast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "shards = 1\nheartbeat_ms = 20000\n").unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            heartbeat_ms: Some(10_000),
+            ..Default::default()
+        };
+        let settings = args.resolve().unwrap();
+        assert_eq!(settings.heartbeat_ms, 10_000, "the flag wins");
+        assert_eq!(settings.shards, 1, "the file fills the rest");
+        assert_eq!(settings.listen.port(), 7400, "defaults fill the remainder");
+
+        std::fs::write(&path, "shard = 1\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused_with_the_flag_named() {
+        let err = RunArgs {
+            queue_bytes_max: Some(10),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("--queue-bytes-max"), "{err}");
+        let err = RunArgs {
+            shards: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.contains("--shards"), "{err}");
+    }
+}

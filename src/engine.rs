@@ -1,0 +1,234 @@
+//! Start-up and shutdown of the appliance: limits, the frame arena, one
+//! listener and one pinned shard thread per core, the channels between the
+//! shards, and the signal that drains them all.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use cluecast_sys::{spsc, Region, Span};
+
+use crate::arena::Arena;
+use crate::config::Settings;
+use crate::ring::uring::{FixedBuffers, Uring, UringConfig};
+use crate::ring::Ring;
+use crate::shard::{Shard, ShardSetup, ShardStats};
+use crate::topics::TopicLimits;
+
+/// Descriptors kept back from the connection budget: rings, listeners,
+/// stdio, log files.
+const FDS_RESERVED: u64 = 64;
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
+pub fn run(settings: &Settings) -> Result<(), String> {
+    cluecast_sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
+    let nofile = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
+    let shards = settings.shards;
+    let fd_budget = nofile.soft.saturating_sub(FDS_RESERVED) as usize / shards;
+    if fd_budget == 0 {
+        return Err(format!(
+            "the open-file limit ({}) leaves no room for connections",
+            nofile.soft
+        ));
+    }
+    let connections_max = match settings.connections_max {
+        0 => fd_budget,
+        wanted if wanted > fd_budget => {
+            crate::warn!(
+                "cluecast: --connections-max {wanted} is above what the open-file limit allows; \
+                 using {fd_budget}"
+            );
+            fd_budget
+        }
+        wanted => wanted,
+    };
+    crate::info!(
+        "cluecast: open-file limit {} (hard {}): {connections_max} connections per shard, \
+         {} in all",
+        nofile.soft,
+        nofile.hard,
+        connections_max * shards
+    );
+
+    let listeners = bind_listeners(settings.listen, shards)?;
+    let local = cluecast_sys::local_addr(listeners[0].as_raw_fd()).map_err(|e| e.to_string())?;
+    // Each shard owns (and on drain closes) its listener from here on.
+    let mut listeners = listeners.into_iter().map(OwnedFd::into_raw_fd);
+
+    let region = Region::map(settings.arena_bytes * shards, settings.huge_pages)
+        .map_err(|e| format!("mapping the frame arena: {e}"))?;
+    if settings.huge_pages && !region.huge_pages() {
+        crate::info!(
+            "cluecast: no reserved huge pages for the arena; using normal pages (THP advised)"
+        );
+    }
+    let spans = region.spans(shards);
+    let iovecs: Vec<libc::iovec> = spans.iter().map(Span::iovec).collect();
+
+    let epoch = loop {
+        let e = cluecast_sys::random_u64().map_err(|e| format!("getrandom: {e}"))?;
+        if e != 0 {
+            break e;
+        }
+    };
+    let cpus = cluecast_sys::allowed_cpus().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut mesh_tx, mut mesh_rx) = mesh(shards, settings.mesh_bytes);
+
+    // All rings first, from this thread: the first registers the arena, the
+    // others share that registration, and every shard learns every doorbell.
+    let ring_config = UringConfig {
+        sq_entries: settings.ring_entries,
+        recv_buffers: settings.recv_buffers,
+        recv_buffer_bytes: settings.recv_buffer_bytes,
+    };
+    let mut rings: Vec<Uring> = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let fixed = match rings.first() {
+            None => FixedBuffers::Register(&iovecs),
+            Some(first) => FixedBuffers::CloneFrom(first.fd()),
+        };
+        rings.push(Uring::new(ring_config, fixed).map_err(|e| format!("shard {id}: {e}"))?);
+    }
+    let ring_fds: Vec<RawFd> = rings.iter().map(|r| r.fd()).collect();
+
+    let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
+    for ((id, span), ring) in spans.into_iter().enumerate().zip(rings) {
+        let setup = ShardSetup {
+            id,
+            shards,
+            epoch,
+            listener: listeners.next().expect("one listener per shard"),
+            connections_max,
+            limits: settings.limits(),
+            subscriptions_max: settings.subscriptions_max,
+            topic_limits: TopicLimits {
+                topics_max: settings.topics_max,
+                sequenced_max: settings.topics_max / shards,
+                waiting_max: settings.topics_max,
+                history_events_max: settings.history_events_max,
+                history_bytes_max: settings.history_bytes_max,
+            },
+            queue_bytes_max: settings.queue_bytes_max,
+            zerocopy_bytes_min: settings.zerocopy_bytes_min,
+            heartbeat_ms: settings.heartbeat_ms,
+            idle_timeout_ms: settings.idle_timeout_ms,
+            handshake_timeout_ms: settings.handshake_timeout_ms,
+            drain_timeout_ms: settings.drain_timeout_ms,
+            retry_after_ms: settings.retry_after_ms,
+            arena: Arena::new(
+                span,
+                id as u16,
+                settings.limits().frame_bytes_max as usize + 4,
+            ),
+            mesh_tx: std::mem::take(&mut mesh_tx[id]),
+            mesh_rx: std::mem::take(&mut mesh_rx[id]),
+            peer_ring_fds: ring_fds.clone(),
+            stop: stop.clone(),
+        };
+        let cpu = cpus[id % cpus.len()];
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || shard_main(cpu, ring, setup))
+            .map_err(|e| format!("spawning shard {id}: {e}"))?;
+        threads.push(thread);
+    }
+    crate::info!("cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}");
+
+    loop {
+        match cluecast_sys::wait_shutdown_signal(200) {
+            Ok(Some(signal)) => {
+                crate::info!("cluecast: signal {signal}: draining");
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for signals: {e}")),
+        }
+        if threads.iter().any(|t| t.is_finished()) {
+            crate::error!("cluecast: a shard stopped unexpectedly; shutting down");
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = false;
+    for (id, thread) in threads.into_iter().enumerate() {
+        match thread.join() {
+            Ok(stats) => crate::info!("cluecast: shard {id} stopped: {stats:?}"),
+            Err(_) => failed = true,
+        }
+    }
+    // The rings are gone with their threads; only now may the arena go.
+    drop(region);
+    if failed {
+        return Err("a shard panicked".to_string());
+    }
+    crate::info!("cluecast: stopped");
+    Ok(())
+}
+
+/// One SO_REUSEPORT listener per shard on the same address (port 0 picks a
+/// free port once, for all of them).
+fn bind_listeners(listen: SocketAddr, shards: usize) -> Result<Vec<OwnedFd>, String> {
+    let first = cluecast_sys::listen_reuseport(listen, LISTEN_BACKLOG)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let bound = cluecast_sys::local_addr(first.as_raw_fd()).map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(
+            cluecast_sys::listen_reuseport(bound, LISTEN_BACKLOG)
+                .map_err(|e| format!("cannot listen on {bound}: {e}"))?,
+        );
+    }
+    Ok(listeners)
+}
+
+/// `tx[i][j]` carries records from shard i to shard j, `rx[j][i]` receives them.
+type MeshEnds = (
+    Vec<Vec<Option<spsc::Sender>>>,
+    Vec<Vec<Option<spsc::Receiver>>>,
+);
+
+fn mesh(shards: usize, bytes: usize) -> MeshEnds {
+    let mut tx: Vec<Vec<Option<spsc::Sender>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    let mut rx: Vec<Vec<Option<spsc::Receiver>>> = (0..shards)
+        .map(|_| (0..shards).map(|_| None).collect())
+        .collect();
+    for from in 0..shards {
+        for to in 0..shards {
+            if from != to {
+                let (sender, receiver) = spsc::channel(bytes);
+                tx[from][to] = Some(sender);
+                rx[to][from] = Some(receiver);
+            }
+        }
+    }
+    (tx, rx)
+}
+
+fn shard_main(cpu: usize, ring: Uring, setup: ShardSetup) -> ShardStats {
+    let id = setup.id;
+    if let Err(e) = cluecast_sys::pin_current_thread(cpu) {
+        crate::warn!("shard {id}: cannot pin to cpu {cpu}: {e}");
+    }
+    if let Err(e) = ring.enable() {
+        crate::error!("shard {id}: {e}");
+        return ShardStats::default();
+    }
+    let mut shard = Shard::new(ring, setup);
+    loop {
+        match shard.turn() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                crate::error!("shard {id}: ring wait failed: {e}");
+                break;
+            }
+        }
+    }
+    shard.stats()
+}

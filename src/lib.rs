@@ -1,0 +1,19 @@
+//! cluecast: a real-time event appliance. Publishers' events are sequenced
+//! per topic, kept in a bounded history, and fanned out over long-lived TCP
+//! connections by one io_uring event loop per core.
+//!
+//! Layout: `engine` starts and stops the shards; `shard` is the per-core
+//! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
+//! is the only door to the kernel (with a simulated twin for tests); `config`
+//! and `cli` face the operator.
+
+pub mod arena;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod engine;
+pub mod log;
+pub mod ring;
+pub mod shard;
+pub mod timer;
+pub mod topics;

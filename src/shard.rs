@@ -1,0 +1,1450 @@
+//! One shard: a pinned thread's event loop over its own ring.
+//!
+//! The shard owns its listener, its connections (a slab with generation-
+//! checked ids), its frame arena, its view of every topic, and its ends of the
+//! channels to the other shards. Each turn it submits and waits, copies the
+//! ready completions out, runs their handlers, drains the channels, expires
+//! timers, and finally starts one send for every connection with queued
+//! frames, so everything queued meanwhile goes out in one send.
+//!
+//! A topic is sequenced by exactly one shard, its owner (a hash of the name).
+//! A publish arriving elsewhere is forwarded to the owner; the owner assigns
+//! the sequence, fans out to its own subscribers, and hands the encoded event
+//! to every other shard, which fans it out to theirs. Later, the owner's
+//! sequencing step becomes the apply step of a replicated log.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cluecast_proto::{
+    decode, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits, Publish, PublishAck,
+    ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed, Welcome, PROTOCOL_VERSION,
+};
+use cluecast_sys::spsc;
+use slab::Slab;
+
+use crate::arena::{Arena, FrameRef};
+use crate::conn::{Conn, ConnState, SubRef};
+use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
+use crate::timer::TimerWheel;
+use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
+
+/// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
+/// than this buys nothing for small frames).
+const SEND_FRAMES_MAX: usize = 64;
+/// Most bytes gathered into one send.
+const SEND_BYTES_MAX: usize = 64 << 10;
+/// Connections refused for capacity that may be finishing their GOAWAY at once.
+const REJECTS_MAX: usize = 64;
+/// Blocks of iovecs for gathering sends in flight at once; past this a
+/// connection sends its head frame alone.
+const IOV_BLOCKS_MAX: usize = 1024;
+/// Channel records handled per peer per turn, so one busy peer cannot starve
+/// the ring.
+const MESH_RECORDS_PER_TURN: usize = 4096;
+const TIMER_TICK_MS: u64 = 50;
+const TIMER_SLOTS: usize = 1024;
+/// How long a closing connection may take to flush its last frames.
+const LINGER_MS: u64 = 2_000;
+
+/// Channel record kinds.
+const RECORD_EVENT: u8 = 1;
+const RECORD_PUBLISH: u8 = 2;
+const RECORD_ACK: u8 = 3;
+/// Forwarded publishes and acks start with the origin connection's id.
+const ORIGIN_BYTES: usize = 8;
+/// An ack record: origin and an encoded PUBLISH_ACK (28 bytes), rounded up.
+const ACK_RECORD_BYTES: usize = ORIGIN_BYTES + 32;
+
+/// Everything a shard needs, built by the engine (or a test).
+pub struct ShardSetup {
+    pub id: usize,
+    pub shards: usize,
+    /// Epoch of every topic's history in this process (memory only: a
+    /// restart loses history, so a restart changes it).
+    pub epoch: u64,
+    pub listener: RawFd,
+    pub connections_max: usize,
+    pub limits: Limits,
+    pub subscriptions_max: u16,
+    pub topic_limits: TopicLimits,
+    pub queue_bytes_max: usize,
+    pub zerocopy_bytes_min: usize,
+    pub heartbeat_ms: u32,
+    pub idle_timeout_ms: u32,
+    pub handshake_timeout_ms: u32,
+    pub drain_timeout_ms: u32,
+    pub retry_after_ms: u32,
+    pub arena: Arena,
+    /// Indexed by peer shard id; None at this shard's own index.
+    pub mesh_tx: Vec<Option<spsc::Sender>>,
+    pub mesh_rx: Vec<Option<spsc::Receiver>>,
+    pub peer_ring_fds: Vec<RawFd>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Counters a shard keeps about itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardStats {
+    pub accepted: u64,
+    pub rejected_full: u64,
+    pub closed: u64,
+    pub published: u64,
+    pub events_from_peers: u64,
+    pub deliveries: u64,
+    pub sends: u64,
+    pub send_bytes: u64,
+    pub short_sends: u64,
+    pub zero_copy_sends: u64,
+    pub catch_ups: u64,
+    pub slow_consumer_goaways: u64,
+    pub errors_sent: u64,
+    pub recv_no_buffers: u64,
+    pub overloaded: u64,
+}
+
+/// A block of iovecs and the msghdr pointing at them, for one gathering send.
+/// Allocated at start-up and never moved, so the kernel may read it.
+struct IovBlock {
+    msg: libc::msghdr,
+    iov: [libc::iovec; SEND_FRAMES_MAX],
+}
+
+pub struct Shard<R: Ring> {
+    ring: R,
+    core: Core,
+    completions: Vec<Completion>,
+}
+
+struct Core {
+    id: usize,
+    shards: usize,
+    epoch: u64,
+    limits: Limits,
+    subscriptions_max: usize,
+    queue_bytes_max: usize,
+    zerocopy_bytes_min: usize,
+    heartbeat_ms: u32,
+    idle_timeout_ms: u32,
+    handshake_timeout_ms: u32,
+    drain_timeout_ms: u32,
+    retry_after_ms: u32,
+
+    listener: Option<RawFd>,
+    accept_armed: bool,
+    accept_retry_at_ms: Option<u64>,
+
+    conns: Slab<Conn>,
+    generations: Vec<u32>,
+    connections_max: usize,
+    rejecting: usize,
+
+    arena: Arena,
+    topics: Topics,
+    timers: TimerWheel,
+    fired: Vec<u32>,
+
+    mesh_tx: Vec<Option<spsc::Sender>>,
+    mesh_rx: Vec<Option<spsc::Receiver>>,
+    peer_ring_fds: Vec<RawFd>,
+    /// A channel still had records after this turn's budget.
+    mesh_backlog: bool,
+
+    iov_blocks: Box<[IovBlock]>,
+    iov_free: Vec<u16>,
+
+    /// Operations produced by handlers, pushed to the ring at the end of a turn.
+    ops: Vec<(Op, u64)>,
+    /// Connections with frames to send and no send in flight.
+    dirty: Vec<u32>,
+    /// Connections whose multishot receive ended for want of buffers.
+    recv_rearm: Vec<u32>,
+
+    stop: Arc<AtomicBool>,
+    drain_deadline_ms: Option<u64>,
+    /// The clock as of this turn.
+    now_ms: u64,
+    rng: u64,
+    pub stats: ShardStats,
+}
+
+/// FNV-1a: a stable hash every shard computes alike to find a topic's owner.
+pub fn topic_owner(topic: &[u8], shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in topic {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+fn is_transient(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EAGAIN | libc::EINTR | libc::ENOBUFS | libc::ENOMEM
+    )
+}
+
+impl<R: Ring> Shard<R> {
+    pub fn new(ring: R, setup: ShardSetup) -> Shard<R> {
+        let now_ms = ring.now_ms();
+        let slots = setup.connections_max + REJECTS_MAX;
+        let iov_blocks = (0..IOV_BLOCKS_MAX.min(slots))
+            .map(|_| IovBlock {
+                msg: libc::msghdr {
+                    msg_name: std::ptr::null_mut(),
+                    msg_namelen: 0,
+                    msg_iov: std::ptr::null_mut(),
+                    msg_iovlen: 0,
+                    msg_control: std::ptr::null_mut(),
+                    msg_controllen: 0,
+                    msg_flags: 0,
+                },
+                iov: [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; SEND_FRAMES_MAX],
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        let iov_free = (0..iov_blocks.len() as u16).rev().collect();
+        let mut core = Core {
+            id: setup.id,
+            shards: setup.shards,
+            epoch: setup.epoch,
+            limits: setup.limits,
+            subscriptions_max: setup.subscriptions_max as usize,
+            queue_bytes_max: setup.queue_bytes_max,
+            zerocopy_bytes_min: setup.zerocopy_bytes_min,
+            heartbeat_ms: setup.heartbeat_ms,
+            idle_timeout_ms: setup.idle_timeout_ms,
+            handshake_timeout_ms: setup.handshake_timeout_ms,
+            drain_timeout_ms: setup.drain_timeout_ms,
+            retry_after_ms: setup.retry_after_ms,
+            listener: Some(setup.listener),
+            accept_armed: false,
+            accept_retry_at_ms: None,
+            conns: Slab::with_capacity(slots),
+            generations: vec![0; slots],
+            connections_max: setup.connections_max,
+            rejecting: 0,
+            arena: setup.arena,
+            topics: Topics::new(setup.topic_limits),
+            timers: TimerWheel::new(slots, TIMER_SLOTS, TIMER_TICK_MS, now_ms),
+            fired: Vec::new(),
+            mesh_tx: setup.mesh_tx,
+            mesh_rx: setup.mesh_rx,
+            peer_ring_fds: setup.peer_ring_fds,
+            mesh_backlog: false,
+            iov_blocks,
+            iov_free,
+            ops: Vec::new(),
+            dirty: Vec::new(),
+            recv_rearm: Vec::new(),
+            stop: setup.stop,
+            drain_deadline_ms: None,
+            now_ms,
+            rng: setup.epoch ^ (setup.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            stats: ShardStats::default(),
+        };
+        core.arm_accept();
+        Shard {
+            ring,
+            core,
+            completions: Vec::new(),
+        }
+    }
+
+    /// One turn of the loop. Returns false once a drain has finished.
+    pub fn turn(&mut self) -> io::Result<bool> {
+        for (op, user_data) in self.core.ops.drain(..) {
+            self.ring.push(op, user_data);
+        }
+        let timeout_ms = if self.core.mesh_backlog {
+            0
+        } else {
+            TIMER_TICK_MS as u32
+        };
+        self.ring.submit_and_wait(timeout_ms)?;
+        self.ring.reap(&mut self.completions);
+        let now_ms = self.ring.now_ms();
+        let wall_ns = self.ring.wall_ns();
+        self.core.now_ms = now_ms;
+        for i in 0..self.completions.len() {
+            let c = self.completions[i];
+            self.dispatch(c, now_ms, wall_ns);
+        }
+        self.completions.clear();
+        self.core.drain_mesh(wall_ns);
+        self.core.expire_timers(now_ms);
+        if self.core.stop.load(Ordering::Relaxed) && self.core.drain_deadline_ms.is_none() {
+            self.core.start_drain(now_ms);
+        }
+        self.core.flush(now_ms);
+        Ok(!self.core.drained(now_ms))
+    }
+
+    fn dispatch(&mut self, c: Completion, now_ms: u64, wall_ns: u64) {
+        let Some(token) = Token::decode(c.user_data) else {
+            panic!("completion with unknown user data {:#x}", c.user_data);
+        };
+        match token.kind {
+            OpKind::Accept => self.core.on_accept(c, now_ms),
+            OpKind::Recv => {
+                let Some(index) = self.core.live(token) else {
+                    // Connections are freed only after their last receive
+                    // completion, so this cannot carry a buffer.
+                    assert!(c.buffer_id().is_none(), "stale receive with a buffer");
+                    return;
+                };
+                let bytes = match c.buffer_id() {
+                    Some(bid) if c.result > 0 => self.ring.buffer(bid, c.result as usize),
+                    _ => &[],
+                };
+                self.core.on_recv(index, c, bytes, now_ms, wall_ns);
+                if let Some(bid) = c.buffer_id() {
+                    self.ring.recycle(bid);
+                }
+            }
+            OpKind::Send => {
+                if let Some(index) = self.core.live(token) {
+                    self.core.on_send(index, c);
+                }
+            }
+            OpKind::Close => {
+                if let Some(index) = self.core.live(token) {
+                    self.core.conns[index as usize].close_in_flight = false;
+                    self.core.free_if_done(index);
+                }
+            }
+            OpKind::Cancel | OpKind::Wake | OpKind::CloseOrphan => {}
+        }
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        self.core.stats
+    }
+
+    pub fn connections(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    pub fn cq_overflows(&self) -> u64 {
+        self.ring.cq_overflows()
+    }
+
+    /// Frames still referenced in the arena: only history once every
+    /// connection is gone (a leak check for tests).
+    pub fn frames_live(&self) -> usize {
+        self.core.arena.frames_live()
+    }
+
+    /// Frames held by topic histories.
+    pub fn history_frames(&self) -> usize {
+        self.core.topics.history_frames()
+    }
+
+    /// Bytes queued for each connection, largest first (for tests and status).
+    pub fn queued_bytes(&self) -> Vec<usize> {
+        let mut queued: Vec<usize> = self
+            .core
+            .conns
+            .iter()
+            .map(|(_, c)| c.queued_bytes())
+            .collect();
+        queued.sort_unstable_by(|a, b| b.cmp(a));
+        queued
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Frames go back to the arena; the ring (dropped with the shard)
+        // cancels whatever the kernel still had.
+        self.topics.clear_history(&mut self.arena);
+    }
+}
+
+impl Core {
+    fn token(&self, kind: OpKind, index: u32) -> u64 {
+        Token::new(kind, self.generations[index as usize], index).encode()
+    }
+
+    /// The slot of a completion's connection, if it is still the same one.
+    fn live(&self, token: Token) -> Option<u32> {
+        let index = token.index as usize;
+        (self.conns.contains(index)
+            && self.generations[index] & GENERATION_MASK == token.generation)
+            .then_some(token.index)
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: jitter only, no security role.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn arm_accept(&mut self) {
+        if let Some(listener) = self.listener {
+            self.ops.push((
+                Op::AcceptMulti { listener },
+                Token::new(OpKind::Accept, 0, 0).encode(),
+            ));
+            self.accept_armed = true;
+        }
+    }
+
+    // ---- accepting ----------------------------------------------------
+
+    fn on_accept(&mut self, c: Completion, now_ms: u64) {
+        if !c.more() {
+            self.accept_armed = false;
+        }
+        if c.result >= 0 {
+            let fd = c.result;
+            if self.listener.is_none() {
+                self.close_orphan(fd);
+            } else if self.conns.len() - self.rejecting >= self.connections_max {
+                self.reject_full(fd, now_ms);
+            } else {
+                self.admit(fd, now_ms);
+            }
+        } else if c.result != -libc::ECANCELED {
+            crate::warn!(
+                "shard {}: accept failed: {}",
+                self.id,
+                io::Error::from_raw_os_error(-c.result)
+            );
+            // Out of descriptors or memory: give the system a moment.
+            self.accept_retry_at_ms = Some(now_ms + 100);
+        }
+        if !self.accept_armed && self.accept_retry_at_ms.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    fn close_orphan(&mut self, fd: RawFd) {
+        self.ops.push((
+            Op::Close { fd },
+            Token::new(OpKind::CloseOrphan, 0, 0).encode(),
+        ));
+    }
+
+    fn insert(&mut self, fd: RawFd, now_ms: u64) -> u32 {
+        let index = self.conns.insert(Conn::new(fd, now_ms)) as u32;
+        assert!(
+            (index as usize) < self.generations.len(),
+            "slab outgrew its capacity"
+        );
+        index
+    }
+
+    fn admit(&mut self, fd: RawFd, now_ms: u64) {
+        let index = self.insert(fd, now_ms);
+        self.stats.accepted += 1;
+        self.arm_recv(index);
+        self.timers
+            .schedule(index, now_ms + self.handshake_timeout_ms as u64);
+    }
+
+    /// Past capacity: a GOAWAY with a jittered retry hint, so a reconnect
+    /// storm spreads itself out, then close.
+    fn reject_full(&mut self, fd: RawFd, now_ms: u64) {
+        self.stats.rejected_full += 1;
+        if self.rejecting >= REJECTS_MAX || self.conns.len() >= self.generations.len() {
+            self.close_orphan(fd);
+            return;
+        }
+        let index = self.insert(fd, now_ms);
+        self.rejecting += 1;
+        let conn = &mut self.conns[index as usize];
+        conn.state = ConnState::Open;
+        conn.rejected = true;
+        let retry_after_ms = self.jittered_retry();
+        let goaway = Frame::GoAway(GoAway {
+            reason: GoAwayReason::ServerFull,
+            retry_after_ms,
+            reconnect: b"",
+            resume: vec![],
+        });
+        self.send_then_close(index, &goaway, now_ms);
+    }
+
+    fn jittered_retry(&mut self) -> u32 {
+        let base = self.retry_after_ms as u64;
+        (base + self.random() % (base + 1)) as u32
+    }
+
+    fn arm_recv(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        debug_assert!(!conn.recv_armed);
+        conn.recv_armed = true;
+        let fd = conn.fd;
+        let token = self.token(OpKind::Recv, index);
+        self.ops.push((Op::RecvMulti { fd }, token));
+    }
+
+    // ---- receiving ----------------------------------------------------
+
+    fn on_recv(&mut self, index: u32, c: Completion, bytes: &[u8], now_ms: u64, wall_ns: u64) {
+        let conn = &mut self.conns[index as usize];
+        if !c.more() {
+            conn.recv_armed = false;
+        }
+        let reading = matches!(conn.state, ConnState::Handshake | ConnState::Open);
+        match c.result {
+            n if n > 0 => {
+                if reading {
+                    conn.last_rx_ms = now_ms;
+                    self.on_bytes(index, bytes, now_ms, wall_ns);
+                    let conn = &self.conns[index as usize];
+                    let still_reading =
+                        matches!(conn.state, ConnState::Handshake | ConnState::Open);
+                    if still_reading && !conn.recv_armed {
+                        self.arm_recv(index);
+                    }
+                }
+            }
+            0 => {
+                if reading {
+                    self.abort(index);
+                }
+            }
+            e if e == -libc::ENOBUFS => {
+                self.stats.recv_no_buffers += 1;
+                if reading {
+                    // Buffers come back at the end of this turn's handlers.
+                    self.recv_rearm.push(index);
+                }
+            }
+            e if e == -libc::ECANCELED => {}
+            _ => {
+                if reading {
+                    self.abort(index);
+                }
+            }
+        }
+        self.free_if_done(index);
+    }
+
+    /// Handles every whole frame in what arrived and keeps the partial rest.
+    fn on_bytes(&mut self, index: u32, bytes: &[u8], now_ms: u64, wall_ns: u64) {
+        let mut pending = std::mem::take(&mut self.conns[index as usize].rx);
+        if pending.is_empty() {
+            // The common case: whole frames straight from the receive buffer.
+            if let Some(used) = self.on_frames(index, bytes, now_ms, wall_ns) {
+                pending.extend_from_slice(&bytes[used..]);
+            }
+        } else {
+            pending.extend_from_slice(bytes);
+            match self.on_frames(index, &pending, now_ms, wall_ns) {
+                Some(used) => drop(pending.drain(..used)),
+                None => pending.clear(),
+            }
+        }
+        self.conns[index as usize].rx = pending;
+    }
+
+    /// Handles the whole frames at the front of `input`; returns how many
+    /// bytes they took, or None once the connection stopped reading.
+    fn on_frames(&mut self, index: u32, input: &[u8], now_ms: u64, wall_ns: u64) -> Option<usize> {
+        let mut at = 0;
+        while at < input.len() {
+            match decode(&input[at..], &self.limits) {
+                Ok(Some((frame, used))) => {
+                    let raw = &input[at..at + used];
+                    at += used;
+                    self.on_frame(index, frame, raw, now_ms, wall_ns);
+                    let state = self.conns[index as usize].state;
+                    if !matches!(state, ConnState::Handshake | ConnState::Open) {
+                        return None;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    self.error_close(index, err.code(), &err.to_string(), now_ms);
+                    return None;
+                }
+            }
+        }
+        Some(at)
+    }
+
+    fn on_frame(&mut self, index: u32, frame: Frame<'_>, raw: &[u8], now_ms: u64, wall_ns: u64) {
+        let state = self.conns[index as usize].state;
+        match (state, frame) {
+            (ConnState::Handshake, Frame::Hello(hello)) => {
+                if hello.version_min > PROTOCOL_VERSION || hello.version_max < PROTOCOL_VERSION {
+                    let message = format!(
+                        "this server speaks protocol version {PROTOCOL_VERSION} only, the client \
+                         offered {}..={}",
+                        hello.version_min, hello.version_max
+                    );
+                    self.error_close(index, ErrorCode::UnsupportedVersion, &message, now_ms);
+                    return;
+                }
+                let welcome = Frame::Welcome(Welcome {
+                    version: PROTOCOL_VERSION,
+                    heartbeat_ms: self.heartbeat_ms,
+                    idle_timeout_ms: self.idle_timeout_ms,
+                    frame_bytes_max: self.limits.frame_bytes_max,
+                    payload_bytes_max: self.limits.payload_bytes_max,
+                    subscriptions_max: self.subscriptions_max as u16,
+                    topic_bytes_max: self.limits.topic_bytes_max,
+                });
+                self.conns[index as usize].state = ConnState::Open;
+                self.timers
+                    .schedule(index, now_ms + self.idle_timeout_ms as u64);
+                self.queue_control(index, &welcome);
+            }
+            (ConnState::Handshake, _) => {
+                self.error_close(
+                    index,
+                    ErrorCode::UnexpectedFrame,
+                    "the first frame must be HELLO",
+                    now_ms,
+                );
+            }
+            (_, Frame::Subscribe(subscribe)) => self.subscribe(index, subscribe, now_ms),
+            (_, Frame::Unsubscribe { topic }) => {
+                if let Some(t) = self.topics.find(topic) {
+                    self.unsubscribe(index, t);
+                }
+                self.queue_control(index, &Frame::Unsubscribed { topic });
+            }
+            (_, Frame::Publish(publish)) => self.publish(index, publish, raw, wall_ns),
+            (_, Frame::Position(position)) => {
+                // Stored by the durable log (a later step); validated now so
+                // clients learn their mistakes early.
+                if let Err(code) = position.validate() {
+                    self.error_close(index, code, "position out of range", now_ms);
+                }
+            }
+            (_, Frame::Ping { nonce }) => {
+                self.queue_control(index, &Frame::Pong { nonce });
+            }
+            (_, Frame::Pong { .. }) => {}
+            (_, other) => {
+                let message = format!(
+                    "{:?} frames are sent by the server only",
+                    other.frame_type()
+                );
+                self.error_close(index, ErrorCode::UnexpectedFrame, &message, now_ms);
+            }
+        }
+    }
+
+    // ---- subscriptions ------------------------------------------------
+
+    fn subscribe(&mut self, index: u32, s: Subscribe<'_>, now_ms: u64) {
+        if let Some(existing) = self.topics.find(s.topic) {
+            // A repeated SUBSCRIBE restarts the subscription from its position.
+            self.unsubscribe(index, existing);
+        }
+        if self.conns[index as usize].subs.len() >= self.subscriptions_max {
+            let message = format!(
+                "at most {} subscriptions per connection",
+                self.subscriptions_max
+            );
+            self.error_close(index, ErrorCode::TooManySubscriptions, &message, now_ms);
+            return;
+        }
+        let Some(t) = self
+            .topics
+            .find_or_create(s.topic, self.epoch, Purpose::Subscribe)
+        else {
+            self.error_close(
+                index,
+                ErrorCode::Overloaded,
+                "the topic table is full",
+                now_ms,
+            );
+            return;
+        };
+        let topic = self.topics.get(t);
+        let oldest = topic.oldest_seq();
+        let (status, start) = match s.mode {
+            StartMode::Live => (SubscribeStatus::Ok, topic.last_seq + 1),
+            StartMode::Resume if s.epoch != 0 && s.epoch != topic.epoch => {
+                (SubscribeStatus::EpochChanged, oldest)
+            }
+            StartMode::Resume if s.last_seq.saturating_add(1) < oldest => {
+                (SubscribeStatus::NotRecovered, oldest)
+            }
+            StartMode::Resume => (SubscribeStatus::Ok, s.last_seq.saturating_add(1)),
+        };
+        let subscribed = Frame::Subscribed(Subscribed {
+            status,
+            epoch: topic.epoch,
+            oldest_seq: if topic.history_len() == 0 { 0 } else { oldest },
+            last_seq: topic.last_seq,
+            topic: s.topic,
+        });
+        let catching_up = start <= topic.last_seq;
+        if !self.queue_control(index, &subscribed) {
+            return;
+        }
+        let generation = self.generations[index as usize];
+        let topic = self.topics.get_mut(t);
+        let position = topic.subscribers.len() as u32;
+        topic.subscribers.push(Subscriber {
+            conn: index,
+            generation,
+            next_seq: start,
+            catching_up,
+        });
+        let conn = &mut self.conns[index as usize];
+        conn.subs.push(SubRef { topic: t, position });
+        if catching_up {
+            conn.catching_up += 1;
+            self.stats.catch_ups += 1;
+            self.refill(index, now_ms);
+        }
+    }
+
+    fn unsubscribe(&mut self, index: u32, t: u32) {
+        let conn = &mut self.conns[index as usize];
+        let Some(i) = conn.subs.iter().position(|s| s.topic == t) else {
+            return;
+        };
+        let sub_ref = conn.subs.swap_remove(i);
+        let topic = self.topics.get_mut(t);
+        let removed = topic.subscribers.swap_remove(sub_ref.position as usize);
+        debug_assert_eq!(removed.conn, index);
+        if removed.catching_up {
+            conn.catching_up -= 1;
+        }
+        // The subscriber moved into the hole must learn its new position.
+        if let Some(moved) = topic.subscribers.get(sub_ref.position as usize) {
+            let owner = &mut self.conns[moved.conn as usize];
+            let entry = owner
+                .subs
+                .iter_mut()
+                .find(|s| s.topic == t)
+                .expect("a subscriber's connection lists the subscription");
+            entry.position = sub_ref.position;
+        }
+        self.topics.remove_if_unused(t);
+    }
+
+    fn unsubscribe_all(&mut self, index: u32) {
+        while let Some(sub) = self.conns[index as usize].subs.last().copied() {
+            self.unsubscribe(index, sub.topic);
+        }
+    }
+
+    /// Feeds catching-up subscriptions from history while the queue has room.
+    fn refill(&mut self, index: u32, now_ms: u64) {
+        let conn = &mut self.conns[index as usize];
+        let mut gap = false;
+        let mut queued_any = false;
+        for i in 0..conn.subs.len() {
+            let sub_ref = conn.subs[i];
+            let topic = self.topics.get_mut(sub_ref.topic);
+            let position = sub_ref.position as usize;
+            if !topic.subscribers[position].catching_up {
+                continue;
+            }
+            let mut next_seq = topic.subscribers[position].next_seq;
+            let mut caught_up = false;
+            loop {
+                if next_seq > topic.last_seq {
+                    caught_up = true;
+                    break;
+                }
+                let Some(frame) = topic.history_frame(next_seq) else {
+                    gap = true;
+                    break;
+                };
+                let len = self.arena.len(frame);
+                if !conn.has_room(len, self.queue_bytes_max) {
+                    break;
+                }
+                self.arena.retain(frame);
+                conn.push(frame, len);
+                next_seq += 1;
+                queued_any = true;
+            }
+            let sub = &mut topic.subscribers[position];
+            sub.next_seq = next_seq;
+            if caught_up {
+                sub.catching_up = false;
+                conn.catching_up -= 1;
+            }
+            if gap {
+                break;
+            }
+        }
+        if queued_any {
+            self.mark_dirty(index);
+        }
+        if gap {
+            // History moved past what this subscriber still needs.
+            self.goaway_slow(index, now_ms);
+        }
+    }
+
+    // ---- publishing and fan-out ---------------------------------------
+
+    fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8], wall_ns: u64) {
+        let owner = topic_owner(p.topic, self.shards);
+        if owner == self.id {
+            let result = self.sequence(p.topic, p.payload, wall_ns, None);
+            let ack = self.ack_frame(p.request_id, result);
+            self.queue_control(index, &ack);
+            return;
+        }
+        let origin = self.origin(index);
+        let tx = self.mesh_tx[owner]
+            .as_ref()
+            .expect("a channel to every peer");
+        if tx.push(RECORD_PUBLISH, &[&origin, raw]) {
+            self.ring_doorbell(owner);
+        } else {
+            self.stats.overloaded += 1;
+            let ack = self.ack_frame(p.request_id, Err(ErrorCode::Overloaded));
+            self.queue_control(index, &ack);
+        }
+    }
+
+    fn origin(&self, index: u32) -> [u8; ORIGIN_BYTES] {
+        let mut origin = [0u8; ORIGIN_BYTES];
+        origin[..4].copy_from_slice(&index.to_be_bytes());
+        origin[4..].copy_from_slice(&self.generations[index as usize].to_be_bytes());
+        origin
+    }
+
+    fn ack_frame(&self, request_id: u32, result: Result<(u64, u64), ErrorCode>) -> Frame<'static> {
+        let (status, epoch, seq) = match result {
+            Ok((epoch, seq)) => (0, epoch, seq),
+            Err(code) => (code as u16, 0, 0),
+        };
+        Frame::PublishAck(PublishAck {
+            request_id,
+            status,
+            flags: 0,
+            epoch,
+            seq,
+        })
+    }
+
+    /// Assigns the next sequence of a topic this shard owns, fans the event
+    /// out here and hands it to every peer. `reserve_peer` is a peer whose
+    /// channel must also keep room for an acknowledgement.
+    fn sequence(
+        &mut self,
+        name: &[u8],
+        payload: &[u8],
+        wall_ns: u64,
+        reserve_peer: Option<usize>,
+    ) -> Result<(u64, u64), ErrorCode> {
+        let t = self
+            .topics
+            .find_or_create(name, self.epoch, Purpose::Event)
+            .filter(|&t| self.topics.claim_sequencing(t));
+        let Some(t) = t else {
+            self.stats.overloaded += 1;
+            return Err(ErrorCode::Overloaded);
+        };
+        let topic = self.topics.get(t);
+        let (seq, epoch) = (topic.last_seq + 1, topic.epoch);
+        let event = Frame::Event(Event {
+            seq,
+            epoch,
+            publish_ts_ns: wall_ns,
+            topic: name,
+            payload,
+        });
+        let len = event.encoded_len();
+        let peers_have_room = self.mesh_tx.iter().enumerate().all(|(peer, tx)| {
+            tx.as_ref().is_none_or(|tx| {
+                let ack = if reserve_peer == Some(peer) {
+                    ACK_RECORD_BYTES
+                } else {
+                    0
+                };
+                tx.has_room(len + ack)
+            })
+        });
+        let frame = if peers_have_room {
+            self.alloc(len)
+        } else {
+            None
+        };
+        let Some(frame) = frame else {
+            self.stats.overloaded += 1;
+            return Err(ErrorCode::Overloaded);
+        };
+        event.encode_to_slice(self.arena.bytes_mut(frame));
+        for peer in 0..self.shards {
+            if let Some(tx) = &self.mesh_tx[peer] {
+                let pushed = tx.push(RECORD_EVENT, &[self.arena.bytes(frame)]);
+                assert!(pushed, "room was checked before sequencing");
+                self.ring_doorbell(peer);
+            }
+        }
+        self.stats.published += 1;
+        self.deliver(t, seq, frame);
+        Ok((epoch, seq))
+    }
+
+    fn ring_doorbell(&mut self, peer: usize) {
+        let tx = self.mesh_tx[peer]
+            .as_ref()
+            .expect("a channel to every peer");
+        if tx.ring_doorbell() {
+            self.ops.push((
+                Op::Wake {
+                    ring_fd: self.peer_ring_fds[peer],
+                    user_data: Token::new(OpKind::Wake, 0, self.id as u32).encode(),
+                },
+                Token::new(OpKind::Wake, 0, self.id as u32).encode(),
+            ));
+        }
+    }
+
+    /// A frame from the arena, evicting the oldest history if memory is short.
+    fn alloc(&mut self, len: usize) -> Option<FrameRef> {
+        loop {
+            if let Some(frame) = self.arena.alloc(len) {
+                return Some(frame);
+            }
+            if !self.topics.evict_for_memory(&mut self.arena) {
+                return None;
+            }
+        }
+    }
+
+    /// Fans event `seq` of topic `t` out to the local subscribers and keeps it
+    /// in history (which takes over the caller's reference).
+    fn deliver(&mut self, t: u32, seq: u64, frame: FrameRef) {
+        let len = self.arena.len(frame);
+        let topic = self.topics.get_mut(t);
+        for sub in topic.subscribers.iter_mut() {
+            if sub.catching_up || seq < sub.next_seq {
+                continue;
+            }
+            let conn = &mut self.conns[sub.conn as usize];
+            if !conn.has_room(len, self.queue_bytes_max) {
+                // Full queue: this subscriber is fed from history as its
+                // socket drains; nobody else waits for it.
+                sub.catching_up = true;
+                conn.catching_up += 1;
+                self.stats.catch_ups += 1;
+                continue;
+            }
+            self.arena.retain(frame);
+            conn.push(frame, len);
+            sub.next_seq = seq + 1;
+            self.stats.deliveries += 1;
+            if !conn.dirty && !conn.send_in_flight {
+                conn.dirty = true;
+                self.dirty.push(sub.conn);
+            }
+        }
+        self.topics.append(t, seq, frame, &mut self.arena);
+    }
+
+    // ---- the channels between shards ------------------------------------
+
+    fn drain_mesh(&mut self, wall_ns: u64) {
+        self.mesh_backlog = false;
+        let receivers = std::mem::take(&mut self.mesh_rx);
+        for (peer, rx) in receivers.iter().enumerate() {
+            let Some(rx) = rx else { continue };
+            rx.clear_doorbell();
+            let mut handled = 0;
+            while let Some((kind, body)) = rx.peek() {
+                if handled == MESH_RECORDS_PER_TURN {
+                    self.mesh_backlog = true;
+                    break;
+                }
+                let done = match kind {
+                    RECORD_EVENT => self.on_peer_event(body),
+                    RECORD_PUBLISH => self.on_forwarded_publish(peer, body, wall_ns),
+                    RECORD_ACK => self.on_peer_ack(body),
+                    other => panic!("unknown channel record kind {other}"),
+                };
+                if !done {
+                    // No memory or no room to answer: keep the record and
+                    // push back on the peer until a later turn.
+                    self.mesh_backlog = true;
+                    break;
+                }
+                rx.pop();
+                handled += 1;
+            }
+        }
+        self.mesh_rx = receivers;
+    }
+
+    fn on_peer_event(&mut self, body: &[u8]) -> bool {
+        let Ok(Some((Frame::Event(event), _))) = decode(body, &self.limits) else {
+            panic!("a peer shard sent a malformed event");
+        };
+        let t = self
+            .topics
+            .find_or_create(event.topic, event.epoch, Purpose::Event)
+            .expect("events always find room");
+        let Some(frame) = self.alloc(body.len()) else {
+            return false;
+        };
+        self.arena.bytes_mut(frame).copy_from_slice(body);
+        self.stats.events_from_peers += 1;
+        self.deliver(t, event.seq, frame);
+        true
+    }
+
+    fn on_forwarded_publish(&mut self, peer: usize, body: &[u8], wall_ns: u64) -> bool {
+        let (origin, raw) = body.split_at(ORIGIN_BYTES);
+        let Ok(Some((Frame::Publish(p), _))) = decode(raw, &self.limits) else {
+            panic!("a peer shard forwarded a malformed publish");
+        };
+        let tx = self.mesh_tx[peer]
+            .as_ref()
+            .expect("a channel to every peer");
+        if !tx.has_room(ACK_RECORD_BYTES) {
+            return false;
+        }
+        let result = self.sequence(p.topic, p.payload, wall_ns, Some(peer));
+        let mut ack = Vec::with_capacity(64);
+        self.ack_frame(p.request_id, result).encode(&mut ack);
+        let tx = self.mesh_tx[peer]
+            .as_ref()
+            .expect("a channel to every peer");
+        assert!(tx.push(RECORD_ACK, &[origin, &ack]), "room was checked");
+        self.ring_doorbell(peer);
+        true
+    }
+
+    fn on_peer_ack(&mut self, body: &[u8]) -> bool {
+        let (origin, ack) = body.split_at(ORIGIN_BYTES);
+        let index = u32::from_be_bytes(origin[..4].try_into().expect("4 bytes"));
+        let generation = u32::from_be_bytes(origin[4..].try_into().expect("4 bytes"));
+        let alive = self.conns.contains(index as usize)
+            && self.generations[index as usize] == generation
+            && self.conns[index as usize].state == ConnState::Open;
+        if !alive {
+            return true; // the publisher left; its ack has nobody to go to
+        }
+        let Some(frame) = self.alloc(ack.len()) else {
+            return false;
+        };
+        self.arena.bytes_mut(frame).copy_from_slice(ack);
+        self.conns[index as usize].push(frame, ack.len());
+        self.mark_dirty(index);
+        true
+    }
+
+    // ---- sending --------------------------------------------------------
+
+    fn mark_dirty(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(index);
+        }
+    }
+
+    /// Encodes a control frame into the arena and queues it. Control frames
+    /// bypass the queue bound (they are few and small); a connection the
+    /// arena cannot serve at all is closed.
+    fn queue_control(&mut self, index: u32, frame: &Frame<'_>) -> bool {
+        let len = frame.encoded_len();
+        let Some(f) = self.alloc(len) else {
+            self.stats.overloaded += 1;
+            self.abort(index);
+            return false;
+        };
+        frame.encode_to_slice(self.arena.bytes_mut(f));
+        self.conns[index as usize].push(f, len);
+        self.mark_dirty(index);
+        true
+    }
+
+    /// Starts one send on every connection that has frames and none in flight.
+    fn flush(&mut self, now_ms: u64) {
+        for index in std::mem::take(&mut self.recv_rearm) {
+            let conn = &self.conns[index as usize];
+            if matches!(conn.state, ConnState::Handshake | ConnState::Open) && !conn.recv_armed {
+                self.arm_recv(index);
+            }
+        }
+        if self.accept_retry_at_ms.is_some_and(|at| now_ms >= at) {
+            self.accept_retry_at_ms = None;
+            if !self.accept_armed {
+                self.arm_accept();
+            }
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &index in &dirty {
+            let conn = &mut self.conns[index as usize];
+            conn.dirty = false;
+            if conn.state == ConnState::Closing || conn.send_in_flight {
+                continue;
+            }
+            if conn.queue_is_empty() {
+                if conn.state == ConnState::Flushing {
+                    self.close_now(index);
+                }
+                continue;
+            }
+            self.start_send(index);
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+
+    fn start_send(&mut self, index: u32) {
+        let conn = &self.conns[index as usize];
+        let (head, offset) = conn.head().expect("a queued frame");
+        let head_len = self.arena.len(head);
+        let fd = conn.fd;
+        let token = self.token(OpKind::Send, index);
+        let zero_copy = self.zerocopy_bytes_min > 0 && head_len >= self.zerocopy_bytes_min;
+        if zero_copy {
+            self.ops.push((
+                Op::SendZeroCopy {
+                    fd,
+                    ptr: self.arena.ptr(head, offset),
+                    len: (head_len - offset) as u32,
+                    buf_index: self.arena.buf_index(),
+                },
+                token,
+            ));
+            self.stats.zero_copy_sends += 1;
+            let conn = &mut self.conns[index as usize];
+            conn.start_send(1);
+            conn.send_is_zero_copy = true;
+            return;
+        }
+        let split = if self.zerocopy_bytes_min > 0 {
+            self.zerocopy_bytes_min
+        } else {
+            usize::MAX
+        };
+        let block = self.iov_free.last().copied();
+        let frames = match block {
+            Some(block) => {
+                let iov = &mut self.iov_blocks[block as usize].iov;
+                let arena = &self.arena;
+                let mut n = 0;
+                conn.next_send(
+                    arena,
+                    SEND_FRAMES_MAX,
+                    SEND_BYTES_MAX,
+                    split,
+                    |f, off, len| {
+                        iov[n] = libc::iovec {
+                            iov_base: arena.ptr(f, off) as *mut libc::c_void,
+                            iov_len: len,
+                        };
+                        n += 1;
+                    },
+                )
+            }
+            None => 1,
+        };
+        if frames > 1 {
+            let block = self.iov_free.pop().expect("checked above");
+            let b = &mut self.iov_blocks[block as usize];
+            b.msg.msg_iov = b.iov.as_mut_ptr();
+            b.msg.msg_iovlen = frames;
+            self.ops.push((
+                Op::SendVectored {
+                    fd,
+                    msg: &b.msg as *const libc::msghdr,
+                },
+                token,
+            ));
+            self.conns[index as usize].iov_block = Some(block);
+        } else {
+            self.ops.push((
+                Op::Send {
+                    fd,
+                    ptr: self.arena.ptr(head, offset),
+                    len: (head_len - offset) as u32,
+                },
+                token,
+            ));
+        }
+        let conn = &mut self.conns[index as usize];
+        conn.start_send(frames);
+        conn.send_is_zero_copy = false;
+    }
+
+    fn on_send(&mut self, index: u32, c: Completion) {
+        let conn = &mut self.conns[index as usize];
+        if c.notification() {
+            conn.zc_notified(&mut self.arena);
+            self.free_if_done(index);
+            return;
+        }
+        if conn.send_is_zero_copy && c.more() {
+            conn.pin_head_for_notification(&mut self.arena);
+        }
+        if let Some(block) = conn.iov_block.take() {
+            self.iov_free.push(block);
+        }
+        match c.result {
+            n if n > 0 => {
+                let sent = n as usize;
+                self.stats.sends += 1;
+                self.stats.send_bytes += sent as u64;
+                let conn = &mut self.conns[index as usize];
+                let short = conn.queued_bytes() > sent && !conn.has_unsent();
+                conn.complete_send(sent, &mut self.arena);
+                if short {
+                    self.stats.short_sends += 1;
+                }
+                let conn = &self.conns[index as usize];
+                let (state, catching_up) = (conn.state, conn.catching_up);
+                if state == ConnState::Open && catching_up > 0 {
+                    self.refill(index, self.now_ms);
+                }
+                let conn = &self.conns[index as usize];
+                if !conn.queue_is_empty() || conn.state == ConnState::Flushing {
+                    self.mark_dirty(index);
+                }
+            }
+            e if e < 0 && is_transient(-e) => {
+                self.conns[index as usize].abandon_send();
+                self.mark_dirty(index);
+            }
+            _ => {
+                // Reset, broken pipe, cancelled by our own close, or a zero
+                // byte send: the connection is over.
+                self.conns[index as usize].abandon_send();
+                self.abort(index);
+            }
+        }
+        self.free_if_done(index);
+    }
+
+    // ---- closing ----------------------------------------------------------
+
+    /// Queues `frame` as the connection's last, stops reading, and closes once
+    /// it is sent (or after a linger, if the client does not read).
+    fn send_then_close(&mut self, index: u32, frame: &Frame<'_>, now_ms: u64) {
+        self.unsubscribe_all(index);
+        self.conns[index as usize].drop_unsent(&mut self.arena, |_| {});
+        if !self.queue_control(index, frame) {
+            return;
+        }
+        let conn = &mut self.conns[index as usize];
+        conn.state = ConnState::Flushing;
+        if conn.recv_armed {
+            let token = self.token(OpKind::Recv, index);
+            self.ops.push((
+                Op::Cancel { target: token },
+                Token::new(OpKind::Cancel, 0, index).encode(),
+            ));
+        }
+        self.timers.schedule(index, now_ms + LINGER_MS);
+    }
+
+    fn error_close(&mut self, index: u32, code: ErrorCode, message: &str, now_ms: u64) {
+        self.stats.errors_sent += 1;
+        let message = &message.as_bytes()[..message.len().min(255)];
+        crate::debug!(
+            "shard {}: closing connection {index}: {code:?}: {}",
+            self.id,
+            String::from_utf8_lossy(message)
+        );
+        let frame = Frame::Error(ErrorFrame {
+            code: code as u16,
+            message,
+        });
+        self.send_then_close(index, &frame, now_ms);
+    }
+
+    /// GOAWAY for a subscriber that fell behind the history window: it
+    /// reconnects and resumes (and learns what it missed) from where it is.
+    fn goaway_slow(&mut self, index: u32, now_ms: u64) {
+        self.stats.slow_consumer_goaways += 1;
+        // Frames not yet handed to the kernel are not delivered: each
+        // subscription resumes after the last sequence that was.
+        let mut undelivered: Vec<(u64, Vec<u8>)> = Vec::new();
+        self.conns[index as usize].drop_unsent(&mut self.arena, |bytes| {
+            if let Ok(Some((Frame::Event(e), _))) = decode(bytes, &Limits::DEFAULT) {
+                undelivered.push((e.seq, e.topic.to_vec()));
+            }
+        });
+        // The list is cut short rather than exceed the frame limit.
+        let mut room = self.limits.frame_bytes_max as usize - 64;
+        let mut points: Vec<(u64, u64, Box<[u8]>)> = Vec::new();
+        for s in &self.conns[index as usize].subs {
+            let topic = self.topics.get(s.topic);
+            let next = topic.subscribers[s.position as usize].next_seq;
+            let first_undelivered = undelivered
+                .iter()
+                .filter(|(_, name)| name[..] == topic.name[..])
+                .map(|(seq, _)| *seq)
+                .min()
+                .unwrap_or(next);
+            let entry_bytes = 8 + 8 + 1 + topic.name.len();
+            if entry_bytes > room {
+                break;
+            }
+            room -= entry_bytes;
+            points.push((topic.epoch, first_undelivered - 1, topic.name.clone()));
+        }
+        let frame = Frame::GoAway(GoAway {
+            reason: GoAwayReason::SlowConsumer,
+            retry_after_ms: 0,
+            reconnect: b"",
+            resume: points
+                .iter()
+                .map(|(epoch, last_seq, name)| ResumePoint {
+                    epoch: *epoch,
+                    last_seq: *last_seq,
+                    topic: name,
+                })
+                .collect(),
+        });
+        self.send_then_close(index, &frame, now_ms);
+    }
+
+    /// Stops everything and closes now: nothing more is sent.
+    fn abort(&mut self, index: u32) {
+        let conn = &self.conns[index as usize];
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        self.unsubscribe_all(index);
+        self.conns[index as usize].drop_unsent(&mut self.arena, |_| {});
+        let conn = &self.conns[index as usize];
+        if conn.recv_armed {
+            let token = self.token(OpKind::Recv, index);
+            self.ops.push((
+                Op::Cancel { target: token },
+                Token::new(OpKind::Cancel, 0, index).encode(),
+            ));
+        }
+        if conn.send_in_flight {
+            let token = self.token(OpKind::Send, index);
+            self.ops.push((
+                Op::Cancel { target: token },
+                Token::new(OpKind::Cancel, 0, index).encode(),
+            ));
+        }
+        self.close_now(index);
+    }
+
+    fn close_now(&mut self, index: u32) {
+        let token = self.token(OpKind::Close, index);
+        let conn = &mut self.conns[index as usize];
+        debug_assert_ne!(conn.state, ConnState::Closing);
+        conn.state = ConnState::Closing;
+        conn.close_in_flight = true;
+        self.ops.push((Op::Close { fd: conn.fd }, token));
+        self.timers.cancel(index);
+    }
+
+    fn free_if_done(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        if conn.state != ConnState::Closing || !conn.quiescent() {
+            return;
+        }
+        debug_assert!(conn.subs.is_empty());
+        conn.release_all(&mut self.arena);
+        if let Some(block) = conn.iov_block.take() {
+            self.iov_free.push(block);
+        }
+        if conn.rejected {
+            self.rejecting -= 1;
+        }
+        self.conns.remove(index as usize);
+        self.generations[index as usize] = (self.generations[index as usize] + 1) & GENERATION_MASK;
+        self.stats.closed += 1;
+    }
+
+    // ---- time -------------------------------------------------------------
+
+    fn expire_timers(&mut self, now_ms: u64) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(now_ms, &mut fired);
+        for &index in &fired {
+            let conn = &self.conns[index as usize];
+            match conn.state {
+                ConnState::Handshake => {
+                    let message = format!("no HELLO within {} ms", self.handshake_timeout_ms);
+                    self.error_close(index, ErrorCode::HandshakeTimeout, &message, now_ms);
+                }
+                ConnState::Open => {
+                    let deadline = conn.last_rx_ms + self.idle_timeout_ms as u64;
+                    if now_ms >= deadline {
+                        let message = format!("nothing received for {} ms", self.idle_timeout_ms);
+                        self.error_close(index, ErrorCode::IdleTimeout, &message, now_ms);
+                    } else {
+                        self.timers.schedule(index, deadline);
+                    }
+                }
+                // The client would not take its last frames within the linger.
+                ConnState::Flushing => self.abort(index),
+                ConnState::Closing => {}
+            }
+        }
+        fired.clear();
+        self.fired = fired;
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, tell every client to go away, and give
+    /// them the drain deadline to receive it.
+    fn start_drain(&mut self, now_ms: u64) {
+        self.drain_deadline_ms = Some(now_ms + self.drain_timeout_ms as u64);
+        if let Some(listener) = self.listener.take() {
+            if self.accept_armed {
+                self.ops.push((
+                    Op::Cancel {
+                        target: Token::new(OpKind::Accept, 0, 0).encode(),
+                    },
+                    Token::new(OpKind::Cancel, 0, 0).encode(),
+                ));
+            }
+            self.close_orphan(listener);
+        }
+        let open: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, ConnState::Handshake | ConnState::Open))
+            .map(|(i, _)| i as u32)
+            .collect();
+        for index in open {
+            let retry_after_ms = self.jittered_retry();
+            let goaway = Frame::GoAway(GoAway {
+                reason: GoAwayReason::Shutdown,
+                retry_after_ms,
+                reconnect: b"",
+                resume: vec![],
+            });
+            self.send_then_close(index, &goaway, now_ms);
+        }
+    }
+
+    /// True once a drain has sent everything it could and every connection
+    /// is gone (or the deadline passed and stragglers were cut).
+    fn drained(&mut self, now_ms: u64) -> bool {
+        let Some(deadline) = self.drain_deadline_ms else {
+            return false;
+        };
+        if now_ms >= deadline {
+            let left: Vec<u32> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state != ConnState::Closing)
+                .map(|(i, _)| i as u32)
+                .collect();
+            for index in left {
+                self.abort(index);
+            }
+        }
+        self.conns.is_empty() || now_ms >= deadline + LINGER_MS
+    }
+}

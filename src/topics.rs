@@ -1,0 +1,321 @@
+//! Topics as one shard sees them: the sequence counter (authoritative on the
+//! topic's owner shard, a mirror elsewhere), the in-memory history of shared
+//! frames, and the local subscriber list that fan-out walks.
+//!
+//! Every shard receives every event of every topic from the owner, in order,
+//! so every shard's history is a complete recent window and resume is served
+//! locally, without asking another shard.
+
+use std::collections::{HashMap, VecDeque};
+
+use slab::Slab;
+
+use crate::arena::{Arena, FrameRef};
+
+/// One local subscriber of a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscriber {
+    pub conn: u32,
+    pub generation: u32,
+    /// The next sequence this subscriber is to get.
+    pub next_seq: u64,
+    /// True while the subscriber is fed from history (after a resume, or when
+    /// its queue was full): live fan-out skips it until it is caught up.
+    pub catching_up: bool,
+}
+
+pub struct Topic {
+    pub name: Box<[u8]>,
+    pub epoch: u64,
+    /// Newest sequence seen (assigned, on the owner); 0 before the first.
+    pub last_seq: u64,
+    /// History frames, oldest first; `history[i]` has sequence
+    /// `last_seq - history.len() + 1 + i`.
+    history: VecDeque<FrameRef>,
+    history_bytes: usize,
+    pub subscribers: Vec<Subscriber>,
+    /// Counted against this shard's budget of topics it sequences.
+    pub sequenced_here: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TopicLimits {
+    /// Topics with events, across all shards (every shard mirrors them all).
+    pub topics_max: usize,
+    /// Topics this shard may sequence: its share of `topics_max`, so the
+    /// owners' shares never add up to more than every table holds.
+    pub sequenced_max: usize,
+    /// Topics subscribed to but without events yet; kept apart so clients
+    /// subscribing to made-up names cannot crowd out real topics.
+    pub waiting_max: usize,
+    pub history_events_max: usize,
+    pub history_bytes_max: usize,
+}
+
+pub struct Topics {
+    by_name: HashMap<Box<[u8]>, u32>,
+    topics: Slab<Topic>,
+    sequenced: usize,
+    /// Topics without any event yet.
+    waiting: usize,
+    limits: TopicLimits,
+}
+
+/// Why a topic is looked up: subscribing may only create a waiting topic;
+/// an event always finds room (see `TopicLimits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Subscribe,
+    Event,
+}
+
+impl Topic {
+    /// The oldest sequence still in history (`last_seq + 1` when empty).
+    pub fn oldest_seq(&self) -> u64 {
+        self.last_seq + 1 - self.history.len() as u64
+    }
+
+    /// The history frame of `seq`, if retained.
+    pub fn history_frame(&self, seq: u64) -> Option<FrameRef> {
+        if seq < self.oldest_seq() || seq > self.last_seq {
+            return None;
+        }
+        self.history
+            .get((seq - self.oldest_seq()) as usize)
+            .copied()
+    }
+
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+}
+
+impl Topics {
+    pub fn new(limits: TopicLimits) -> Topics {
+        assert!(limits.sequenced_max <= limits.topics_max);
+        let capacity = limits.topics_max + limits.waiting_max;
+        Topics {
+            by_name: HashMap::with_capacity(capacity),
+            topics: Slab::with_capacity(capacity),
+            sequenced: 0,
+            waiting: 0,
+            limits,
+        }
+    }
+
+    pub fn get(&self, index: u32) -> &Topic {
+        &self.topics[index as usize]
+    }
+
+    pub fn get_mut(&mut self, index: u32) -> &mut Topic {
+        &mut self.topics[index as usize]
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The topic's index, creating it (empty, in `epoch`) if it is new; None
+    /// when the table has no room for it.
+    pub fn find_or_create(&mut self, name: &[u8], epoch: u64, purpose: Purpose) -> Option<u32> {
+        if let Some(index) = self.find(name) {
+            return Some(index);
+        }
+        if purpose == Purpose::Subscribe && self.waiting >= self.limits.waiting_max {
+            return None;
+        }
+        assert!(
+            self.topics.len() < self.limits.topics_max + self.limits.waiting_max,
+            "topic table overflow: owners sequenced more topics than the limit"
+        );
+        self.waiting += 1;
+        let index = self.topics.insert(Topic {
+            name: name.into(),
+            epoch,
+            last_seq: 0,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            subscribers: Vec::new(),
+            sequenced_here: false,
+        }) as u32;
+        self.by_name.insert(name.into(), index);
+        Some(index)
+    }
+
+    /// Forgets a topic that never had an event once nobody subscribes to it.
+    pub fn remove_if_unused(&mut self, index: u32) {
+        let topic = &self.topics[index as usize];
+        if topic.last_seq == 0 && topic.subscribers.is_empty() && !topic.sequenced_here {
+            let topic = self.topics.remove(index as usize);
+            self.by_name.remove(&topic.name);
+            self.waiting -= 1;
+        }
+    }
+
+    /// Claims a slot of this shard's sequencing budget for the topic; false
+    /// when the budget is spent.
+    pub fn claim_sequencing(&mut self, index: u32) -> bool {
+        let topic = &mut self.topics[index as usize];
+        if topic.sequenced_here {
+            return true;
+        }
+        if self.sequenced >= self.limits.sequenced_max {
+            return false;
+        }
+        if topic.last_seq == 0 {
+            self.waiting -= 1;
+        }
+        topic.sequenced_here = true;
+        self.sequenced += 1;
+        true
+    }
+
+    /// Appends the frame of sequence `seq` (taking over the caller's
+    /// reference) and evicts what the history limits no longer allow.
+    pub fn append(&mut self, index: u32, seq: u64, frame: FrameRef, arena: &mut Arena) {
+        let limits = self.limits;
+        let topic = &mut self.topics[index as usize];
+        assert_eq!(
+            seq,
+            topic.last_seq + 1,
+            "events reach a shard in sequence order"
+        );
+        if topic.last_seq == 0 && !topic.sequenced_here {
+            self.waiting -= 1;
+        }
+        topic.last_seq = seq;
+        topic.history.push_back(frame);
+        topic.history_bytes += arena.len(frame);
+        while topic.history.len() > limits.history_events_max
+            || (topic.history_bytes > limits.history_bytes_max && topic.history.len() > 1)
+        {
+            Self::evict_oldest(topic, arena);
+        }
+    }
+
+    fn evict_oldest(topic: &mut Topic, arena: &mut Arena) -> bool {
+        let Some(frame) = topic.history.pop_front() else {
+            return false;
+        };
+        topic.history_bytes -= arena.len(frame);
+        arena.release(frame);
+        true
+    }
+
+    /// Frees arena memory by dropping the oldest history frame of the topic
+    /// with the longest history; false when every history is empty.
+    pub fn evict_for_memory(&mut self, arena: &mut Arena) -> bool {
+        let longest = self
+            .topics
+            .iter_mut()
+            .map(|(_, t)| t)
+            .max_by_key(|t| t.history.len())
+            .filter(|t| !t.history.is_empty());
+        match longest {
+            Some(topic) => Self::evict_oldest(topic, arena),
+            None => false,
+        }
+    }
+
+    /// Frames held by all histories.
+    pub fn history_frames(&self) -> usize {
+        self.topics.iter().map(|(_, t)| t.history.len()).sum()
+    }
+
+    /// Releases every history frame (shutdown).
+    pub fn clear_history(&mut self, arena: &mut Arena) {
+        for (_, topic) in &mut self.topics {
+            while Self::evict_oldest(topic, arena) {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluecast_sys::Region;
+
+    fn setup(events_max: usize, bytes_max: usize) -> (Region, Arena, Topics) {
+        let region = Region::map(1 << 20, false).unwrap();
+        let arena = Arena::new(region.spans(1).pop().unwrap(), 0, 4096);
+        let topics = Topics::new(TopicLimits {
+            topics_max: 4,
+            sequenced_max: 2,
+            waiting_max: 2,
+            history_events_max: events_max,
+            history_bytes_max: bytes_max,
+        });
+        (region, arena, topics)
+    }
+
+    #[test]
+    fn history_is_bounded_in_events_and_bytes() {
+        let (_region, mut arena, mut topics) = setup(3, 250);
+        let t = topics.find_or_create(b"hunt-1", 9, Purpose::Event).unwrap();
+        for seq in 1..=5 {
+            let f = arena.alloc(100).unwrap();
+            topics.append(t, seq, f, &mut arena);
+        }
+        let topic = topics.get(t);
+        assert_eq!(topic.last_seq, 5);
+        assert_eq!(topic.history_len(), 2, "250 bytes hold two 100-byte frames");
+        assert_eq!(topic.oldest_seq(), 4);
+        assert!(topic.history_frame(3).is_none());
+        assert!(topic.history_frame(4).is_some());
+        assert!(topic.history_frame(6).is_none());
+        assert_eq!(arena.frames_live(), 2);
+        topics.clear_history(&mut arena);
+        assert_eq!(arena.frames_live(), 0);
+    }
+
+    #[test]
+    fn waiting_topics_are_bounded_apart_and_forgotten_when_unused() {
+        let (_region, mut arena, mut topics) = setup(3, 1000);
+        let a = topics.find_or_create(b"a", 1, Purpose::Subscribe).unwrap();
+        assert_eq!(topics.find_or_create(b"a", 1, Purpose::Subscribe), Some(a));
+        topics.find_or_create(b"b", 1, Purpose::Subscribe).unwrap();
+        assert_eq!(topics.find_or_create(b"c", 1, Purpose::Subscribe), None);
+        // Real topics still find room.
+        let d = topics.find_or_create(b"d", 1, Purpose::Event).unwrap();
+        let f = arena.alloc(10).unwrap();
+        topics.append(d, 1, f, &mut arena);
+        // An event turns a waiting topic into a real one, freeing its place.
+        let f = arena.alloc(10).unwrap();
+        topics.append(a, 1, f, &mut arena);
+        assert!(topics.find_or_create(b"c", 1, Purpose::Subscribe).is_some());
+        let b = topics.find(b"b").unwrap();
+        topics.remove_if_unused(b);
+        assert_eq!(topics.find(b"b"), None);
+        topics.remove_if_unused(a);
+        assert_eq!(topics.find(b"a"), Some(a), "a topic with events stays");
+        topics.clear_history(&mut arena);
+    }
+
+    #[test]
+    fn sequencing_budget_is_bounded() {
+        let (_region, _arena, mut topics) = setup(3, 1000);
+        for name in [&b"a"[..], b"b", b"c"] {
+            topics.find_or_create(name, 1, Purpose::Event).unwrap();
+        }
+        assert!(topics.claim_sequencing(0));
+        assert!(topics.claim_sequencing(0), "claiming twice costs nothing");
+        assert!(topics.claim_sequencing(1));
+        assert!(!topics.claim_sequencing(2));
+    }
+
+    #[test]
+    fn memory_eviction_takes_from_the_longest_history() {
+        let (_region, mut arena, mut topics) = setup(10, 10_000);
+        let a = topics.find_or_create(b"a", 1, Purpose::Event).unwrap();
+        let b = topics.find_or_create(b"b", 1, Purpose::Event).unwrap();
+        for seq in 1..=3 {
+            let f = arena.alloc(10).unwrap();
+            topics.append(a, seq, f, &mut arena);
+        }
+        let f = arena.alloc(10).unwrap();
+        topics.append(b, 1, f, &mut arena);
+        assert!(topics.evict_for_memory(&mut arena));
+        assert_eq!(topics.get(a).oldest_seq(), 2);
+        assert_eq!(topics.get(b).oldest_seq(), 1);
+    }
+}

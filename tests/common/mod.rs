@@ -1,0 +1,235 @@
+//! Shared helpers for tests that run the real appliance over loopback.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::{decode, Frame, Hello, Limits, StartMode, Subscribe, HELLO_MAGIC};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cluecast");
+
+/// A running appliance on a free loopback port; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    // The child is killed and reaped by Drop once the address is known; if
+    // start-up itself fails the test fails and the process goes with it.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cluecast");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("cluecast did not report its address in time");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                return Server {
+                    child,
+                    addr,
+                    log: rx,
+                };
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: kill(2) through the libc crate on our own child.
+        let ret = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(ret, 0);
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Log lines printed so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    pub fn rss_bytes(&self) -> u64 {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client speaking the protocol by hand, for tests that need control over
+/// every byte (the reference client hides reconnects and heartbeats).
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub limits: Limits,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            limits: Limits::DEFAULT,
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub fn open(addr: SocketAddr) -> RawClient {
+        let mut client = RawClient::connect(addr);
+        client.send(&Frame::Hello(Hello {
+            version_min: 1,
+            version_max: 1,
+            client_id: b"test",
+            token: b"",
+        }));
+        client.expect(|f| matches!(f, Frame::Welcome(_)));
+        client
+    }
+
+    pub fn send(&mut self, frame: &Frame<'_>) {
+        let mut bytes = Vec::new();
+        frame.encode(&mut bytes);
+        self.stream.write_all(&bytes).expect("send");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next frame, handed to `f` (frames borrow the buffer). None on EOF.
+    pub fn recv<T>(&mut self, f: impl FnOnce(Frame<'_>) -> T) -> Option<T> {
+        loop {
+            match decode(&self.buf, &self.limits).expect("server sent a malformed frame") {
+                Some((frame, used)) => {
+                    let out = f(frame);
+                    self.buf.drain(..used);
+                    return Some(out);
+                }
+                None => {
+                    let mut chunk = [0u8; 65536];
+                    let n = self.stream.read(&mut chunk).expect("read");
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    /// Reads a frame and asserts it passes `check`.
+    pub fn expect(&mut self, check: impl FnOnce(&Frame<'_>) -> bool) {
+        let ok = self
+            .recv(|f| {
+                let ok = check(&f);
+                if !ok {
+                    eprintln!("unexpected frame: {f:?}");
+                }
+                ok
+            })
+            .expect("connection closed");
+        assert!(ok);
+    }
+
+    pub fn subscribe(
+        &mut self,
+        topic: &str,
+        mode: StartMode,
+        epoch: u64,
+        last_seq: u64,
+    ) -> (u64, u64) {
+        self.send(&Frame::Subscribe(Subscribe {
+            mode,
+            epoch,
+            last_seq,
+            topic: topic.as_bytes(),
+        }));
+        self.recv(|f| match f {
+            Frame::Subscribed(s) => (s.epoch, s.last_seq),
+            other => panic!("expected SUBSCRIBED, got {other:?}"),
+        })
+        .expect("connection closed")
+    }
+
+    /// True once the server closed the connection (reads until EOF).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Frames still buffered after the connection closed, as (type, first
+    /// bytes of the body) pairs.
+    pub fn buffered_frames(&self) -> Vec<Frame<'_>> {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((frame, used))) = decode(&self.buf[at..], &self.limits) {
+            frames.push(frame);
+            at += used;
+        }
+        frames
+    }
+}
+
+pub fn hello_bytes() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    Frame::Hello(Hello {
+        version_min: 1,
+        version_max: 1,
+        client_id: b"x",
+        token: b"",
+    })
+    .encode(&mut bytes);
+    assert_eq!(&bytes[5..9], &HELLO_MAGIC);
+    bytes
+}

@@ -1,0 +1,282 @@
+//! The appliance end to end over loopback: fan-out correctness at scale,
+//! resume, hostile input, and a graceful drain.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::client::{Client, ClientConfig};
+use cluecast_proto::{ErrorCode, Frame, GoAwayReason, Publish, StartMode};
+use common::{RawClient, Server};
+
+/// Publishes `count` events round-robin over `topics` from one connection,
+/// pipelined, and waits for every acknowledgement.
+fn publish_all(
+    addr: SocketAddr,
+    topics: &[String],
+    count: usize,
+    payload_of: impl Fn(usize) -> String,
+) {
+    let mut publisher = RawClient::open(addr);
+    let mut acked = 0;
+    for i in 0..count {
+        let payload = payload_of(i);
+        publisher.send(&Frame::Publish(Publish {
+            request_id: i as u32,
+            topic: topics[i % topics.len()].as_bytes(),
+            payload: payload.as_bytes(),
+        }));
+        // Keep a bounded window in flight, as a real publisher would.
+        while i + 1 - acked > 256 {
+            publisher.expect(|f| matches!(f, Frame::PublishAck(a) if a.status == 0));
+            acked += 1;
+        }
+    }
+    while acked < count {
+        publisher.expect(|f| matches!(f, Frame::PublishAck(a) if a.status == 0));
+        acked += 1;
+    }
+}
+
+#[test]
+fn two_thousand_subscribers_get_every_event_of_their_topic_once_in_order() {
+    let server = Server::start(&["--shards", "2"]);
+    let topics: Vec<String> = (0..20).map(|t| format!("hunt-{t}")).collect();
+    let mut subscribers: Vec<(usize, RawClient)> = (0..2000)
+        .map(|i| {
+            let mut c = RawClient::open(server.addr);
+            c.subscribe(&topics[i % 20], StartMode::Live, 0, 0);
+            (i % 20, c)
+        })
+        .collect();
+    let events = 10_000;
+    publish_all(server.addr, &topics, events, |i| format!("e{i}"));
+
+    // Readers on several threads; kernel buffers hold the rest meanwhile.
+    let per_topic = events / topics.len();
+    let chunks: Vec<Vec<(usize, RawClient)>> = {
+        let mut chunks: Vec<Vec<_>> = (0..8).map(|_| Vec::new()).collect();
+        for (i, s) in subscribers.drain(..).enumerate() {
+            chunks[i % 8].push(s);
+        }
+        chunks
+    };
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            std::thread::spawn(move || {
+                for (topic, mut client) in chunk {
+                    let mut payloads = HashSet::new();
+                    for expected_seq in 1..=per_topic as u64 {
+                        let (seq, payload) = client
+                            .recv(|f| match f {
+                                Frame::Event(e) => {
+                                    (e.seq, String::from_utf8(e.payload.to_vec()).unwrap())
+                                }
+                                other => panic!("expected EVENT, got {other:?}"),
+                            })
+                            .expect("closed early");
+                        assert_eq!(
+                            seq, expected_seq,
+                            "topic {topic}: gap, duplicate or reorder"
+                        );
+                        let n: usize = payload[1..].parse().unwrap();
+                        assert_eq!(n % 20, topic, "an event of another topic");
+                        assert!(payloads.insert(n), "payload delivered twice");
+                    }
+                    assert_eq!(payloads.len(), per_topic);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a reader found a delivery error");
+    }
+}
+
+#[test]
+fn a_cut_connection_resumes_from_history_without_gap_or_duplicate() {
+    let server = Server::start(&["--shards", "2"]);
+    let topic = vec!["clue-drops".to_string()];
+    let mut sub = RawClient::open(server.addr);
+    let (epoch, _) = sub.subscribe(&topic[0], StartMode::Live, 0, 0);
+    publish_all(server.addr, &topic, 50, |i| format!("p{i}"));
+    let mut last = 0;
+    for _ in 0..20 {
+        last = sub
+            .recv(|f| match f {
+                Frame::Event(e) => e.seq,
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+    }
+    assert_eq!(last, 20);
+    drop(sub); // cut mid-stream, 30 events unread
+    publish_all(server.addr, &topic, 50, |i| format!("q{i}"));
+
+    let mut again = RawClient::open(server.addr);
+    let (same_epoch, newest) = again.subscribe(&topic[0], StartMode::Resume, epoch, last);
+    assert_eq!((same_epoch, newest), (epoch, 100));
+    for want in last + 1..=100 {
+        let seq = again
+            .recv(|f| match f {
+                Frame::Event(e) => e.seq,
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        assert_eq!(seq, want);
+    }
+
+    // `sub --from` started afresh replays the same range.
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "sub",
+            "--server",
+            &server.addr.to_string(),
+            "clue-drops",
+            "--from",
+            "95",
+            "--count",
+            "6",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let seqs: Vec<u64> = lines
+        .iter()
+        .map(|l| l.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seqs, (95..=100).collect::<Vec<_>>());
+    assert!(lines[5].ends_with("\tq49"), "{lines:?}");
+}
+
+#[test]
+fn pub_and_sub_commands_round_trip() {
+    let server = Server::start(&["--shards", "1"]);
+    let addr = server.addr.to_string();
+    let sub = std::process::Command::new(common::BIN)
+        .args(["sub", "--server", &addr, "hunt-9", "--count", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The subscription is live once SUBSCRIBED arrives; give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    for (message, want_seq) in [("first clue", "1"), ("second clue", "2")] {
+        let out = std::process::Command::new(common::BIN)
+            .args(["pub", "--server", &addr, "hunt-9", message])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), want_seq);
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "1\tfirst clue\n2\tsecond clue\n"
+    );
+}
+
+fn assert_error_then_close(client: &mut RawClient, code: ErrorCode) {
+    assert!(
+        client.closed_within(Duration::from_secs(10)),
+        "server did not close"
+    );
+    let frames = client.buffered_frames();
+    let last = frames.last().expect("an ERROR frame before the close");
+    match last {
+        Frame::Error(e) => assert_eq!(
+            e.code,
+            code as u16,
+            "{:?}",
+            String::from_utf8_lossy(e.message)
+        ),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+#[test]
+fn hostile_input_gets_error_then_close_and_disturbs_nobody() {
+    let server = Server::start(&["--shards", "2", "--handshake-timeout-ms", "1000"]);
+    let mut bystander = RawClient::open(server.addr);
+    bystander.subscribe("calm", StartMode::Live, 0, 0);
+
+    let mut garbage = RawClient::connect(server.addr);
+    garbage
+        .send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_error_then_close(&mut garbage, ErrorCode::FrameTooLarge);
+
+    let mut oversized = RawClient::open(server.addr);
+    oversized.send_raw(&[0x7f, 0xff, 0xff, 0xff]).unwrap();
+    assert_error_then_close(&mut oversized, ErrorCode::FrameTooLarge);
+
+    let mut unknown = RawClient::open(server.addr);
+    unknown.send_raw(&[0, 0, 0, 1, 0x55]).unwrap();
+    assert_error_then_close(&mut unknown, ErrorCode::UnknownFrameType);
+
+    // A frame whose declared length ends inside a field.
+    let mut truncated = RawClient::open(server.addr);
+    truncated.send_raw(&[0, 0, 0, 3, 0x30, 1, 2]).unwrap();
+    assert_error_then_close(&mut truncated, ErrorCode::Malformed);
+
+    let mut no_hello = RawClient::connect(server.addr);
+    no_hello.send(&Frame::Ping { nonce: 1 });
+    assert_error_then_close(&mut no_hello, ErrorCode::UnexpectedFrame);
+
+    // Slowloris: one byte of HELLO a second never finishes the handshake.
+    let mut slow = RawClient::connect(server.addr);
+    let hello = common::hello_bytes();
+    let started = Instant::now();
+    for &byte in hello.iter().take(3) {
+        if slow.send_raw(&[byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_error_then_close(&mut slow, ErrorCode::HandshakeTimeout);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The bystander still gets its events.
+    publish_all(server.addr, &["calm".to_string()], 3, |i| format!("c{i}"));
+    for want in 1..=3 {
+        let seq = bystander
+            .recv(|f| match f {
+                Frame::Event(e) => e.seq,
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        assert_eq!(seq, want);
+    }
+}
+
+#[test]
+fn sigterm_sends_goaway_to_every_client_and_exits_zero() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let mut clients: Vec<RawClient> = (0..20).map(|_| RawClient::open(server.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.subscribe(&format!("t{}", i % 3), StartMode::Live, 0, 0);
+    }
+    server.signal(libc::SIGTERM);
+    for c in &mut clients {
+        c.expect(|f| matches!(f, Frame::GoAway(g) if g.reason == GoAwayReason::Shutdown));
+        assert!(c.closed_within(Duration::from_secs(5)));
+    }
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    // The reference client can no longer connect.
+    let mut config = ClientConfig::new(server.addr.to_string());
+    config.reconnect = false;
+    config.connect_timeout_ms = 500;
+    assert!(Client::connect(config).is_err());
+}
