@@ -56,7 +56,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     let listeners = bind_listeners(settings.listen, shards)?;
     let local = cluecast_sys::local_addr(listeners[0].as_raw_fd()).map_err(|e| e.to_string())?;
     // Each shard owns (and on drain closes) its listener from here on.
-    let mut listeners = listeners.into_iter().map(OwnedFd::into_raw_fd);
+    let listeners: Vec<RawFd> = listeners.into_iter().map(OwnedFd::into_raw_fd).collect();
 
     let region = Region::map(settings.arena_bytes * shards, settings.huge_pages)
         .map_err(|e| format!("mapping the frame arena: {e}"))?;
@@ -76,7 +76,6 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     };
     let cpus = cluecast_sys::allowed_cpus().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (mut mesh_tx, mut mesh_rx) = mesh(shards, settings.mesh_bytes);
 
     // All rings first, from this thread: the first registers the arena, the
     // others share that registration, and every shard learns every doorbell.
@@ -95,40 +94,18 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     }
     let ring_fds: Vec<RawFd> = rings.iter().map(|r| r.fd()).collect();
 
+    let setups = shard_setups(
+        settings,
+        epoch,
+        connections_max,
+        listeners,
+        spans,
+        ring_fds,
+        &stop,
+    );
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
-    for ((id, span), ring) in spans.into_iter().enumerate().zip(rings) {
-        let setup = ShardSetup {
-            id,
-            shards,
-            epoch,
-            listener: listeners.next().expect("one listener per shard"),
-            connections_max,
-            limits: settings.limits(),
-            subscriptions_max: settings.subscriptions_max,
-            topic_limits: TopicLimits {
-                topics_max: settings.topics_max,
-                sequenced_max: settings.topics_max / shards,
-                waiting_max: settings.topics_max,
-                history_events_max: settings.history_events_max,
-                history_bytes_max: settings.history_bytes_max,
-            },
-            queue_bytes_max: settings.queue_bytes_max,
-            zerocopy_bytes_min: settings.zerocopy_bytes_min,
-            heartbeat_ms: settings.heartbeat_ms,
-            idle_timeout_ms: settings.idle_timeout_ms,
-            handshake_timeout_ms: settings.handshake_timeout_ms,
-            drain_timeout_ms: settings.drain_timeout_ms,
-            retry_after_ms: settings.retry_after_ms,
-            arena: Arena::new(
-                span,
-                id as u16,
-                settings.limits().frame_bytes_max as usize + 4,
-            ),
-            mesh_tx: std::mem::take(&mut mesh_tx[id]),
-            mesh_rx: std::mem::take(&mut mesh_rx[id]),
-            peer_ring_fds: ring_fds.clone(),
-            stop: stop.clone(),
-        };
+    for (setup, ring) in setups.into_iter().zip(rings) {
+        let id = setup.id;
         let cpu = cpus[id % cpus.len()];
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
@@ -183,6 +160,57 @@ fn bind_listeners(listen: SocketAddr, shards: usize) -> Result<Vec<OwnedFd>, Str
         );
     }
     Ok(listeners)
+}
+
+/// Everything each shard needs but its ring: one setup per listener and
+/// span, wired to every other shard by a channel each way.
+pub fn shard_setups(
+    settings: &Settings,
+    epoch: u64,
+    connections_max: usize,
+    listeners: Vec<RawFd>,
+    spans: Vec<Span>,
+    ring_fds: Vec<RawFd>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<ShardSetup> {
+    let shards = settings.shards;
+    assert!(listeners.len() == shards && spans.len() == shards && ring_fds.len() == shards);
+    let (mut mesh_tx, mut mesh_rx) = mesh(shards, settings.mesh_bytes);
+    let limits = settings.limits();
+    listeners
+        .into_iter()
+        .zip(spans)
+        .enumerate()
+        .map(|(id, (listener, span))| ShardSetup {
+            id,
+            shards,
+            epoch,
+            listener,
+            connections_max,
+            limits,
+            subscriptions_max: settings.subscriptions_max,
+            topic_limits: TopicLimits {
+                topics_max: settings.topics_max,
+                sequenced_max: settings.topics_max / shards,
+                waiting_max: settings.topics_max,
+                history_events_max: settings.history_events_max,
+                history_bytes_max: settings.history_bytes_max,
+            },
+            queue_bytes_max: settings.queue_bytes_max,
+            zerocopy_bytes_min: settings.zerocopy_bytes_min,
+            heartbeat_ms: settings.heartbeat_ms,
+            idle_timeout_ms: settings.idle_timeout_ms,
+            handshake_timeout_ms: settings.handshake_timeout_ms,
+            drain_timeout_ms: settings.drain_timeout_ms,
+            retry_after_ms: settings.retry_after_ms,
+            // The wire frame is the length prefix's value plus its 4 bytes.
+            arena: Arena::new(span, id as u16, limits.frame_bytes_max as usize + 4),
+            mesh_tx: std::mem::take(&mut mesh_tx[id]),
+            mesh_rx: std::mem::take(&mut mesh_rx[id]),
+            peer_ring_fds: ring_fds.clone(),
+            stop: stop.clone(),
+        })
+        .collect()
 }
 
 /// `tx[i][j]` carries records from shard i to shard j, `rx[j][i]` receives them.

@@ -46,8 +46,10 @@ const IOV_BLOCKS_MAX: usize = 1024;
 const MESH_RECORDS_PER_TURN: usize = 4096;
 const TIMER_TICK_MS: u64 = 50;
 const TIMER_SLOTS: usize = 1024;
-/// How long a closing connection may take to flush its last frames.
-const LINGER_MS: u64 = 2_000;
+/// How long a closing connection may take to flush its last frames (at most
+/// one send's worth and a GOAWAY or ERROR): long enough for a phone on a poor
+/// link, short enough that a peer that stopped reading cannot hold the slot.
+const LINGER_MS: u64 = 10_000;
 
 /// Channel record kinds.
 const RECORD_EVENT: u8 = 1;

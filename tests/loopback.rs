@@ -280,3 +280,67 @@ fn sigterm_sends_goaway_to_every_client_and_exits_zero() {
     config.connect_timeout_ms = 500;
     assert!(Client::connect(config).is_err());
 }
+
+#[test]
+fn a_reader_too_slow_for_the_history_gets_goaway_with_where_to_resume() {
+    // 24 MB of events: more than the kernel buffers, the connection's queue
+    // bound and the topic's history together can hold for one reader.
+    let server = Server::start(&["--shards", "1"]);
+    let (events, payload) = (400u64, 60_000);
+    let mut stalled = RawClient::open(server.addr);
+    stalled.subscribe("big", StartMode::Live, 0, 0);
+    let mut reader = RawClient::open(server.addr);
+    reader.subscribe("big", StartMode::Live, 0, 0);
+    let reading = std::thread::spawn(move || {
+        for want in 1..=events {
+            let seq = reader.recv(|f| match f {
+                Frame::Event(e) => e.seq,
+                other => panic!("{other:?}"),
+            });
+            assert_eq!(seq, Some(want), "the reader that keeps up misses nothing");
+        }
+    });
+    // Paced at 12 MB/s, which a reader that keeps up easily follows.
+    let body = vec![b'y'; payload];
+    let mut publisher =
+        common::publish_paced(server.addr, "big", events, &body, Duration::from_millis(5));
+    for _ in 0..events {
+        publisher.expect(|f| matches!(f, Frame::PublishAck(a) if a.status == 0));
+    }
+    reading.join().unwrap();
+
+    // The stalled reader gets a gap-free prefix, then GOAWAY(SlowConsumer)
+    // naming the last sequence it was given, so it resumes exactly there.
+    stalled
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut last = 0;
+    let ending = loop {
+        let frame = stalled.recv(|f| match f {
+            Frame::Event(e) => Ok(e.seq),
+            Frame::GoAway(g) => Err((g.reason, g.resume.first().map(|p| p.last_seq))),
+            other => panic!("unexpected {other:?}"),
+        });
+        match frame {
+            Some(Ok(seq)) => {
+                assert_eq!(seq, last + 1, "a gap before the GOAWAY");
+                last = seq;
+            }
+            Some(Err(goaway)) => break Some(goaway),
+            None => break None,
+        }
+    };
+    let (reason, resume_at) = ending.expect("the stalled reader got no GOAWAY");
+    assert_eq!(reason, GoAwayReason::SlowConsumer);
+    assert_eq!(
+        resume_at,
+        Some(last),
+        "GOAWAY names the last sequence delivered"
+    );
+    assert!(
+        last < events,
+        "everything was kept for the stalled reader: no bound"
+    );
+    assert!(stalled.closed_within(Duration::from_secs(15)));
+}

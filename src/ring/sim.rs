@@ -142,7 +142,10 @@ struct Client {
 struct RingState {
     /// Pushed, not yet submitted, in push order.
     queued: Vec<Queued>,
-    /// By user_data, which is unique among in-flight operations.
+    /// By operation id. A user_data is unique among the operations still
+    /// cancellable; a zero-copy send that only owes its notification may
+    /// share it with the connection's next send (the kernel tells the two
+    /// apart by F_NOTIF, and so must the engine).
     in_flight: BTreeMap<u64, InFlight>,
     /// Completions with the id of the operation that produced them.
     ready: Vec<(u64, Completion)>,
@@ -156,7 +159,15 @@ struct Queued {
 
 struct InFlight {
     id: u64,
+    user_data: u64,
     pending: Pending,
+}
+
+impl InFlight {
+    /// Still a request the kernel would find by user_data (cancel, reuse).
+    fn live(&self, user_data: u64) -> bool {
+        self.user_data == user_data && !matches!(self.pending, Pending::Notify { .. })
+    }
 }
 
 enum Pending {
@@ -284,11 +295,12 @@ impl BufferPool {
     }
 }
 
-/// SplitMix64: tiny, and good enough to drive fault choices.
-struct Rng(u64);
+/// SplitMix64: tiny, and good enough to drive fault choices (and the test
+/// drivers' own choices).
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -297,8 +309,8 @@ impl Rng {
     }
 
     /// Uniform in 0..n, by multiply-shift (the bias is negligible here).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
     /// Uniform in 1..=n.
@@ -631,8 +643,12 @@ impl World {
         let file = self.files.get_mut(&fd).expect("sim: checked at push");
         if file.open {
             file.refs += 1;
-            let op = InFlight { id, pending };
-            self.ring(ring_fd).in_flight.insert(user_data, op);
+            let op = InFlight {
+                id,
+                user_data,
+                pending,
+            };
+            self.ring(ring_fd).in_flight.insert(id, op);
         } else {
             let next = self.fail(ring_fd, id, user_data, &pending, libc::EBADF);
             self.settle(ring_fd, None, id, user_data, next);
@@ -641,16 +657,18 @@ impl World {
 
     /// Cancels `target` if it is in flight and still cancellable.
     fn cancel(&mut self, ring_fd: RawFd, target: u64) -> bool {
-        let ring = self.ring(ring_fd);
-        let Some(InFlight { id, pending }) = ring.in_flight.remove(&target) else {
-            return false;
-        };
         // Once a zero-copy send's result is out, the kernel has retired the
         // request: its notification is still owed but cannot be cancelled.
-        if let Pending::Notify { .. } = pending {
-            ring.in_flight.insert(target, InFlight { id, pending });
+        let ring = self.ring(ring_fd);
+        let Some(id) = ring
+            .in_flight
+            .values()
+            .find(|f| f.live(target))
+            .map(|f| f.id)
+        else {
             return false;
-        }
+        };
+        let InFlight { pending, .. } = ring.in_flight.remove(&id).expect("found above");
         let next = self.fail(ring_fd, id, target, &pending, libc::ECANCELED);
         self.settle(ring_fd, pending.file(), id, target, next);
         true
@@ -696,9 +714,14 @@ impl World {
             }
         }
         if let Some(pending) = next {
-            self.ring(ring_fd)
-                .in_flight
-                .insert(user_data, InFlight { id, pending });
+            self.ring(ring_fd).in_flight.insert(
+                id,
+                InFlight {
+                    id,
+                    user_data,
+                    pending,
+                },
+            );
         }
     }
 
@@ -731,8 +754,12 @@ impl World {
     fn progress(&mut self, ring_fd: RawFd, pool: &mut BufferPool) {
         let mut order: Vec<u64> = self.ring(ring_fd).in_flight.keys().copied().collect();
         self.rng.shuffle(&mut order);
-        for user_data in order {
-            let InFlight { id, pending } = self.ring(ring_fd).in_flight.remove(&user_data).unwrap();
+        for op_id in order {
+            let InFlight {
+                id,
+                user_data,
+                pending,
+            } = self.ring(ring_fd).in_flight.remove(&op_id).unwrap();
             let held = pending.file();
             let next = match pending {
                 Pending::Accept { listener } => self.accept(ring_fd, id, user_data, listener),
@@ -957,7 +984,7 @@ impl Ring for SimRing {
             let live = |q: &Queued| q.user_data == user_data && !completes_at_submit(&q.op);
             let queued = ring.queued.iter().any(live);
             assert!(
-                !queued && !ring.in_flight.contains_key(&user_data),
+                !queued && !ring.in_flight.values().any(|f| f.live(user_data)),
                 "sim: {op:?} reuses user_data {user_data:#x} of an operation still in flight"
             );
         }

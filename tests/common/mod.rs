@@ -19,11 +19,22 @@ pub struct Server {
 }
 
 impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        Server::spawn(Command::new(BIN), args)
+    }
+
+    /// Starts the appliance confined to one CPU (its shards included).
+    pub fn start_pinned(cpu: usize, args: &[&str]) -> Server {
+        let mut command = Command::new("taskset");
+        command.args(["-c", &cpu.to_string(), BIN]);
+        Server::spawn(command, args)
+    }
+
     // The child is killed and reaped by Drop once the address is known; if
     // start-up itself fails the test fails and the process goes with it.
     #[allow(clippy::zombie_processes)]
-    pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+    fn spawn(mut command: Command, args: &[&str]) -> Server {
+        let mut child = command
             .arg("run")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -160,6 +171,27 @@ impl RawClient {
         }
     }
 
+    /// Adds bytes read elsewhere (a poll loop) to the frame buffer.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole EVENT in the buffer as (seq, publish_ts_ns), skipping
+    /// other frames; None when no whole frame is buffered.
+    pub fn take_event(&mut self) -> Option<(u64, u64)> {
+        loop {
+            let (event, used) = match decode(&self.buf, &self.limits).expect("malformed frame") {
+                Some((Frame::Event(e), used)) => (Some((e.seq, e.publish_ts_ns)), used),
+                Some((_, used)) => (None, used),
+                None => return None,
+            };
+            self.buf.drain(..used);
+            if event.is_some() {
+                return event;
+            }
+        }
+    }
+
     /// Reads a frame and asserts it passes `check`.
     pub fn expect(&mut self, check: impl FnOnce(&Frame<'_>) -> bool) {
         let ok = self
@@ -219,6 +251,32 @@ impl RawClient {
         }
         frames
     }
+}
+
+/// Publishes `events` events of `payload` into `topic`, one every `gap`,
+/// open loop (each event has its time slot, whatever the server does).
+/// Returns the publisher, whose acknowledgements are still unread.
+pub fn publish_paced(
+    addr: SocketAddr,
+    topic: &str,
+    events: u64,
+    payload: &[u8],
+    gap: Duration,
+) -> RawClient {
+    let mut publisher = RawClient::open(addr);
+    let start = Instant::now();
+    for i in 0..events {
+        let slot = start + gap * i as u32;
+        if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        publisher.send(&Frame::Publish(cluecast_proto::Publish {
+            request_id: i as u32,
+            topic: topic.as_bytes(),
+            payload,
+        }));
+    }
+    publisher
 }
 
 pub fn hello_bytes() -> Vec<u8> {
