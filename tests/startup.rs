@@ -1,0 +1,166 @@
+//! Start-up and admission: what the operator and clients are told when
+//! something is off — a wrong flag, a blocked io_uring, a full appliance.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use cluecast_proto::{Frame, GoAwayReason};
+use common::{RawClient, Server, BIN};
+
+#[test]
+fn a_wrong_flag_or_setting_is_refused_with_a_clear_line() {
+    let out = Command::new(BIN)
+        .args(["run", "--shards", "zero"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shards"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["run", "--queue-bytes-max", "100", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--queue-bytes-max must hold one whole frame"),
+        "{err}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("cluecast-startup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "heartbeat_ms = \"soon\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("heartbeat_ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_address_it_cannot_listen_on_is_reported() {
+    // 192.0.2.1 (TEST-NET-1) is on no interface here: bind fails at once.
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "192.0.2.1:7400"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on 192.0.2.1:7400"), "{err}");
+}
+
+/// Runs `cluecast run` with io_uring_setup refused by a seccomp filter, as a
+/// container runtime or systemd's SystemCallFilter would.
+#[test]
+fn blocked_io_uring_gives_one_actionable_line_and_a_failure_exit() {
+    let mut command = Command::new(BIN);
+    command.args(["run", "--listen", "127.0.0.1:0", "--shards", "1"]);
+    // SAFETY: only async-signal-safe prctl calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            const NR_IO_URING_SETUP: u32 = 425;
+            let filter = [
+                // Load the syscall number.
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // io_uring_setup? then fail it with EPERM, else allow.
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: NR_IO_URING_SETUP,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x0005_0000 | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x7fff_0000,
+                },
+            ];
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, 2, &program as *const libc::sock_fprog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("cluecast:"))
+        .expect("an error line");
+    assert!(
+        line.contains("io_uring_setup") && line.contains("seccomp"),
+        "{err}"
+    );
+}
+
+#[test]
+fn past_capacity_a_client_gets_goaway_with_a_jittered_retry_hint() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--connections-max",
+        "3",
+        "--retry-after-ms",
+        "500",
+    ]);
+    let mut admitted: Vec<RawClient> = (0..3).map(|_| RawClient::open(server.addr)).collect();
+    let mut hints = Vec::new();
+    for _ in 0..3 {
+        let mut refused = RawClient::connect(server.addr);
+        let hint = refused
+            .recv(|f| match f {
+                Frame::GoAway(g) => {
+                    assert_eq!(g.reason, GoAwayReason::ServerFull);
+                    g.retry_after_ms
+                }
+                other => panic!("expected GOAWAY, got {other:?}"),
+            })
+            .expect("closed without GOAWAY");
+        assert!(
+            (500..=1000).contains(&hint),
+            "retry hint {hint} ms outside 500..=1000"
+        );
+        hints.push(hint);
+        assert!(refused.closed_within(Duration::from_secs(5)));
+    }
+    // The admitted ones are untouched, and a freed slot admits a newcomer.
+    admitted[0].send(&Frame::Ping { nonce: 9 });
+    admitted[0].expect(|f| matches!(f, Frame::Pong { nonce: 9 }));
+    drop(admitted.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let _newcomer = RawClient::open(server.addr);
+    // Jitter: three refusals in a row are not all told the same moment.
+    assert!(
+        hints.iter().any(|&h| h != hints[0]),
+        "no jitter in {hints:?}"
+    );
+}
