@@ -166,8 +166,9 @@ struct Core {
 
     stop: Arc<AtomicBool>,
     drain_deadline_ms: Option<u64>,
-    /// The clock as of this turn.
+    /// The clocks as of this turn.
     now_ms: u64,
+    wall_ns: u64,
     rng: u64,
     pub stats: ShardStats,
 }
@@ -248,6 +249,7 @@ impl<R: Ring> Shard<R> {
             stop: setup.stop,
             drain_deadline_ms: None,
             now_ms,
+            wall_ns: ring.wall_ns(),
             rng: setup.epoch ^ (setup.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             stats: ShardStats::default(),
         };
@@ -271,29 +273,28 @@ impl<R: Ring> Shard<R> {
         };
         self.ring.submit_and_wait(timeout_ms)?;
         self.ring.reap(&mut self.completions);
-        let now_ms = self.ring.now_ms();
-        let wall_ns = self.ring.wall_ns();
-        self.core.now_ms = now_ms;
+        self.core.now_ms = self.ring.now_ms();
+        self.core.wall_ns = self.ring.wall_ns();
         for i in 0..self.completions.len() {
             let c = self.completions[i];
-            self.dispatch(c, now_ms, wall_ns);
+            self.dispatch(c);
         }
         self.completions.clear();
-        self.core.drain_mesh(wall_ns);
-        self.core.expire_timers(now_ms);
+        self.core.drain_mesh();
+        self.core.expire_timers();
         if self.core.stop.load(Ordering::Relaxed) && self.core.drain_deadline_ms.is_none() {
-            self.core.start_drain(now_ms);
+            self.core.start_drain();
         }
-        self.core.flush(now_ms);
-        Ok(!self.core.drained(now_ms))
+        self.core.flush();
+        Ok(!self.core.drained())
     }
 
-    fn dispatch(&mut self, c: Completion, now_ms: u64, wall_ns: u64) {
+    fn dispatch(&mut self, c: Completion) {
         let Some(token) = Token::decode(c.user_data) else {
             panic!("completion with unknown user data {:#x}", c.user_data);
         };
         match token.kind {
-            OpKind::Accept => self.core.on_accept(c, now_ms),
+            OpKind::Accept => self.core.on_accept(c),
             OpKind::Recv => {
                 let Some(index) = self.core.live(token) else {
                     // Connections are freed only after their last receive
@@ -305,7 +306,7 @@ impl<R: Ring> Shard<R> {
                     Some(bid) if c.result > 0 => self.ring.buffer(bid, c.result as usize),
                     _ => &[],
                 };
-                self.core.on_recv(index, c, bytes, now_ms, wall_ns);
+                self.core.on_recv(index, c, bytes);
                 if let Some(bid) = c.buffer_id() {
                     self.ring.recycle(bid);
                 }
@@ -402,7 +403,7 @@ impl Core {
 
     // ---- accepting ----------------------------------------------------
 
-    fn on_accept(&mut self, c: Completion, now_ms: u64) {
+    fn on_accept(&mut self, c: Completion) {
         if !c.more() {
             self.accept_armed = false;
         }
@@ -411,9 +412,9 @@ impl Core {
             if self.listener.is_none() {
                 self.close_orphan(fd);
             } else if self.conns.len() - self.rejecting >= self.connections_max {
-                self.reject_full(fd, now_ms);
+                self.reject_full(fd);
             } else {
-                self.admit(fd, now_ms);
+                self.admit(fd);
             }
         } else if c.result != -libc::ECANCELED {
             crate::warn!(
@@ -422,7 +423,7 @@ impl Core {
                 io::Error::from_raw_os_error(-c.result)
             );
             // Out of descriptors or memory: give the system a moment.
-            self.accept_retry_at_ms = Some(now_ms + 100);
+            self.accept_retry_at_ms = Some(self.now_ms + 100);
         }
         if !self.accept_armed && self.accept_retry_at_ms.is_none() {
             self.arm_accept();
@@ -436,8 +437,8 @@ impl Core {
         ));
     }
 
-    fn insert(&mut self, fd: RawFd, now_ms: u64) -> u32 {
-        let index = self.conns.insert(Conn::new(fd, now_ms)) as u32;
+    fn insert(&mut self, fd: RawFd) -> u32 {
+        let index = self.conns.insert(Conn::new(fd, self.now_ms)) as u32;
         assert!(
             (index as usize) < self.generations.len(),
             "slab outgrew its capacity"
@@ -445,23 +446,23 @@ impl Core {
         index
     }
 
-    fn admit(&mut self, fd: RawFd, now_ms: u64) {
-        let index = self.insert(fd, now_ms);
+    fn admit(&mut self, fd: RawFd) {
+        let index = self.insert(fd);
         self.stats.accepted += 1;
         self.arm_recv(index);
         self.timers
-            .schedule(index, now_ms + self.handshake_timeout_ms as u64);
+            .schedule(index, self.now_ms + self.handshake_timeout_ms as u64);
     }
 
     /// Past capacity: a GOAWAY with a jittered retry hint, so a reconnect
     /// storm spreads itself out, then close.
-    fn reject_full(&mut self, fd: RawFd, now_ms: u64) {
+    fn reject_full(&mut self, fd: RawFd) {
         self.stats.rejected_full += 1;
         if self.rejecting >= REJECTS_MAX || self.conns.len() >= self.generations.len() {
             self.close_orphan(fd);
             return;
         }
-        let index = self.insert(fd, now_ms);
+        let index = self.insert(fd);
         self.rejecting += 1;
         let conn = &mut self.conns[index as usize];
         conn.state = ConnState::Open;
@@ -473,7 +474,7 @@ impl Core {
             reconnect: b"",
             resume: vec![],
         });
-        self.send_then_close(index, &goaway, now_ms);
+        self.send_then_close(index, &goaway);
     }
 
     fn jittered_retry(&mut self) -> u32 {
@@ -492,7 +493,7 @@ impl Core {
 
     // ---- receiving ----------------------------------------------------
 
-    fn on_recv(&mut self, index: u32, c: Completion, bytes: &[u8], now_ms: u64, wall_ns: u64) {
+    fn on_recv(&mut self, index: u32, c: Completion, bytes: &[u8]) {
         let conn = &mut self.conns[index as usize];
         if !c.more() {
             conn.recv_armed = false;
@@ -501,8 +502,8 @@ impl Core {
         match c.result {
             n if n > 0 => {
                 if reading {
-                    conn.last_rx_ms = now_ms;
-                    self.on_bytes(index, bytes, now_ms, wall_ns);
+                    conn.last_rx_ms = self.now_ms;
+                    self.on_bytes(index, bytes);
                     let conn = &self.conns[index as usize];
                     let still_reading =
                         matches!(conn.state, ConnState::Handshake | ConnState::Open);
@@ -534,16 +535,16 @@ impl Core {
     }
 
     /// Handles every whole frame in what arrived and keeps the partial rest.
-    fn on_bytes(&mut self, index: u32, bytes: &[u8], now_ms: u64, wall_ns: u64) {
+    fn on_bytes(&mut self, index: u32, bytes: &[u8]) {
         let mut pending = std::mem::take(&mut self.conns[index as usize].rx);
         if pending.is_empty() {
             // The common case: whole frames straight from the receive buffer.
-            if let Some(used) = self.on_frames(index, bytes, now_ms, wall_ns) {
+            if let Some(used) = self.on_frames(index, bytes) {
                 pending.extend_from_slice(&bytes[used..]);
             }
         } else {
             pending.extend_from_slice(bytes);
-            match self.on_frames(index, &pending, now_ms, wall_ns) {
+            match self.on_frames(index, &pending) {
                 Some(used) => drop(pending.drain(..used)),
                 None => pending.clear(),
             }
@@ -553,14 +554,14 @@ impl Core {
 
     /// Handles the whole frames at the front of `input`; returns how many
     /// bytes they took, or None once the connection stopped reading.
-    fn on_frames(&mut self, index: u32, input: &[u8], now_ms: u64, wall_ns: u64) -> Option<usize> {
+    fn on_frames(&mut self, index: u32, input: &[u8]) -> Option<usize> {
         let mut at = 0;
         while at < input.len() {
             match decode(&input[at..], &self.limits) {
                 Ok(Some((frame, used))) => {
                     let raw = &input[at..at + used];
                     at += used;
-                    self.on_frame(index, frame, raw, now_ms, wall_ns);
+                    self.on_frame(index, frame, raw);
                     let state = self.conns[index as usize].state;
                     if !matches!(state, ConnState::Handshake | ConnState::Open) {
                         return None;
@@ -568,7 +569,7 @@ impl Core {
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    self.error_close(index, err.code(), &err.to_string(), now_ms);
+                    self.error_close(index, err.code(), &err.to_string());
                     return None;
                 }
             }
@@ -576,7 +577,7 @@ impl Core {
         Some(at)
     }
 
-    fn on_frame(&mut self, index: u32, frame: Frame<'_>, raw: &[u8], now_ms: u64, wall_ns: u64) {
+    fn on_frame(&mut self, index: u32, frame: Frame<'_>, raw: &[u8]) {
         let state = self.conns[index as usize].state;
         match (state, frame) {
             (ConnState::Handshake, Frame::Hello(hello)) => {
@@ -586,7 +587,7 @@ impl Core {
                          offered {}..={}",
                         hello.version_min, hello.version_max
                     );
-                    self.error_close(index, ErrorCode::UnsupportedVersion, &message, now_ms);
+                    self.error_close(index, ErrorCode::UnsupportedVersion, &message);
                     return;
                 }
                 let welcome = Frame::Welcome(Welcome {
@@ -600,7 +601,7 @@ impl Core {
                 });
                 self.conns[index as usize].state = ConnState::Open;
                 self.timers
-                    .schedule(index, now_ms + self.idle_timeout_ms as u64);
+                    .schedule(index, self.now_ms + self.idle_timeout_ms as u64);
                 self.queue_control(index, &welcome);
             }
             (ConnState::Handshake, _) => {
@@ -608,22 +609,21 @@ impl Core {
                     index,
                     ErrorCode::UnexpectedFrame,
                     "the first frame must be HELLO",
-                    now_ms,
                 );
             }
-            (_, Frame::Subscribe(subscribe)) => self.subscribe(index, subscribe, now_ms),
+            (_, Frame::Subscribe(subscribe)) => self.subscribe(index, subscribe),
             (_, Frame::Unsubscribe { topic }) => {
                 if let Some(t) = self.topics.find(topic) {
                     self.unsubscribe(index, t);
                 }
                 self.queue_control(index, &Frame::Unsubscribed { topic });
             }
-            (_, Frame::Publish(publish)) => self.publish(index, publish, raw, wall_ns),
+            (_, Frame::Publish(publish)) => self.publish(index, publish, raw),
             (_, Frame::Position(position)) => {
                 // Stored by the durable log (a later step); validated now so
                 // clients learn their mistakes early.
                 if let Err(code) = position.validate() {
-                    self.error_close(index, code, "position out of range", now_ms);
+                    self.error_close(index, code, "position out of range");
                 }
             }
             (_, Frame::Ping { nonce }) => {
@@ -635,14 +635,14 @@ impl Core {
                     "{:?} frames are sent by the server only",
                     other.frame_type()
                 );
-                self.error_close(index, ErrorCode::UnexpectedFrame, &message, now_ms);
+                self.error_close(index, ErrorCode::UnexpectedFrame, &message);
             }
         }
     }
 
     // ---- subscriptions ------------------------------------------------
 
-    fn subscribe(&mut self, index: u32, s: Subscribe<'_>, now_ms: u64) {
+    fn subscribe(&mut self, index: u32, s: Subscribe<'_>) {
         if let Some(existing) = self.topics.find(s.topic) {
             // A repeated SUBSCRIBE restarts the subscription from its position.
             self.unsubscribe(index, existing);
@@ -652,19 +652,14 @@ impl Core {
                 "at most {} subscriptions per connection",
                 self.subscriptions_max
             );
-            self.error_close(index, ErrorCode::TooManySubscriptions, &message, now_ms);
+            self.error_close(index, ErrorCode::TooManySubscriptions, &message);
             return;
         }
         let Some(t) = self
             .topics
             .find_or_create(s.topic, self.epoch, Purpose::Subscribe)
         else {
-            self.error_close(
-                index,
-                ErrorCode::Overloaded,
-                "the topic table is full",
-                now_ms,
-            );
+            self.error_close(index, ErrorCode::Overloaded, "the topic table is full");
             return;
         };
         let topic = self.topics.get(t);
@@ -704,7 +699,7 @@ impl Core {
         if catching_up {
             conn.catching_up += 1;
             self.stats.catch_ups += 1;
-            self.refill(index, now_ms);
+            self.refill(index);
         }
     }
 
@@ -740,7 +735,7 @@ impl Core {
     }
 
     /// Feeds catching-up subscriptions from history while the queue has room.
-    fn refill(&mut self, index: u32, now_ms: u64) {
+    fn refill(&mut self, index: u32) {
         let conn = &mut self.conns[index as usize];
         let mut gap = false;
         let mut queued_any = false;
@@ -786,16 +781,16 @@ impl Core {
         }
         if gap {
             // History moved past what this subscriber still needs.
-            self.goaway_slow(index, now_ms);
+            self.goaway_slow(index);
         }
     }
 
     // ---- publishing and fan-out ---------------------------------------
 
-    fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8], wall_ns: u64) {
+    fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
         let owner = topic_owner(p.topic, self.shards);
         if owner == self.id {
-            let result = self.sequence(p.topic, p.payload, wall_ns, None);
+            let result = self.sequence(p.topic, p.payload, None);
             let ack = self.ack_frame(p.request_id, result);
             self.queue_control(index, &ack);
             return;
@@ -841,7 +836,6 @@ impl Core {
         &mut self,
         name: &[u8],
         payload: &[u8],
-        wall_ns: u64,
         reserve_peer: Option<usize>,
     ) -> Result<(u64, u64), ErrorCode> {
         let t = self
@@ -857,7 +851,7 @@ impl Core {
         let event = Frame::Event(Event {
             seq,
             epoch,
-            publish_ts_ns: wall_ns,
+            publish_ts_ns: self.wall_ns,
             topic: name,
             payload,
         });
@@ -953,7 +947,7 @@ impl Core {
 
     // ---- the channels between shards ------------------------------------
 
-    fn drain_mesh(&mut self, wall_ns: u64) {
+    fn drain_mesh(&mut self) {
         self.mesh_backlog = false;
         let receivers = std::mem::take(&mut self.mesh_rx);
         for (peer, rx) in receivers.iter().enumerate() {
@@ -967,7 +961,7 @@ impl Core {
                 }
                 let done = match kind {
                     RECORD_EVENT => self.on_peer_event(body),
-                    RECORD_PUBLISH => self.on_forwarded_publish(peer, body, wall_ns),
+                    RECORD_PUBLISH => self.on_forwarded_publish(peer, body),
                     RECORD_ACK => self.on_peer_ack(body),
                     other => panic!("unknown channel record kind {other}"),
                 };
@@ -1001,7 +995,7 @@ impl Core {
         true
     }
 
-    fn on_forwarded_publish(&mut self, peer: usize, body: &[u8], wall_ns: u64) -> bool {
+    fn on_forwarded_publish(&mut self, peer: usize, body: &[u8]) -> bool {
         let (origin, raw) = body.split_at(ORIGIN_BYTES);
         let Ok(Some((Frame::Publish(p), _))) = decode(raw, &self.limits) else {
             panic!("a peer shard forwarded a malformed publish");
@@ -1012,7 +1006,7 @@ impl Core {
         if !tx.has_room(ACK_RECORD_BYTES) {
             return false;
         }
-        let result = self.sequence(p.topic, p.payload, wall_ns, Some(peer));
+        let result = self.sequence(p.topic, p.payload, Some(peer));
         let mut ack = Vec::with_capacity(64);
         self.ack_frame(p.request_id, result).encode(&mut ack);
         let tx = self.mesh_tx[peer]
@@ -1069,14 +1063,18 @@ impl Core {
     }
 
     /// Starts one send on every connection that has frames and none in flight.
-    fn flush(&mut self, now_ms: u64) {
+    fn flush(&mut self) {
+        // Slots listed this turn may have been freed (and even reused) by a
+        // later completion of the same batch: look before touching.
         for index in std::mem::take(&mut self.recv_rearm) {
-            let conn = &self.conns[index as usize];
-            if matches!(conn.state, ConnState::Handshake | ConnState::Open) && !conn.recv_armed {
+            let rearm = self.conns.get(index as usize).is_some_and(|conn| {
+                matches!(conn.state, ConnState::Handshake | ConnState::Open) && !conn.recv_armed
+            });
+            if rearm {
                 self.arm_recv(index);
             }
         }
-        if self.accept_retry_at_ms.is_some_and(|at| now_ms >= at) {
+        if self.accept_retry_at_ms.is_some_and(|at| self.now_ms >= at) {
             self.accept_retry_at_ms = None;
             if !self.accept_armed {
                 self.arm_accept();
@@ -1084,7 +1082,9 @@ impl Core {
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {
-            let conn = &mut self.conns[index as usize];
+            let Some(conn) = self.conns.get_mut(index as usize) else {
+                continue;
+            };
             conn.dirty = false;
             if conn.state == ConnState::Closing || conn.send_in_flight {
                 continue;
@@ -1208,16 +1208,20 @@ impl Core {
                 let conn = &self.conns[index as usize];
                 let (state, catching_up) = (conn.state, conn.catching_up);
                 if state == ConnState::Open && catching_up > 0 {
-                    self.refill(index, self.now_ms);
+                    self.refill(index);
                 }
                 let conn = &self.conns[index as usize];
-                if !conn.queue_is_empty() || conn.state == ConnState::Flushing {
+                let more = !conn.queue_is_empty() || conn.state == ConnState::Flushing;
+                if more && conn.state != ConnState::Closing {
                     self.mark_dirty(index);
                 }
             }
             e if e < 0 && is_transient(-e) => {
-                self.conns[index as usize].abandon_send();
-                self.mark_dirty(index);
+                let conn = &mut self.conns[index as usize];
+                conn.abandon_send();
+                if conn.state != ConnState::Closing {
+                    self.mark_dirty(index);
+                }
             }
             _ => {
                 // Reset, broken pipe, cancelled by our own close, or a zero
@@ -1233,7 +1237,7 @@ impl Core {
 
     /// Queues `frame` as the connection's last, stops reading, and closes once
     /// it is sent (or after a linger, if the client does not read).
-    fn send_then_close(&mut self, index: u32, frame: &Frame<'_>, now_ms: u64) {
+    fn send_then_close(&mut self, index: u32, frame: &Frame<'_>) {
         self.unsubscribe_all(index);
         self.conns[index as usize].drop_unsent(&mut self.arena, |_| {});
         if !self.queue_control(index, frame) {
@@ -1248,10 +1252,10 @@ impl Core {
                 Token::new(OpKind::Cancel, 0, index).encode(),
             ));
         }
-        self.timers.schedule(index, now_ms + LINGER_MS);
+        self.timers.schedule(index, self.now_ms + LINGER_MS);
     }
 
-    fn error_close(&mut self, index: u32, code: ErrorCode, message: &str, now_ms: u64) {
+    fn error_close(&mut self, index: u32, code: ErrorCode, message: &str) {
         self.stats.errors_sent += 1;
         let message = &message.as_bytes()[..message.len().min(255)];
         crate::debug!(
@@ -1263,12 +1267,12 @@ impl Core {
             code: code as u16,
             message,
         });
-        self.send_then_close(index, &frame, now_ms);
+        self.send_then_close(index, &frame);
     }
 
     /// GOAWAY for a subscriber that fell behind the history window: it
     /// reconnects and resumes (and learns what it missed) from where it is.
-    fn goaway_slow(&mut self, index: u32, now_ms: u64) {
+    fn goaway_slow(&mut self, index: u32) {
         self.stats.slow_consumer_goaways += 1;
         // Frames not yet handed to the kernel are not delivered: each
         // subscription resumes after the last sequence that was.
@@ -1310,7 +1314,7 @@ impl Core {
                 })
                 .collect(),
         });
-        self.send_then_close(index, &frame, now_ms);
+        self.send_then_close(index, &frame);
     }
 
     /// Stops everything and closes now: nothing more is sent.
@@ -1369,21 +1373,21 @@ impl Core {
 
     // ---- time -------------------------------------------------------------
 
-    fn expire_timers(&mut self, now_ms: u64) {
+    fn expire_timers(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
-        self.timers.expire(now_ms, &mut fired);
+        self.timers.expire(self.now_ms, &mut fired);
         for &index in &fired {
             let conn = &self.conns[index as usize];
             match conn.state {
                 ConnState::Handshake => {
                     let message = format!("no HELLO within {} ms", self.handshake_timeout_ms);
-                    self.error_close(index, ErrorCode::HandshakeTimeout, &message, now_ms);
+                    self.error_close(index, ErrorCode::HandshakeTimeout, &message);
                 }
                 ConnState::Open => {
                     let deadline = conn.last_rx_ms + self.idle_timeout_ms as u64;
-                    if now_ms >= deadline {
+                    if self.now_ms >= deadline {
                         let message = format!("nothing received for {} ms", self.idle_timeout_ms);
-                        self.error_close(index, ErrorCode::IdleTimeout, &message, now_ms);
+                        self.error_close(index, ErrorCode::IdleTimeout, &message);
                     } else {
                         self.timers.schedule(index, deadline);
                     }
@@ -1399,8 +1403,8 @@ impl Core {
 
     /// SIGTERM/SIGINT: stop accepting, tell every client to go away, and give
     /// them the drain deadline to receive it.
-    fn start_drain(&mut self, now_ms: u64) {
-        self.drain_deadline_ms = Some(now_ms + self.drain_timeout_ms as u64);
+    fn start_drain(&mut self) {
+        self.drain_deadline_ms = Some(self.now_ms + self.drain_timeout_ms as u64);
         if let Some(listener) = self.listener.take() {
             if self.accept_armed {
                 self.ops.push((
@@ -1426,17 +1430,17 @@ impl Core {
                 reconnect: b"",
                 resume: vec![],
             });
-            self.send_then_close(index, &goaway, now_ms);
+            self.send_then_close(index, &goaway);
         }
     }
 
     /// True once a drain has sent everything it could and every connection
     /// is gone (or the deadline passed and stragglers were cut).
-    fn drained(&mut self, now_ms: u64) -> bool {
+    fn drained(&mut self) -> bool {
         let Some(deadline) = self.drain_deadline_ms else {
             return false;
         };
-        if now_ms >= deadline {
+        if self.now_ms >= deadline {
             let left: Vec<u32> = self
                 .conns
                 .iter()
@@ -1447,6 +1451,6 @@ impl Core {
                 self.abort(index);
             }
         }
-        self.conns.is_empty() || now_ms >= deadline + LINGER_MS
+        self.conns.is_empty() || self.now_ms >= deadline + LINGER_MS
     }
 }
