@@ -344,3 +344,47 @@ fn a_reader_too_slow_for_the_history_gets_goaway_with_where_to_resume() {
     );
     assert!(stalled.closed_within(Duration::from_secs(15)));
 }
+
+#[test]
+fn sub_reconnects_by_itself_when_the_server_restarts() {
+    let mut first = Server::start(&["--shards", "1"]);
+    let addr = first.addr;
+    let sub = std::process::Command::new(common::BIN)
+        .args(["sub", "--server", &addr.to_string(), "hunt-r", "--count", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    publish_all(addr, &["hunt-r".to_string()], 1, |_| "before".into());
+
+    // A restart: the old process drains, a new one takes the same port.
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(0));
+    let second = Server::start(&["--shards", "1", "--listen", &addr.to_string()]);
+    assert_eq!(second.addr, addr);
+    // The client backs off (jittered, honouring the GOAWAY's retry hint),
+    // then resubscribes; publish once it is surely back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = None;
+    let mut sub = Some(sub);
+    while Instant::now() < deadline {
+        publish_all(addr, &["hunt-r".to_string()], 1, |_| "after".into());
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(child) = sub.as_mut() {
+            if child.try_wait().unwrap().is_some() {
+                out = Some(sub.take().unwrap().wait_with_output().unwrap());
+                break;
+            }
+        }
+    }
+    let out = out.expect("sub did not come back after the restart");
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "1\tbefore");
+    assert!(lines[1].ends_with("\tafter"), "{lines:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("reconnected"), "{stderr}");
+    assert!(stderr.contains("history was reset"), "a new epoch is reported: {stderr}");
+}

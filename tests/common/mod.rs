@@ -34,9 +34,11 @@ impl Server {
     // start-up itself fails the test fails and the process goes with it.
     #[allow(clippy::zombie_processes)]
     fn spawn(mut command: Command, args: &[&str]) -> Server {
+        command.arg("run");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = command
-            .arg("run")
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
