@@ -38,8 +38,10 @@ pub struct Conn {
     queued_bytes: usize,
     /// Bytes of `queue[0]` already sent.
     head_sent: usize,
-    /// Frames at the front of the queue covered by the send in flight.
+    /// Frames at the front of the queue, and bytes, covered by the send in
+    /// flight.
     in_flight_frames: usize,
+    in_flight_bytes: usize,
     pub send_in_flight: bool,
     pub send_is_zero_copy: bool,
     /// The send in flight uses this block of the shard's iovec pool.
@@ -70,6 +72,7 @@ impl Conn {
             queued_bytes: 0,
             head_sent: 0,
             in_flight_frames: 0,
+            in_flight_bytes: 0,
             send_in_flight: false,
             send_is_zero_copy: false,
             iov_block: None,
@@ -144,10 +147,12 @@ impl Conn {
         self.queue.front().map(|&f| (f, self.head_sent))
     }
 
-    pub fn start_send(&mut self, frames: usize) {
+    pub fn start_send(&mut self, frames: usize, bytes: usize) {
         assert!(!self.send_in_flight && frames > 0 && frames <= self.queue.len());
+        assert!(bytes > 0 && bytes <= self.queued_bytes);
         self.send_in_flight = true;
         self.in_flight_frames = frames;
+        self.in_flight_bytes = bytes;
     }
 
     /// A zero-copy send of the head frame will be followed by a notification:
@@ -161,28 +166,32 @@ impl Conn {
         self.zc_pending += 1;
     }
 
-    /// Books `sent` bytes as gone and releases fully sent frames.
-    pub fn complete_send(&mut self, mut sent: usize, arena: &mut Arena) {
+    /// Books `sent` bytes as gone and releases fully sent frames. Returns
+    /// whether the send was short (the rest goes out with the next one).
+    pub fn complete_send(&mut self, mut sent: usize, arena: &mut Arena) -> bool {
         assert!(self.send_in_flight);
         assert!(
-            sent <= self.queued_bytes,
-            "the kernel sent more than was queued"
+            sent <= self.in_flight_bytes,
+            "the kernel sent more than it was given"
         );
+        let short = sent < self.in_flight_bytes;
         self.send_in_flight = false;
         self.in_flight_frames = 0;
+        self.in_flight_bytes = 0;
         self.queued_bytes -= sent;
         while sent > 0 {
             let frame = *self.queue.front().expect("sent more than was queued");
             let left = arena.len(frame) - self.head_sent;
             if sent < left {
                 self.head_sent += sent;
-                return;
+                break;
             }
             sent -= left;
             self.head_sent = 0;
             self.queue.pop_front();
             arena.release(frame);
         }
+        short
     }
 
     /// A send that failed transiently: nothing was sent, try again later.
@@ -190,6 +199,7 @@ impl Conn {
         assert!(self.send_in_flight);
         self.send_in_flight = false;
         self.in_flight_frames = 0;
+        self.in_flight_bytes = 0;
     }
 
     /// Drops queued frames that no send has started on, and calls `dropped`
@@ -255,8 +265,8 @@ mod tests {
             pieces.push((off, len))
         });
         assert_eq!((taken, pieces), (3, vec![(0, 100), (0, 100), (0, 100)]));
-        conn.start_send(3);
-        conn.complete_send(150, &mut arena);
+        conn.start_send(3, 300);
+        assert!(conn.complete_send(150, &mut arena), "a short send");
         assert_eq!(conn.queued_bytes(), 150);
         assert_eq!(arena.frames_live(), 2);
         assert_eq!(conn.head().unwrap().1, 50);
@@ -265,8 +275,8 @@ mod tests {
             pieces.push((off, len))
         });
         assert_eq!(pieces, vec![(50, 50), (0, 100)]);
-        conn.start_send(2);
-        conn.complete_send(150, &mut arena);
+        conn.start_send(2, 150);
+        assert!(!conn.complete_send(150, &mut arena));
         assert!(conn.queue_is_empty());
         assert_eq!(arena.frames_live(), 0);
     }
@@ -285,11 +295,11 @@ mod tests {
             taken, 1,
             "the large frame is not gathered with the small one"
         );
-        conn.start_send(1);
+        conn.start_send(1, 10);
         conn.complete_send(10, &mut arena);
         let taken = conn.next_send(&arena, 64, 1 << 16, 2000, |_, _, _| {});
         assert_eq!(taken, 1);
-        conn.start_send(1);
+        conn.start_send(1, 3000);
         conn.pin_head_for_notification(&mut arena);
         conn.complete_send(3000, &mut arena);
         assert_eq!(arena.frames_live(), 1, "pinned until the notification");
@@ -306,7 +316,7 @@ mod tests {
             let f = frame(&mut arena, 10, fill);
             conn.push(f, 10);
         }
-        conn.start_send(2);
+        conn.start_send(2, 20);
         let mut dropped = vec![];
         conn.drop_unsent(&mut arena, |bytes| dropped.push(bytes[0]));
         assert_eq!(dropped, vec![3, 2]);

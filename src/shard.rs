@@ -1122,7 +1122,7 @@ impl Core {
             ));
             self.stats.zero_copy_sends += 1;
             let conn = &mut self.conns[index as usize];
-            conn.start_send(1);
+            conn.start_send(1, head_len - offset);
             conn.send_is_zero_copy = true;
             return;
         }
@@ -1132,11 +1132,13 @@ impl Core {
             usize::MAX
         };
         let block = self.iov_free.last().copied();
+        let mut bytes = head_len - offset;
         let frames = match block {
             Some(block) => {
                 let iov = &mut self.iov_blocks[block as usize].iov;
                 let arena = &self.arena;
                 let mut n = 0;
+                bytes = 0;
                 conn.next_send(
                     arena,
                     SEND_FRAMES_MAX,
@@ -1148,6 +1150,7 @@ impl Core {
                             iov_len: len,
                         };
                         n += 1;
+                        bytes += len;
                     },
                 )
             }
@@ -1177,7 +1180,7 @@ impl Core {
             ));
         }
         let conn = &mut self.conns[index as usize];
-        conn.start_send(frames);
+        conn.start_send(frames, bytes);
         conn.send_is_zero_copy = false;
     }
 
@@ -1199,10 +1202,7 @@ impl Core {
                 let sent = n as usize;
                 self.stats.sends += 1;
                 self.stats.send_bytes += sent as u64;
-                let conn = &mut self.conns[index as usize];
-                let short = conn.queued_bytes() > sent && !conn.has_unsent();
-                conn.complete_send(sent, &mut self.arena);
-                if short {
+                if self.conns[index as usize].complete_send(sent, &mut self.arena) {
                     self.stats.short_sends += 1;
                 }
                 let conn = &self.conns[index as usize];
@@ -1257,7 +1257,12 @@ impl Core {
 
     fn error_close(&mut self, index: u32, code: ErrorCode, message: &str) {
         self.stats.errors_sent += 1;
-        let message = &message.as_bytes()[..message.len().min(255)];
+        // ERROR carries at most 255 bytes of text; cut on a character boundary.
+        let end = (0..=message.len().min(255))
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        let message = &message.as_bytes()[..end];
         crate::debug!(
             "shard {}: closing connection {index}: {code:?}: {}",
             self.id,
@@ -1277,8 +1282,9 @@ impl Core {
         // Frames not yet handed to the kernel are not delivered: each
         // subscription resumes after the last sequence that was.
         let mut undelivered: Vec<(u64, Vec<u8>)> = Vec::new();
+        let limits = self.limits;
         self.conns[index as usize].drop_unsent(&mut self.arena, |bytes| {
-            if let Ok(Some((Frame::Event(e), _))) = decode(bytes, &Limits::DEFAULT) {
+            if let Ok(Some((Frame::Event(e), _))) = decode(bytes, &limits) {
                 undelivered.push((e.seq, e.topic.to_vec()));
             }
         });
