@@ -91,10 +91,6 @@ impl Conn {
         self.queued_bytes
     }
 
-    pub fn has_unsent(&self) -> bool {
-        self.queue.len() > self.in_flight_frames
-    }
-
     pub fn queue_is_empty(&self) -> bool {
         self.queue.is_empty()
     }

@@ -105,6 +105,8 @@ pub struct ShardStats {
     pub errors_sent: u64,
     pub recv_no_buffers: u64,
     pub overloaded: u64,
+    /// Completions the kernel had to hold back because the queue was full.
+    pub cq_overflows: u64,
 }
 
 /// A block of iovecs and the msghdr pointing at them, for one gathering send.
@@ -327,15 +329,14 @@ impl<R: Ring> Shard<R> {
     }
 
     pub fn stats(&self) -> ShardStats {
-        self.core.stats
+        ShardStats {
+            cq_overflows: self.ring.cq_overflows(),
+            ..self.core.stats
+        }
     }
 
     pub fn connections(&self) -> usize {
         self.core.conns.len()
-    }
-
-    pub fn cq_overflows(&self) -> u64 {
-        self.ring.cq_overflows()
     }
 
     /// Frames still referenced in the arena: only history once every

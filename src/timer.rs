@@ -32,10 +32,6 @@ impl TimerWheel {
         }
     }
 
-    pub fn tick_ms(&self) -> u64 {
-        self.tick_ms
-    }
-
     /// (Re)schedules entry `index` to fire at or after `deadline_ms`.
     pub fn schedule(&mut self, index: u32, deadline_ms: u64) {
         self.cancel(index);
