@@ -350,7 +350,14 @@ fn sub_reconnects_by_itself_when_the_server_restarts() {
     let mut first = Server::start(&["--shards", "1"]);
     let addr = first.addr;
     let sub = std::process::Command::new(common::BIN)
-        .args(["sub", "--server", &addr.to_string(), "hunt-r", "--count", "2"])
+        .args([
+            "sub",
+            "--server",
+            &addr.to_string(),
+            "hunt-r",
+            "--count",
+            "2",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -386,5 +393,8 @@ fn sub_reconnects_by_itself_when_the_server_restarts() {
     assert!(lines[1].ends_with("\tafter"), "{lines:?}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("reconnected"), "{stderr}");
-    assert!(stderr.contains("history was reset"), "a new epoch is reported: {stderr}");
+    assert!(
+        stderr.contains("history was reset"),
+        "a new epoch is reported: {stderr}"
+    );
 }

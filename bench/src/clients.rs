@@ -1,0 +1,945 @@
+//! The client side of one measurement: a publisher and S subscribers of one
+//! topic, all driven by a single thread with poll(2).
+//!
+//! One thread (pinned to one CPU) keeps the load generator's own footprint
+//! fixed and known: it is the other half of the 2-core budget, and on a
+//! shared host a pool of threads would spread over the server's core.
+//!
+//! Flow control. The publisher keeps at most `window` PUBLISHes unacked, as
+//! the protocol intends, but the server acknowledges an event once it is
+//! sequenced, long before 32 sockets have carried it. Publishing on acks
+//! alone would outrun the subscribers, overflow their queues and turn the
+//! measurement into one of the catch-up path (or of slow-consumer GOAWAYs).
+//! So the publisher also stays at most `lead_bytes` of events ahead of the
+//! slowest subscriber: what is measured is the fastest fan-out the server
+//! sustains with every subscriber keeping up. `lead_bytes = 0` disables
+//! that bound (open loop, acks only).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::{
+    decode, ErrorCode, Event, Frame, FrameType, Hello, Limits, Publish, StartMode, Subscribe,
+    SubscribeStatus,
+};
+
+/// Bytes of an EVENT the subscriber looks at: length, type, seq. The rest
+/// (epoch, timestamp, topic, payload) is skipped without a user-space copy.
+const EVENT_HEAD_BYTES: usize = 4 + 1 + 8;
+/// Smallest valid EVENT length prefix: type, seq, epoch, ts, topic length.
+const EVENT_LEN_MIN: u32 = 1 + 8 + 8 + 8 + 1;
+/// Per-connection receive buffer. Only non-event frames (small) are ever
+/// held whole, so this only sets how much one read() may return.
+const INBOX_BYTES: usize = 256 << 10;
+/// Compact the inbox when less than this is free at its end.
+const INBOX_FREE_MIN: usize = 64 << 10;
+/// Reads per ready socket per loop turn, so no subscriber starves the rest.
+const READS_PER_TURN: usize = 8;
+/// Encoded PUBLISHes not yet written, above which no more are encoded.
+const PUBLISH_BACKLOG_BYTES: usize = 64 << 10;
+/// Longest sleep in poll(2), so phase changes are seen promptly.
+const POLL_SLICE: Duration = Duration::from_millis(10);
+/// Pause after an `Overloaded` refusal before publishing again.
+const REFUSAL_BACKOFF: Duration = Duration::from_millis(1);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub server: SocketAddr,
+    pub topic: String,
+    pub payload_bytes: usize,
+    pub subscribers: usize,
+    /// Publishing before the measured window starts.
+    pub warmup: Duration,
+    /// Publishing inside the measured window.
+    pub duration: Duration,
+    /// Most PUBLISHes without an ack.
+    pub window: usize,
+    /// Most event bytes published ahead of the slowest subscriber; 0 = no bound.
+    pub lead_bytes: usize,
+    /// After publishing stops, longest wait for subscribers to receive all.
+    pub drain_timeout: Duration,
+    /// For TCP connect and each handshake answer.
+    pub connect_timeout: Duration,
+}
+
+/// Moments the caller wants to know about, to sample server CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    WindowStart,
+    WindowEnd,
+}
+
+/// What the client side saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// PUBLISHes acknowledged with status 0 (whole run).
+    pub published: u64,
+    /// PUBLISHes refused (non-zero status, e.g. Overloaded).
+    pub refused: u64,
+    /// Length of the measured window: publishing plus the drain after it.
+    pub window_secs: f64,
+    /// Events received by all subscribers together inside the window.
+    pub window_events: u64,
+    /// Their bytes, whole frames as on the wire.
+    pub window_bytes: u64,
+    /// Events received by all subscribers together over the whole run.
+    pub delivered: u64,
+    /// Σ over subscribers of (events acknowledged − events received).
+    pub lost: u64,
+    /// Events whose sequence was not the one expected (gap or duplicate).
+    pub seq_errors: u64,
+    /// Subscribers whose connection ended early (GOAWAY, ERROR, close).
+    pub subscribers_dropped: u64,
+    /// CPU seconds of this process inside the window.
+    pub client_cpu_secs: f64,
+    /// Every subscriber received every acknowledged event before the drain
+    /// timeout.
+    pub drained: bool,
+    /// The first problem seen, empty when none.
+    pub note: String,
+}
+
+impl Outcome {
+    /// One line, `result key=value ... note=free text`, for the driver.
+    pub fn to_line(&self) -> String {
+        format!(
+            "result published={} refused={} window_secs={} window_events={} window_bytes={} \
+             delivered={} lost={} seq_errors={} subscribers_dropped={} client_cpu_secs={} \
+             drained={} note={}",
+            self.published,
+            self.refused,
+            self.window_secs,
+            self.window_events,
+            self.window_bytes,
+            self.delivered,
+            self.lost,
+            self.seq_errors,
+            self.subscribers_dropped,
+            self.client_cpu_secs,
+            self.drained,
+            self.note.replace('\n', " ")
+        )
+    }
+
+    /// Inverse of [`Outcome::to_line`].
+    pub fn from_line(line: &str) -> Result<Outcome, String> {
+        let body = line
+            .strip_prefix("result ")
+            .ok_or_else(|| format!("not a result line: {line:?}"))?;
+        let (fields, note) = body.split_once(" note=").unwrap_or((body, ""));
+        let mut o = Outcome {
+            note: note.to_string(),
+            ..Outcome::default()
+        };
+        for field in fields.split_whitespace() {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| format!("bad field {field:?} in {line:?}"))?;
+            let bad = || format!("bad value in {field:?}");
+            let int = || v.parse::<u64>().map_err(|_| bad());
+            let float = || v.parse::<f64>().map_err(|_| bad());
+            match k {
+                "published" => o.published = int()?,
+                "refused" => o.refused = int()?,
+                "window_secs" => o.window_secs = float()?,
+                "window_events" => o.window_events = int()?,
+                "window_bytes" => o.window_bytes = int()?,
+                "delivered" => o.delivered = int()?,
+                "lost" => o.lost = int()?,
+                "seq_errors" => o.seq_errors = int()?,
+                "subscribers_dropped" => o.subscribers_dropped = int()?,
+                "client_cpu_secs" => o.client_cpu_secs = float()?,
+                "drained" => o.drained = v.parse().map_err(|_| bad())?,
+                _ => {} // from a newer tool: ignore
+            }
+        }
+        Ok(o)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Receiving
+
+/// A connection's unparsed input. EVENTs are taken from their first
+/// EVENT_HEAD_BYTES and the rest of each is skipped as it arrives; other
+/// frames are decoded whole.
+struct Inbox {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Bytes of the current EVENT still to skip.
+    skip: usize,
+    /// (seq, frame bytes) of the EVENT being skipped.
+    pending: Option<(u64, u64)>,
+}
+
+impl Inbox {
+    fn new(leftover: &[u8]) -> Result<Inbox, String> {
+        if leftover.len() > INBOX_BYTES {
+            return Err("more handshake bytes buffered than the inbox holds".into());
+        }
+        let mut buf = vec![0u8; INBOX_BYTES].into_boxed_slice();
+        buf[..leftover.len()].copy_from_slice(leftover);
+        Ok(Inbox {
+            buf,
+            start: 0,
+            end: leftover.len(),
+            skip: 0,
+            pending: None,
+        })
+    }
+
+    /// One read(); Ok(0) is end of stream.
+    fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < INBOX_FREE_MIN {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Err(io::Error::other(
+                "a non-event frame larger than the receive buffer",
+            ));
+        }
+        let n = stream.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Consumes what is buffered: `on_event(seq, bytes)` per complete EVENT,
+    /// `on_frame` per other frame (Err ends the connection).
+    fn drain(
+        &mut self,
+        limits: &Limits,
+        mut on_event: impl FnMut(u64, u64),
+        mut on_frame: impl FnMut(&Frame<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        loop {
+            let avail = self.end - self.start;
+            if self.skip > 0 {
+                let n = self.skip.min(avail);
+                self.start += n;
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(());
+                }
+                if let Some((seq, bytes)) = self.pending.take() {
+                    on_event(seq, bytes);
+                }
+                continue;
+            }
+            let head = &self.buf[self.start..self.end];
+            if head.len() < 5 {
+                return Ok(());
+            }
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if head[4] == FrameType::Event as u8 {
+                if len < EVENT_LEN_MIN || len > limits.frame_bytes_max {
+                    return Err(format!("EVENT with an impossible length {len}"));
+                }
+                if head.len() < EVENT_HEAD_BYTES {
+                    return Ok(());
+                }
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&head[5..13]);
+                let seq = u64::from_be_bytes(seq);
+                let total = 4 + len as usize;
+                let take = total.min(avail);
+                self.start += take;
+                if take == total {
+                    on_event(seq, total as u64);
+                } else {
+                    self.skip = total - take;
+                    self.pending = Some((seq, total as u64));
+                }
+                continue;
+            }
+            match decode(head, limits) {
+                Ok(Some((frame, used))) => {
+                    on_frame(&frame)?;
+                    self.start += used;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("undecodable frame from the server: {e}")),
+            }
+        }
+    }
+}
+
+/// Why a frame ends the exchange, if it does.
+fn refusal(frame: &Frame<'_>) -> Option<String> {
+    match frame {
+        Frame::Error(e) => Some(format!(
+            "ERROR {} ({})",
+            ErrorCode::name_of(e.code),
+            String::from_utf8_lossy(e.message)
+        )),
+        Frame::GoAway(g) => Some(format!("GOAWAY {:?}", g.reason)),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Handshake (blocking, with timeouts)
+
+/// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
+fn await_frame<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    deadline: Instant,
+    what: &str,
+    mut pick: impl FnMut(&Frame<'_>) -> Option<T>,
+) -> Result<T, String> {
+    loop {
+        loop {
+            let (picked, used) = match decode(buf, limits) {
+                Ok(Some((frame, used))) => {
+                    if let Some(why) = refusal(&frame) {
+                        return Err(format!("{what}: {why}"));
+                    }
+                    (pick(&frame), used)
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("{what}: undecodable frame: {e}")),
+            };
+            buf.drain(..used);
+            if let Some(v) = picked {
+                return Ok(v);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: no answer in time"));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("{what}: the server closed the connection")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// Connects and completes HELLO / WELCOME. Returns the stream, any bytes
+/// read past WELCOME, and the limits the server announced.
+fn connect(
+    addr: SocketAddr,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<(TcpStream, Vec<u8>, Limits, u32), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(200))))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut out = Vec::new();
+    Frame::Hello(Hello {
+        version_min: 1,
+        version_max: 1,
+        client_id: client_id.as_bytes(),
+        token: b"",
+    })
+    .encode(&mut out);
+    stream
+        .write_all(&out)
+        .map_err(|e| format!("sending HELLO: {e}"))?;
+    let mut buf = Vec::new();
+    let welcome = await_frame(
+        &mut stream,
+        &mut buf,
+        &Limits::DEFAULT,
+        Instant::now() + timeout,
+        "waiting for WELCOME",
+        |f| match f {
+            Frame::Welcome(w) => Some(*w),
+            _ => None,
+        },
+    )?;
+    let limits = Limits {
+        frame_bytes_max: welcome.frame_bytes_max,
+        payload_bytes_max: welcome.payload_bytes_max,
+        topic_bytes_max: welcome.topic_bytes_max,
+        ..Limits::DEFAULT
+    };
+    Ok((stream, buf, limits, welcome.heartbeat_ms))
+}
+
+// ---------------------------------------------------------------------------
+// The run
+
+struct Sub {
+    stream: TcpStream,
+    inbox: Inbox,
+    next_seq: u64,
+    received: u64,
+    bytes: u64,
+    alive: bool,
+    /// Unwritten part of a PING (subscribers send nothing else).
+    out: Vec<u8>,
+}
+
+struct Publisher {
+    stream: TcpStream,
+    inbox: Inbox,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Encoded (or sent) and not yet acknowledged.
+    in_flight: u64,
+    request_id: u32,
+    acked: u64,
+    refused: u64,
+    paused_until: Option<Instant>,
+    alive: bool,
+    blocked: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Warmup,
+    Measure,
+    Drain,
+}
+
+/// Runs the plan; `mark` is called at the start and end of the measured
+/// window (always both, in order, unless setting up fails).
+pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
+    if plan.subscribers == 0 || plan.window == 0 {
+        return Err("need at least one subscriber and a window of at least 1".into());
+    }
+    let topic = plan.topic.as_bytes();
+    let id_base = format!("zcbench-{}", std::process::id());
+
+    // Subscribers first, so every one of them sees every event.
+    let mut subs = Vec::with_capacity(plan.subscribers);
+    let mut limits = Limits::DEFAULT;
+    let mut heartbeat_ms = 0;
+    for i in 0..plan.subscribers {
+        let (mut stream, mut buf, l, hb) = connect(
+            plan.server,
+            &format!("{id_base}-s{i}"),
+            plan.connect_timeout,
+        )?;
+        (limits, heartbeat_ms) = (l, hb);
+        if plan.payload_bytes > limits.payload_bytes_max as usize {
+            return Err(format!(
+                "the server takes payloads up to {} bytes, not {}: start it with a larger \
+                 --payload-bytes-max",
+                limits.payload_bytes_max, plan.payload_bytes
+            ));
+        }
+        let mut out = Vec::new();
+        Frame::Subscribe(Subscribe {
+            mode: StartMode::Live,
+            epoch: 0,
+            last_seq: 0,
+            topic,
+        })
+        .encode(&mut out);
+        stream
+            .write_all(&out)
+            .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
+        let (status, last_seq) = await_frame(
+            &mut stream,
+            &mut buf,
+            &limits,
+            Instant::now() + plan.connect_timeout,
+            "waiting for SUBSCRIBED",
+            |f| match f {
+                Frame::Subscribed(s) if s.topic == topic => Some((s.status, s.last_seq)),
+                _ => None,
+            },
+        )?;
+        if status != SubscribeStatus::Ok {
+            return Err(format!("SUBSCRIBED with status {status:?}"));
+        }
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket options: {e}"))?;
+        subs.push(Sub {
+            stream,
+            inbox: Inbox::new(&buf)?,
+            next_seq: last_seq + 1,
+            received: 0,
+            bytes: 0,
+            alive: true,
+            out: Vec::new(),
+        });
+    }
+    let (stream, buf, _, _) =
+        connect(plan.server, &format!("{id_base}-pub"), plan.connect_timeout)?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut publisher = Publisher {
+        stream,
+        inbox: Inbox::new(&buf)?,
+        out: Vec::with_capacity(PUBLISH_BACKLOG_BYTES + plan.payload_bytes + 512),
+        out_pos: 0,
+        in_flight: 0,
+        request_id: 0,
+        acked: 0,
+        refused: 0,
+        paused_until: None,
+        alive: true,
+        blocked: false,
+    };
+
+    let payload: Vec<u8> = (0..plan.payload_bytes).map(|i| (i % 251) as u8).collect();
+    let event_bytes = Frame::Event(Event {
+        seq: 0,
+        epoch: 0,
+        publish_ts_ns: 0,
+        topic,
+        payload: &payload,
+    })
+    .encoded_len();
+    let lead_events = match plan.lead_bytes {
+        0 => u64::MAX,
+        b => (b / event_bytes).max(1) as u64,
+    };
+    // The server drops connections silent for idle_timeout (> heartbeat):
+    // subscribers ping so long runs are not cut short.
+    let ping_every = (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms) / 2));
+    let mut next_ping = ping_every.map(|p| Instant::now() + p);
+
+    let mut note = String::new();
+    let mut seq_errors = 0u64;
+    let mut phase = Phase::Warmup;
+    let start = Instant::now();
+    let warm_end = start + plan.warmup;
+    let measure_end = warm_end + plan.duration;
+    let mut drain_deadline = measure_end + plan.drain_timeout;
+    let mut window_start = start;
+    let mut window_marked = false;
+    let (mut events0, mut bytes0, mut cpu0) = (0u64, 0u64, 0f64);
+    let mut pollfds: Vec<libc::pollfd> = Vec::with_capacity(plan.subscribers + 1);
+    let mut who: Vec<usize> = Vec::with_capacity(plan.subscribers + 1);
+
+    let (window_end, drained) = loop {
+        let now = Instant::now();
+        let all_dead = !publisher.alive && subs.iter().all(|s| !s.alive);
+        if phase == Phase::Warmup && (now >= warm_end || all_dead) {
+            events0 = subs.iter().map(|s| s.received).sum();
+            bytes0 = subs.iter().map(|s| s.bytes).sum();
+            cpu0 = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
+            window_start = Instant::now();
+            window_marked = true;
+            mark(Mark::WindowStart);
+            phase = Phase::Measure;
+        }
+        if phase == Phase::Measure && (now >= measure_end || all_dead) {
+            phase = Phase::Drain;
+            drain_deadline = now + plan.drain_timeout;
+        }
+        let acked = publisher.acked;
+        let everything_in = publisher.in_flight == 0
+            && subs.iter().filter(|s| s.alive).all(|s| s.received >= acked);
+        if phase == Phase::Drain && (everything_in || now >= drain_deadline || all_dead) {
+            break (Instant::now(), everything_in && !all_dead);
+        }
+
+        // Publish as far as the window and the lead allow.
+        if phase != Phase::Drain && publisher.alive {
+            if publisher.paused_until.is_some_and(|t| now >= t) {
+                publisher.paused_until = None;
+            }
+            let slowest = subs
+                .iter()
+                .filter(|s| s.alive)
+                .map(|s| s.received)
+                .min()
+                .unwrap_or(u64::MAX);
+            while publisher.paused_until.is_none()
+                && publisher.in_flight < plan.window as u64
+                && publisher.out.len() - publisher.out_pos < PUBLISH_BACKLOG_BYTES
+                && (publisher.acked + publisher.in_flight).saturating_sub(slowest) < lead_events
+            {
+                if publisher.out_pos > 0 && publisher.out_pos == publisher.out.len() {
+                    publisher.out.clear();
+                    publisher.out_pos = 0;
+                }
+                Frame::Publish(Publish {
+                    request_id: publisher.request_id,
+                    topic,
+                    payload: &payload,
+                })
+                .encode(&mut publisher.out);
+                publisher.request_id = publisher.request_id.wrapping_add(1);
+                publisher.in_flight += 1;
+            }
+        }
+        if publisher.alive && publisher.out_pos < publisher.out.len() {
+            match publisher.stream.write(&publisher.out[publisher.out_pos..]) {
+                Ok(n) => {
+                    publisher.out_pos += n;
+                    publisher.blocked = false;
+                    if publisher.out_pos == publisher.out.len() {
+                        publisher.out.clear();
+                        publisher.out_pos = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => publisher.blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    publisher.alive = false;
+                    set_note(&mut note, format!("publisher: writing: {e}"));
+                }
+            }
+        }
+        if let (Some(at), Some(every)) = (next_ping, ping_every) {
+            if now >= at {
+                next_ping = Some(now + every);
+                for s in subs.iter_mut().filter(|s| s.alive && s.out.is_empty()) {
+                    Frame::Ping { nonce: 1 }.encode(&mut s.out);
+                }
+            }
+        }
+        for (i, s) in subs.iter_mut().enumerate() {
+            if s.alive && !s.out.is_empty() {
+                match s.stream.write(&s.out) {
+                    Ok(n) => {
+                        s.out.drain(..n);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        s.alive = false;
+                        set_note(&mut note, format!("subscriber {i}: writing: {e}"));
+                    }
+                }
+            }
+        }
+
+        // Wait for input, at most until the next thing to do.
+        pollfds.clear();
+        who.clear();
+        if publisher.alive {
+            let mut events = libc::POLLIN;
+            if publisher.blocked {
+                events |= libc::POLLOUT;
+            }
+            pollfds.push(pollfd(publisher.stream.as_raw_fd(), events));
+            who.push(usize::MAX);
+        }
+        for (i, s) in subs.iter().enumerate().filter(|(_, s)| s.alive) {
+            let mut events = libc::POLLIN;
+            if !s.out.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            pollfds.push(pollfd(s.stream.as_raw_fd(), events));
+            who.push(i);
+        }
+        let can_write_more = publisher.alive
+            && phase != Phase::Drain
+            && !publisher.blocked
+            && publisher.paused_until.is_none()
+            && publisher.out_pos < publisher.out.len();
+        let timeout_ms = if can_write_more {
+            0
+        } else {
+            let slice = match publisher.paused_until {
+                Some(t) => t.saturating_duration_since(now).min(POLL_SLICE),
+                None => POLL_SLICE,
+            };
+            slice.as_millis() as i32
+        };
+        // SAFETY: pollfds is a valid array of its length.
+        let ready = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(format!("poll: {e}"));
+            }
+            continue;
+        }
+        let now = Instant::now();
+        for (p, &w) in pollfds.iter().zip(&who) {
+            if p.revents == 0 {
+                continue;
+            }
+            if w == usize::MAX {
+                if p.revents & libc::POLLOUT != 0 {
+                    publisher.blocked = false;
+                }
+                if let Err(why) = read_publisher(&mut publisher, &limits, now) {
+                    publisher.alive = false;
+                    set_note(&mut note, format!("publisher: {why}"));
+                }
+                continue;
+            }
+            let s = &mut subs[w];
+            if let Err(why) = read_subscriber(s, &limits, &mut seq_errors) {
+                s.alive = false;
+                set_note(&mut note, format!("subscriber {w}: {why}"));
+            }
+        }
+    };
+
+    let events1: u64 = subs.iter().map(|s| s.received).sum();
+    let bytes1: u64 = subs.iter().map(|s| s.bytes).sum();
+    let cpu1 = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
+    if !window_marked {
+        mark(Mark::WindowStart);
+    }
+    mark(Mark::WindowEnd);
+    let published = publisher.acked;
+    let lost = subs
+        .iter()
+        .map(|s| published.saturating_sub(s.received))
+        .sum();
+    if !drained && note.is_empty() {
+        set_note(
+            &mut note,
+            format!(
+                "not every subscriber received every event within {:?}",
+                plan.drain_timeout
+            ),
+        );
+    }
+    Ok(Outcome {
+        published,
+        refused: publisher.refused,
+        window_secs: window_end.duration_since(window_start).as_secs_f64(),
+        window_events: events1 - events0,
+        window_bytes: bytes1 - bytes0,
+        delivered: events1,
+        lost,
+        seq_errors,
+        subscribers_dropped: subs.iter().filter(|s| !s.alive).count() as u64,
+        client_cpu_secs: cpu1 - cpu0,
+        drained,
+        note,
+    })
+}
+
+fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Keeps the first note: later ones are usually consequences of it.
+fn set_note(note: &mut String, text: String) {
+    if note.is_empty() {
+        *note = text;
+    }
+}
+
+fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result<(), String> {
+    for _ in 0..READS_PER_TURN {
+        let n = match s.inbox.fill(&mut s.stream) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading: {e}")),
+        };
+        let (received, bytes, next_seq) = (&mut s.received, &mut s.bytes, &mut s.next_seq);
+        s.inbox.drain(
+            limits,
+            |seq, len| {
+                if seq != *next_seq {
+                    *seq_errors += 1;
+                }
+                *next_seq = seq + 1;
+                *received += 1;
+                *bytes += len;
+            },
+            |frame| match refusal(frame) {
+                Some(why) => Err(why),
+                None => Ok(()), // PONG
+            },
+        )?;
+        if n < INBOX_FREE_MIN {
+            return Ok(()); // most likely drained the socket
+        }
+    }
+    Ok(())
+}
+
+fn read_publisher(p: &mut Publisher, limits: &Limits, now: Instant) -> Result<(), String> {
+    for _ in 0..READS_PER_TURN {
+        let n = match p.inbox.fill(&mut p.stream) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading: {e}")),
+        };
+        let (in_flight, acked, refused, paused) = (
+            &mut p.in_flight,
+            &mut p.acked,
+            &mut p.refused,
+            &mut p.paused_until,
+        );
+        p.inbox.drain(
+            limits,
+            |_, _| {}, // not subscribed: no events come here
+            |frame| {
+                if let Some(why) = refusal(frame) {
+                    return Err(why);
+                }
+                if let Frame::PublishAck(ack) = frame {
+                    if *in_flight == 0 {
+                        return Err("PUBLISH_ACK for no PUBLISH".into());
+                    }
+                    *in_flight -= 1;
+                    if ack.status == 0 {
+                        *acked += 1;
+                    } else {
+                        *refused += 1;
+                        *paused = Some(now + REFUSAL_BACKOFF);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        if n < INBOX_FREE_MIN {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        Frame::Event(Event {
+            seq,
+            epoch: 7,
+            publish_ts_ns: 1,
+            topic: b"t",
+            payload,
+        })
+        .encode(&mut v);
+        v
+    }
+
+    /// Feeds `wire` to an inbox in pieces of `step` bytes; returns the events
+    /// and the number of other frames.
+    fn feed(wire: &[u8], step: usize) -> (Vec<(u64, u64)>, usize) {
+        let limits = Limits {
+            payload_bytes_max: 1 << 20,
+            frame_bytes_max: Limits::frame_bytes_for(1 << 20, 4096),
+            ..Limits::DEFAULT
+        };
+        let mut inbox = Inbox::new(&[]).unwrap();
+        let mut events = Vec::new();
+        let mut others = 0;
+        let mut pos = 0;
+        while pos < wire.len() {
+            let n = step.min(wire.len() - pos).min(inbox.buf.len() - inbox.end);
+            inbox.buf[inbox.end..inbox.end + n].copy_from_slice(&wire[pos..pos + n]);
+            inbox.end += n;
+            pos += n;
+            inbox
+                .drain(
+                    &limits,
+                    |seq, bytes| events.push((seq, bytes)),
+                    |_| {
+                        others += 1;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            // What fill() does before a read.
+            if inbox.start == inbox.end {
+                inbox.start = 0;
+                inbox.end = 0;
+            } else if inbox.buf.len() - inbox.end < INBOX_FREE_MIN {
+                inbox.buf.copy_within(inbox.start..inbox.end, 0);
+                inbox.end -= inbox.start;
+                inbox.start = 0;
+            }
+        }
+        (events, others)
+    }
+
+    #[test]
+    fn inbox_counts_events_split_anywhere() {
+        let big = vec![9u8; 300_000]; // larger than the inbox
+        let mut wire = event(1, b"hello");
+        Frame::Pong { nonce: 3 }.encode(&mut wire);
+        wire.extend(event(2, &big));
+        wire.extend(event(3, b""));
+        let sizes = [
+            event(1, b"hello").len() as u64,
+            event(2, &big).len() as u64,
+            event(3, b"").len() as u64,
+        ];
+        for step in [1, 3, 13, 4096, 65_536, wire.len()] {
+            let (events, others) = feed(&wire, step);
+            assert_eq!(
+                events,
+                vec![(1, sizes[0]), (2, sizes[1]), (3, sizes[2])],
+                "step {step}"
+            );
+            assert_eq!(others, 1, "step {step}");
+        }
+    }
+
+    #[test]
+    fn inbox_rejects_garbage() {
+        let mut inbox = Inbox::new(&[0, 0, 0, 2, FrameType::Event as u8, 0, 0]).unwrap();
+        let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));
+        assert!(r.is_err(), "an EVENT of length 2 is impossible");
+        let mut inbox = Inbox::new(&[0, 0, 0, 1, 0xEE]).unwrap();
+        let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));
+        assert!(r.is_err(), "unknown frame type");
+    }
+
+    #[test]
+    fn outcome_line_round_trip() {
+        let o = Outcome {
+            published: 10,
+            refused: 1,
+            window_secs: 5.25,
+            window_events: 320,
+            window_bytes: 1 << 30,
+            delivered: 330,
+            lost: 2,
+            seq_errors: 0,
+            subscribers_dropped: 1,
+            client_cpu_secs: 4.5,
+            drained: false,
+            note: "subscriber 3: GOAWAY SlowConsumer\nsecond line".into(),
+        };
+        let back = Outcome::from_line(&o.to_line()).unwrap();
+        assert_eq!(
+            back,
+            Outcome {
+                note: "subscriber 3: GOAWAY SlowConsumer second line".into(),
+                ..o
+            }
+        );
+        assert!(Outcome::from_line("garbage").is_err());
+    }
+}

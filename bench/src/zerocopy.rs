@@ -1,0 +1,1362 @@
+//! `cluecast-bench zerocopy`: does sending fan-out frames with io_uring
+//! SEND_ZC (`--zerocopy-bytes-min`) pay on this host, and from which size?
+//!
+//! The driver starts a fresh appliance for every run (one shard, pinned to
+//! one CPU) and a client process (`--role subscribers`, pinned to another
+//! CPU) holding one publisher and S subscribers of one topic. The client
+//! process tells the driver when its measured window starts and ends, and
+//! the driver samples the server's CPU time at those moments. Plain and
+//! zero-copy runs alternate (ABBA order) so drifts of a shared machine hit
+//! both modes alike; the report gives medians and paired ratios.
+//!
+//! The client side is always a separate process so the same code measures
+//! loopback, a veth pair between network namespaces (`--server-via` /
+//! `--clients-via "ip netns exec NS"`), or another host (`--clients-via
+//! "ssh HOST"`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::clients::{self, Mark, Outcome, Plan};
+use crate::procfs;
+use crate::server::{Server, ServerCommand, Stopped};
+use crate::stats::{format_size, median, paired_ratio, parse_size};
+
+/// Time allowed for the client process to connect and subscribe everyone,
+/// and for it to exit after reporting, on top of the plan's own phases.
+const CLIENT_SLACK: Duration = Duration::from_secs(20);
+/// Time for the server to print `listening on`.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the server to drain and exit after SIGTERM (its own drain
+/// timeout is 5 s by default).
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// A ratio within 1 ± this is reported as no clear difference.
+const NOISE: f64 = 0.05;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Start servers and client processes, and report.
+    Driver,
+    /// Be the client side of one measurement against --server.
+    Subscribers,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Which part of the measurement this process plays
+    #[arg(long, value_enum, default_value_t = Role::Driver)]
+    pub role: Role,
+    /// Payload sizes, comma-separated; K/M suffixes are binary (1K = 1024)
+    #[arg(long, value_delimiter = ',', value_parser = parse_size,
+          default_value = "1K,4K,16K,64K,256K")]
+    pub sizes: Vec<usize>,
+    /// Subscriber connections, all on one topic
+    #[arg(long, default_value_t = 32)]
+    pub subscribers: usize,
+    /// Seconds of publishing in the measured window
+    #[arg(long, default_value_t = 5.0)]
+    pub duration_secs: f64,
+    /// Publishing before the window, to let the server and TCP settle
+    #[arg(long, default_value_t = 500)]
+    pub warmup_ms: u64,
+    /// Runs of every (size, mode) cell
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Most PUBLISHes without an ack
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Most event bytes the publisher may be ahead of the slowest
+    /// subscriber (0 = acks only; subscribers may then fall behind)
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    pub lead_bytes: usize,
+    /// After publishing stops, longest wait for every event to arrive
+    #[arg(long, default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Limit for each TCP connect and handshake answer
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// CPU the client process pins itself to
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// CPU the server is pinned to (its shard runs there)
+    #[arg(long, default_value_t = 0)]
+    pub server_cpu: usize,
+    /// Pin nothing (e.g. clients on another host with other CPU numbers)
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Share of a measured core taken by anything else (other processes,
+    /// hypervisor steal) above which a pair of runs is measured again
+    #[arg(long, default_value_t = 0.10)]
+    pub foreign_max: f64,
+    /// Extra attempts per disturbed pair of runs
+    #[arg(long, default_value_t = 2)]
+    pub retries: usize,
+    /// Emit one JSON object per (size, mode) cell instead of markdown
+    #[arg(long)]
+    pub json: bool,
+
+    // ---- driver ----
+    /// The appliance binary
+    #[arg(long, default_value = "/var/tmp/cluecast-target/release/cluecast")]
+    pub cluecast: PathBuf,
+    /// Address the server listens on (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Address clients connect to, if not the one the server prints
+    /// (e.g. when it listens on 0.0.0.0)
+    #[arg(long)]
+    pub connect_host: Option<IpAddr>,
+    /// Server --zerocopy-bytes-min in the zero-copy mode
+    #[arg(long, default_value_t = 1)]
+    pub zerocopy_min: usize,
+    /// Server --arena-bytes (zero-copy pins frames until the kernel's
+    /// notification: a small arena refuses publishes in that mode first)
+    #[arg(long, value_parser = parse_size, default_value = "512M")]
+    pub arena_bytes: usize,
+    /// Server --queue-bytes-max (keep it above --lead-bytes)
+    #[arg(long, value_parser = parse_size, default_value = "8M")]
+    pub queue_bytes_max: usize,
+    /// Server --history-bytes-max (history shares the arena with frames in
+    /// flight: too much of it and publishes are refused as Overloaded)
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    pub history_bytes_max: usize,
+    /// Extra argument for `cluecast run` (repeat for several)
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// Command words to start the server through, e.g. "ip netns exec NS";
+    /// it must exec the server in place (same process id)
+    #[arg(long)]
+    pub server_via: Option<String>,
+    /// Command words to start the client process through, e.g.
+    /// "ip netns exec NS" or "ssh HOST"
+    #[arg(long)]
+    pub clients_via: Option<String>,
+    /// The cluecast-bench binary as the client side sees it [default: this one]
+    #[arg(long)]
+    pub clients_bench: Option<PathBuf>,
+
+    // ---- subscribers ----
+    /// Server to measure against (role subscribers)
+    #[arg(long)]
+    pub server: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    ZeroCopy,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::ZeroCopy => "zero-copy",
+        }
+    }
+}
+
+pub fn main(args: &Args) -> Result<(), String> {
+    if args.sizes.is_empty() || args.repeat == 0 || args.subscribers == 0 {
+        return Err("need at least one size, one run and one subscriber".into());
+    }
+    if !(args.duration_secs > 0.0 && args.duration_secs < 86_400.0) {
+        return Err("--duration-secs must be in (0, 86400)".into());
+    }
+    match args.role {
+        Role::Driver => drive(args),
+        Role::Subscribers => subscribers(args),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client side
+
+/// `--role subscribers`: one measurement per size against a running server.
+/// Stdout carries the protocol to the driver: `window-start`,
+/// `window-end`, then `result ...` (or `error ...`).
+fn subscribers(args: &Args) -> Result<(), String> {
+    let server = args
+        .server
+        .ok_or("--role subscribers needs --server ADDR")?;
+    if !args.no_pin {
+        cluecast_sys::pin_current_thread(args.client_cpu).map_err(|e| e.to_string())?;
+    }
+    let nonce = cluecast_sys::random_u64().map_err(|e| e.to_string())? & 0xffff_ffff;
+    for &size in &args.sizes {
+        let plan = Plan {
+            server,
+            // A fresh topic per run: nobody else's events, sequences from 1.
+            topic: format!("zcbench.{size}.{nonce:08x}"),
+            payload_bytes: size,
+            subscribers: args.subscribers,
+            warmup: Duration::from_millis(args.warmup_ms),
+            duration: Duration::from_secs_f64(args.duration_secs),
+            window: args.window,
+            lead_bytes: args.lead_bytes,
+            drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        };
+        let say = |line: &str| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        match clients::run(&plan, |m| {
+            say(match m {
+                Mark::WindowStart => "window-start",
+                Mark::WindowEnd => "window-end",
+            })
+        }) {
+            Ok(outcome) => {
+                eprintln!(
+                    "subscribers: {} x {}: {:.0} deliveries/s, {:.1} MB/s, lost {}{}",
+                    args.subscribers,
+                    format_size(size),
+                    outcome.window_events as f64 / outcome.window_secs,
+                    outcome.window_bytes as f64 / outcome.window_secs / 1e6,
+                    outcome.lost,
+                    if outcome.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", outcome.note)
+                    }
+                );
+                say(&outcome.to_line());
+            }
+            Err(e) => {
+                say(&format!("error {}", e.replace('\n', " ")));
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The driver
+
+/// Figures of one run.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    /// The run produced numbers (it may still have problems).
+    measured: bool,
+    deliveries_per_s: f64,
+    mb_per_s: f64,
+    /// Server process user+sys CPU per delivered GB.
+    server_cpu_per_gb: f64,
+    /// The same plus the server CPU's ksoftirqd: all the work this load put
+    /// on the server's core.
+    work_per_gb: f64,
+    /// Busy time of the server's core, whoever ran, per GB.
+    core_busy_per_gb: f64,
+    server_util: f64,
+    work_util: f64,
+    client_util: f64,
+    /// Share of the server's / the clients' core taken by anything else
+    /// (other processes, hypervisor steal); NaN when not known.
+    foreign_server: f64,
+    foreign_client: f64,
+    bytes_per_send: f64,
+    /// Server memory on transparent huge pages at the end of the window.
+    server_thp_kib: Option<u64>,
+    zero_copy_sends: u64,
+    lost: u64,
+    seq_errors: u64,
+    refused: u64,
+    catch_ups: u64,
+    slow_goaways: u64,
+    /// Completion-queue overflows the server counted (newer servers).
+    cq_overflows: u64,
+    /// The server did not exit 0 on SIGTERM, or deliveries went missing.
+    failed: bool,
+    problems: Vec<String>,
+}
+
+impl Run {
+    /// How disturbed the run was: the larger foreign share; infinite when
+    /// it failed or produced no figures (so it is measured again, though
+    /// its problems are still reported).
+    fn disturbance(&self) -> f64 {
+        if !self.measured || self.failed {
+            return f64::INFINITY;
+        }
+        [self.foreign_server, self.foreign_client]
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max)
+    }
+}
+
+struct Cell {
+    size: usize,
+    mode: Mode,
+    runs: Vec<Run>,
+    /// Runs measured but thrown away because the machine was busy with
+    /// something else (or the run failed), and measured again.
+    discarded: usize,
+    /// Problems of the discarded runs: a failure must show in the report
+    /// even when the run that replaced it went well.
+    discarded_problems: Vec<String>,
+}
+
+impl Cell {
+    fn new(size: usize, mode: Mode) -> Cell {
+        Cell {
+            size,
+            mode,
+            runs: Vec::new(),
+            discarded: 0,
+            discarded_problems: Vec::new(),
+        }
+    }
+    fn values(&self, f: impl Fn(&Run) -> f64) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|r| if r.measured { f(r) } else { f64::NAN })
+            .collect()
+    }
+    fn median(&self, f: impl Fn(&Run) -> f64) -> f64 {
+        median(&self.values(f)).unwrap_or(f64::NAN)
+    }
+    /// Smallest and largest of the measured values.
+    fn range(&self, f: impl Fn(&Run) -> f64) -> (f64, f64) {
+        self.values(f)
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .fold((f64::NAN, f64::NAN), |(lo, hi), x| (lo.min(x), hi.max(x)))
+    }
+    fn total(&self, f: impl Fn(&Run) -> u64) -> u64 {
+        self.runs.iter().map(f).sum()
+    }
+    fn measured(&self) -> usize {
+        self.runs.iter().filter(|r| r.measured).count()
+    }
+}
+
+fn words(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn server_args(args: &Args, mode: Mode) -> Vec<String> {
+    let payload_max = args.sizes.iter().copied().max().unwrap_or(0).max(64 << 10);
+    let zc_min = match mode {
+        Mode::Plain => 0,
+        Mode::ZeroCopy => args.zerocopy_min,
+    };
+    let mut v: Vec<String> = [
+        "run".to_string(),
+        "--shards".into(),
+        "1".into(),
+        "--listen".into(),
+        args.listen.to_string(),
+        "--payload-bytes-max".into(),
+        payload_max.to_string(),
+        "--queue-bytes-max".into(),
+        args.queue_bytes_max.to_string(),
+        "--history-bytes-max".into(),
+        args.history_bytes_max.to_string(),
+        "--arena-bytes".into(),
+        args.arena_bytes.to_string(),
+        "--zerocopy-bytes-min".into(),
+        zc_min.to_string(),
+    ]
+    .into();
+    v.extend(args.server_args.iter().cloned());
+    v
+}
+
+/// A CPU whose use is sampled, with its softirq thread.
+#[derive(Clone, Copy, Debug)]
+struct Core {
+    cpu: usize,
+    ksoftirqd: Option<u32>,
+}
+
+impl Core {
+    fn new(cpu: usize) -> Core {
+        Core {
+            cpu,
+            ksoftirqd: procfs::ksoftirqd_pid(cpu),
+        }
+    }
+}
+
+/// The CPUs whose use the driver can see: the pinned ones on this host.
+#[derive(Clone, Copy, Debug)]
+struct Cores {
+    server: Option<Core>,
+    client: Option<Core>,
+}
+
+fn drive(args: &Args) -> Result<(), String> {
+    let host = procfs::host();
+    let bench = match &args.clients_bench {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?,
+    };
+    if !args.cluecast.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release --bin cluecast` or pass --cluecast",
+            args.cluecast.display()
+        ));
+    }
+    // Clients started through anything but a network namespace (e.g. ssh)
+    // run on another kernel: their CPU is not ours to sample.
+    let clients_here = args
+        .clients_via
+        .as_deref()
+        .is_none_or(|v| v.starts_with("ip netns exec"));
+    let cores = Cores {
+        server: (!args.no_pin).then(|| Core::new(args.server_cpu)),
+        client: (!args.no_pin && clients_here).then(|| Core::new(args.client_cpu)),
+    };
+    let total = args.sizes.len() * 2 * args.repeat;
+    eprintln!(
+        "zerocopy: {} sizes x 2 modes x {} runs of {:.1}s (+{} ms warm-up), {} subscribers; \
+         host: {} CPUs, {}, kernel {}",
+        args.sizes.len(),
+        args.repeat,
+        args.duration_secs,
+        args.warmup_ms,
+        args.subscribers,
+        host.cpus,
+        host.cpu_model,
+        host.kernel
+    );
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut done = 0;
+    for &size in &args.sizes {
+        let mut plain = Cell::new(size, Mode::Plain);
+        let mut zc = Cell::new(size, Mode::ZeroCopy);
+        for rep in 0..args.repeat {
+            done += 1;
+            // ABBA: a linear drift costs both modes the same.
+            let order = if rep % 2 == 0 {
+                [Mode::Plain, Mode::ZeroCopy]
+            } else {
+                [Mode::ZeroCopy, Mode::Plain]
+            };
+            // A pair disturbed by something else on the machine is measured
+            // again (both members: the ratio needs them side by side); the
+            // least disturbed attempt is kept.
+            let mut best: Option<(f64, Vec<(Mode, Run)>)> = None;
+            for attempt in 0..=args.retries {
+                let mut pair = Vec::with_capacity(2);
+                for mode in order {
+                    let run = run_once(args, &bench, size, mode, cores);
+                    eprintln!(
+                        "[{done}/{}] {} {} run {}{}: {}",
+                        total / 2,
+                        format_size(size),
+                        mode.name(),
+                        rep + 1,
+                        if attempt > 0 {
+                            format!(" (attempt {})", attempt + 1)
+                        } else {
+                            String::new()
+                        },
+                        summary(&run)
+                    );
+                    pair.push((mode, run));
+                }
+                let score = pair
+                    .iter()
+                    .map(|(_, r)| r.disturbance())
+                    .fold(0.0, f64::max);
+                let (kept, thrown) = match best.take() {
+                    Some((b, old)) if b <= score => (Some((b, old)), Some(pair)),
+                    old => (Some((score, pair)), old.map(|(_, p)| p)),
+                };
+                best = kept;
+                for (mode, run) in thrown.into_iter().flatten() {
+                    let cell = match mode {
+                        Mode::Plain => &mut plain,
+                        Mode::ZeroCopy => &mut zc,
+                    };
+                    cell.discarded += 1;
+                    cell.discarded_problems.extend(
+                        run.problems
+                            .iter()
+                            .map(|p| format!("run {} (redone): {p}", rep + 1)),
+                    );
+                }
+                if best.as_ref().is_some_and(|(b, _)| *b <= args.foreign_max) {
+                    break;
+                }
+                if attempt < args.retries {
+                    if score.is_finite() {
+                        eprintln!(
+                            "    {:.0}% of a measured core went elsewhere (over {:.0}%): again",
+                            score * 100.0,
+                            args.foreign_max * 100.0
+                        );
+                    } else {
+                        eprintln!("    a run failed: again");
+                    }
+                }
+            }
+            for (mode, run) in best.map(|(_, p)| p).unwrap_or_default() {
+                match mode {
+                    Mode::Plain => plain.runs.push(run),
+                    Mode::ZeroCopy => zc.runs.push(run),
+                }
+            }
+        }
+        cells.push(plain);
+        cells.push(zc);
+    }
+    let text = if args.json {
+        json_report(args, &cells)
+    } else {
+        markdown_report(args, &host, &cells)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing the report: {e}"))
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.0}%", x * 100.0)
+    } else {
+        "–".to_string()
+    }
+}
+
+fn summary(run: &Run) -> String {
+    let mut s = if run.measured {
+        format!(
+            "{:.0} deliveries/s, {:.0} MB/s, server {:.3} s/GB (+softirqd {:.3} s/GB), \
+             server core {} / client {}, foreign {} / {}, lost {}",
+            run.deliveries_per_s,
+            run.mb_per_s,
+            run.server_cpu_per_gb,
+            run.work_per_gb,
+            pct(run.work_util),
+            pct(run.client_util),
+            pct(run.foreign_server),
+            pct(run.foreign_client),
+            run.lost
+        )
+    } else {
+        "no figures".to_string()
+    };
+    for p in &run.problems {
+        s.push_str("\n    problem: ");
+        s.push_str(p);
+    }
+    s
+}
+
+/// One measurement: a fresh server, a client process, the figures.
+fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores: Cores) -> Run {
+    let mut run = Run::default();
+    let cmd = ServerCommand {
+        binary: args.cluecast.clone(),
+        via: words(&args.server_via),
+        cpu: (!args.no_pin).then_some(args.server_cpu),
+        args: server_args(args, mode),
+    };
+    let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            run.problems.push(e);
+            return run;
+        }
+    };
+    check_server_identity(&server, &mut run);
+    let addr = match args.connect_host {
+        Some(ip) => SocketAddr::new(ip, server.addr().port()),
+        None => server.addr(),
+    };
+    let client = measure_clients(args, bench, size, addr, &mut server, cores, &mut run);
+    let stopped = server.stop(SERVER_STOP_TIMEOUT);
+    if let Some(p) = &stopped.problem {
+        run.failed = true;
+        run.problems.push(format!("server {p}"));
+    }
+    for line in stopped.complaints.iter().take(5) {
+        run.problems.push(format!("server said: {line}"));
+    }
+    if let Some((outcome, window)) = client {
+        fill_figures(&mut run, &outcome, &window, &stopped);
+    }
+    run
+}
+
+/// The process id must be the server's for the CPU figures to mean
+/// anything (a `--server-via` that forks would break that).
+fn check_server_identity(server: &Server, run: &mut Run) {
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid()))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if comm != "cluecast" {
+        run.problems.push(format!(
+            "process {} is {comm:?}, not cluecast: server CPU figures are not the server's",
+            server.pid()
+        ));
+    }
+}
+
+/// Use of one core over the window, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+struct CoreUse {
+    busy: f64,
+    steal: f64,
+    softirqd: f64,
+}
+
+impl CoreUse {
+    fn sample(core: Option<Core>) -> Option<CoreUse> {
+        let core = core?;
+        let (busy, steal) = procfs::cpu_secs(core.cpu).ok()?;
+        let softirqd = core
+            .ksoftirqd
+            .and_then(|pid| procfs::process_cpu_secs(pid).ok())
+            .unwrap_or(0.0);
+        Some(CoreUse {
+            busy,
+            steal,
+            softirqd,
+        })
+    }
+    fn since(self, start: CoreUse) -> CoreUse {
+        CoreUse {
+            busy: self.busy - start.busy,
+            steal: self.steal - start.steal,
+            softirqd: self.softirqd - start.softirqd,
+        }
+    }
+    /// Share of `wall` this core spent on neither `ours` nor its softirq
+    /// thread, or stolen by the hypervisor.
+    fn foreign(self, ours: f64, wall: f64) -> f64 {
+        ((self.busy - ours - self.softirqd).max(0.0) + self.steal) / wall
+    }
+}
+
+/// What the driver samples at each mark of the client process.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    at: Option<Instant>,
+    server_cpu: f64,
+    server_thp_kib: Option<u64>,
+    server_core: Option<CoreUse>,
+    client_core: Option<CoreUse>,
+}
+
+impl Sample {
+    fn take(server: &Server, cores: Cores) -> Sample {
+        Sample {
+            at: Some(Instant::now()),
+            server_cpu: procfs::process_cpu_secs(server.pid()).unwrap_or(f64::NAN),
+            server_thp_kib: procfs::anon_huge_kib(server.pid()),
+            server_core: CoreUse::sample(cores.server),
+            client_core: CoreUse::sample(cores.client),
+        }
+    }
+}
+
+/// Server-side figures of the measured window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Window {
+    wall_secs: f64,
+    server_cpu_secs: f64,
+    server_thp_kib: Option<u64>,
+    server_core: Option<CoreUse>,
+    client_core: Option<CoreUse>,
+}
+
+/// Starts the client process and follows it; samples the server at its
+/// marks. None when no figures came out.
+fn measure_clients(
+    args: &Args,
+    bench: &std::path::Path,
+    size: usize,
+    addr: SocketAddr,
+    server: &mut Server,
+    cores: Cores,
+    run: &mut Run,
+) -> Option<(Outcome, Window)> {
+    let via = words(&args.clients_via);
+    let mut cmd = match via.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bench);
+            c
+        }
+        None => Command::new(bench),
+    };
+    cmd.args(["zerocopy", "--role", "subscribers"])
+        .args(["--server", &addr.to_string()])
+        .args(["--sizes", &size.to_string()])
+        .args(["--subscribers", &args.subscribers.to_string()])
+        .args(["--duration-secs", &args.duration_secs.to_string()])
+        .args(["--warmup-ms", &args.warmup_ms.to_string()])
+        .args(["--window", &args.window.to_string()])
+        .args(["--lead-bytes", &args.lead_bytes.to_string()])
+        .args(["--drain-timeout-ms", &args.drain_timeout_ms.to_string()])
+        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
+        .args(["--client-cpu", &args.client_cpu.to_string()]);
+    if args.no_pin {
+        cmd.arg("--no-pin");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            run.problems
+                .push(format!("cannot start {}: {e}", bench.display()));
+            return None;
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        run.problems.push("no stdout pipe from the clients".into());
+        return None;
+    };
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let budget = CLIENT_SLACK
+        + Duration::from_millis(args.warmup_ms + args.drain_timeout_ms)
+        + Duration::from_secs_f64(args.duration_secs)
+        + Duration::from_millis(args.connect_timeout_ms) * 2;
+    let deadline = Instant::now() + budget;
+    let (mut start, mut end) = (Sample::default(), Sample::default());
+    let mut outcome = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            run.problems.push(format!(
+                "the client process gave no result within {budget:?}"
+            ));
+            break;
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) if line == "window-start" => start = Sample::take(server, cores),
+            Ok(line) if line == "window-end" => end = Sample::take(server, cores),
+            Ok(line) if line.starts_with("result ") => match Outcome::from_line(&line) {
+                Ok(o) => outcome = Some(o),
+                Err(e) => run.problems.push(e),
+            },
+            Ok(line) if line.starts_with("error ") => {
+                run.problems.push(format!("clients: {}", &line[6..]))
+            }
+            Ok(line) => run.problems.push(format!("clients printed {line:?}")),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(how) = server.exited() {
+                    run.problems
+                        .push(format!("the server exited {how} during the run"));
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Bounded wait for the client process, then make sure it is gone.
+    let exit_deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if !status.success() {
+                    run.problems
+                        .push(format!("the client process exited {status}"));
+                }
+                break;
+            }
+            Ok(None) if Instant::now() < exit_deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                run.problems
+                    .push("the client process had to be killed".into());
+                break;
+            }
+        }
+    }
+    let _ = reader.join();
+    let outcome = outcome?;
+    let (Some(t0), Some(t1)) = (start.at, end.at) else {
+        run.problems
+            .push("the client process did not mark its window".into());
+        return None;
+    };
+    let since = |a: Option<CoreUse>, b: Option<CoreUse>| Some(b?.since(a?));
+    Some((
+        outcome,
+        Window {
+            wall_secs: t1.duration_since(t0).as_secs_f64(),
+            server_cpu_secs: end.server_cpu - start.server_cpu,
+            server_thp_kib: end.server_thp_kib,
+            server_core: since(start.server_core, end.server_core),
+            client_core: since(start.client_core, end.client_core),
+        },
+    ))
+}
+
+fn fill_figures(run: &mut Run, o: &Outcome, w: &Window, stopped: &Stopped) {
+    let gb = o.window_bytes as f64 / 1e9;
+    let softirqd = w.server_core.map_or(0.0, |c| c.softirqd);
+    let nan = f64::NAN;
+    run.measured = o.window_secs > 0.0 && o.window_bytes > 0 && w.wall_secs > 0.0;
+    run.deliveries_per_s = o.window_events as f64 / o.window_secs;
+    run.mb_per_s = o.window_bytes as f64 / o.window_secs / 1e6;
+    run.server_cpu_per_gb = w.server_cpu_secs / gb;
+    run.work_per_gb = (w.server_cpu_secs + softirqd) / gb;
+    run.core_busy_per_gb = w.server_core.map_or(nan, |c| c.busy / gb);
+    run.server_util = w.server_cpu_secs / w.wall_secs;
+    run.work_util = (w.server_cpu_secs + softirqd) / w.wall_secs;
+    run.client_util = o.client_cpu_secs / o.window_secs;
+    run.foreign_server = w
+        .server_core
+        .map_or(nan, |c| c.foreign(w.server_cpu_secs, w.wall_secs));
+    run.foreign_client = w
+        .client_core
+        .map_or(nan, |c| c.foreign(o.client_cpu_secs, w.wall_secs));
+    let sends = stopped.stat("sends").unwrap_or(0);
+    run.bytes_per_send = match sends {
+        0 => nan,
+        n => stopped.stat("send_bytes").unwrap_or(0) as f64 / n as f64,
+    };
+    run.server_thp_kib = w.server_thp_kib;
+    run.zero_copy_sends = stopped.stat("zero_copy_sends").unwrap_or(0);
+    run.catch_ups = stopped.stat("catch_ups").unwrap_or(0);
+    run.slow_goaways = stopped.stat("slow_consumer_goaways").unwrap_or(0);
+    run.cq_overflows = stopped.stat("cq_overflows").unwrap_or(0);
+    run.lost = o.lost;
+    run.seq_errors = o.seq_errors;
+    run.refused = o.refused;
+    if !o.note.is_empty() {
+        run.problems.push(format!("clients: {}", o.note));
+    }
+    if o.lost > 0 || o.seq_errors > 0 {
+        run.failed = true;
+        run.problems.push(format!(
+            "{} deliveries lost, {} out of sequence, {} subscribers dropped",
+            o.lost, o.seq_errors, o.subscribers_dropped
+        ));
+    }
+    if stopped.stats.is_empty() {
+        run.problems
+            .push("the server printed no ShardStats on exit".into());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reports
+
+fn pairs(cells: &[Cell]) -> Vec<(&Cell, &Cell)> {
+    cells
+        .chunks(2)
+        .filter_map(|c| match c {
+            [p, z] if p.mode == Mode::Plain && z.mode == Mode::ZeroCopy => Some((p, z)),
+            _ => None,
+        })
+        .collect()
+}
+
+struct Ratios {
+    throughput: f64,
+    server_cpu: f64,
+    work: f64,
+}
+
+fn ratios(plain: &Cell, zc: &Cell) -> Ratios {
+    let r = |f: fn(&Run) -> f64| paired_ratio(&zc.values(f), &plain.values(f)).unwrap_or(f64::NAN);
+    Ratios {
+        throughput: r(|x| x.mb_per_s),
+        server_cpu: r(|x| x.server_cpu_per_gb),
+        work: r(|x| x.work_per_gb),
+    }
+}
+
+/// Whether zero-copy did better: cheaper per GB in both CPU views without
+/// losing throughput.
+fn verdict(r: &Ratios) -> &'static str {
+    if ![r.throughput, r.server_cpu, r.work]
+        .iter()
+        .all(|x| x.is_finite())
+    {
+        return "no figures";
+    }
+    let cheaper = r.server_cpu < 1.0 - NOISE && r.work < 1.0 - NOISE;
+    let costlier = r.server_cpu > 1.0 + NOISE || r.work > 1.0 + NOISE;
+    if cheaper && r.throughput > 1.0 - NOISE {
+        "zero-copy wins"
+    } else if costlier || r.throughput < 1.0 - NOISE {
+        "zero-copy loses"
+    } else {
+        "no clear difference"
+    }
+}
+
+/// The smallest size from which zero-copy wins at every larger size too;
+/// 0 (off) when it never does.
+fn suggested_min(cells: &[Cell]) -> usize {
+    let verdicts: Vec<(usize, bool)> = pairs(cells)
+        .into_iter()
+        .map(|(p, z)| (p.size, verdict(&ratios(p, z)) == "zero-copy wins"))
+        .collect();
+    let mut min = 0;
+    for &(size, wins) in verdicts.iter().rev() {
+        if !wins {
+            break;
+        }
+        min = size;
+    }
+    min
+}
+
+fn num(x: f64, decimals: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.decimals$}")
+    } else {
+        "–".to_string()
+    }
+}
+
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".to_string();
+    }
+    let digits = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "# cluecast zero-copy fan-out measurement\n");
+    let _ = writeln!(s, "- command: `{}`", command_line());
+    let _ = writeln!(
+        s,
+        "- host: {} CPUs, `{}`, kernel `{}`",
+        host.cpus, host.cpu_model, host.kernel
+    );
+    let _ = writeln!(
+        s,
+        "- path: server listens on {}{}; clients {}",
+        args.listen,
+        args.server_via
+            .as_deref()
+            .map(|v| format!(" (started via `{v}`)"))
+            .unwrap_or_default(),
+        args.clients_via
+            .as_deref()
+            .map(|v| format!("started via `{v}`"))
+            .unwrap_or_else(|| "on this host".into())
+    );
+    let _ = writeln!(
+        s,
+        "- server: `cluecast {}` (zero-copy mode: `--zerocopy-bytes-min {}`){}",
+        server_args(args, Mode::Plain).join(" "),
+        args.zerocopy_min,
+        if args.no_pin {
+            String::new()
+        } else {
+            format!(", pinned to CPU {}", args.server_cpu)
+        }
+    );
+    let _ = writeln!(
+        s,
+        "- load: 1 publisher (≤ {} unacked, ≤ {} ahead of the slowest subscriber) and {} \
+         subscribers on one topic, in one process{}",
+        args.window,
+        format_size(args.lead_bytes),
+        args.subscribers,
+        if args.no_pin {
+            String::new()
+        } else {
+            format!(" pinned to CPU {}", args.client_cpu)
+        }
+    );
+    let _ = writeln!(
+        s,
+        "- each run: fresh server, {} ms warm-up, {} s measured publishing + drain; {} runs \
+         per cell, plain and zero-copy alternating ABBA; a pair with more than {:.0}% of a \
+         measured core going elsewhere is measured again (up to {} more times); figures are \
+         medians\n",
+        args.warmup_ms,
+        args.duration_secs,
+        args.repeat,
+        args.foreign_max * 100.0,
+        args.retries
+    );
+    let _ = writeln!(
+        s,
+        "Columns: MB = 10^6 bytes of EVENT frames received by all subscribers together. \
+         *server s/GB*: user+sys CPU seconds of the server process per 10^9 delivered bytes. \
+         *+softirqd s/GB*: the same plus the server CPU's ksoftirqd thread, where the kernel \
+         finishes network work (on loopback / veth that includes the subscribers' TCP \
+         receive path) — all the CPU this load costs on the server's core. *server core*: \
+         that work as a share of the core; *client*: the client process's share of its core; \
+         *foreign*: share of the server / client core that went to other processes or \
+         hypervisor steal during the run (noise). *bytes/send*: the server's own counters.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| payload | mode | runs | deliveries/s | MB/s | MB/s range | server s/GB | \
+         +softirqd s/GB | server core | client | foreign | bytes/send | lost |"
+    );
+    let _ = writeln!(
+        s,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for c in cells {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {}{} | {} | {} | {}–{} | {} | {} | {} | {} | {} / {} | {} | {} |",
+            format_size(c.size),
+            c.mode.name(),
+            c.measured(),
+            if c.discarded > 0 {
+                format!(" (+{} redone)", c.discarded)
+            } else {
+                String::new()
+            },
+            thousands(c.median(|r| r.deliveries_per_s)),
+            num(c.median(|r| r.mb_per_s), 0),
+            num(c.range(|r| r.mb_per_s).0, 0),
+            num(c.range(|r| r.mb_per_s).1, 0),
+            num(c.median(|r| r.server_cpu_per_gb), 3),
+            num(c.median(|r| r.work_per_gb), 3),
+            pct(c.median(|r| r.work_util)),
+            pct(c.median(|r| r.client_util)),
+            pct(c.median(|r| r.foreign_server)),
+            pct(c.median(|r| r.foreign_client)),
+            thousands(c.median(|r| r.bytes_per_send)),
+            c.total(|r| r.lost),
+        );
+    }
+    let thp = cells
+        .iter()
+        .flat_map(|c| c.runs.iter().filter_map(|r| r.server_thp_kib))
+        .max();
+    if let Some(kib) = thp {
+        let _ = writeln!(
+            s,
+            "\nServer memory on transparent huge pages (AnonHugePages at the end of the \
+             window), largest over all runs: {} MiB.",
+            kib >> 10
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nZero-copy / plain: median of the ratios of the runs measured back to back \
+         (for s/GB below 1 means zero-copy is cheaper, for MB/s above 1 means it is faster; \
+         within ±{:.0}% counts as no difference):\n",
+        NOISE * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "| payload | MB/s | server s/GB | +softirqd s/GB | verdict |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---|");
+    for (p, z) in pairs(cells) {
+        let r = ratios(p, z);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            format_size(p.size),
+            num(r.throughput, 2),
+            num(r.server_cpu, 2),
+            num(r.work, 2),
+            verdict(&r)
+        );
+    }
+    let min = suggested_min(cells);
+    let _ = writeln!(
+        s,
+        "\nSuggested `--zerocopy-bytes-min` from these figures: **{}**{}\n",
+        min,
+        if min == 0 {
+            " (off: zero-copy did not win at any measured size, or not at every size above one)"
+                .to_string()
+        } else {
+            format!(" (zero-copy from {} up)", format_size(min))
+        }
+    );
+    let mut problems = Vec::new();
+    for c in cells {
+        for (i, r) in c.runs.iter().enumerate() {
+            let name = format!("{} {} run {}", format_size(c.size), c.mode.name(), i + 1);
+            for p in &r.problems {
+                problems.push(format!("- {name}: {p}"));
+            }
+            if r.catch_ups > 0 || r.slow_goaways > 0 || r.refused > 0 || r.cq_overflows > 0 {
+                problems.push(format!(
+                    "- {name}: {} publishes refused (Overloaded), {} subscriber catch-ups, \
+                     {} slow-consumer GOAWAYs, {} completion-queue overflows",
+                    r.refused, r.catch_ups, r.slow_goaways, r.cq_overflows
+                ));
+            }
+        }
+    }
+    for c in cells {
+        for p in &c.discarded_problems {
+            problems.push(format!("- {} {} {p}", format_size(c.size), c.mode.name()));
+        }
+    }
+    if problems.is_empty() {
+        let _ = writeln!(
+            s,
+            "No problems: every run delivered every event to every subscriber, in sequence, \
+             no publish was refused, and every server exited 0 on SIGTERM."
+        );
+    } else {
+        let _ = writeln!(s, "Problems seen:\n");
+        for p in problems {
+            let _ = writeln!(s, "{p}");
+        }
+    }
+    s
+}
+
+/// A JSON string literal.
+fn json_str(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// A JSON number; null for NaN and infinities, which JSON cannot carry.
+fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".to_string()
+    }
+}
+
+fn json_list(xs: &[f64]) -> String {
+    format!(
+        "[{}]",
+        xs.iter()
+            .map(|&x| json_num(x))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+fn json_report(args: &Args, cells: &[Cell]) -> String {
+    let mut out = String::new();
+    let pairs = pairs(cells);
+    for c in cells {
+        let zc_min = match c.mode {
+            Mode::Plain => 0,
+            Mode::ZeroCopy => args.zerocopy_min,
+        };
+        let ratio = match c.mode {
+            Mode::ZeroCopy => pairs
+                .iter()
+                .find(|(_, z)| z.size == c.size)
+                .map(|(p, z)| {
+                    let r = ratios(p, z);
+                    format!(
+                        "{{\"mb_per_s\":{},\"server_cpu_s_per_gb\":{},\
+                         \"server_core_work_s_per_gb\":{},\"verdict\":{}}}",
+                        json_num(r.throughput),
+                        json_num(r.server_cpu),
+                        json_num(r.work),
+                        json_str(verdict(&r))
+                    )
+                })
+                .unwrap_or_else(|| "null".into()),
+            Mode::Plain => "null".into(),
+        };
+        let problems: Vec<String> = c
+            .runs
+            .iter()
+            .flat_map(|r| r.problems.iter())
+            .chain(&c.discarded_problems)
+            .map(|p| json_str(p))
+            .collect();
+        out.push_str(&format!(
+            "{{\"payload_bytes\":{},\"mode\":{},\"zerocopy_bytes_min\":{},\"subscribers\":{},\
+             \"runs\":{},\"runs_measured\":{},\"runs_redone\":{},\"deliveries_per_s\":{},\
+             \"mb_per_s\":{},\"server_cpu_s_per_gb\":{},\"server_core_work_s_per_gb\":{},\
+             \"server_core_busy_s_per_gb\":{},\"server_cpu_util\":{},\
+             \"server_core_work_util\":{},\"client_cpu_util\":{},\"foreign_server_core\":{},\
+             \"foreign_client_core\":{},\"bytes_per_send\":{},\"lost\":{},\"seq_errors\":{},\
+             \"refused\":{},\"catch_ups\":{},\"slow_consumer_goaways\":{},\"cq_overflows\":{},\
+             \"zero_copy_sends\":{},\"server_anon_huge_kib\":{},\"per_run\":{{\"mb_per_s\":{},\"server_cpu_s_per_gb\":{},\
+             \"server_core_work_s_per_gb\":{}}},\"ratio_vs_plain\":{},\"problems\":[{}]}}\n",
+            c.size,
+            json_str(c.mode.name()),
+            zc_min,
+            args.subscribers,
+            c.runs.len(),
+            c.measured(),
+            c.discarded,
+            json_num(c.median(|r| r.deliveries_per_s)),
+            json_num(c.median(|r| r.mb_per_s)),
+            json_num(c.median(|r| r.server_cpu_per_gb)),
+            json_num(c.median(|r| r.work_per_gb)),
+            json_num(c.median(|r| r.core_busy_per_gb)),
+            json_num(c.median(|r| r.server_util)),
+            json_num(c.median(|r| r.work_util)),
+            json_num(c.median(|r| r.client_util)),
+            json_num(c.median(|r| r.foreign_server)),
+            json_num(c.median(|r| r.foreign_client)),
+            json_num(c.median(|r| r.bytes_per_send)),
+            c.total(|r| r.lost),
+            c.total(|r| r.seq_errors),
+            c.total(|r| r.refused),
+            c.total(|r| r.catch_ups),
+            c.total(|r| r.slow_goaways),
+            c.total(|r| r.cq_overflows),
+            c.total(|r| r.zero_copy_sends),
+            c.runs
+                .iter()
+                .filter_map(|r| r.server_thp_kib)
+                .max()
+                .map_or("null".to_string(), |k| k.to_string()),
+            json_list(&c.values(|r| r.mb_per_s)),
+            json_list(&c.values(|r| r.server_cpu_per_gb)),
+            json_list(&c.values(|r| r.work_per_gb)),
+            ratio,
+            problems.join(",")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(mb: f64, cpu: f64) -> Run {
+        Run {
+            measured: true,
+            mb_per_s: mb,
+            server_cpu_per_gb: cpu,
+            work_per_gb: cpu,
+            ..Run::default()
+        }
+    }
+
+    fn cells(size_ratios: &[(usize, f64)]) -> Vec<Cell> {
+        size_ratios
+            .iter()
+            .flat_map(|&(size, cpu_ratio)| {
+                let mut plain = Cell::new(size, Mode::Plain);
+                plain.runs = vec![run(100.0, 1.0), run(110.0, 1.0)];
+                let mut zc = Cell::new(size, Mode::ZeroCopy);
+                zc.runs = vec![run(100.0, cpu_ratio), run(110.0, cpu_ratio)];
+                [plain, zc]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verdicts_and_suggested_minimum() {
+        // Loses small, wins from 16K on: the default follows.
+        let c = cells(&[(1024, 1.3), (4096, 1.0), (16384, 0.8), (65536, 0.7)]);
+        let v: Vec<&str> = pairs(&c)
+            .into_iter()
+            .map(|(p, z)| verdict(&ratios(p, z)))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                "zero-copy loses",
+                "no clear difference",
+                "zero-copy wins",
+                "zero-copy wins"
+            ]
+        );
+        assert_eq!(suggested_min(&c), 16384);
+        // A win that does not hold at the largest size does not count.
+        assert_eq!(suggested_min(&cells(&[(1024, 0.8), (4096, 1.2)])), 0);
+        assert_eq!(suggested_min(&cells(&[(1024, 1.2)])), 0);
+    }
+
+    #[test]
+    fn foreign_share_of_a_core() {
+        let c = CoreUse {
+            busy: 4.0,
+            steal: 0.5,
+            softirqd: 1.0,
+        };
+        // 4 s busy, 2.5 s ours, 1 s softirqd: 0.5 s others + 0.5 s steal.
+        assert_eq!(c.foreign(2.5, 5.0), 0.2);
+        // Tick sampling can make ours exceed busy a little: never negative.
+        assert_eq!(c.foreign(3.5, 5.0), 0.1);
+        let unmeasured = Run::default();
+        assert_eq!(unmeasured.disturbance(), f64::INFINITY);
+        let r = Run {
+            measured: true,
+            foreign_server: 0.05,
+            foreign_client: f64::NAN,
+            ..Run::default()
+        };
+        assert_eq!(r.disturbance(), 0.05);
+    }
+
+    #[test]
+    fn json_escapes_and_nulls() {
+        assert_eq!(json_str("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
+        assert_eq!(json_num(f64::NAN), "null");
+        assert_eq!(json_num(1.5), "1.5");
+        assert_eq!(json_list(&[1.0, f64::INFINITY]), "[1,null]");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(1234567.4), "1 234 567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(f64::NAN), "–");
+    }
+}
