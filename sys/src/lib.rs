@@ -261,12 +261,14 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// Fault a range in, writable (Linux 5.14); not yet in the libc crate.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
 
 impl Region {
     /// Maps `len` bytes, from reserved 2 MiB huge pages when `try_huge_pages`
     /// and enough are reserved, else from normal pages with transparent huge
-    /// pages advised. The memory is zeroed and touched up front so the
-    /// appliance never faults it in on the event path.
+    /// pages advised. The memory is zeroed and faulted in up front so the
+    /// appliance never takes a page fault on the event path.
     pub fn map(len: usize, try_huge_pages: bool) -> io::Result<Region> {
         if len == 0 {
             return Err(io::Error::new(
@@ -297,19 +299,43 @@ impl Region {
                 });
             }
         }
+        // Normal pages: map 2 MiB more than asked, keep a 2 MiB-aligned
+        // window (transparent huge pages need the alignment), advise huge
+        // pages, and only then fault the memory in, so it can come as huge
+        // pages rather than being split into 4 KiB ones first.
+        let padded = len + HUGE_PAGE_BYTES;
+        let lazy = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         // SAFETY: as above.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
-        if ptr == libc::MAP_FAILED {
+        let raw = unsafe { libc::mmap(std::ptr::null_mut(), padded, prot, lazy, -1, 0) };
+        if raw == libc::MAP_FAILED {
             let err = io::Error::last_os_error();
             return Err(io::Error::new(
                 err.kind(),
                 format!("mmap of {len} bytes: {err}"),
             ));
         }
-        // SAFETY: ptr/len is the mapping just made. Advice is best effort.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        let start = (raw as usize).div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES;
+        let head = start - raw as usize;
+        let tail = padded - head - len;
+        // SAFETY: head and tail are the unused ends of the mapping just made;
+        // [start, start + len) stays mapped. Advice is best effort.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            if libc::madvise(start as *mut libc::c_void, len, MADV_POPULATE_WRITE) != 0 {
+                // Before Linux 5.14: touch every page by hand.
+                for page in (0..len).step_by(4096) {
+                    std::ptr::write_volatile((start + page) as *mut u8, 0);
+                }
+            }
+        }
         Ok(Region {
-            ptr: NonNull::new(ptr as *mut u8).expect("mmap returned null"),
+            ptr: NonNull::new(start as *mut u8).expect("mmap returned null"),
             len,
             huge_pages: false,
         })
