@@ -56,8 +56,6 @@ pub struct Conn {
     pub subs: Vec<SubRef>,
     /// Subscriptions being fed from history.
     pub catching_up: u16,
-    /// Accepted past capacity only to be told so (GOAWAY, then close).
-    pub rejected: bool,
 }
 
 impl Conn {
@@ -83,7 +81,6 @@ impl Conn {
             dirty: false,
             subs: Vec::new(),
             catching_up: 0,
-            rejected: false,
         }
     }
 

@@ -28,20 +28,22 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     let nofile = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
     let shards = settings.shards;
     let fd_budget = nofile.soft.saturating_sub(FDS_RESERVED) as usize / shards;
-    if fd_budget == 0 {
+    if fd_budget < 2 {
         return Err(format!(
             "the open-file limit ({}) leaves no room for connections",
             nofile.soft
         ));
     }
+    // Refusing a client past capacity briefly takes a descriptor too.
+    let capacity = fd_budget - (fd_budget / 32).max(1);
     let connections_max = match settings.connections_max {
-        0 => fd_budget,
-        wanted if wanted > fd_budget => {
+        0 => capacity,
+        wanted if wanted > capacity => {
             crate::warn!(
                 "cluecast: --connections-max {wanted} is above what the open-file limit allows; \
-                 using {fd_budget}"
+                 using {capacity}"
             );
-            fd_budget
+            capacity
         }
         wanted => wanted,
     };

@@ -36,8 +36,9 @@ use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
 const SEND_FRAMES_MAX: usize = 64;
 /// Most bytes gathered into one send.
 const SEND_BYTES_MAX: usize = 64 << 10;
-/// Connections refused for capacity that may be finishing their GOAWAY at once.
-const REJECTS_MAX: usize = 64;
+/// GOAWAY(ServerFull) frames encoded at start-up, each with its own
+/// jittered retry hint; a refused client gets one at random.
+const REJECT_FRAMES: usize = 64;
 /// Blocks of iovecs for gathering sends in flight at once; past this a
 /// connection sends its head frame alone.
 const IOV_BLOCKS_MAX: usize = 1024;
@@ -143,7 +144,10 @@ struct Core {
     conns: Slab<Conn>,
     generations: Vec<u32>,
     connections_max: usize,
-    rejecting: usize,
+    /// The GOAWAY(ServerFull) frames, back to back; never moved or freed, so
+    /// the kernel may read them while a refusal is in flight.
+    reject_frames: Box<[u8]>,
+    reject_frame_bytes: usize,
 
     arena: Arena,
     topics: Topics,
@@ -195,7 +199,7 @@ fn is_transient(errno: i32) -> bool {
 impl<R: Ring> Shard<R> {
     pub fn new(ring: R, setup: ShardSetup) -> Shard<R> {
         let now_ms = ring.now_ms();
-        let slots = setup.connections_max + REJECTS_MAX;
+        let slots = setup.connections_max;
         let iov_blocks = (0..IOV_BLOCKS_MAX.min(slots))
             .map(|_| IovBlock {
                 msg: libc::msghdr {
@@ -234,7 +238,8 @@ impl<R: Ring> Shard<R> {
             conns: Slab::with_capacity(slots),
             generations: vec![0; slots],
             connections_max: setup.connections_max,
-            rejecting: 0,
+            reject_frames: Box::default(),
+            reject_frame_bytes: 0,
             arena: setup.arena,
             topics: Topics::new(setup.topic_limits),
             timers: TimerWheel::new(slots, TIMER_SLOTS, TIMER_TICK_MS, now_ms),
@@ -255,6 +260,7 @@ impl<R: Ring> Shard<R> {
             rng: setup.epoch ^ (setup.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             stats: ShardStats::default(),
         };
+        core.encode_reject_frames();
         core.arm_accept();
         Shard {
             ring,
@@ -324,6 +330,7 @@ impl<R: Ring> Shard<R> {
                     self.core.free_if_done(index);
                 }
             }
+            OpKind::Reject => self.core.on_reject_sent(token, c),
             OpKind::Cancel | OpKind::Wake | OpKind::CloseOrphan => {}
         }
     }
@@ -412,7 +419,7 @@ impl Core {
             let fd = c.result;
             if self.listener.is_none() {
                 self.close_orphan(fd);
-            } else if self.conns.len() - self.rejecting >= self.connections_max {
+            } else if self.conns.len() >= self.connections_max {
                 self.reject_full(fd);
             } else {
                 self.admit(fd);
@@ -456,26 +463,55 @@ impl Core {
     }
 
     /// Past capacity: a GOAWAY with a jittered retry hint, so a reconnect
-    /// storm spreads itself out, then close.
+    /// storm spreads itself out, then close. No slot, no state: the token
+    /// carries the socket, which frame and how much of it is sent.
     fn reject_full(&mut self, fd: RawFd) {
         self.stats.rejected_full += 1;
-        if self.rejecting >= REJECTS_MAX || self.conns.len() >= self.generations.len() {
+        let which = (self.random() % REJECT_FRAMES as u64) as u32;
+        self.send_reject(fd, which, 0);
+    }
+
+    fn send_reject(&mut self, fd: RawFd, which: u32, sent: u32) {
+        let at = which as usize * self.reject_frame_bytes + sent as usize;
+        let end = (which as usize + 1) * self.reject_frame_bytes;
+        self.ops.push((
+            Op::Send {
+                fd,
+                ptr: self.reject_frames[at..end].as_ptr(),
+                len: (end - at) as u32,
+            },
+            Token::new(OpKind::Reject, sent << 8 | which, fd as u32).encode(),
+        ));
+    }
+
+    /// A refusal's send completed: finish a short one, else close.
+    fn on_reject_sent(&mut self, token: Token, c: Completion) {
+        let fd = token.index as RawFd;
+        let (which, sent) = (token.generation & 0xff, token.generation >> 8);
+        let sent = sent + c.result.max(0) as u32;
+        let unfinished = c.result > 0 && (sent as usize) < self.reject_frame_bytes;
+        if unfinished || (c.result < 0 && is_transient(-c.result)) {
+            self.send_reject(fd, which, sent);
+        } else {
             self.close_orphan(fd);
-            return;
         }
-        let index = self.insert(fd);
-        self.rejecting += 1;
-        let conn = &mut self.conns[index as usize];
-        conn.state = ConnState::Open;
-        conn.rejected = true;
-        let retry_after_ms = self.jittered_retry();
-        let goaway = Frame::GoAway(GoAway {
-            reason: GoAwayReason::ServerFull,
-            retry_after_ms,
-            reconnect: b"",
-            resume: vec![],
-        });
-        self.send_then_close(index, &goaway);
+    }
+
+    fn encode_reject_frames(&mut self) {
+        // The token holds which frame (8 bits) and how much of it was sent.
+        const { assert!(REJECT_FRAMES <= 256) };
+        let mut bytes = Vec::new();
+        for _ in 0..REJECT_FRAMES {
+            let frame = Frame::GoAway(GoAway {
+                reason: GoAwayReason::ServerFull,
+                retry_after_ms: self.jittered_retry(),
+                reconnect: b"",
+                resume: vec![],
+            });
+            self.reject_frame_bytes = frame.encoded_len();
+            frame.encode(&mut bytes);
+        }
+        self.reject_frames = bytes.into_boxed_slice();
     }
 
     fn jittered_retry(&mut self) -> u32 {
@@ -1369,9 +1405,6 @@ impl Core {
         conn.release_all(&mut self.arena);
         if let Some(block) = conn.iov_block.take() {
             self.iov_free.push(block);
-        }
-        if conn.rejected {
-            self.rejecting -= 1;
         }
         self.conns.remove(index as usize);
         self.generations[index as usize] = (self.generations[index as usize] + 1) & GENERATION_MASK;

@@ -68,6 +68,8 @@ struct VClient {
     /// The server ended this connection (GOAWAY, EOF or our reset).
     gone: bool,
     reconnects: u32,
+    /// GOAWAY(ServerFull) received.
+    refused: u32,
 }
 
 struct World {
@@ -119,6 +121,14 @@ impl World {
         // Zero-copy sends for every event in half the seeds.
         let zerocopy_bytes_min = if rng.below(2) == 0 { 0 } else { 32 };
         let settings = settings(shard_count, zerocopy_bytes_min);
+        // A full appliance in a quarter of the seeds: room for exactly the
+        // eight clients, so a reconnect that comes before its old connection
+        // is gone (or lands on the fuller shard) is refused and retries.
+        let connections_max = match (rng.below(4), shard_count) {
+            (0, 1) => 8,
+            (0, _) => 4,
+            _ => 64,
+        };
         let region = Region::map(settings.arena_bytes * shard_count, false).unwrap();
         let rings: Vec<SimRing> = (0..shard_count).map(|_| net.ring()).collect();
         let listeners: Vec<RawFd> = (0..shard_count).map(|_| net.listen()).collect();
@@ -126,7 +136,7 @@ impl World {
         let setups = shard_setups(
             &settings,
             0xe90c_0000_0000_0001 ^ seed,
-            64,
+            connections_max,
             listeners.clone(),
             region.spans(shard_count),
             rings.iter().map(|r| r.fd()).collect(),
@@ -173,6 +183,7 @@ impl World {
             last_sent_ms: self.net.now_ms(),
             gone: false,
             reconnects: 0,
+            refused: 0,
         });
         let index = self.clients.len() - 1;
         if !matches!(self.clients[index].role, Role::Mute { .. }) {
@@ -237,7 +248,9 @@ impl World {
                     break;
                 }
             }
-            if !self.clients[index].gone && self.net.client_eof(sim) {
+            // The client may have reconnected meanwhile: ask about its current socket.
+            let current = self.clients[index].sim;
+            if !self.clients[index].gone && self.net.client_eof(current) {
                 self.on_eof(index);
             }
         }
@@ -318,16 +331,17 @@ impl World {
                 _ => self.fail(format!("{name}: unexpected ERROR {code}")),
             },
             OwnedFrame::GoAway { reason } => {
-                let is_subscriber = matches!(self.clients[index].role, Role::Subscriber { .. });
-                let allowed = reason == GoAwayReason::Shutdown
-                    || (reason == GoAwayReason::SlowConsumer && is_subscriber);
-                if !allowed {
-                    self.fail(format!("{name}: unexpected GOAWAY {reason:?}"));
-                }
-                if reason == GoAwayReason::SlowConsumer {
-                    self.reconnect(index);
-                } else {
-                    self.clients[index].gone = true;
+                let client = &self.clients[index];
+                let is_subscriber = matches!(client.role, Role::Subscriber { .. });
+                match reason {
+                    GoAwayReason::Shutdown => self.clients[index].gone = true,
+                    GoAwayReason::SlowConsumer if is_subscriber => self.reconnect(index),
+                    // Refused at the door: only ever before WELCOME.
+                    GoAwayReason::ServerFull if !client.handshaken => {
+                        self.clients[index].refused += 1;
+                        self.reconnect(index);
+                    }
+                    _ => self.fail(format!("{name}: unexpected GOAWAY {reason:?}")),
                 }
             }
             OwnedFrame::Pong | OwnedFrame::Other => {}
@@ -394,7 +408,9 @@ impl World {
                 p.jump_to = None;
             }
         }
-        self.send(index, &hello());
+        if !matches!(self.clients[index].role, Role::Mute { .. }) {
+            self.send(index, &hello());
+        }
     }
 
     /// Client behaviour for this step: publish, reset, heartbeat.
@@ -573,6 +589,7 @@ struct Coverage {
     catch_ups: u64,
     slow_consumer_goaways: u64,
     reconnects: u64,
+    refusals: u64,
     two_shard_seeds: u64,
 }
 
@@ -597,6 +614,7 @@ impl Coverage {
             .iter()
             .map(|c| c.reconnects as u64)
             .sum::<u64>();
+        self.refusals += world.clients.iter().map(|c| c.refused as u64).sum::<u64>();
         self.two_shard_seeds += (world.shards.len() == 2) as u64;
     }
 }
@@ -732,6 +750,7 @@ fn engine_survives_faults_for_many_seeds() {
             ("catch-ups from history", c.catch_ups),
             ("slow-consumer GOAWAYs", c.slow_consumer_goaways),
             ("reconnects", c.reconnects),
+            ("refusals past capacity", c.refusals),
             ("two-shard seeds", c.two_shard_seeds),
         ];
         for (what, count) in exercised {

@@ -133,10 +133,12 @@ fn past_capacity_a_client_gets_goaway_with_a_jittered_retry_hint() {
         "500",
     ]);
     let mut admitted: Vec<RawClient> = (0..3).map(|_| RawClient::open(server.addr)).collect();
+    // A storm: 300 clients at once, past capacity, each told to come back
+    // later (none is just cut off), at spread-out times.
+    let mut refused: Vec<RawClient> = (0..300).map(|_| RawClient::connect(server.addr)).collect();
     let mut hints = Vec::new();
-    for _ in 0..3 {
-        let mut refused = RawClient::connect(server.addr);
-        let hint = refused
+    for client in &mut refused {
+        let hint = client
             .recv(|f| match f {
                 Frame::GoAway(g) => {
                     assert_eq!(g.reason, GoAwayReason::ServerFull);
@@ -150,8 +152,15 @@ fn past_capacity_a_client_gets_goaway_with_a_jittered_retry_hint() {
             "retry hint {hint} ms outside 500..=1000"
         );
         hints.push(hint);
-        assert!(refused.closed_within(Duration::from_secs(5)));
+        assert!(client.closed_within(Duration::from_secs(5)));
     }
+    hints.sort_unstable();
+    hints.dedup();
+    assert!(
+        hints.len() >= 20,
+        "only {} distinct retry hints",
+        hints.len()
+    );
     // The admitted ones are untouched, and a freed slot admits a newcomer.
     admitted[0].send(&Frame::Ping { nonce: 9 });
     admitted[0].expect(|f| matches!(f, Frame::Pong { nonce: 9 }));

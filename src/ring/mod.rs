@@ -67,7 +67,7 @@ pub enum Op {
         ptr: *const u8,
         len: u32,
     },
-    /// Gathering send of `iov_count` buffers.
+    /// Gathering send of the buffers the msghdr's iovecs name.
     SendVectored {
         fd: RawFd,
         msg: *const libc::msghdr,
@@ -129,6 +129,8 @@ pub enum OpKind {
     Wake = 6,
     /// Closing a socket that never became a connection.
     CloseOrphan = 7,
+    /// GOAWAY(ServerFull) to a socket refused at accept; index = its fd.
+    Reject = 8,
 }
 
 /// user_data = kind (8 bits) | generation (24 bits) | slot index (32 bits).
@@ -165,6 +167,7 @@ impl Token {
             5 => OpKind::Cancel,
             6 => OpKind::Wake,
             7 => OpKind::CloseOrphan,
+            8 => OpKind::Reject,
             _ => return None,
         };
         Some(Token {
