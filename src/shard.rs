@@ -52,6 +52,10 @@ const TIMER_SLOTS: usize = 1024;
 /// link, short enough that a peer that stopped reading cannot hold the slot.
 const LINGER_MS: u64 = 10_000;
 
+/// After the drain deadline cuts the stragglers, how long their cancels and
+/// closes may take before the shard stops anyway.
+const DRAIN_GRACE_MS: u64 = 1_000;
+
 /// Channel record kinds.
 const RECORD_EVENT: u8 = 1;
 const RECORD_PUBLISH: u8 = 2;
@@ -1491,6 +1495,6 @@ impl Core {
                 self.abort(index);
             }
         }
-        self.conns.is_empty() || self.now_ms >= deadline + LINGER_MS
+        self.conns.is_empty() || self.now_ms >= deadline + DRAIN_GRACE_MS
     }
 }

@@ -398,3 +398,26 @@ fn sub_reconnects_by_itself_when_the_server_restarts() {
         "a new epoch is reported: {stderr}"
     );
 }
+
+#[test]
+fn sigterm_does_not_wait_past_its_deadline_for_a_client_that_stopped_reading() {
+    let mut server = Server::start(&["--shards", "1", "--drain-timeout-ms", "1000"]);
+    let mut stalled = RawClient::open(server.addr);
+    stalled.subscribe("flood", StartMode::Live, 0, 0);
+    // ~9 MB: more than the kernel buffers between us, so the server still
+    // holds frames for this client when it is told to stop.
+    let body = vec![b'z'; 60_000];
+    let mut publisher =
+        common::publish_paced(server.addr, "flood", 150, &body, Duration::from_micros(200));
+    for _ in 0..150 {
+        publisher.expect(|f| matches!(f, Frame::PublishAck(a) if a.status == 0));
+    }
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let took = started.elapsed();
+    // The drain deadline (1 s), then at most a second for cancels and
+    // closes, plus a tick or two.
+    assert!(took < Duration::from_millis(2_500), "drain took {took:?}");
+    drop(stalled);
+}
