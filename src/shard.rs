@@ -879,11 +879,13 @@ impl Core {
         payload: &[u8],
         reserve_peer: Option<usize>,
     ) -> Result<(u64, u64), ErrorCode> {
-        let t = self
-            .topics
-            .find_or_create(name, self.epoch, Purpose::Event)
-            .filter(|&t| self.topics.claim_sequencing(t));
-        let Some(t) = t else {
+        let t = self.topics.find_or_create(name, self.epoch, Purpose::Event);
+        let Some(t) = t.filter(|&t| self.topics.claim_sequencing(t)) else {
+            // Past this shard's share of --topics-max: a topic made just now
+            // for this publish must not linger.
+            if let Some(t) = t {
+                self.topics.remove_if_unused(t);
+            }
             self.stats.overloaded += 1;
             return Err(ErrorCode::Overloaded);
         };

@@ -421,3 +421,31 @@ fn sigterm_does_not_wait_past_its_deadline_for_a_client_that_stopped_reading() {
     assert!(took < Duration::from_millis(2_500), "drain took {took:?}");
     drop(stalled);
 }
+
+#[test]
+fn topics_past_the_limit_are_refused_and_the_connection_stays() {
+    let server = Server::start(&["--shards", "1", "--topics-max", "3"]);
+    let mut publisher = RawClient::open(server.addr);
+    let mut statuses = Vec::new();
+    for (i, topic) in ["a", "b", "c", "d", "a"].iter().enumerate() {
+        publisher.send(&Frame::Publish(Publish {
+            request_id: i as u32,
+            topic: topic.as_bytes(),
+            payload: b"x",
+        }));
+        statuses.push(
+            publisher
+                .recv(|f| match f {
+                    Frame::PublishAck(a) => a.status,
+                    other => panic!("{other:?}"),
+                })
+                .unwrap(),
+        );
+    }
+    let overloaded = ErrorCode::Overloaded as u16;
+    assert_eq!(
+        statuses,
+        vec![0, 0, 0, overloaded, 0],
+        "a fourth topic is refused, known ones go on"
+    );
+}
