@@ -31,6 +31,9 @@ enum Command {
         /// Most detailed log level printed
         #[arg(long, env = "CLUECAST_LOG_LEVEL", value_enum, default_value = "info")]
         log_level: Level,
+        /// Print the settings in effect (defaults included) as TOML and exit
+        #[arg(long)]
+        print_settings: bool,
     },
     /// Publish one event and print the sequence it was given
     Pub {
@@ -57,10 +60,20 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { args, log_level } => {
+        Command::Run {
+            args,
+            log_level,
+            print_settings,
+        } => {
             crate::log::set_level(log_level);
-            args.resolve()
-                .and_then(|settings| crate::engine::run(&settings))
+            args.resolve().and_then(|settings| {
+                if print_settings {
+                    print!("{}", settings.to_toml());
+                    Ok(())
+                } else {
+                    crate::engine::run(&settings)
+                }
+            })
         }
         Command::Pub {
             server,

@@ -21,7 +21,7 @@ macro_rules! settings {
         }
 
         /// The resolved settings of one appliance.
-        #[derive(Debug, Clone)]
+        #[derive(Debug, Clone, serde::Serialize)]
         pub struct Settings { $( $(#[doc = $doc])* pub $name: $ty, )* }
 
         impl RunArgs {
@@ -112,6 +112,11 @@ impl RunArgs {
 }
 
 impl Settings {
+    /// The settings as a TOML file that `--config` takes back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings are plain values")
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             frame_bytes_max: Limits::frame_bytes_for(
@@ -198,6 +203,16 @@ mod tests {
         assert_eq!(settings.heartbeat_ms, 10_000, "the flag wins");
         assert_eq!(settings.shards, 1, "the file fills the rest");
         assert_eq!(settings.listen.port(), 7400, "defaults fill the remainder");
+
+        // What --print-settings shows is a config file that reads back.
+        std::fs::write(&path, settings.to_toml()).unwrap();
+        let again = RunArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(again.to_toml(), settings.to_toml());
 
         std::fs::write(&path, "shard = 1\n").unwrap();
         let err = RunArgs {
