@@ -117,20 +117,20 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     }
     crate::info!("cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}");
 
-    loop {
+    // Ok(()) for a requested stop, Err when a shard stopped on its own.
+    let outcome = loop {
         match cluecast_sys::wait_shutdown_signal(200) {
             Ok(Some(signal)) => {
                 crate::info!("cluecast: signal {signal}: draining");
-                break;
+                break Ok(());
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("waiting for signals: {e}")),
+            Err(e) => break Err(format!("waiting for signals: {e}")),
         }
         if threads.iter().any(|t| t.is_finished()) {
-            crate::error!("cluecast: a shard stopped unexpectedly; shutting down");
-            break;
+            break Err("a shard stopped unexpectedly; the others were drained".to_string());
         }
-    }
+    };
     stop.store(true, Ordering::Relaxed);
     let mut failed = false;
     for (id, thread) in threads.into_iter().enumerate() {
@@ -144,6 +144,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     if failed {
         return Err("a shard panicked".to_string());
     }
+    outcome?;
     crate::info!("cluecast: stopped");
     Ok(())
 }
