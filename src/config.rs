@@ -140,8 +140,8 @@ impl Settings {
                 format!("--shards must be 1..={cpus} (the CPUs this process may use)"),
             ),
             (
-                self.topic_bytes_max >= 1,
-                "--topic-bytes-max must be at least 1".into(),
+                self.topic_bytes_max >= 1 && self.payload_bytes_max <= 4 << 20,
+                "--topic-bytes-max must be at least 1 and --payload-bytes-max at most 4 MiB".into(),
             ),
             (
                 self.queue_bytes_max >= frame,

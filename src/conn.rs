@@ -236,10 +236,11 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arena::Use;
     use cluecast_sys::Region;
 
     fn frame(arena: &mut Arena, len: usize, fill: u8) -> FrameRef {
-        let f = arena.alloc(len).unwrap();
+        let f = arena.alloc(len, Use::Event).unwrap();
         arena.bytes_mut(f).fill(fill);
         f
     }

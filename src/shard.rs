@@ -25,7 +25,7 @@ use cluecast_proto::{
 use cluecast_sys::spsc;
 use slab::Slab;
 
-use crate::arena::{Arena, FrameRef};
+use crate::arena::{Arena, FrameRef, Use};
 use crate::conn::{Conn, ConnState, SubRef};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
 use crate::timer::TimerWheel;
@@ -910,7 +910,7 @@ impl Core {
             })
         });
         let frame = if peers_have_room {
-            self.alloc(len)
+            self.alloc(len, Use::Event)
         } else {
             None
         };
@@ -947,9 +947,9 @@ impl Core {
     }
 
     /// A frame from the arena, evicting the oldest history if memory is short.
-    fn alloc(&mut self, len: usize) -> Option<FrameRef> {
+    fn alloc(&mut self, len: usize, purpose: Use) -> Option<FrameRef> {
         loop {
-            if let Some(frame) = self.arena.alloc(len) {
+            if let Some(frame) = self.arena.alloc(len, purpose) {
                 return Some(frame);
             }
             if !self.topics.evict_for_memory(&mut self.arena) {
@@ -1029,7 +1029,7 @@ impl Core {
             .topics
             .find_or_create(event.topic, event.epoch, Purpose::Event)
             .expect("events always find room");
-        let Some(frame) = self.alloc(body.len()) else {
+        let Some(frame) = self.alloc(body.len(), Use::Event) else {
             return false;
         };
         self.arena.bytes_mut(frame).copy_from_slice(body);
@@ -1070,7 +1070,7 @@ impl Core {
         if !alive {
             return true; // the publisher left; its ack has nobody to go to
         }
-        let Some(frame) = self.alloc(ack.len()) else {
+        let Some(frame) = self.alloc(ack.len(), Use::Control) else {
             return false;
         };
         self.arena.bytes_mut(frame).copy_from_slice(ack);
@@ -1094,7 +1094,13 @@ impl Core {
     /// arena cannot serve at all is closed.
     fn queue_control(&mut self, index: u32, frame: &Frame<'_>) -> bool {
         let len = frame.encoded_len();
-        let Some(f) = self.alloc(len) else {
+        let Some(f) = self.alloc(len, Use::Control) else {
+            // Even the reserve for answers is gone: nothing sensible can be
+            // said to this client any more.
+            crate::warn!(
+                "shard {}: frame arena exhausted; closing connection {index}",
+                self.id
+            );
             self.stats.overloaded += 1;
             self.abort(index);
             return false;

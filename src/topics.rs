@@ -233,6 +233,7 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arena::Use;
     use cluecast_sys::Region;
 
     fn setup(events_max: usize, bytes_max: usize) -> (Region, Arena, Topics) {
@@ -253,7 +254,7 @@ mod tests {
         let (_region, mut arena, mut topics) = setup(3, 250);
         let t = topics.find_or_create(b"hunt-1", 9, Purpose::Event).unwrap();
         for seq in 1..=5 {
-            let f = arena.alloc(100).unwrap();
+            let f = arena.alloc(100, Use::Event).unwrap();
             topics.append(t, seq, f, &mut arena);
         }
         let topic = topics.get(t);
@@ -277,10 +278,10 @@ mod tests {
         assert_eq!(topics.find_or_create(b"c", 1, Purpose::Subscribe), None);
         // Real topics still find room.
         let d = topics.find_or_create(b"d", 1, Purpose::Event).unwrap();
-        let f = arena.alloc(10).unwrap();
+        let f = arena.alloc(10, Use::Event).unwrap();
         topics.append(d, 1, f, &mut arena);
         // An event turns a waiting topic into a real one, freeing its place.
-        let f = arena.alloc(10).unwrap();
+        let f = arena.alloc(10, Use::Event).unwrap();
         topics.append(a, 1, f, &mut arena);
         assert!(topics.find_or_create(b"c", 1, Purpose::Subscribe).is_some());
         let b = topics.find(b"b").unwrap();
@@ -309,10 +310,10 @@ mod tests {
         let a = topics.find_or_create(b"a", 1, Purpose::Event).unwrap();
         let b = topics.find_or_create(b"b", 1, Purpose::Event).unwrap();
         for seq in 1..=3 {
-            let f = arena.alloc(10).unwrap();
+            let f = arena.alloc(10, Use::Event).unwrap();
             topics.append(a, seq, f, &mut arena);
         }
-        let f = arena.alloc(10).unwrap();
+        let f = arena.alloc(10, Use::Event).unwrap();
         topics.append(b, 1, f, &mut arena);
         assert!(topics.evict_for_memory(&mut arena));
         assert_eq!(topics.get(a).oldest_seq(), 2);
