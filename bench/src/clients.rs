@@ -15,26 +15,19 @@
 //! sustains with every subscriber keeping up. `lead_bytes = 0` disables
 //! that bound (open loop, acks only).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{
-    decode, ErrorCode, Event, Frame, FrameType, Hello, Limits, Publish, StartMode, Subscribe,
-    SubscribeStatus,
-};
+use cluecast_proto::{Event, Frame, Limits, Publish};
 
-/// Bytes of an EVENT the subscriber looks at: length, type, seq. The rest
-/// (epoch, timestamp, topic, payload) is skipped without a user-space copy.
-const EVENT_HEAD_BYTES: usize = 4 + 1 + 8;
-/// Smallest valid EVENT length prefix: type, seq, epoch, ts, topic length.
-const EVENT_LEN_MIN: u32 = 1 + 8 + 8 + 8 + 1;
+use crate::child::{result_struct, Mark};
+use crate::wire::{self, event_seq, pollfd, refusal, set_note, Inbox, EVENT_SEQ_END};
+
 /// Per-connection receive buffer. Only non-event frames (small) are ever
 /// held whole, so this only sets how much one read() may return.
 const INBOX_BYTES: usize = 256 << 10;
-/// Compact the inbox when less than this is free at its end.
-const INBOX_FREE_MIN: usize = 64 << 10;
 /// Reads per ready socket per loop turn, so no subscriber starves the rest.
 const READS_PER_TURN: usize = 8;
 /// Encoded PUBLISHes not yet written, above which no more are encoded.
@@ -65,317 +58,33 @@ pub struct Plan {
     pub connect_timeout: Duration,
 }
 
-/// Moments the caller wants to know about, to sample server CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mark {
-    WindowStart,
-    WindowEnd,
-}
-
-/// What the client side saw.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Outcome {
-    /// PUBLISHes acknowledged with status 0 (whole run).
-    pub published: u64,
-    /// PUBLISHes refused (non-zero status, e.g. Overloaded).
-    pub refused: u64,
-    /// Length of the measured window: publishing plus the drain after it.
-    pub window_secs: f64,
-    /// Events received by all subscribers together inside the window.
-    pub window_events: u64,
-    /// Their bytes, whole frames as on the wire.
-    pub window_bytes: u64,
-    /// Events received by all subscribers together over the whole run.
-    pub delivered: u64,
-    /// Σ over subscribers of (events acknowledged − events received).
-    pub lost: u64,
-    /// Events whose sequence was not the one expected (gap or duplicate).
-    pub seq_errors: u64,
-    /// Subscribers whose connection ended early (GOAWAY, ERROR, close).
-    pub subscribers_dropped: u64,
-    /// CPU seconds of this process inside the window.
-    pub client_cpu_secs: f64,
-    /// Every subscriber received every acknowledged event before the drain
-    /// timeout.
-    pub drained: bool,
-    /// The first problem seen, empty when none.
-    pub note: String,
-}
-
-impl Outcome {
-    /// One line, `result key=value ... note=free text`, for the driver.
-    pub fn to_line(&self) -> String {
-        format!(
-            "result published={} refused={} window_secs={} window_events={} window_bytes={} \
-             delivered={} lost={} seq_errors={} subscribers_dropped={} client_cpu_secs={} \
-             drained={} note={}",
-            self.published,
-            self.refused,
-            self.window_secs,
-            self.window_events,
-            self.window_bytes,
-            self.delivered,
-            self.lost,
-            self.seq_errors,
-            self.subscribers_dropped,
-            self.client_cpu_secs,
-            self.drained,
-            self.note.replace('\n', " ")
-        )
+result_struct! {
+    /// What the client side saw.
+    pub struct Outcome {
+        /// PUBLISHes acknowledged with status 0 (whole run).
+        pub published: u64,
+        /// PUBLISHes refused (non-zero status, e.g. Overloaded).
+        pub refused: u64,
+        /// Length of the measured window: publishing plus the drain after it.
+        pub window_secs: f64,
+        /// Events received by all subscribers together inside the window.
+        pub window_events: u64,
+        /// Their bytes, whole frames as on the wire.
+        pub window_bytes: u64,
+        /// Events received by all subscribers together over the whole run.
+        pub delivered: u64,
+        /// Σ over subscribers of (events acknowledged − events received).
+        pub lost: u64,
+        /// Events whose sequence was not the one expected (gap or duplicate).
+        pub seq_errors: u64,
+        /// Subscribers whose connection ended early (GOAWAY, ERROR, close).
+        pub subscribers_dropped: u64,
+        /// CPU seconds of this process inside the window.
+        pub client_cpu_secs: f64,
+        /// Every subscriber received every acknowledged event before the
+        /// drain timeout.
+        pub drained: bool,
     }
-
-    /// Inverse of [`Outcome::to_line`].
-    pub fn from_line(line: &str) -> Result<Outcome, String> {
-        let body = line
-            .strip_prefix("result ")
-            .ok_or_else(|| format!("not a result line: {line:?}"))?;
-        let (fields, note) = body.split_once(" note=").unwrap_or((body, ""));
-        let mut o = Outcome {
-            note: note.to_string(),
-            ..Outcome::default()
-        };
-        for field in fields.split_whitespace() {
-            let (k, v) = field
-                .split_once('=')
-                .ok_or_else(|| format!("bad field {field:?} in {line:?}"))?;
-            let bad = || format!("bad value in {field:?}");
-            let int = || v.parse::<u64>().map_err(|_| bad());
-            let float = || v.parse::<f64>().map_err(|_| bad());
-            match k {
-                "published" => o.published = int()?,
-                "refused" => o.refused = int()?,
-                "window_secs" => o.window_secs = float()?,
-                "window_events" => o.window_events = int()?,
-                "window_bytes" => o.window_bytes = int()?,
-                "delivered" => o.delivered = int()?,
-                "lost" => o.lost = int()?,
-                "seq_errors" => o.seq_errors = int()?,
-                "subscribers_dropped" => o.subscribers_dropped = int()?,
-                "client_cpu_secs" => o.client_cpu_secs = float()?,
-                "drained" => o.drained = v.parse().map_err(|_| bad())?,
-                _ => {} // from a newer tool: ignore
-            }
-        }
-        Ok(o)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Receiving
-
-/// A connection's unparsed input. EVENTs are taken from their first
-/// EVENT_HEAD_BYTES and the rest of each is skipped as it arrives; other
-/// frames are decoded whole.
-struct Inbox {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// Bytes of the current EVENT still to skip.
-    skip: usize,
-    /// (seq, frame bytes) of the EVENT being skipped.
-    pending: Option<(u64, u64)>,
-}
-
-impl Inbox {
-    fn new(leftover: &[u8]) -> Result<Inbox, String> {
-        if leftover.len() > INBOX_BYTES {
-            return Err("more handshake bytes buffered than the inbox holds".into());
-        }
-        let mut buf = vec![0u8; INBOX_BYTES].into_boxed_slice();
-        buf[..leftover.len()].copy_from_slice(leftover);
-        Ok(Inbox {
-            buf,
-            start: 0,
-            end: leftover.len(),
-            skip: 0,
-            pending: None,
-        })
-    }
-
-    /// One read(); Ok(0) is end of stream.
-    fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.buf.len() - self.end < INBOX_FREE_MIN {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            return Err(io::Error::other(
-                "a non-event frame larger than the receive buffer",
-            ));
-        }
-        let n = stream.read(&mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
-    }
-
-    /// Consumes what is buffered: `on_event(seq, bytes)` per complete EVENT,
-    /// `on_frame` per other frame (Err ends the connection).
-    fn drain(
-        &mut self,
-        limits: &Limits,
-        mut on_event: impl FnMut(u64, u64),
-        mut on_frame: impl FnMut(&Frame<'_>) -> Result<(), String>,
-    ) -> Result<(), String> {
-        loop {
-            let avail = self.end - self.start;
-            if self.skip > 0 {
-                let n = self.skip.min(avail);
-                self.start += n;
-                self.skip -= n;
-                if self.skip > 0 {
-                    return Ok(());
-                }
-                if let Some((seq, bytes)) = self.pending.take() {
-                    on_event(seq, bytes);
-                }
-                continue;
-            }
-            let head = &self.buf[self.start..self.end];
-            if head.len() < 5 {
-                return Ok(());
-            }
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-            if head[4] == FrameType::Event as u8 {
-                if len < EVENT_LEN_MIN || len > limits.frame_bytes_max {
-                    return Err(format!("EVENT with an impossible length {len}"));
-                }
-                if head.len() < EVENT_HEAD_BYTES {
-                    return Ok(());
-                }
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&head[5..13]);
-                let seq = u64::from_be_bytes(seq);
-                let total = 4 + len as usize;
-                let take = total.min(avail);
-                self.start += take;
-                if take == total {
-                    on_event(seq, total as u64);
-                } else {
-                    self.skip = total - take;
-                    self.pending = Some((seq, total as u64));
-                }
-                continue;
-            }
-            match decode(head, limits) {
-                Ok(Some((frame, used))) => {
-                    on_frame(&frame)?;
-                    self.start += used;
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("undecodable frame from the server: {e}")),
-            }
-        }
-    }
-}
-
-/// Why a frame ends the exchange, if it does.
-fn refusal(frame: &Frame<'_>) -> Option<String> {
-    match frame {
-        Frame::Error(e) => Some(format!(
-            "ERROR {} ({})",
-            ErrorCode::name_of(e.code),
-            String::from_utf8_lossy(e.message)
-        )),
-        Frame::GoAway(g) => Some(format!("GOAWAY {:?}", g.reason)),
-        _ => None,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Handshake (blocking, with timeouts)
-
-/// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
-fn await_frame<T>(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    limits: &Limits,
-    deadline: Instant,
-    what: &str,
-    mut pick: impl FnMut(&Frame<'_>) -> Option<T>,
-) -> Result<T, String> {
-    loop {
-        loop {
-            let (picked, used) = match decode(buf, limits) {
-                Ok(Some((frame, used))) => {
-                    if let Some(why) = refusal(&frame) {
-                        return Err(format!("{what}: {why}"));
-                    }
-                    (pick(&frame), used)
-                }
-                Ok(None) => break,
-                Err(e) => return Err(format!("{what}: undecodable frame: {e}")),
-            };
-            buf.drain(..used);
-            if let Some(v) = picked {
-                return Ok(v);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: no answer in time"));
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{what}: the server closed the connection")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
-    }
-}
-
-/// Connects and completes HELLO / WELCOME. Returns the stream, any bytes
-/// read past WELCOME, and the limits the server announced.
-fn connect(
-    addr: SocketAddr,
-    client_id: &str,
-    timeout: Duration,
-) -> Result<(TcpStream, Vec<u8>, Limits, u32), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(200))))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| format!("socket options: {e}"))?;
-    let mut out = Vec::new();
-    Frame::Hello(Hello {
-        version_min: 1,
-        version_max: 1,
-        client_id: client_id.as_bytes(),
-        token: b"",
-    })
-    .encode(&mut out);
-    stream
-        .write_all(&out)
-        .map_err(|e| format!("sending HELLO: {e}"))?;
-    let mut buf = Vec::new();
-    let welcome = await_frame(
-        &mut stream,
-        &mut buf,
-        &Limits::DEFAULT,
-        Instant::now() + timeout,
-        "waiting for WELCOME",
-        |f| match f {
-            Frame::Welcome(w) => Some(*w),
-            _ => None,
-        },
-    )?;
-    let limits = Limits {
-        frame_bytes_max: welcome.frame_bytes_max,
-        payload_bytes_max: welcome.payload_bytes_max,
-        topic_bytes_max: welcome.topic_bytes_max,
-        ..Limits::DEFAULT
-    };
-    Ok((stream, buf, limits, welcome.heartbeat_ms))
 }
 
 // ---------------------------------------------------------------------------
@@ -428,12 +137,12 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     let mut limits = Limits::DEFAULT;
     let mut heartbeat_ms = 0;
     for i in 0..plan.subscribers {
-        let (mut stream, mut buf, l, hb) = connect(
+        let mut c = wire::connect(
             plan.server,
             &format!("{id_base}-s{i}"),
             plan.connect_timeout,
         )?;
-        (limits, heartbeat_ms) = (l, hb);
+        (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
         if plan.payload_bytes > limits.payload_bytes_max as usize {
             return Err(format!(
                 "the server takes payloads up to {} bytes, not {}: start it with a larger \
@@ -441,37 +150,14 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
                 limits.payload_bytes_max, plan.payload_bytes
             ));
         }
-        let mut out = Vec::new();
-        Frame::Subscribe(Subscribe {
-            mode: StartMode::Live,
-            epoch: 0,
-            last_seq: 0,
-            topic,
-        })
-        .encode(&mut out);
-        stream
-            .write_all(&out)
-            .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
-        let (status, last_seq) = await_frame(
-            &mut stream,
-            &mut buf,
-            &limits,
-            Instant::now() + plan.connect_timeout,
-            "waiting for SUBSCRIBED",
-            |f| match f {
-                Frame::Subscribed(s) if s.topic == topic => Some((s.status, s.last_seq)),
-                _ => None,
-            },
-        )?;
-        if status != SubscribeStatus::Ok {
-            return Err(format!("SUBSCRIBED with status {status:?}"));
-        }
+        let last_seq = c.subscribe_live(topic, plan.connect_timeout)?;
+        let stream = c.stream;
         stream
             .set_nonblocking(true)
             .map_err(|e| format!("socket options: {e}"))?;
         subs.push(Sub {
             stream,
-            inbox: Inbox::new(&buf)?,
+            inbox: Inbox::new(&c.buf, INBOX_BYTES, EVENT_SEQ_END)?,
             next_seq: last_seq + 1,
             received: 0,
             bytes: 0,
@@ -479,14 +165,14 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             out: Vec::new(),
         });
     }
-    let (stream, buf, _, _) =
-        connect(plan.server, &format!("{id_base}-pub"), plan.connect_timeout)?;
+    let c = wire::connect(plan.server, &format!("{id_base}-pub"), plan.connect_timeout)?;
+    let stream = c.stream;
     stream
         .set_nonblocking(true)
         .map_err(|e| format!("socket options: {e}"))?;
     let mut publisher = Publisher {
         stream,
-        inbox: Inbox::new(&buf)?,
+        inbox: Inbox::new(&c.buf, INBOX_BYTES, EVENT_SEQ_END)?,
         out: Vec::with_capacity(PUBLISH_BACKLOG_BYTES + plan.payload_bytes + 512),
         out_pos: 0,
         in_flight: 0,
@@ -735,21 +421,6 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     })
 }
 
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-/// Keeps the first note: later ones are usually consequences of it.
-fn set_note(note: &mut String, text: String) {
-    if note.is_empty() {
-        *note = text;
-    }
-}
-
 fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
         let n = match s.inbox.fill(&mut s.stream) {
@@ -762,7 +433,8 @@ fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result
         let (received, bytes, next_seq) = (&mut s.received, &mut s.bytes, &mut s.next_seq);
         s.inbox.drain(
             limits,
-            |seq, len| {
+            |head, len| {
+                let seq = event_seq(head);
                 if seq != *next_seq {
                     *seq_errors += 1;
                 }
@@ -775,7 +447,7 @@ fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result
                 None => Ok(()), // PONG
             },
         )?;
-        if n < INBOX_FREE_MIN {
+        if n < s.inbox.free_min() {
             return Ok(()); // most likely drained the socket
         }
     }
@@ -819,7 +491,7 @@ fn read_publisher(p: &mut Publisher, limits: &Limits, now: Instant) -> Result<()
                 Ok(())
             },
         )?;
-        if n < INBOX_FREE_MIN {
+        if n < p.inbox.free_min() {
             return Ok(());
         }
     }
@@ -829,92 +501,6 @@ fn read_publisher(p: &mut Publisher, limits: &Limits, now: Instant) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(seq: u64, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        Frame::Event(Event {
-            seq,
-            epoch: 7,
-            publish_ts_ns: 1,
-            topic: b"t",
-            payload,
-        })
-        .encode(&mut v);
-        v
-    }
-
-    /// Feeds `wire` to an inbox in pieces of `step` bytes; returns the events
-    /// and the number of other frames.
-    fn feed(wire: &[u8], step: usize) -> (Vec<(u64, u64)>, usize) {
-        let limits = Limits {
-            payload_bytes_max: 1 << 20,
-            frame_bytes_max: Limits::frame_bytes_for(1 << 20, 4096),
-            ..Limits::DEFAULT
-        };
-        let mut inbox = Inbox::new(&[]).unwrap();
-        let mut events = Vec::new();
-        let mut others = 0;
-        let mut pos = 0;
-        while pos < wire.len() {
-            let n = step.min(wire.len() - pos).min(inbox.buf.len() - inbox.end);
-            inbox.buf[inbox.end..inbox.end + n].copy_from_slice(&wire[pos..pos + n]);
-            inbox.end += n;
-            pos += n;
-            inbox
-                .drain(
-                    &limits,
-                    |seq, bytes| events.push((seq, bytes)),
-                    |_| {
-                        others += 1;
-                        Ok(())
-                    },
-                )
-                .unwrap();
-            // What fill() does before a read.
-            if inbox.start == inbox.end {
-                inbox.start = 0;
-                inbox.end = 0;
-            } else if inbox.buf.len() - inbox.end < INBOX_FREE_MIN {
-                inbox.buf.copy_within(inbox.start..inbox.end, 0);
-                inbox.end -= inbox.start;
-                inbox.start = 0;
-            }
-        }
-        (events, others)
-    }
-
-    #[test]
-    fn inbox_counts_events_split_anywhere() {
-        let big = vec![9u8; 300_000]; // larger than the inbox
-        let mut wire = event(1, b"hello");
-        Frame::Pong { nonce: 3 }.encode(&mut wire);
-        wire.extend(event(2, &big));
-        wire.extend(event(3, b""));
-        let sizes = [
-            event(1, b"hello").len() as u64,
-            event(2, &big).len() as u64,
-            event(3, b"").len() as u64,
-        ];
-        for step in [1, 3, 13, 4096, 65_536, wire.len()] {
-            let (events, others) = feed(&wire, step);
-            assert_eq!(
-                events,
-                vec![(1, sizes[0]), (2, sizes[1]), (3, sizes[2])],
-                "step {step}"
-            );
-            assert_eq!(others, 1, "step {step}");
-        }
-    }
-
-    #[test]
-    fn inbox_rejects_garbage() {
-        let mut inbox = Inbox::new(&[0, 0, 0, 2, FrameType::Event as u8, 0, 0]).unwrap();
-        let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));
-        assert!(r.is_err(), "an EVENT of length 2 is impossible");
-        let mut inbox = Inbox::new(&[0, 0, 0, 1, 0xEE]).unwrap();
-        let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));
-        assert!(r.is_err(), "unknown frame type");
-    }
 
     #[test]
     fn outcome_line_round_trip() {
@@ -932,7 +518,8 @@ mod tests {
             drained: false,
             note: "subscriber 3: GOAWAY SlowConsumer\nsecond line".into(),
         };
-        let back = Outcome::from_line(&o.to_line()).unwrap();
+        let line = crate::child::ResultLine::parse(&o.to_line()).unwrap();
+        let back = Outcome::from_result(&line).unwrap();
         assert_eq!(
             back,
             Outcome {
@@ -940,6 +527,5 @@ mod tests {
                 ..o
             }
         );
-        assert!(Outcome::from_line("garbage").is_err());
     }
 }

@@ -1,13 +1,26 @@
 //! cluecast-bench: measurements of the cluecast appliance.
 //!
+//! `cluecast-bench fanout` measures open-loop fan-out: latency from the time
+//! each event was due to its delivery, and that every subscriber received
+//! every event of its topic exactly once and in order.
+//!
 //! `cluecast-bench zerocopy` measures whether io_uring zero-copy sends
 //! (`cluecast run --zerocopy-bytes-min`) pay for fan-out on this host; see
 //! docs/ZEROCOPY.md.
+//!
+//! bench/README.md says how to run them and what they found.
 
+mod child;
 mod clients;
+mod delivery;
+mod fanload;
+mod fanout;
+mod jitter;
 mod procfs;
+mod report;
 mod server;
 mod stats;
+mod wire;
 mod zerocopy;
 
 use std::process::ExitCode;
@@ -27,6 +40,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Open-loop fan-out: P publishers on a fixed schedule, S subscribers
+    /// over T topics; latency percentiles, loss / duplication / order,
+    /// server CPU and memory; markdown (or --json) on stdout, progress on
+    /// stderr
+    Fanout(fanout::Args),
     /// Fan-out throughput and server CPU per GB, plain sends vs zero-copy,
     /// per payload size; markdown (or --json) on stdout, progress on stderr
     Zerocopy(zerocopy::Args),
@@ -35,6 +53,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Cmd::Fanout(args) => fanout::main(args),
         Cmd::Zerocopy(args) => zerocopy::main(args),
     };
     match result {

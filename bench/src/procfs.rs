@@ -107,10 +107,83 @@ pub fn anon_huge_kib(pid: u32) -> Option<u64> {
 }
 
 fn parse_anon_huge_kib(smaps: &str) -> Option<u64> {
-    smaps.lines().find_map(|l| {
-        let rest = l.strip_prefix("AnonHugePages:")?;
+    parse_status_kib(smaps, "AnonHugePages:")
+}
+
+/// Resident memory of a process in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&text, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// A `Key:   N kB` line of /proc/PID/status or smaps_rollup, in KiB.
+fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// A CPU whose use is sampled, with its softirq thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Core {
+    pub cpu: usize,
+    pub ksoftirqd: Option<u32>,
+}
+
+impl Core {
+    pub fn new(cpu: usize) -> Core {
+        Core {
+            cpu,
+            ksoftirqd: ksoftirqd_pid(cpu),
+        }
+    }
+}
+
+/// The CPUs whose use the driver can see: the pinned ones on this host.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cores {
+    pub server: Option<Core>,
+    pub client: Option<Core>,
+}
+
+/// Use of one core, in seconds: since boot from [`CoreUse::sample`], over
+/// a window from [`CoreUse::since`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreUse {
+    pub busy: f64,
+    pub steal: f64,
+    pub softirqd: f64,
+}
+
+impl CoreUse {
+    pub fn sample(core: Option<Core>) -> Option<CoreUse> {
+        let core = core?;
+        let (busy, steal) = cpu_secs(core.cpu).ok()?;
+        let softirqd = core
+            .ksoftirqd
+            .and_then(|pid| process_cpu_secs(pid).ok())
+            .unwrap_or(0.0);
+        Some(CoreUse {
+            busy,
+            steal,
+            softirqd,
+        })
+    }
+
+    pub fn since(self, start: CoreUse) -> CoreUse {
+        CoreUse {
+            busy: self.busy - start.busy,
+            steal: self.steal - start.steal,
+            softirqd: self.softirqd - start.softirqd,
+        }
+    }
+
+    /// Share of `wall` this core spent on neither `ours` nor its softirq
+    /// thread, or stolen by the hypervisor: noise from the shared machine.
+    pub fn foreign(self, ours: f64, wall: f64) -> f64 {
+        ((self.busy - ours - self.softirqd).max(0.0) + self.steal) / wall
+    }
 }
 
 /// The host facts a result is meaningless without.
@@ -193,6 +266,26 @@ mod tests {
         let text = "Rss:              293328 kB\nAnonHugePages:    262144 kB\nSwap: 0 kB\n";
         assert_eq!(parse_anon_huge_kib(text), Some(262144));
         assert_eq!(parse_anon_huge_kib("Rss: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn status_rss_line() {
+        let text = "Name:\tcluecast\nVmHWM:\t  90000 kB\nVmRSS:\t   81234 kB\n";
+        assert_eq!(parse_status_kib(text, "VmRSS:"), Some(81234));
+        assert_eq!(parse_status_kib(text, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn foreign_share_of_a_core() {
+        let c = CoreUse {
+            busy: 4.0,
+            steal: 0.5,
+            softirqd: 1.0,
+        };
+        // 4 s busy, 2.5 s ours, 1 s softirqd: 0.5 s others + 0.5 s steal.
+        assert_eq!(c.foreign(2.5, 5.0), 0.2);
+        // Tick sampling can make ours exceed busy a little: never negative.
+        assert_eq!(c.foreign(3.5, 5.0), 0.1);
     }
 
     #[test]

@@ -163,6 +163,20 @@ impl Server {
         self.pid
     }
 
+    /// Why the process id might not be the server's, which the CPU and
+    /// memory figures assume (a `via` command that forks would break that).
+    pub fn identity_problem(&self) -> Option<String> {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        (comm != "cluecast").then(|| {
+            format!(
+                "process {} is {comm:?}, not cluecast: server CPU figures are not the server's",
+                self.pid
+            )
+        })
+    }
+
     /// The address it listens on, as it printed it.
     pub fn addr(&self) -> SocketAddr {
         self.addr

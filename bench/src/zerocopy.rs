@@ -14,18 +14,17 @@
 //! `--clients-via "ip netns exec NS"`), or another host (`--clients-via
 //! "ssh HOST"`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::clients::{self, Mark, Outcome, Plan};
-use crate::procfs;
+use crate::child::{self, Followed, Role, Window};
+use crate::clients::{self, Outcome, Plan};
+use crate::procfs::{self, Core, Cores};
+use crate::report::{command_line, json_list, json_num, json_str, num, pct, thousands};
 use crate::server::{Server, ServerCommand, Stopped};
-use crate::stats::{format_size, median, paired_ratio, parse_size};
+use crate::stats::{format_size, least_disturbed, median, paired_ratio, parse_size};
 
 /// Time allowed for the client process to connect and subscribe everyone,
 /// and for it to exit after reporting, on top of the plan's own phases.
@@ -37,14 +36,6 @@ const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// A ratio within 1 ± this is reported as no clear difference.
 const NOISE: f64 = 0.05;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// Start servers and client processes, and report.
-    Driver,
-    /// Be the client side of one measurement against --server.
-    Subscribers,
-}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -202,17 +193,7 @@ fn subscribers(args: &Args) -> Result<(), String> {
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
         };
-        let say = |line: &str| {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        };
-        match clients::run(&plan, |m| {
-            say(match m {
-                Mark::WindowStart => "window-start",
-                Mark::WindowEnd => "window-end",
-            })
-        }) {
+        match clients::run(&plan, child::say_mark) {
             Ok(outcome) => {
                 eprintln!(
                     "subscribers: {} x {}: {:.0} deliveries/s, {:.1} MB/s, lost {}{}",
@@ -227,10 +208,10 @@ fn subscribers(args: &Args) -> Result<(), String> {
                         format!(" ({})", outcome.note)
                     }
                 );
-                say(&outcome.to_line());
+                child::say(&outcome.to_line());
             }
             Err(e) => {
-                say(&format!("error {}", e.replace('\n', " ")));
+                child::say_error(&e);
                 return Err(e);
             }
         }
@@ -339,12 +320,6 @@ impl Cell {
     }
 }
 
-fn words(s: &Option<String>) -> Vec<String> {
-    s.as_deref()
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
-}
-
 fn server_args(args: &Args, mode: Mode) -> Vec<String> {
     let payload_max = args.sizes.iter().copied().max().unwrap_or(0).max(64 << 10);
     let zc_min = match mode {
@@ -371,29 +346,6 @@ fn server_args(args: &Args, mode: Mode) -> Vec<String> {
     .into();
     v.extend(args.server_args.iter().cloned());
     v
-}
-
-/// A CPU whose use is sampled, with its softirq thread.
-#[derive(Clone, Copy, Debug)]
-struct Core {
-    cpu: usize,
-    ksoftirqd: Option<u32>,
-}
-
-impl Core {
-    fn new(cpu: usize) -> Core {
-        Core {
-            cpu,
-            ksoftirqd: procfs::ksoftirqd_pid(cpu),
-        }
-    }
-}
-
-/// The CPUs whose use the driver can see: the pinned ones on this host.
-#[derive(Clone, Copy, Debug)]
-struct Cores {
-    server: Option<Core>,
-    client: Option<Core>,
 }
 
 fn drive(args: &Args) -> Result<(), String> {
@@ -447,8 +399,7 @@ fn drive(args: &Args) -> Result<(), String> {
             // A pair disturbed by something else on the machine is measured
             // again (both members: the ratio needs them side by side); the
             // least disturbed attempt is kept.
-            let mut best: Option<(f64, Vec<(Mode, Run)>)> = None;
-            for attempt in 0..=args.retries {
+            let (kept, thrown) = least_disturbed(args.retries, args.foreign_max, |attempt| {
                 let mut pair = Vec::with_capacity(2);
                 for mode in order {
                     let run = run_once(args, &bench, size, mode, cores);
@@ -471,39 +422,21 @@ fn drive(args: &Args) -> Result<(), String> {
                     .iter()
                     .map(|(_, r)| r.disturbance())
                     .fold(0.0, f64::max);
-                let (kept, thrown) = match best.take() {
-                    Some((b, old)) if b <= score => (Some((b, old)), Some(pair)),
-                    old => (Some((score, pair)), old.map(|(_, p)| p)),
+                (pair, score)
+            });
+            for (mode, run) in thrown.into_iter().flatten() {
+                let cell = match mode {
+                    Mode::Plain => &mut plain,
+                    Mode::ZeroCopy => &mut zc,
                 };
-                best = kept;
-                for (mode, run) in thrown.into_iter().flatten() {
-                    let cell = match mode {
-                        Mode::Plain => &mut plain,
-                        Mode::ZeroCopy => &mut zc,
-                    };
-                    cell.discarded += 1;
-                    cell.discarded_problems.extend(
-                        run.problems
-                            .iter()
-                            .map(|p| format!("run {} (redone): {p}", rep + 1)),
-                    );
-                }
-                if best.as_ref().is_some_and(|(b, _)| *b <= args.foreign_max) {
-                    break;
-                }
-                if attempt < args.retries {
-                    if score.is_finite() {
-                        eprintln!(
-                            "    {:.0}% of a measured core went elsewhere (over {:.0}%): again",
-                            score * 100.0,
-                            args.foreign_max * 100.0
-                        );
-                    } else {
-                        eprintln!("    a run failed: again");
-                    }
-                }
+                cell.discarded += 1;
+                cell.discarded_problems.extend(
+                    run.problems
+                        .iter()
+                        .map(|p| format!("run {} (redone): {p}", rep + 1)),
+                );
             }
-            for (mode, run) in best.map(|(_, p)| p).unwrap_or_default() {
+            for (mode, run) in kept {
                 match mode {
                     Mode::Plain => plain.runs.push(run),
                     Mode::ZeroCopy => zc.runs.push(run),
@@ -522,14 +455,6 @@ fn drive(args: &Args) -> Result<(), String> {
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
         .map_err(|e| format!("writing the report: {e}"))
-}
-
-fn pct(x: f64) -> String {
-    if x.is_finite() {
-        format!("{:.0}%", x * 100.0)
-    } else {
-        "–".to_string()
-    }
 }
 
 fn summary(run: &Run) -> String {
@@ -562,7 +487,7 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
     let mut run = Run::default();
     let cmd = ServerCommand {
         binary: args.cluecast.clone(),
-        via: words(&args.server_via),
+        via: child::words(&args.server_via),
         cpu: (!args.no_pin).then_some(args.server_cpu),
         args: server_args(args, mode),
     };
@@ -573,7 +498,7 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
             return run;
         }
     };
-    check_server_identity(&server, &mut run);
+    run.problems.extend(server.identity_problem());
     let addr = match args.connect_host {
         Some(ip) => SocketAddr::new(ip, server.addr().port()),
         None => server.addr(),
@@ -593,88 +518,6 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
     run
 }
 
-/// The process id must be the server's for the CPU figures to mean
-/// anything (a `--server-via` that forks would break that).
-fn check_server_identity(server: &Server, run: &mut Run) {
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", server.pid()))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    if comm != "cluecast" {
-        run.problems.push(format!(
-            "process {} is {comm:?}, not cluecast: server CPU figures are not the server's",
-            server.pid()
-        ));
-    }
-}
-
-/// Use of one core over the window, in seconds.
-#[derive(Clone, Copy, Debug, Default)]
-struct CoreUse {
-    busy: f64,
-    steal: f64,
-    softirqd: f64,
-}
-
-impl CoreUse {
-    fn sample(core: Option<Core>) -> Option<CoreUse> {
-        let core = core?;
-        let (busy, steal) = procfs::cpu_secs(core.cpu).ok()?;
-        let softirqd = core
-            .ksoftirqd
-            .and_then(|pid| procfs::process_cpu_secs(pid).ok())
-            .unwrap_or(0.0);
-        Some(CoreUse {
-            busy,
-            steal,
-            softirqd,
-        })
-    }
-    fn since(self, start: CoreUse) -> CoreUse {
-        CoreUse {
-            busy: self.busy - start.busy,
-            steal: self.steal - start.steal,
-            softirqd: self.softirqd - start.softirqd,
-        }
-    }
-    /// Share of `wall` this core spent on neither `ours` nor its softirq
-    /// thread, or stolen by the hypervisor.
-    fn foreign(self, ours: f64, wall: f64) -> f64 {
-        ((self.busy - ours - self.softirqd).max(0.0) + self.steal) / wall
-    }
-}
-
-/// What the driver samples at each mark of the client process.
-#[derive(Clone, Copy, Default)]
-struct Sample {
-    at: Option<Instant>,
-    server_cpu: f64,
-    server_thp_kib: Option<u64>,
-    server_core: Option<CoreUse>,
-    client_core: Option<CoreUse>,
-}
-
-impl Sample {
-    fn take(server: &Server, cores: Cores) -> Sample {
-        Sample {
-            at: Some(Instant::now()),
-            server_cpu: procfs::process_cpu_secs(server.pid()).unwrap_or(f64::NAN),
-            server_thp_kib: procfs::anon_huge_kib(server.pid()),
-            server_core: CoreUse::sample(cores.server),
-            client_core: CoreUse::sample(cores.client),
-        }
-    }
-}
-
-/// Server-side figures of the measured window.
-#[derive(Clone, Copy, Debug, Default)]
-struct Window {
-    wall_secs: f64,
-    server_cpu_secs: f64,
-    server_thp_kib: Option<u64>,
-    server_core: Option<CoreUse>,
-    client_core: Option<CoreUse>,
-}
-
 /// Starts the client process and follows it; samples the server at its
 /// marks. None when no figures came out.
 fn measure_clients(
@@ -686,15 +529,7 @@ fn measure_clients(
     cores: Cores,
     run: &mut Run,
 ) -> Option<(Outcome, Window)> {
-    let via = words(&args.clients_via);
-    let mut cmd = match via.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(bench);
-            c
-        }
-        None => Command::new(bench),
-    };
+    let mut cmd = child::command_via(&child::words(&args.clients_via), bench);
     cmd.args(["zerocopy", "--role", "subscribers"])
         .args(["--server", &addr.to_string()])
         .args(["--sizes", &size.to_string()])
@@ -709,107 +544,24 @@ fn measure_clients(
     if args.no_pin {
         cmd.arg("--no-pin");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            run.problems
-                .push(format!("cannot start {}: {e}", bench.display()));
-            return None;
-        }
-    };
-    let Some(stdout) = child.stdout.take() else {
-        let _ = child.kill();
-        let _ = child.wait();
-        run.problems.push("no stdout pipe from the clients".into());
-        return None;
-    };
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-
     let budget = CLIENT_SLACK
         + Duration::from_millis(args.warmup_ms + args.drain_timeout_ms)
         + Duration::from_secs_f64(args.duration_secs)
         + Duration::from_millis(args.connect_timeout_ms) * 2;
-    let deadline = Instant::now() + budget;
-    let (mut start, mut end) = (Sample::default(), Sample::default());
-    let mut outcome = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            run.problems.push(format!(
-                "the client process gave no result within {budget:?}"
-            ));
-            break;
+    let Followed {
+        result,
+        window,
+        problems,
+    } = child::follow(cmd, budget, server, cores);
+    run.problems.extend(problems);
+    let outcome = match Outcome::from_result(&result?) {
+        Ok(o) => o,
+        Err(e) => {
+            run.problems.push(e);
+            return None;
         }
-        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            Ok(line) if line == "window-start" => start = Sample::take(server, cores),
-            Ok(line) if line == "window-end" => end = Sample::take(server, cores),
-            Ok(line) if line.starts_with("result ") => match Outcome::from_line(&line) {
-                Ok(o) => outcome = Some(o),
-                Err(e) => run.problems.push(e),
-            },
-            Ok(line) if line.starts_with("error ") => {
-                run.problems.push(format!("clients: {}", &line[6..]))
-            }
-            Ok(line) => run.problems.push(format!("clients printed {line:?}")),
-            Err(RecvTimeoutError::Timeout) => {
-                if let Some(how) = server.exited() {
-                    run.problems
-                        .push(format!("the server exited {how} during the run"));
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    // Bounded wait for the client process, then make sure it is gone.
-    let exit_deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                if !status.success() {
-                    run.problems
-                        .push(format!("the client process exited {status}"));
-                }
-                break;
-            }
-            Ok(None) if Instant::now() < exit_deadline => thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                run.problems
-                    .push("the client process had to be killed".into());
-                break;
-            }
-        }
-    }
-    let _ = reader.join();
-    let outcome = outcome?;
-    let (Some(t0), Some(t1)) = (start.at, end.at) else {
-        run.problems
-            .push("the client process did not mark its window".into());
-        return None;
     };
-    let since = |a: Option<CoreUse>, b: Option<CoreUse>| Some(b?.since(a?));
-    Some((
-        outcome,
-        Window {
-            wall_secs: t1.duration_since(t0).as_secs_f64(),
-            server_cpu_secs: end.server_cpu - start.server_cpu,
-            server_thp_kib: end.server_thp_kib,
-            server_core: since(start.server_core, end.server_core),
-            client_core: since(start.client_core, end.client_core),
-        },
-    ))
+    Some((outcome, window?))
 }
 
 fn fill_figures(run: &mut Run, o: &Outcome, w: &Window, stopped: &Stopped) {
@@ -923,44 +675,6 @@ fn suggested_min(cells: &[Cell]) -> usize {
         min = size;
     }
     min
-}
-
-fn num(x: f64, decimals: usize) -> String {
-    if x.is_finite() {
-        format!("{x:.decimals$}")
-    } else {
-        "–".to_string()
-    }
-}
-
-fn thousands(x: f64) -> String {
-    if !x.is_finite() {
-        return "–".to_string();
-    }
-    let digits = format!("{:.0}", x);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,".contains(c))
-            {
-                a
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
@@ -1152,44 +866,6 @@ fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
     s
 }
 
-/// A JSON string literal.
-fn json_str(v: &str) -> String {
-    let mut s = String::with_capacity(v.len() + 2);
-    s.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            '\n' => s.push_str("\\n"),
-            '\r' => s.push_str("\\r"),
-            '\t' => s.push_str("\\t"),
-            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
-            c => s.push(c),
-        }
-    }
-    s.push('"');
-    s
-}
-
-/// A JSON number; null for NaN and infinities, which JSON cannot carry.
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x}")
-    } else {
-        "null".to_string()
-    }
-}
-
-fn json_list(xs: &[f64]) -> String {
-    format!(
-        "[{}]",
-        xs.iter()
-            .map(|&x| json_num(x))
-            .collect::<Vec<_>>()
-            .join(",")
-    )
-}
-
 fn json_report(args: &Args, cells: &[Cell]) -> String {
     let mut out = String::new();
     let pairs = pairs(cells);
@@ -1324,16 +1000,7 @@ mod tests {
     }
 
     #[test]
-    fn foreign_share_of_a_core() {
-        let c = CoreUse {
-            busy: 4.0,
-            steal: 0.5,
-            softirqd: 1.0,
-        };
-        // 4 s busy, 2.5 s ours, 1 s softirqd: 0.5 s others + 0.5 s steal.
-        assert_eq!(c.foreign(2.5, 5.0), 0.2);
-        // Tick sampling can make ours exceed busy a little: never negative.
-        assert_eq!(c.foreign(3.5, 5.0), 0.1);
+    fn disturbance_of_a_run() {
         let unmeasured = Run::default();
         assert_eq!(unmeasured.disturbance(), f64::INFINITY);
         let r = Run {
@@ -1343,20 +1010,5 @@ mod tests {
             ..Run::default()
         };
         assert_eq!(r.disturbance(), 0.05);
-    }
-
-    #[test]
-    fn json_escapes_and_nulls() {
-        assert_eq!(json_str("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
-        assert_eq!(json_num(f64::NAN), "null");
-        assert_eq!(json_num(1.5), "1.5");
-        assert_eq!(json_list(&[1.0, f64::INFINITY]), "[1,null]");
-    }
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(1234567.4), "1 234 567");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(thousands(f64::NAN), "–");
     }
 }

@@ -1,0 +1,1048 @@
+//! The client side of `cluecast-bench fanout`: P publishers on an open-loop
+//! schedule and S subscribers spread over T topics, all driven by one
+//! thread (pinned by the caller) with epoll.
+//!
+//! Open loop. Every event has a time it is due; the publisher writes it at
+//! that time whatever the server did with the earlier ones (acks are read
+//! as they come, refusals counted), and the latency of a delivery is its
+//! receive time minus that due time. A server that stalls therefore shows
+//! the stall in full, for every event due while it stalled, instead of
+//! making the generator wait and hide it (coordinated omission). If this
+//! thread itself wakes late, the events go out late and the lateness counts
+//! against the delivery too: `send_lag` reports how late the generator was.
+//! To keep that small, the schedule is also checked every few sockets while
+//! a burst of deliveries is read.
+//!
+//! Receive time. One thread reads thousands of sockets one after the
+//! other: when an event reaches a hundred of them at once, the last is read
+//! hundreds of microseconds after the first, a delay of the generator and
+//! not of the appliance. So the receive time of a delivery is the kernel's timestamp
+//! of the data reaching the subscriber's socket (SO_TIMESTAMPNS, the same
+//! CLOCK_REALTIME), and the generator's own read delay after it is reported
+//! apart (`read_delay`). Data without a kernel timestamp falls back to the
+//! time it was read (`unstamped` counts those).
+//!
+//! Why epoll rather than the poll(2) loop of the zerocopy client: that one
+//! watches 33 sockets; here thousands are mostly idle between events, and
+//! poll(2) would rescan all of them on every wake-up (several per event as
+//! the fan-out trickles in), costing the generator core and adding its own
+//! delay to every latency measured. epoll's cost follows the ready sockets.
+//! Its wait also takes a timeout in nanoseconds (`epoll_pwait2`), so sends
+//! keep their schedule to within the kernel's timer slack, set to 1 µs.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::{Frame, Limits, Publish};
+use hdrhistogram::Histogram;
+
+use crate::child::{result_struct, Mark};
+use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
+use crate::stats::{latency_histogram, Percentiles};
+use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox};
+
+/// A subscriber's receive buffer: events here are a few hundred bytes.
+const SUB_INBOX_BYTES: usize = 16 << 10;
+/// A publisher's: only acks and pongs arrive.
+const PUB_INBOX_BYTES: usize = 64 << 10;
+/// Reads per ready socket per wake-up, so no socket starves the rest.
+const READS_PER_TURN: usize = 4;
+/// Unwritten PUBLISH bytes per publisher past which due events are not
+/// sent at all (counted `unsent`): the server has stopped reading.
+const PUBLISH_BACKLOG_MAX: usize = 16 << 20;
+/// Longest wait, so phase changes and deadlines are seen promptly.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+/// Readiness reports taken per wait.
+const EVENTS_PER_WAIT: usize = 1024;
+/// While reading a burst, look at the publishing schedule after this many
+/// ready sockets (≈ 5 µs each), so sends stay on time.
+const PUBLISH_CHECK_EVERY: usize = 16;
+/// Descriptors kept free besides the sockets (stdio, epoll, libraries).
+const FDS_SPARE: u64 = 64;
+/// How often the drain phase checks whether everything has arrived (the
+/// check walks every subscriber).
+const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(5);
+/// Progress line while connecting, every this many subscribers.
+const CONNECT_PROGRESS_EVERY: usize = 1000;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub server: SocketAddr,
+    /// Topic k is `{topic_prefix}.{k}`.
+    pub topic_prefix: String,
+    pub topics: usize,
+    pub subscribers: usize,
+    pub publishers: usize,
+    /// Events per second per topic, all publishers together.
+    pub rate_per_topic: f64,
+    pub payload_bytes: usize,
+    /// Publishing before the measured window.
+    pub warmup: Duration,
+    /// Publishing inside the measured window.
+    pub duration: Duration,
+    /// After publishing stops, longest wait for everything to arrive.
+    pub drain_timeout: Duration,
+    /// For TCP connect and each handshake answer.
+    pub connect_timeout: Duration,
+}
+
+result_struct! {
+    /// What the client side saw. Times in nanoseconds.
+    pub struct Outcome {
+        /// Seconds spent connecting and subscribing everyone.
+        pub connect_secs: f64,
+        /// Wall time of the measured window (the publishing after warm-up).
+        pub window_secs: f64,
+        /// Events due inside the window, all publishers.
+        pub window_scheduled: u64,
+        /// Of those, PUBLISHes handed to the socket.
+        pub window_sent: u64,
+        /// Deliveries received inside the window, all subscribers.
+        pub window_deliveries: u64,
+        /// Latency (receive − due) of the deliveries of events due inside
+        /// the window, wherever they arrived (window or drain).
+        pub lat_count: u64,
+        pub lat_p50: u64,
+        pub lat_p90: u64,
+        pub lat_p99: u64,
+        pub lat_p999: u64,
+        pub lat_max: u64,
+        /// The server's part of it: receive − the EVENT's publish_ts_ns
+        /// (when the server sequenced it).
+        pub fanout_p50: u64,
+        pub fanout_p99: u64,
+        pub fanout_max: u64,
+        /// The rest: publish_ts_ns − due (sending, the server's receive
+        /// and sequencing), per delivery.
+        pub publish_p99: u64,
+        pub publish_max: u64,
+        /// How long deliveries waited in their socket for this process to
+        /// read them (not part of the latency).
+        pub read_delay_p50: u64,
+        pub read_delay_p99: u64,
+        pub read_delay_max: u64,
+        /// Reads whose data had no kernel timestamp (the receive time of
+        /// their deliveries is the read time).
+        pub unstamped: u64,
+        /// How late the generator wrote PUBLISHes of the window.
+        pub send_lag_p99: u64,
+        pub send_lag_max: u64,
+        /// Largest unwritten PUBLISH backlog of one publisher, bytes.
+        pub backlog_max_bytes: u64,
+        /// Whole run: events due (publishing stopped after these).
+        pub scheduled: u64,
+        /// PUBLISHes handed to the socket.
+        pub sent: u64,
+        /// Acknowledged with status 0.
+        pub acked: u64,
+        /// Acknowledged with a non-zero status (not published).
+        pub refused: u64,
+        /// Due but never sent (backlog full, or the publisher's connection
+        /// gone).
+        pub unsent: u64,
+        /// Sent and never acknowledged.
+        pub unacked: u64,
+        /// Deliveries received, whole run, duplicates included.
+        pub delivered: u64,
+        /// Deliveries the subscribers should have received: every
+        /// published event of their topic.
+        pub expected: u64,
+        /// Expected and never received.
+        pub lost: u64,
+        /// Received more than once.
+        pub duplicated: u64,
+        /// Received after a later event of the same publisher and topic.
+        pub reordered: u64,
+        /// EVENTs without a readable stamp, or on the wrong topic.
+        pub invalid: u64,
+        /// Per-topic sequence numbers that did not follow (gap, repeat).
+        pub seq_errors: u64,
+        /// Received although their publish was refused or never sent.
+        pub excluded_received: u64,
+        /// The loss figures may be off: too many gaps to remember.
+        pub approximate: bool,
+        pub subscribers_dropped: u64,
+        pub publishers_dropped: u64,
+        /// Everything expected arrived before the drain timeout.
+        pub drained: bool,
+        /// CPU seconds of this process inside the window.
+        pub generator_cpu_secs: f64,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// epoll
+
+/// An epoll instance; tokens are the connection indices.
+struct Epoll {
+    fd: i32,
+    /// epoll_pwait2 (ns timeouts) is missing: fall back to epoll_wait.
+    ms_only: bool,
+}
+
+impl Epoll {
+    fn new() -> Result<Epoll, String> {
+        // SAFETY: plain system call.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("epoll_create1: {}", io::Error::last_os_error()));
+        }
+        Ok(Epoll { fd, ms_only: false })
+    }
+
+    fn ctl(&self, op: i32, fd: i32, token: usize, events: u32) -> Result<(), String> {
+        let mut ev = libc::epoll_event {
+            events,
+            u64: token as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the call's duration.
+        if unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) } != 0 {
+            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for readiness; fills `events`, returns how
+    /// many.
+    fn wait(&mut self, events: &mut [libc::epoll_event], timeout: Duration) -> io::Result<usize> {
+        let max = events.len().min(i32::MAX as usize) as i32;
+        if !self.ms_only {
+            let ts = libc::timespec {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: events has room for `max`, ts lives through the call,
+            // no signal mask.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.fd,
+                    events.as_mut_ptr(),
+                    max,
+                    &ts as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOSYS) {
+                return Err(e);
+            }
+            self.ms_only = true;
+        }
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: as above.
+        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), max, ms) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
+
+const READABLE: u32 = libc::EPOLLIN as u32;
+const WRITABLE: u32 = libc::EPOLLOUT as u32;
+
+// ---------------------------------------------------------------------------
+// Connections
+
+struct Sub {
+    stream: TcpStream,
+    inbox: Inbox,
+    topic: usize,
+    next_seq: u64,
+    /// What arrived from each publisher.
+    tracks: Vec<Track>,
+    alive: bool,
+    /// Unwritten part of a PING (subscribers send nothing else).
+    out: Vec<u8>,
+}
+
+struct Pub {
+    stream: TcpStream,
+    inbox: Inbox,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Payload buffer: stamp, then padding.
+    payload: Vec<u8>,
+    /// The next counter (every counter below it was due).
+    next: u64,
+    sent: u64,
+    acks: u64,
+    refused: u64,
+    unsent: u64,
+    /// Counters not published (refused, never sent), in no order.
+    excluded: Vec<u64>,
+    /// How many of them per topic.
+    excluded_on_topic: Vec<u64>,
+    alive: bool,
+    /// Registered for writability (the socket refused bytes).
+    want_out: bool,
+}
+
+impl Pub {
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Writes what the socket takes. Ok(true) when everything went.
+    fn flush(&mut self) -> Result<bool, String> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err("writing: the socket took nothing".into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("writing: {e}")),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            Ok(true)
+        } else {
+            if self.out_pos >= PUBLISH_BACKLOG_MAX / 4 {
+                self.out.drain(..self.out_pos);
+                self.out_pos = 0;
+            }
+            Ok(false)
+        }
+    }
+
+    fn exclude(&mut self, counter: u64, topic: usize) {
+        self.excluded.push(counter);
+        self.excluded_on_topic[topic] += 1;
+    }
+
+    /// The counter of an ack's request id: the newest counter with those
+    /// low 32 bits (fewer than 2^32 are ever in flight).
+    fn counter_of(&self, request_id: u32) -> Option<u64> {
+        let last = self.next.checked_sub(1)?;
+        last.checked_sub(u64::from((last as u32).wrapping_sub(request_id)))
+    }
+}
+
+/// The first problem of a publisher and the first of a subscriber: later
+/// ones are usually consequences, but a publisher's is never hidden behind
+/// thousands of subscribers'.
+#[derive(Default)]
+struct Notes {
+    publisher: String,
+    subscriber: String,
+}
+
+impl Notes {
+    fn publisher(&mut self, p: usize, text: impl std::fmt::Display) {
+        set_note(&mut self.publisher, format!("publisher {p}: {text}"));
+    }
+
+    fn subscriber(&mut self, i: usize, text: impl std::fmt::Display) {
+        set_note(&mut self.subscriber, format!("subscriber {i}: {text}"));
+    }
+
+    fn joined(self) -> String {
+        [self.publisher, self.subscriber]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// What the receive path updates, apart from the subscriber itself.
+struct Rx {
+    schedule: Schedule,
+    /// Events due in [lo, hi) (CLOCK_REALTIME ns) have their latency kept.
+    window_lo: u64,
+    window_hi: u64,
+    latency: Histogram<u64>,
+    fanout: Histogram<u64>,
+    publish: Histogram<u64>,
+    read_delay: Histogram<u64>,
+    unstamped: u64,
+    delivered: u64,
+    invalid: u64,
+    seq_errors: u64,
+}
+
+impl Rx {
+    /// One EVENT, received at `recv_ns` (kernel) and read at `read_ns`.
+    fn delivery(&mut self, head: &[u8], recv_ns: u64, read_ns: u64, sub: &mut SubView<'_>) {
+        self.delivered += 1;
+        let seq = event_seq(head);
+        if seq != *sub.next_seq {
+            self.seq_errors += 1;
+        }
+        *sub.next_seq = seq.wrapping_add(1);
+        let Some((ts, stamp)) =
+            event_ts_and_payload(head).and_then(|(ts, payload)| Some((ts, Stamp::read(payload)?)))
+        else {
+            self.invalid += 1;
+            return;
+        };
+        let Some(track) = sub.tracks.get_mut(stamp.publisher as usize) else {
+            self.invalid += 1;
+            return;
+        };
+        if self.schedule.topic_of(stamp.counter) != sub.topic {
+            self.invalid += 1;
+            return;
+        }
+        if track.see(self.schedule.index_on_topic(stamp.counter)) == Seen::Duplicate {
+            return;
+        }
+        if (self.window_lo..self.window_hi).contains(&stamp.scheduled_ns) {
+            self.latency
+                .saturating_record(recv_ns.saturating_sub(stamp.scheduled_ns));
+            self.fanout.saturating_record(recv_ns.saturating_sub(ts));
+            self.publish
+                .saturating_record(ts.saturating_sub(stamp.scheduled_ns));
+            self.read_delay
+                .saturating_record(read_ns.saturating_sub(recv_ns));
+        }
+    }
+}
+
+/// The publishing schedule and what the sending side measured.
+struct Publishing<'a> {
+    schedule: Schedule,
+    topics: &'a [String],
+    /// CLOCK_REALTIME at the schedule's start.
+    real0: u64,
+    /// The window, in ns from the schedule's start; nothing is due after
+    /// `end_ns`.
+    warm_ns: u64,
+    end_ns: u64,
+    send_lag: Histogram<u64>,
+    window_sent: u64,
+    backlog_max: usize,
+}
+
+impl Publishing<'_> {
+    /// Encodes every event due by `el` (ns from the start) and writes what
+    /// the sockets take. Returns when the next event is due (u64::MAX: no
+    /// more). A publisher whose connection fails is marked dead.
+    fn publish_due(
+        &mut self,
+        pubs: &mut [Pub],
+        epoll: &Epoll,
+        el: u64,
+        notes: &mut Notes,
+    ) -> Result<u64, String> {
+        let mut next_due = u64::MAX;
+        let horizon = el.saturating_add(1).min(self.end_ns);
+        for (p, pb) in pubs.iter_mut().enumerate() {
+            if !pb.alive {
+                continue;
+            }
+            let due_now = self.schedule.due_before(p, horizon);
+            while pb.next < due_now {
+                let n = pb.next;
+                let due = self.schedule.due_ns(p, n);
+                let topic = self.schedule.topic_of(n);
+                pb.next += 1;
+                if pb.backlog() >= PUBLISH_BACKLOG_MAX {
+                    pb.unsent += 1;
+                    pb.exclude(n, topic);
+                    continue;
+                }
+                Stamp {
+                    publisher: p as u32,
+                    counter: n,
+                    scheduled_ns: self.real0 + due,
+                }
+                .write(&mut pb.payload);
+                Frame::Publish(Publish {
+                    request_id: n as u32,
+                    topic: self.topics[topic].as_bytes(),
+                    payload: &pb.payload,
+                })
+                .encode(&mut pb.out);
+                pb.sent += 1;
+                if (self.warm_ns..self.end_ns).contains(&due) {
+                    self.window_sent += 1;
+                    self.send_lag.saturating_record(el - due);
+                }
+            }
+            if pb.next < self.schedule.due_before(p, self.end_ns) {
+                next_due = next_due.min(self.schedule.due_ns(p, pb.next));
+            }
+            self.backlog_max = self.backlog_max.max(pb.backlog());
+            // A publisher waiting for writability is flushed when it comes.
+            if pb.backlog() == 0 || pb.want_out {
+                continue;
+            }
+            match pb.flush() {
+                Ok(true) => {}
+                Ok(false) => {
+                    pb.want_out = true;
+                    epoll.ctl(
+                        libc::EPOLL_CTL_MOD,
+                        pb.stream.as_raw_fd(),
+                        p,
+                        READABLE | WRITABLE,
+                    )?;
+                }
+                Err(e) => {
+                    pb.alive = false;
+                    let _ = epoll.ctl(libc::EPOLL_CTL_DEL, pb.stream.as_raw_fd(), p, 0);
+                    notes.publisher(p, e);
+                }
+            }
+        }
+        Ok(next_due)
+    }
+}
+
+/// The parts of a [`Sub`] the receive path updates while its inbox is
+/// borrowed.
+struct SubView<'a> {
+    topic: usize,
+    next_seq: &'a mut u64,
+    tracks: &'a mut [Track],
+}
+
+fn read_sub(s: &mut Sub, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
+    for _ in 0..READS_PER_TURN {
+        let (n, stamp) = match s.inbox.fill_stamped(&s.stream) {
+            Ok((0, _)) => return Err("the server closed the connection".into()),
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading: {e}")),
+        };
+        // One clock read per read: the events in it are handled together.
+        let read_ns = cluecast_sys::realtime_ns();
+        let recv_ns = stamp.unwrap_or_else(|| {
+            rx.unstamped += 1;
+            read_ns
+        });
+        let mut view = SubView {
+            topic: s.topic,
+            next_seq: &mut s.next_seq,
+            tracks: &mut s.tracks,
+        };
+        s.inbox.drain(
+            limits,
+            |head, _| rx.delivery(head, recv_ns, read_ns, &mut view),
+            |frame| match refusal(frame) {
+                Some(why) => Err(why),
+                None => Ok(()), // PONG
+            },
+        )?;
+        if n < s.inbox.free_min() {
+            return Ok(()); // most likely emptied the socket
+        }
+    }
+    Ok(())
+}
+
+fn read_pub(p: &mut Pub, limits: &Limits, schedule: &Schedule) -> Result<(), String> {
+    for _ in 0..READS_PER_TURN {
+        let n = match p.inbox.fill(&mut p.stream) {
+            Ok(0) => return Err("the server closed the connection".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading: {e}")),
+        };
+        let mut refused = Vec::new();
+        let (acks, sent) = (&mut p.acks, p.sent);
+        p.inbox.drain(
+            limits,
+            |_, _| {}, // not subscribed: no events come here
+            |frame| {
+                if let Some(why) = refusal(frame) {
+                    return Err(why);
+                }
+                if let Frame::PublishAck(ack) = frame {
+                    if *acks >= sent {
+                        return Err("PUBLISH_ACK for no PUBLISH".into());
+                    }
+                    *acks += 1;
+                    if ack.status != 0 {
+                        refused.push(ack.request_id);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        for request_id in refused {
+            let counter = p
+                .counter_of(request_id)
+                .ok_or_else(|| format!("PUBLISH_ACK for unknown request {request_id}"))?;
+            p.refused += 1;
+            p.exclude(counter, schedule.topic_of(counter));
+        }
+        if n < p.inbox.free_min() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Whether every publish is answered and every live subscriber has every
+/// event it should.
+fn all_in(subs: &[Sub], pubs: &[Pub], schedule: &Schedule) -> bool {
+    if pubs.iter().any(|p| p.alive && p.acks < p.sent) {
+        return false;
+    }
+    subs.iter().filter(|s| s.alive).all(|s| {
+        pubs.iter().zip(&s.tracks).all(|(p, t)| {
+            let want = schedule.count_on_topic(p.next, s.topic) - p.excluded_on_topic[s.topic];
+            t.unique >= want
+        })
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Warmup,
+    Measure,
+    Drain,
+}
+
+/// Raises the open-file limit and checks the sockets fit well below it.
+fn check_descriptors(sockets: usize) -> Result<(), String> {
+    let lim = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
+    let need = sockets as u64 + FDS_SPARE;
+    if need > lim.soft {
+        return Err(format!(
+            "{sockets} sockets need about {need} descriptors; the open-file limit is {}",
+            lim.soft
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the plan; `mark` is called at the start and end of the measured
+/// window (always both, in order, unless setting up fails).
+pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
+    if plan.subscribers == 0 {
+        return Err("need at least one subscriber".into());
+    }
+    if plan.payload_bytes < STAMP_BYTES {
+        return Err(format!(
+            "--payload must be at least {STAMP_BYTES} bytes (the stamp)"
+        ));
+    }
+    let schedule = Schedule::new(plan.publishers, plan.topics, plan.rate_per_topic)?;
+    check_descriptors(plan.subscribers + plan.publishers)?;
+    // Wake-ups within 1 µs of the schedule instead of the default 50 µs.
+    // SAFETY: prctl with an integer argument.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+    }
+    let topics: Vec<String> = (0..plan.topics)
+        .map(|k| format!("{}.{k}", plan.topic_prefix))
+        .collect();
+    let topic_len_max = topics.iter().map(String::len).max().unwrap_or(0);
+    // Each EVENT is looked at up to the end of the payload's stamp.
+    let peek = wire::EVENT_TOPIC_AT + 1 + topic_len_max + STAMP_BYTES;
+    let id_base = format!("fanout-{}", std::process::id());
+
+    // Subscribers first, so every one of them sees every event.
+    let connect_start = Instant::now();
+    let mut subs = Vec::with_capacity(plan.subscribers);
+    let mut limits = Limits::DEFAULT;
+    let mut heartbeat_ms = 0;
+    for i in 0..plan.subscribers {
+        let topic = i % plan.topics;
+        let mut c = wire::connect(
+            plan.server,
+            &format!("{id_base}-s{i}"),
+            plan.connect_timeout,
+        )
+        .map_err(|e| format!("subscriber {i}: {e}"))?;
+        (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
+        if plan.payload_bytes > limits.payload_bytes_max as usize {
+            return Err(format!(
+                "the server takes payloads up to {} bytes, not {}: start it with a larger \
+                 --payload-bytes-max",
+                limits.payload_bytes_max, plan.payload_bytes
+            ));
+        }
+        let last_seq = c
+            .subscribe_live(topics[topic].as_bytes(), plan.connect_timeout)
+            .map_err(|e| format!("subscriber {i}: {e}"))?;
+        c.stream
+            .set_nonblocking(true)
+            .and_then(|_| wire::enable_rx_timestamps(&c.stream))
+            .map_err(|e| format!("socket options: {e}"))?;
+        subs.push(Sub {
+            inbox: Inbox::new(&c.buf, SUB_INBOX_BYTES, peek)?,
+            stream: c.stream,
+            topic,
+            next_seq: last_seq + 1,
+            tracks: vec![Track::default(); plan.publishers],
+            alive: true,
+            out: Vec::new(),
+        });
+        if (i + 1) % CONNECT_PROGRESS_EVERY == 0 {
+            eprintln!(
+                "fanout clients: {} subscribers connected in {:.1} s",
+                i + 1,
+                connect_start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let mut pubs = Vec::with_capacity(plan.publishers);
+    for p in 0..plan.publishers {
+        let c = wire::connect(
+            plan.server,
+            &format!("{id_base}-p{p}"),
+            plan.connect_timeout,
+        )
+        .map_err(|e| format!("publisher {p}: {e}"))?;
+        c.stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("socket options: {e}"))?;
+        pubs.push(Pub {
+            inbox: Inbox::new(&c.buf, PUB_INBOX_BYTES, wire::EVENT_SEQ_END)?,
+            stream: c.stream,
+            out: Vec::with_capacity(64 << 10),
+            out_pos: 0,
+            payload: (0..plan.payload_bytes).map(|i| (i % 251) as u8).collect(),
+            next: 0,
+            sent: 0,
+            acks: 0,
+            refused: 0,
+            unsent: 0,
+            excluded: Vec::new(),
+            excluded_on_topic: vec![0; plan.topics],
+            alive: true,
+            want_out: false,
+        });
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    eprintln!(
+        "fanout clients: {} subscribers and {} publishers connected in {connect_secs:.1} s",
+        plan.subscribers, plan.publishers
+    );
+
+    // Tokens: publishers 0..P, subscriber i at P + i.
+    let mut epoll = Epoll::new()?;
+    for (t, p) in pubs.iter().enumerate() {
+        epoll.ctl(libc::EPOLL_CTL_ADD, p.stream.as_raw_fd(), t, READABLE)?;
+    }
+    for (i, s) in subs.iter().enumerate() {
+        epoll.ctl(
+            libc::EPOLL_CTL_ADD,
+            s.stream.as_raw_fd(),
+            plan.publishers + i,
+            READABLE,
+        )?;
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+
+    // The server drops connections silent for idle_timeout (> heartbeat):
+    // subscribers ping so long runs are not cut short.
+    let ping_every = (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms) / 2));
+    let mut pinging: Vec<usize> = Vec::new();
+
+    let warm_ns = plan.warmup.as_nanos() as u64;
+    let end_ns = warm_ns + plan.duration.as_nanos() as u64;
+    // The schedule runs on the monotonic clock from t0; stamps and receive
+    // times are CLOCK_REALTIME (comparable with the server's
+    // publish_ts_ns), anchored at the same moment.
+    let t0 = Instant::now();
+    let real0 = cluecast_sys::realtime_ns();
+    let since_t0 = || Instant::now().duration_since(t0).as_nanos() as u64;
+    let mut next_ping = ping_every.map(|p| t0 + p);
+    let mut rx = Rx {
+        schedule,
+        window_lo: real0 + warm_ns,
+        window_hi: real0 + end_ns,
+        latency: latency_histogram(),
+        fanout: latency_histogram(),
+        publish: latency_histogram(),
+        read_delay: latency_histogram(),
+        unstamped: 0,
+        delivered: 0,
+        invalid: 0,
+        seq_errors: 0,
+    };
+    let mut publishing = Publishing {
+        schedule,
+        topics: &topics,
+        real0,
+        warm_ns,
+        end_ns,
+        send_lag: latency_histogram(),
+        window_sent: 0,
+        backlog_max: 0,
+    };
+    let mut notes = Notes::default();
+    let mut phase = Phase::Warmup;
+    let mut drain_deadline = t0 + plan.warmup + plan.duration + plan.drain_timeout;
+    let mut next_drain_check = t0;
+    let (mut window_start, mut window_end) = (t0, t0);
+    let (mut delivered0, mut delivered1) = (0u64, 0u64);
+    let (mut cpu0, mut cpu1) = (f64::NAN, f64::NAN);
+    let mut marked = 0;
+
+    let drained = loop {
+        let now = Instant::now();
+        let el = now.duration_since(t0).as_nanos() as u64;
+        let all_dead = subs.iter().all(|s| !s.alive) && pubs.iter().all(|p| !p.alive);
+        if phase == Phase::Warmup && (el >= warm_ns || all_dead) {
+            delivered0 = rx.delivered;
+            cpu0 = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
+            window_start = Instant::now();
+            mark(Mark::WindowStart);
+            marked += 1;
+            phase = Phase::Measure;
+        }
+        if phase == Phase::Measure && (el >= end_ns || all_dead) {
+            delivered1 = rx.delivered;
+            cpu1 = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
+            window_end = Instant::now();
+            mark(Mark::WindowEnd);
+            marked += 1;
+            phase = Phase::Drain;
+            drain_deadline = window_end + plan.drain_timeout;
+        }
+        if phase == Phase::Drain {
+            if all_dead || now >= drain_deadline {
+                break false;
+            }
+            if now >= next_drain_check {
+                if all_in(&subs, &pubs, &schedule) {
+                    break true;
+                }
+                next_drain_check = now + DRAIN_CHECK_EVERY;
+            }
+        }
+
+        // Publish everything due by now (nothing is due after end_ns).
+        let next_due = publishing.publish_due(&mut pubs, &epoll, el, &mut notes)?;
+
+        if let (Some(at), Some(every)) = (next_ping, ping_every) {
+            if now >= at {
+                next_ping = Some(now + every);
+                for (i, s) in subs.iter_mut().enumerate() {
+                    if s.alive && s.out.is_empty() {
+                        Frame::Ping { nonce: i as u64 }.encode(&mut s.out);
+                        pinging.push(i);
+                    }
+                }
+            }
+        }
+        pinging.retain(|&i| {
+            let s = &mut subs[i];
+            if !s.alive {
+                return false;
+            }
+            match s.stream.write(&s.out) {
+                Ok(n) => {
+                    s.out.drain(..n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    s.alive = false;
+                    notes.subscriber(i, format!("writing: {e}"));
+                }
+            }
+            s.alive && !s.out.is_empty()
+        });
+
+        // Sleep until the next event is due or the phase changes.
+        let wake_ns = match phase {
+            Phase::Warmup => next_due.min(warm_ns),
+            Phase::Measure => next_due.min(end_ns),
+            Phase::Drain => u64::MAX,
+        };
+        let mut timeout = Duration::from_nanos(wake_ns.saturating_sub(el)).min(WAIT_SLICE);
+        if !pinging.is_empty() {
+            timeout = timeout.min(Duration::from_millis(1));
+        }
+        let ready = match epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("epoll_wait: {e}")),
+        };
+        for (k, ev) in events[..ready].iter().enumerate() {
+            if k > 0 && k % PUBLISH_CHECK_EVERY == 0 {
+                publishing.publish_due(&mut pubs, &epoll, since_t0(), &mut notes)?;
+            }
+            let token = ev.u64 as usize;
+            if let Some(pb) = pubs.get_mut(token) {
+                if !pb.alive {
+                    continue;
+                }
+                let mut result = read_pub(pb, &limits, &schedule);
+                if result.is_ok() && pb.want_out && ev.events & WRITABLE != 0 {
+                    result = pb.flush().and_then(|flushed| {
+                        if flushed {
+                            pb.want_out = false;
+                            epoll.ctl(
+                                libc::EPOLL_CTL_MOD,
+                                pb.stream.as_raw_fd(),
+                                token,
+                                READABLE,
+                            )?;
+                        }
+                        Ok(())
+                    });
+                }
+                if let Err(why) = result {
+                    pb.alive = false;
+                    let _ = epoll.ctl(libc::EPOLL_CTL_DEL, pb.stream.as_raw_fd(), token, 0);
+                    notes.publisher(token, why);
+                }
+                continue;
+            }
+            let i = token - plan.publishers;
+            let Some(s) = subs.get_mut(i) else { continue };
+            if !s.alive {
+                continue;
+            }
+            if let Err(why) = read_sub(s, &limits, &mut rx) {
+                s.alive = false;
+                let _ = epoll.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), token, 0);
+                notes.subscriber(i, why);
+            }
+        }
+    };
+    if marked == 0 {
+        mark(Mark::WindowStart);
+    }
+    if marked < 2 {
+        delivered1 = rx.delivered;
+        window_end = Instant::now();
+        mark(Mark::WindowEnd);
+    }
+
+    // The final count: every published event of its topic, per subscriber.
+    let mut o = Outcome {
+        connect_secs,
+        window_secs: window_end.duration_since(window_start).as_secs_f64(),
+        window_sent: publishing.window_sent,
+        window_deliveries: delivered1 - delivered0,
+        backlog_max_bytes: publishing.backlog_max as u64,
+        unstamped: rx.unstamped,
+        delivered: rx.delivered,
+        invalid: rx.invalid,
+        seq_errors: rx.seq_errors,
+        drained,
+        generator_cpu_secs: cpu1 - cpu0,
+        ..Outcome::default()
+    };
+    let lat = Percentiles::of(&rx.latency);
+    (
+        o.lat_count,
+        o.lat_p50,
+        o.lat_p90,
+        o.lat_p99,
+        o.lat_p999,
+        o.lat_max,
+    ) = (lat.count, lat.p50, lat.p90, lat.p99, lat.p999, lat.max);
+    let fan = Percentiles::of(&rx.fanout);
+    (o.fanout_p50, o.fanout_p99, o.fanout_max) = (fan.p50, fan.p99, fan.max);
+    let publish = Percentiles::of(&rx.publish);
+    (o.publish_p99, o.publish_max) = (publish.p99, publish.max);
+    let read = Percentiles::of(&rx.read_delay);
+    (o.read_delay_p50, o.read_delay_p99, o.read_delay_max) = (read.p50, read.p99, read.max);
+    let lag = Percentiles::of(&publishing.send_lag);
+    (o.send_lag_p99, o.send_lag_max) = (lag.p99, lag.max);
+    // Excluded counters as indices on their topic, ascending, per
+    // (publisher, topic).
+    let mut excluded: Vec<Vec<Vec<u64>>> = Vec::with_capacity(pubs.len());
+    for (p, pb) in pubs.iter_mut().enumerate() {
+        o.window_scheduled += schedule.due_before(p, end_ns) - schedule.due_before(p, warm_ns);
+        o.scheduled += pb.next;
+        o.sent += pb.sent;
+        o.acked += pb.acks - pb.refused;
+        o.refused += pb.refused;
+        o.unsent += pb.unsent;
+        o.unacked += pb.sent - pb.acks;
+        o.publishers_dropped += u64::from(!pb.alive);
+        pb.excluded.sort_unstable();
+        let mut by_topic = vec![Vec::new(); plan.topics];
+        for &n in &pb.excluded {
+            by_topic[schedule.topic_of(n)].push(schedule.index_on_topic(n));
+        }
+        excluded.push(by_topic);
+    }
+    for s in &subs {
+        o.subscribers_dropped += u64::from(!s.alive);
+        for (p, t) in s.tracks.iter().enumerate() {
+            let published = schedule.count_on_topic(pubs[p].next, s.topic);
+            let tally = t.tally(published, &excluded[p][s.topic]);
+            o.expected += published - pubs[p].excluded_on_topic[s.topic];
+            o.lost += tally.lost;
+            o.excluded_received += tally.excluded_received;
+            o.duplicated += t.duplicated;
+            o.reordered += t.reordered;
+            o.approximate |= t.approximate();
+        }
+    }
+    o.note = notes.joined();
+    if !drained {
+        set_note(
+            &mut o.note,
+            format!(
+                "not everything arrived within {:?} of the end of publishing",
+                plan.drain_timeout
+            ),
+        );
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_request_ids_map_back_to_counters() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut p = Pub {
+            inbox: Inbox::new(&[], PUB_INBOX_BYTES, wire::EVENT_SEQ_END).unwrap(),
+            stream,
+            out: Vec::new(),
+            out_pos: 0,
+            payload: Vec::new(),
+            next: 0,
+            sent: 0,
+            acks: 0,
+            refused: 0,
+            unsent: 0,
+            excluded: Vec::new(),
+            excluded_on_topic: vec![0; 4],
+            alive: true,
+            want_out: false,
+        };
+        assert_eq!(p.counter_of(0), None, "nothing sent yet");
+        p.next = 10;
+        assert_eq!(p.counter_of(9), Some(9));
+        assert_eq!(p.counter_of(3), Some(3));
+        assert_eq!(p.counter_of(10), None, "not sent yet");
+        // Past 2^32 the request id wraps; the newest match wins.
+        p.next = (1 << 32) + 5;
+        assert_eq!(p.counter_of(4), Some((1 << 32) + 4));
+        assert_eq!(p.counter_of(u32::MAX), Some((1 << 32) - 1));
+        p.exclude(6, 2);
+        assert_eq!((p.excluded.clone(), p.excluded_on_topic[2]), (vec![6], 1));
+    }
+}

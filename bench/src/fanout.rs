@@ -1,0 +1,1001 @@
+//! `cluecast-bench fanout`: open-loop fan-out latency and correctness.
+//!
+//! P publishers publish events on a fixed schedule (R events/s per topic
+//! over T topics, round-robin); S subscribers, subscriber i on topic
+//! i % T, each receive every event of their topic. Every payload carries
+//! its publisher, the publisher's counter and the time it was due, so each
+//! delivery gives a latency (receive − due: a stalled server cannot hide
+//! its stall) and is checked for loss, duplication and order.
+//!
+//! The driver starts a fresh appliance for every run (pinned to one CPU)
+//! and a client process (`--role clients`, pinned to another) holding all
+//! publishers and subscribers in one thread (see fanload.rs); it samples
+//! the server's CPU and memory when the client process marks the start and
+//! end of its measured window, stops the server with SIGTERM, checks it
+//! exits 0, and reports every run and the median of the runs.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cluecast_proto::Limits;
+
+use crate::child::{self, Followed, Role};
+use crate::fanload::{self, Outcome, Plan};
+use crate::jitter;
+use crate::procfs::{self, Core, Cores};
+use crate::report::{command_line, json_num, json_str, num, pct, thousands};
+use crate::server::{Server, ServerCommand, Stopped};
+use crate::stats::{least_disturbed, median};
+
+/// Time allowed on top of the plan's own phases for the client process to
+/// start, and to exit after reporting.
+const CLIENT_SLACK: Duration = Duration::from_secs(30);
+/// Allowance per subscriber for connecting and subscribing (normally well
+/// under a millisecond each on loopback).
+const CONNECT_PER_SUBSCRIBER: Duration = Duration::from_millis(5);
+/// Time for the server to print `listening on`.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the server to drain and exit after SIGTERM (its own drain
+/// timeout is 5 s by default).
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most runs of one invocation.
+const REPEAT_MAX: usize = 100;
+/// How long the host's own stalls are probed before each run.
+const STALL_PROBE: Duration = Duration::from_secs(1);
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Which part of the measurement this process plays
+    #[arg(long, value_enum, default_value_t = Role::Driver)]
+    pub role: Role,
+    /// Subscriber connections; subscriber i is on topic i % --topics
+    #[arg(long, default_value_t = 2000)]
+    pub subscribers: usize,
+    /// Topics the events are spread over, round-robin
+    #[arg(long, default_value_t = 20)]
+    pub topics: usize,
+    /// Publisher connections, sharing the schedule
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Events per second per topic (all publishers together)
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Payload bytes per event (at least 20: the stamp)
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// Seconds of publishing in the measured window
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of publishing before the window, to let everything settle
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// After publishing stops, longest wait (s) for every event to arrive
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_timeout: f64,
+    /// Runs, each against a fresh server; the report gives each and their
+    /// median
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Share of a measured core taken by anything else (other processes,
+    /// hypervisor steal) above which a run is measured again
+    #[arg(long, default_value_t = 0.10)]
+    pub foreign_max: f64,
+    /// Extra attempts per disturbed run (the least disturbed is kept)
+    #[arg(long, default_value_t = 2)]
+    pub retries: usize,
+    /// Emit one JSON object per run (then one for the median) instead of
+    /// markdown
+    #[arg(long)]
+    pub json: bool,
+    /// Limit for each TCP connect and handshake answer, ms
+    #[arg(long, default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// CPU the client process pins itself to
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// CPU the server is pinned to (with every shard thread)
+    #[arg(long, default_value_t = 0)]
+    pub server_cpu: usize,
+    /// Pin nothing
+    #[arg(long)]
+    pub no_pin: bool,
+
+    // ---- driver ----
+    /// The appliance binary
+    #[arg(long, default_value = "/var/tmp/cluecast-target/release/cluecast")]
+    pub cluecast: PathBuf,
+    /// Server --shards
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Address the server listens on (port 0: any free port)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Extra argument for `cluecast run` (repeat for several)
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+
+    // ---- clients ----
+    /// Server to measure against (role clients)
+    #[arg(long)]
+    pub server: Option<SocketAddr>,
+}
+
+impl Args {
+    fn schedule_secs(&self) -> f64 {
+        self.warmup + self.duration + self.drain_timeout
+    }
+}
+
+pub fn main(args: &Args) -> Result<(), String> {
+    let secs_ok = |x: f64| (0.0..86_400.0).contains(&x);
+    let timing_ok = args.duration > 0.0
+        && secs_ok(args.duration)
+        && secs_ok(args.warmup)
+        && secs_ok(args.drain_timeout);
+    if !timing_ok {
+        return Err(
+            "--duration must be in (0, 86400) s, --warmup and --drain-timeout in [0, 86400) s"
+                .into(),
+        );
+    }
+    if args.subscribers == 0 || args.topics == 0 || args.publishers == 0 {
+        return Err("need at least one subscriber, topic and publisher".into());
+    }
+    if args.repeat == 0 || args.repeat > REPEAT_MAX {
+        return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
+    }
+    match args.role {
+        Role::Driver => drive(args),
+        Role::Subscribers => clients(args),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client side
+
+/// `--role clients`: one run against a running server; speaks the line
+/// protocol of child.rs on stdout.
+fn clients(args: &Args) -> Result<(), String> {
+    let server = args.server.ok_or("--role clients needs --server ADDR")?;
+    if !args.no_pin {
+        cluecast_sys::pin_current_thread(args.client_cpu).map_err(|e| e.to_string())?;
+    }
+    let nonce = cluecast_sys::random_u64().map_err(|e| e.to_string())? & 0xffff_ffff;
+    let plan = Plan {
+        server,
+        // Fresh topics: nobody else's events, sequences from 1.
+        topic_prefix: format!("fanout.{nonce:08x}"),
+        topics: args.topics,
+        subscribers: args.subscribers,
+        publishers: args.publishers,
+        rate_per_topic: args.rate,
+        payload_bytes: args.payload,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+    };
+    match fanload::run(&plan, child::say_mark) {
+        Ok(o) => {
+            eprintln!(
+                "fanout clients: {:.0} offered/s, {:.0} deliveries/s, p99 {:.3} ms, max {:.3} ms, \
+                 lost {} dup {} reordered {}{}",
+                o.window_sent as f64 / o.window_secs,
+                o.window_deliveries as f64 / o.window_secs,
+                o.lat_p99 as f64 / 1e6,
+                o.lat_max as f64 / 1e6,
+                o.lost,
+                o.duplicated,
+                o.reordered,
+                if o.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", o.note)
+                }
+            );
+            child::say(&o.to_line());
+            Ok(())
+        }
+        Err(e) => {
+            child::say_error(&e);
+            Err(e)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The driver
+
+/// Figures of one run. Latencies in ms, CPU as % of one core.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    /// The run produced figures (it may still have problems).
+    measured: bool,
+    offered_per_s: f64,
+    deliveries_per_s: f64,
+    /// Deliveries/s a perfect server would have made of what was sent.
+    ideal_deliveries_per_s: f64,
+    latency: [f64; 5],
+    /// Receive − the server's publish_ts_ns: p50, p99, max.
+    fanout: [f64; 3],
+    /// publish_ts_ns − due: p99, max.
+    publish_leg: [f64; 2],
+    /// How long the generator took to read deliveries after they
+    /// arrived: p50, p99, max (not in the latency).
+    read_delay: [f64; 3],
+    /// How late the generator sent: p99, max.
+    send_lag: [f64; 2],
+    lost: u64,
+    duplicated: u64,
+    reordered: u64,
+    refused: u64,
+    unsent: u64,
+    unacked: u64,
+    invalid: u64,
+    seq_errors: u64,
+    server_cpu_pct: f64,
+    /// The server process plus its core's ksoftirqd.
+    server_core_pct: f64,
+    server_rss_bytes: f64,
+    generator_cpu_pct: f64,
+    foreign_server_pct: f64,
+    foreign_client_pct: f64,
+    sends_per_s: f64,
+    connect_secs: f64,
+    /// Longest stall a busy loop saw just before the run on the server's /
+    /// the generator's CPU, ms (the host's own jitter).
+    host_stall_ms: [f64; 2],
+    /// The server did not exit 0 on SIGTERM, or deliveries went wrong.
+    failed: bool,
+    problems: Vec<String>,
+    /// Attempts measured before this one and thrown away because the
+    /// machine was busy with something else, with their problems.
+    redone: usize,
+    redone_problems: Vec<String>,
+}
+
+impl Run {
+    /// How disturbed the run was: the larger share of a measured core that
+    /// went elsewhere; infinite without figures (so it is measured again).
+    /// A run that went wrong is not measured again for that alone: the
+    /// report must show it.
+    fn disturbance(&self) -> f64 {
+        if !self.measured {
+            return f64::INFINITY;
+        }
+        [self.foreign_server_pct, self.foreign_client_pct]
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max)
+            / 100.0
+    }
+}
+
+/// The columns of a run that the median row summarises, with names for
+/// JSON.
+const LATENCY_KEYS: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
+
+fn server_args(args: &Args) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "run".into(),
+        "--shards".into(),
+        args.shards.to_string(),
+        "--listen".into(),
+        args.listen.to_string(),
+    ];
+    if args.payload > Limits::DEFAULT.payload_bytes_max as usize {
+        v.extend(["--payload-bytes-max".into(), args.payload.to_string()]);
+    }
+    v.extend(args.server_args.iter().cloned());
+    v
+}
+
+fn drive(args: &Args) -> Result<(), String> {
+    let host = procfs::host();
+    let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
+    if !args.cluecast.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release --bin cluecast` or pass --cluecast",
+            args.cluecast.display()
+        ));
+    }
+    let cores = Cores {
+        server: (!args.no_pin).then(|| Core::new(args.server_cpu)),
+        client: (!args.no_pin).then(|| Core::new(args.client_cpu)),
+    };
+    eprintln!(
+        "fanout: {} runs of {} s (+{} s warm-up): {} subscribers, {} topics, {} publishers, \
+         {} events/s per topic, {} B payloads; host: {} CPUs, {}, kernel {}",
+        args.repeat,
+        args.duration,
+        args.warmup,
+        args.subscribers,
+        args.topics,
+        args.publishers,
+        args.rate,
+        args.payload,
+        host.cpus,
+        host.cpu_model,
+        host.kernel
+    );
+    let mut runs = Vec::with_capacity(args.repeat);
+    for i in 0..args.repeat {
+        let (mut run, thrown) = least_disturbed(args.retries, args.foreign_max, |attempt| {
+            let run = run_once(args, &bench, cores);
+            eprintln!(
+                "[{}/{}]{} {}",
+                i + 1,
+                args.repeat,
+                if attempt > 0 {
+                    format!(" (attempt {})", attempt + 1)
+                } else {
+                    String::new()
+                },
+                summary(&run)
+            );
+            let score = run.disturbance();
+            (run, score)
+        });
+        run.redone = thrown.len();
+        for t in thrown {
+            let why = format!(
+                "redone ({}% / {}% of the server's / generator's core went elsewhere)",
+                num(t.foreign_server_pct, 0),
+                num(t.foreign_client_pct, 0)
+            );
+            run.redone_problems.push(why.clone());
+            run.redone_problems
+                .extend(t.problems.iter().map(|p| format!("{why}: {p}")));
+        }
+        runs.push(run);
+    }
+    let text = if args.json {
+        json_report(args, &runs)
+    } else {
+        markdown_report(args, &host, &runs)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing the report: {e}"))?;
+    // The report is written either way; the exit status says whether it
+    // is one of a healthy appliance.
+    if runs.iter().any(|r| !r.measured || r.failed) {
+        return Err(
+            "some runs failed: no figures, deliveries lost / duplicated / out of order, or \
+             a server that did not exit 0 (see the report)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// One measurement: a fresh server, a client process, the figures.
+fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
+    let mut run = Run::default();
+    if !args.no_pin {
+        let stalls = jitter::probe(&[args.server_cpu, args.client_cpu], STALL_PROBE);
+        run.host_stall_ms = [0, 1].map(|i| stalls[i].map_or(f64::NAN, |s| s.max_ms));
+    } else {
+        run.host_stall_ms = [f64::NAN; 2];
+    }
+    let cmd = ServerCommand {
+        binary: args.cluecast.clone(),
+        via: Vec::new(),
+        cpu: (!args.no_pin).then_some(args.server_cpu),
+        args: server_args(args),
+    };
+    let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            run.problems.push(e);
+            run.failed = true;
+            return run;
+        }
+    };
+    run.problems.extend(server.identity_problem());
+    let mut clients = std::process::Command::new(bench);
+    clients
+        .args(["fanout", "--role", "clients"])
+        .args(["--server", &server.addr().to_string()])
+        .args(["--subscribers", &args.subscribers.to_string()])
+        .args(["--topics", &args.topics.to_string()])
+        .args(["--publishers", &args.publishers.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--payload", &args.payload.to_string()])
+        .args(["--duration", &args.duration.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--drain-timeout", &args.drain_timeout.to_string()])
+        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
+        .args(["--client-cpu", &args.client_cpu.to_string()]);
+    if args.no_pin {
+        clients.arg("--no-pin");
+    }
+    let budget = CLIENT_SLACK
+        + CONNECT_PER_SUBSCRIBER * (args.subscribers + args.publishers) as u32
+        + Duration::from_secs_f64(args.schedule_secs());
+    let Followed {
+        result,
+        window,
+        problems,
+    } = child::follow(clients, budget, &mut server, cores);
+    run.problems.extend(problems);
+    let stopped = server.stop(SERVER_STOP_TIMEOUT);
+    if let Some(p) = &stopped.problem {
+        run.failed = true;
+        run.problems.push(format!("server {p}"));
+    }
+    for line in stopped.complaints.iter().take(5) {
+        run.problems.push(format!("server said: {line}"));
+    }
+    match (result.as_ref().map(Outcome::from_result), window) {
+        (Some(Ok(o)), Some(w)) => fill_figures(args, &mut run, &o, &w, &stopped),
+        (Some(Err(e)), _) => {
+            run.failed = true;
+            run.problems.push(e);
+        }
+        _ => run.failed = true,
+    }
+    run
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stopped: &Stopped) {
+    let secs = o.window_secs;
+    let nan = f64::NAN;
+    run.measured = secs > 0.0 && w.wall_secs > 0.0 && o.lat_count > 0;
+    run.offered_per_s = o.window_sent as f64 / secs;
+    run.deliveries_per_s = o.window_deliveries as f64 / secs;
+    // Subscribers per topic, averaged over topics (i % T spreads them).
+    run.ideal_deliveries_per_s =
+        run.offered_per_s * args.subscribers as f64 / args.topics.max(1) as f64;
+    run.latency = [o.lat_p50, o.lat_p90, o.lat_p99, o.lat_p999, o.lat_max].map(ms);
+    run.fanout = [o.fanout_p50, o.fanout_p99, o.fanout_max].map(ms);
+    run.publish_leg = [o.publish_p99, o.publish_max].map(ms);
+    run.read_delay = [o.read_delay_p50, o.read_delay_p99, o.read_delay_max].map(ms);
+    run.send_lag = [o.send_lag_p99, o.send_lag_max].map(ms);
+    (run.lost, run.duplicated, run.reordered) = (o.lost, o.duplicated, o.reordered);
+    (run.refused, run.unsent, run.unacked) = (o.refused, o.unsent, o.unacked);
+    (run.invalid, run.seq_errors) = (o.invalid, o.seq_errors);
+    let softirqd = w.server_core.map_or(0.0, |c| c.softirqd);
+    run.server_cpu_pct = 100.0 * w.server_cpu_secs / w.wall_secs;
+    run.server_core_pct = 100.0 * (w.server_cpu_secs + softirqd) / w.wall_secs;
+    run.server_rss_bytes = w.server_rss_bytes.map_or(nan, |b| b as f64);
+    run.generator_cpu_pct = 100.0 * o.generator_cpu_secs / secs;
+    run.foreign_server_pct = w
+        .server_core
+        .map_or(nan, |c| 100.0 * c.foreign(w.server_cpu_secs, w.wall_secs));
+    run.foreign_client_pct = w.client_core.map_or(nan, |c| {
+        100.0 * c.foreign(o.generator_cpu_secs, w.wall_secs)
+    });
+    run.connect_secs = o.connect_secs;
+    let sends = stopped.stat("sends");
+    // Whole-run counter over the publishing time: a rough rate.
+    run.sends_per_s = sends.map_or(nan, |s| s as f64 / (args.warmup + args.duration));
+    if !o.note.is_empty() {
+        run.problems.push(format!("clients: {}", o.note));
+    }
+    if o.unstamped > 0 {
+        run.problems.push(format!(
+            "{} reads had no kernel receive timestamp: their deliveries count from the \
+             time they were read",
+            o.unstamped
+        ));
+    }
+    let wrong = o.lost + o.duplicated + o.reordered + o.invalid + o.excluded_received;
+    if wrong > 0 || o.seq_errors > 0 || o.subscribers_dropped > 0 || o.publishers_dropped > 0 {
+        run.failed = true;
+        run.problems.push(format!(
+            "deliveries: {} lost, {} duplicated, {} reordered, {} invalid, {} received \
+             although refused, {} sequence errors; {} subscribers and {} publishers dropped{}",
+            o.lost,
+            o.duplicated,
+            o.reordered,
+            o.invalid,
+            o.excluded_received,
+            o.seq_errors,
+            o.subscribers_dropped,
+            o.publishers_dropped,
+            if o.approximate {
+                " (approximate: too many gaps to track)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if o.refused > 0 || o.unsent > 0 || o.unacked > 0 {
+        run.problems.push(format!(
+            "publishes: {} refused by the server, {} never sent (backlog over the limit), {} \
+             never acknowledged",
+            o.refused, o.unsent, o.unacked
+        ));
+    }
+    let stat = |k: &str| stopped.stat(k).unwrap_or(0);
+    let (catch_ups, goaways, overloaded, full, cq) = (
+        stat("catch_ups"),
+        stat("slow_consumer_goaways"),
+        stat("overloaded"),
+        stat("rejected_full"),
+        stat("cq_overflows"),
+    );
+    if catch_ups + goaways + overloaded + full + cq > 0 {
+        run.problems.push(format!(
+            "server counters: {catch_ups} catch-ups, {goaways} slow-consumer GOAWAYs, \
+             {overloaded} publishes refused Overloaded, {full} connections refused \
+             (full), {cq} completion-queue overflows"
+        ));
+    }
+    if stopped.stats.is_empty() {
+        run.problems
+            .push("the server printed no ShardStats on exit".into());
+    }
+    // A generator that fell behind its own schedule inflates latencies
+    // with its own delay.
+    if run.send_lag[1] > 1.0 {
+        run.problems.push(format!(
+            "the generator sent up to {:.1} ms late (p99 {:.3} ms; host stalls on its CPU \
+             reached {:.1} ms before the run): that delay is in the latencies",
+            run.send_lag[1], run.send_lag[0], run.host_stall_ms[1]
+        ));
+    }
+}
+
+fn summary(run: &Run) -> String {
+    let mut s = if run.measured {
+        format!(
+            "{:.0} offered/s, {:.0} deliveries/s, latency p50 {:.3} p99 {:.3} p99.9 {:.3} max \
+             {:.3} ms, lost {} dup {} reordered {}, server {:.0}% CPU {:.0} MiB, generator \
+             {:.0}%",
+            run.offered_per_s,
+            run.deliveries_per_s,
+            run.latency[0],
+            run.latency[2],
+            run.latency[3],
+            run.latency[4],
+            run.lost,
+            run.duplicated,
+            run.reordered,
+            run.server_cpu_pct,
+            run.server_rss_bytes / f64::from(1 << 20),
+            run.generator_cpu_pct
+        )
+    } else {
+        "no figures".to_string()
+    };
+    for p in &run.problems {
+        s.push_str("\n    problem: ");
+        s.push_str(p);
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Reports
+
+/// The median of `f` over the measured runs.
+fn med(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    let v: Vec<f64> = runs.iter().filter(|r| r.measured).map(f).collect();
+    median(&v).unwrap_or(f64::NAN)
+}
+
+/// The median run: every column the median of that column (so the row as
+/// a whole need not be any one run).
+fn median_run(runs: &[Run]) -> Run {
+    let c = |f: fn(&Run) -> u64| med(runs, |r| f(r) as f64).round() as u64;
+    Run {
+        measured: runs.iter().any(|r| r.measured),
+        offered_per_s: med(runs, |r| r.offered_per_s),
+        deliveries_per_s: med(runs, |r| r.deliveries_per_s),
+        ideal_deliveries_per_s: med(runs, |r| r.ideal_deliveries_per_s),
+        latency: std::array::from_fn(|i| med(runs, |r| r.latency[i])),
+        fanout: std::array::from_fn(|i| med(runs, |r| r.fanout[i])),
+        publish_leg: std::array::from_fn(|i| med(runs, |r| r.publish_leg[i])),
+        read_delay: std::array::from_fn(|i| med(runs, |r| r.read_delay[i])),
+        send_lag: std::array::from_fn(|i| med(runs, |r| r.send_lag[i])),
+        lost: c(|r| r.lost),
+        duplicated: c(|r| r.duplicated),
+        reordered: c(|r| r.reordered),
+        refused: c(|r| r.refused),
+        unsent: c(|r| r.unsent),
+        unacked: c(|r| r.unacked),
+        invalid: c(|r| r.invalid),
+        seq_errors: c(|r| r.seq_errors),
+        server_cpu_pct: med(runs, |r| r.server_cpu_pct),
+        server_core_pct: med(runs, |r| r.server_core_pct),
+        server_rss_bytes: med(runs, |r| r.server_rss_bytes),
+        generator_cpu_pct: med(runs, |r| r.generator_cpu_pct),
+        foreign_server_pct: med(runs, |r| r.foreign_server_pct),
+        foreign_client_pct: med(runs, |r| r.foreign_client_pct),
+        sends_per_s: med(runs, |r| r.sends_per_s),
+        connect_secs: med(runs, |r| r.connect_secs),
+        host_stall_ms: std::array::from_fn(|i| med(runs, |r| r.host_stall_ms[i])),
+        failed: runs.iter().any(|r| r.failed),
+        problems: Vec::new(),
+        redone: runs.iter().map(|r| r.redone).sum(),
+        redone_problems: Vec::new(),
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    num(bytes / f64::from(1 << 20), 0)
+}
+
+fn pct_of_core(x: f64) -> String {
+    pct(x / 100.0)
+}
+
+fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "# cluecast fan-out measurement (open loop)\n");
+    let _ = writeln!(s, "- command: `{}`", command_line());
+    let _ = writeln!(
+        s,
+        "- host: {} CPUs, `{}`, kernel `{}`",
+        host.cpus, host.cpu_model, host.kernel
+    );
+    let pin = |cpu: usize| {
+        if args.no_pin {
+            String::new()
+        } else {
+            format!(", pinned to CPU {cpu}")
+        }
+    };
+    let _ = writeln!(
+        s,
+        "- server: `cluecast {}`{}; a fresh one per run, stopped with SIGTERM",
+        server_args(args).join(" "),
+        pin(args.server_cpu)
+    );
+    let _ = writeln!(
+        s,
+        "- load: {} publisher(s) publishing {} events/s per topic over {} topics \
+         ({} events/s in all, round-robin, on a fixed schedule) with {} B payloads; {} \
+         subscribers, subscriber i on topic i % {} (≈ {:.0} per topic, so ≈ {} deliveries/s \
+         expected); all in one client process, one thread with epoll{}",
+        args.publishers,
+        args.rate,
+        args.topics,
+        thousands(args.rate * args.topics as f64),
+        args.payload,
+        args.subscribers,
+        args.topics,
+        args.subscribers as f64 / args.topics as f64,
+        thousands(args.rate * args.subscribers as f64),
+        pin(args.client_cpu)
+    );
+    let _ = writeln!(
+        s,
+        "- each run: {} s warm-up, {} s measured, then publishing stops and the clients wait \
+         up to {} s for everything due; {} runs, the last row is the median of each column; a \
+         run with more than {:.0}% of a measured core going elsewhere is measured again (up \
+         to {} more times; {} redone here)\n",
+        args.warmup,
+        args.duration,
+        args.drain_timeout,
+        args.repeat,
+        args.foreign_max * 100.0,
+        args.retries,
+        runs.iter().map(|r| r.redone).sum::<usize>()
+    );
+    let _ = writeln!(
+        s,
+        "Latency = receive time − the time the event was due (CLOCK_REALTIME, same host), \
+         for every delivery of every event due inside the measured window, wherever it \
+         arrived; the receive time is the kernel's timestamp of the data reaching the \
+         subscriber's socket, so the generator's own delay in reading thousands of sockets \
+         is not counted (it is shown apart below). *lost*: published (acknowledged, or sent and never answered) and never \
+         received by a subscriber of its topic; *dup*: received again; *reord*: received \
+         after a later event of the same publisher. *server CPU*: user+sys of the server \
+         process over the window, % of one core; *RSS*: its resident memory at the end of \
+         the window; *generator*: the client process's CPU, % of its core.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | offered/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | \
+         lost | dup | reord | server CPU | server RSS MiB | generator CPU |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let med_run = median_run(runs);
+    let named: Vec<(String, &Run)> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((i + 1).to_string(), r))
+        .chain(std::iter::once(("**median**".to_string(), &med_run)))
+        .collect();
+    for (name, r) in &named {
+        if !r.measured {
+            let _ = writeln!(s, "| {name} | no figures |||||||||||||");
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            thousands(r.offered_per_s),
+            thousands(r.deliveries_per_s),
+            num(r.latency[0], 3),
+            num(r.latency[1], 3),
+            num(r.latency[2], 3),
+            num(r.latency[3], 3),
+            num(r.latency[4], 3),
+            r.lost,
+            r.duplicated,
+            r.reordered,
+            pct_of_core(r.server_cpu_pct),
+            mib(r.server_rss_bytes),
+            pct_of_core(r.generator_cpu_pct),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nDiagnostics (ms). *server part*: receive − the EVENT's `publish_ts_ns` (the \
+         server's clock when it sequenced the event); *publish leg*: `publish_ts_ns` − due \
+         (the generator's send, loopback, the server's receive and sequencing); the two add \
+         up to the latency. *send lag*: how late the generator wrote PUBLISHes. *read \
+         delay*: how long deliveries sat in their socket before the generator's one thread \
+         got to them — not part of the latency, which counts to the kernel's receive \
+         timestamp. *server core*: the server plus its core's ksoftirqd (loopback TCP work \
+         the server's own context did not finish); *foreign*: share of the server's / \
+         generator's core taken by anything else (other processes, hypervisor steal): \
+         noise; *host stall*: the longest gap a busy loop pinned to the server's / the \
+         generator's CPU saw in the {} s just before the run, with nothing else of ours \
+         running — the host's own jitter, a floor under any tail latency; *sends/s*: the \
+         server's send counter (deliveries and acks) over the publishing time; *ideal*: \
+         offered × subscribers per topic.\n",
+        STALL_PROBE.as_secs()
+    );
+    let _ = writeln!(
+        s,
+        "| run | ideal deliveries/s | server part p50 / p99 / max | publish leg p99 / max | \
+         send lag p99 / max | read delay p50 / p99 / max | server core | foreign srv / gen | \
+         host stall srv / gen | sends/s | connect s |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in &named {
+        if !r.measured {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} / {} / {} | {} / {} | {} / {} | {} / {} / {} | {} | {} / {} | \
+             {} / {} | {} | {} |",
+            thousands(r.ideal_deliveries_per_s),
+            num(r.fanout[0], 3),
+            num(r.fanout[1], 3),
+            num(r.fanout[2], 3),
+            num(r.publish_leg[0], 3),
+            num(r.publish_leg[1], 3),
+            num(r.send_lag[0], 3),
+            num(r.send_lag[1], 3),
+            num(r.read_delay[0], 3),
+            num(r.read_delay[1], 3),
+            num(r.read_delay[2], 3),
+            pct_of_core(r.server_core_pct),
+            pct_of_core(r.foreign_server_pct),
+            pct_of_core(r.foreign_client_pct),
+            num(r.host_stall_ms[0], 1),
+            num(r.host_stall_ms[1], 1),
+            thousands(r.sends_per_s),
+            num(r.connect_secs, 1),
+        );
+    }
+    let mut problems = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        for p in r.problems.iter().chain(&r.redone_problems) {
+            problems.push(format!("- run {}: {p}", i + 1));
+        }
+    }
+    if problems.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nNo problems: every subscriber received every published event of its topic \
+             exactly once and in order, no publish was refused, the generator kept its \
+             schedule, and every server exited 0 on SIGTERM."
+        );
+    } else {
+        let _ = writeln!(s, "\nProblems seen:\n");
+        for p in problems {
+            let _ = writeln!(s, "{p}");
+        }
+    }
+    s
+}
+
+fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
+    let lat: Vec<String> = LATENCY_KEYS
+        .iter()
+        .zip(r.latency)
+        .map(|(k, v)| format!("\"{k}\":{}", json_num(v)))
+        .collect();
+    let problems: Vec<String> = problems.iter().map(|p| json_str(p)).collect();
+    format!(
+        "{{\"scenario\":\"fanout\",\"target\":\"cluecast\",\"run\":{label},\
+         \"subscribers\":{},\"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\
+         \"payload_bytes\":{},\"duration_s\":{},\"shards\":{},\
+         \"offered_per_s\":{},\"deliveries_per_s\":{},\"ideal_deliveries_per_s\":{},\
+         \"latency_ms\":{{{}}},\"server_part_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\
+         \"publish_leg_ms\":{{\"p99\":{},\"max\":{}}},\
+         \"read_delay_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\
+         \"send_lag_ms\":{{\"p99\":{},\"max\":{}}},\
+         \"lost\":{},\"duplicated\":{},\"reordered\":{},\"refused\":{},\"unsent\":{},\
+         \"unacked\":{},\"invalid\":{},\"seq_errors\":{},\
+         \"server_rss_bytes\":{},\"server_cpu_pct\":{},\"server_core_pct\":{},\
+         \"generator_cpu_pct\":{},\"foreign_server_pct\":{},\"foreign_generator_pct\":{},\
+         \"host_stall_ms\":{{\"server_cpu\":{},\"generator_cpu\":{}}},\
+         \"measured\":{},\"failed\":{},\"redone\":{},\"problems\":[{}]}}\n",
+        args.subscribers,
+        args.topics,
+        args.publishers,
+        json_num(args.rate),
+        args.payload,
+        json_num(args.duration),
+        args.shards,
+        json_num(r.offered_per_s),
+        json_num(r.deliveries_per_s),
+        json_num(r.ideal_deliveries_per_s),
+        lat.join(","),
+        json_num(r.fanout[0]),
+        json_num(r.fanout[1]),
+        json_num(r.fanout[2]),
+        json_num(r.publish_leg[0]),
+        json_num(r.publish_leg[1]),
+        json_num(r.read_delay[0]),
+        json_num(r.read_delay[1]),
+        json_num(r.read_delay[2]),
+        json_num(r.send_lag[0]),
+        json_num(r.send_lag[1]),
+        r.lost,
+        r.duplicated,
+        r.reordered,
+        r.refused,
+        r.unsent,
+        r.unacked,
+        r.invalid,
+        r.seq_errors,
+        json_num(r.server_rss_bytes.round()),
+        json_num(r.server_cpu_pct),
+        json_num(r.server_core_pct),
+        json_num(r.generator_cpu_pct),
+        json_num(r.foreign_server_pct),
+        json_num(r.foreign_client_pct),
+        json_num(r.host_stall_ms[0]),
+        json_num(r.host_stall_ms[1]),
+        r.measured,
+        r.failed,
+        r.redone,
+        problems.join(",")
+    )
+}
+
+/// One object per run (`"run": 1, 2, ...`), then one for the median
+/// (`"run": "median"`).
+fn json_report(args: &Args, runs: &[Run]) -> String {
+    let mut out = String::new();
+    for (i, r) in runs.iter().enumerate() {
+        let problems: Vec<String> = r
+            .problems
+            .iter()
+            .chain(&r.redone_problems)
+            .cloned()
+            .collect();
+        out.push_str(&json_run(args, &(i + 1).to_string(), r, &problems));
+    }
+    out.push_str(&json_run(args, "\"median\"", &median_run(runs), &[]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(p99: f64, lost: u64) -> Run {
+        Run {
+            measured: true,
+            latency: [0.1, 0.2, p99, 2.0 * p99, 3.0 * p99],
+            lost,
+            server_rss_bytes: 100.0,
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn median_row_takes_each_column_apart() {
+        let runs = [run(1.0, 0), run(3.0, 5), run(2.0, 1), Run::default()];
+        let m = median_run(&runs);
+        assert!(m.measured);
+        assert_eq!(m.latency[2], 2.0, "unmeasured runs are left out");
+        assert_eq!(m.latency[4], 6.0);
+        assert_eq!(m.lost, 1);
+        assert!(!median_run(&[Run::default()]).measured);
+    }
+
+    #[test]
+    fn disturbance_is_the_busier_core_and_ignores_failures() {
+        assert_eq!(Run::default().disturbance(), f64::INFINITY, "no figures");
+        let mut r = run(1.0, 0);
+        r.foreign_server_pct = 12.0;
+        r.foreign_client_pct = f64::NAN;
+        assert_eq!(r.disturbance(), 0.12);
+        r.failed = true;
+        r.lost = 7;
+        assert_eq!(r.disturbance(), 0.12, "a failure is reported, not redone");
+    }
+
+    /// Args as parsed from a command line (defaults for the rest).
+    fn parse(words: &[&str]) -> Args {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        Cli::parse_from(std::iter::once("fanout").chain(words.iter().copied())).args
+    }
+
+    #[test]
+    fn defaults_fit_a_two_core_host() {
+        let a = parse(&[]);
+        assert_eq!(
+            (a.subscribers, a.topics, a.publishers, a.rate, a.payload),
+            (2000, 20, 1, 50.0, 256)
+        );
+        assert_eq!((a.duration, a.repeat, a.shards), (10.0, 3, 1));
+        assert_eq!((a.server_cpu, a.client_cpu), (0, 1));
+        assert_eq!(a.role, Role::Driver);
+        assert_eq!(parse(&["--role", "clients"]).role, Role::Subscribers);
+    }
+
+    #[test]
+    fn json_object_has_the_agreed_keys() {
+        let args = parse(&["--json"]);
+        let mut r = run(1.5, 2);
+        r.server_cpu_pct = f64::NAN;
+        let line = json_run(&args, "1", &r, &["a \"b\"".to_string()]);
+        for key in [
+            "\"scenario\":\"fanout\"",
+            "\"target\":\"cluecast\"",
+            "\"run\":1,",
+            "\"offered_per_s\":",
+            "\"deliveries_per_s\":",
+            "\"latency_ms\":{\"p50\":0.1,\"p90\":0.2,\"p99\":1.5,\"p999\":3,\"max\":4.5}",
+            "\"lost\":2,",
+            "\"duplicated\":0,",
+            "\"reordered\":0,",
+            "\"server_rss_bytes\":100,",
+            "\"server_cpu_pct\":null,",
+            "\"generator_cpu_pct\":",
+            "\"problems\":[\"a \\\"b\\\"\"]",
+        ] {
+            assert!(line.contains(key), "{key} missing from {line}");
+        }
+        assert!(line.ends_with("}\n"));
+        let report = json_report(&args, &[r.clone(), r]);
+        assert_eq!(report.lines().count(), 3);
+        assert!(report
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"run\":\"median\""));
+    }
+
+    #[test]
+    fn server_args_raise_the_payload_limit_only_when_needed() {
+        let mut args = parse(&["--shards", "2", "--server-arg", "--heartbeat-ms=1000"]);
+        assert_eq!(
+            server_args(&args).join(" "),
+            "run --shards 2 --listen 127.0.0.1:0 --heartbeat-ms=1000"
+        );
+        args.payload = Limits::DEFAULT.payload_bytes_max as usize + 1;
+        assert!(server_args(&args)
+            .join(" ")
+            .contains(&format!("--payload-bytes-max {}", args.payload)));
+    }
+}

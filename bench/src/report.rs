@@ -1,0 +1,124 @@
+//! Formatting shared by the reports: numbers for markdown tables, JSON
+//! values, the command line as run.
+
+/// A number with `decimals` places, or "–" when there is none.
+pub fn num(x: f64, decimals: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.decimals$}")
+    } else {
+        "–".to_string()
+    }
+}
+
+/// A share (0.25) as a whole percentage ("25%").
+pub fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.0}%", x * 100.0)
+    } else {
+        "–".to_string()
+    }
+}
+
+/// A whole number with thin groups of three ("1 234 567").
+pub fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".to_string();
+    }
+    let digits = format!("{:.0}", x);
+    let (sign, digits) = match digits.strip_prefix('-') {
+        Some(d) => ("-", d.to_string()),
+        None => ("", digits),
+    };
+    let mut out = sign.to_string();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// This process's command line, quoted for a shell where needed.
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A JSON string literal.
+pub fn json_str(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// A JSON number; null for NaN and infinities, which JSON cannot carry.
+pub fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".to_string()
+    }
+}
+
+/// A JSON array of numbers.
+pub fn json_list(xs: &[f64]) -> String {
+    format!(
+        "[{}]",
+        xs.iter()
+            .map(|&x| json_num(x))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes_and_nulls() {
+        assert_eq!(json_str("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
+        assert_eq!(json_num(f64::NAN), "null");
+        assert_eq!(json_num(1.5), "1.5");
+        assert_eq!(json_list(&[1.0, f64::INFINITY]), "[1,null]");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(1234567.4), "1 234 567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(-1234.0), "-1 234");
+        assert_eq!(thousands(f64::NAN), "–");
+    }
+
+    #[test]
+    fn numbers_and_shares() {
+        assert_eq!(num(1.23456, 2), "1.23");
+        assert_eq!(num(f64::INFINITY, 2), "–");
+        assert_eq!(pct(0.256), "26%");
+        assert_eq!(pct(f64::NAN), "–");
+    }
+}

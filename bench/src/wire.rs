@@ -1,0 +1,535 @@
+//! Client-side protocol pieces every load generator shares: the blocking
+//! handshake (connect, HELLO / WELCOME, SUBSCRIBE / SUBSCRIBED, with
+//! timeouts) and the non-blocking receive buffer that hands over each EVENT
+//! by its first bytes without a second user-space copy.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::{
+    decode, ErrorCode, Frame, FrameType, Hello, Limits, StartMode, Subscribe, SubscribeStatus,
+};
+
+/// Bytes of an EVENT up to and including its sequence number: length,
+/// type, seq.
+pub const EVENT_SEQ_END: usize = 4 + 1 + 8;
+/// Offset of the topic's length byte in an EVENT: after length, type, seq,
+/// epoch and publish_ts_ns.
+pub const EVENT_TOPIC_AT: usize = 4 + 1 + 8 + 8 + 8;
+/// Smallest valid EVENT length prefix: type, seq, epoch, ts, topic length.
+const EVENT_LEN_MIN: u32 = 1 + 8 + 8 + 8 + 1;
+
+/// The sequence number of an EVENT from its first bytes (at least
+/// [`EVENT_SEQ_END`] of them, which [`Inbox`] guarantees).
+pub fn event_seq(head: &[u8]) -> u64 {
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&head[5..EVENT_SEQ_END]);
+    u64::from_be_bytes(seq)
+}
+
+/// The server's `publish_ts_ns` and the first bytes of the payload, from
+/// the first bytes of an EVENT; None when `head` ends before the payload.
+pub fn event_ts_and_payload(head: &[u8]) -> Option<(u64, &[u8])> {
+    let ts: [u8; 8] = head.get(21..29)?.try_into().ok()?;
+    let topic_len = *head.get(EVENT_TOPIC_AT)? as usize;
+    let payload = head.get(EVENT_TOPIC_AT + 1 + topic_len..)?;
+    Some((u64::from_be_bytes(ts), payload))
+}
+
+/// A connection's unparsed input. EVENTs are handed over by their first
+/// `peek` bytes once those are buffered, and the rest of each is skipped as
+/// it arrives; other frames are decoded whole.
+pub struct Inbox {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Compact the buffer when less than this is free at its end.
+    free_min: usize,
+    /// Leading bytes of each EVENT handed to `on_event`.
+    peek: usize,
+    /// Bytes of the current EVENT still to skip.
+    skip: usize,
+    /// Frame bytes of the EVENT being skipped, and its first bytes.
+    pending: Option<u64>,
+    pending_head: Vec<u8>,
+}
+
+impl Inbox {
+    /// A buffer of `capacity` bytes holding `leftover` (bytes read past the
+    /// handshake), handing over the first `peek` bytes of each EVENT.
+    pub fn new(leftover: &[u8], capacity: usize, peek: usize) -> Result<Inbox, String> {
+        let free_min = capacity / 4;
+        if peek < EVENT_SEQ_END || peek > free_min {
+            return Err(format!(
+                "an inbox of {capacity} bytes cannot peek {peek} bytes of each event"
+            ));
+        }
+        if leftover.len() > capacity {
+            return Err("more handshake bytes buffered than the inbox holds".into());
+        }
+        let mut buf = vec![0u8; capacity].into_boxed_slice();
+        buf[..leftover.len()].copy_from_slice(leftover);
+        Ok(Inbox {
+            buf,
+            start: 0,
+            end: leftover.len(),
+            free_min,
+            peek,
+            skip: 0,
+            pending: None,
+            pending_head: Vec::with_capacity(peek),
+        })
+    }
+
+    /// A read that returned less than this most likely emptied the socket.
+    pub fn free_min(&self) -> usize {
+        self.free_min
+    }
+
+    /// Makes room at the end: restarts an empty buffer, compacts a nearly
+    /// full one.
+    fn make_room(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < self.free_min {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// One read(); Ok(0) is end of stream.
+    pub fn fill(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        self.make_room();
+        if self.end == self.buf.len() {
+            return Err(io::Error::other(
+                "a non-event frame larger than the receive buffer",
+            ));
+        }
+        let n = stream.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// One recvmsg(); like [`Inbox::fill`], plus the kernel's receive time
+    /// of the data (CLOCK_REALTIME ns) when the socket has
+    /// [`enable_rx_timestamps`] and the kernel stamped it. For TCP that is
+    /// the time the last segment read reached the socket: it does not
+    /// include how long the data then waited for this process to read it.
+    pub fn fill_stamped(&mut self, stream: &TcpStream) -> io::Result<(usize, Option<u64>)> {
+        self.make_room();
+        if self.end == self.buf.len() {
+            return Err(io::Error::other(
+                "a non-event frame larger than the receive buffer",
+            ));
+        }
+        let free = &mut self.buf[self.end..];
+        let mut iov = libc::iovec {
+            iov_base: free.as_mut_ptr().cast(),
+            iov_len: free.len(),
+        };
+        // Room for one timestamp message and then some; u64 for alignment.
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: iov and control point at live buffers of the given sizes.
+        let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.end += n as usize;
+        Ok((n as usize, rx_timestamp(&msg)))
+    }
+
+    /// Consumes what is buffered: `on_event(head, frame_bytes)` per
+    /// complete EVENT, where `head` is its first `peek` bytes (all of it if
+    /// shorter), `on_frame` per other frame (Err ends the connection).
+    pub fn drain(
+        &mut self,
+        limits: &Limits,
+        mut on_event: impl FnMut(&[u8], u64),
+        mut on_frame: impl FnMut(&Frame<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        loop {
+            let avail = self.end - self.start;
+            if self.skip > 0 {
+                let n = self.skip.min(avail);
+                self.start += n;
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(());
+                }
+                if let Some(bytes) = self.pending.take() {
+                    on_event(&self.pending_head, bytes);
+                }
+                continue;
+            }
+            let head = &self.buf[self.start..self.end];
+            if head.len() < 5 {
+                return Ok(());
+            }
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            if head[4] == FrameType::Event as u8 {
+                if len < EVENT_LEN_MIN || len > limits.frame_bytes_max {
+                    return Err(format!("EVENT with an impossible length {len}"));
+                }
+                let total = 4 + len as usize;
+                let want = total.min(self.peek);
+                if head.len() < want {
+                    return Ok(());
+                }
+                let take = total.min(avail);
+                if take == total {
+                    on_event(&head[..want], total as u64);
+                } else {
+                    // Keep the head: the buffer is reused before the frame
+                    // ends.
+                    self.pending_head.clear();
+                    self.pending_head.extend_from_slice(&head[..want]);
+                    self.skip = total - take;
+                    self.pending = Some(total as u64);
+                }
+                self.start += take;
+                continue;
+            }
+            match decode(head, limits) {
+                Ok(Some((frame, used))) => {
+                    on_frame(&frame)?;
+                    self.start += used;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("undecodable frame from the server: {e}")),
+            }
+        }
+    }
+
+    /// Test hook: appends bytes as a read would.
+    #[cfg(test)]
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        self.make_room();
+        let n = bytes.len().min(self.buf.len() - self.end);
+        self.buf[self.end..self.end + n].copy_from_slice(&bytes[..n]);
+        self.end += n;
+        n
+    }
+}
+
+/// Asks the kernel to stamp received data with its arrival time (read
+/// back by [`Inbox::fill_stamped`]).
+pub fn enable_rx_timestamps(stream: &TcpStream) -> io::Result<()> {
+    cluecast_sys::set_int_option(
+        stream.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPNS,
+        1,
+    )
+}
+
+/// The SCM_TIMESTAMPNS of a message recvmsg() filled, in ns.
+fn rx_timestamp(msg: &libc::msghdr) -> Option<u64> {
+    let want = std::mem::size_of::<libc::timespec>();
+    // SAFETY: `msg` was filled by recvmsg; the CMSG_* helpers stay within
+    // msg_controllen, and the length is checked before the data is read.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let h = &*c;
+            if h.cmsg_level == libc::SOL_SOCKET
+                && h.cmsg_type == libc::SCM_TIMESTAMPNS
+                && h.cmsg_len as usize >= libc::CMSG_LEN(want as u32) as usize
+            {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let ns = (ts.tv_sec as u64)
+                    .checked_mul(1_000_000_000)?
+                    .checked_add(ts.tv_nsec as u64)?;
+                return (ns > 0).then_some(ns);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    None
+}
+
+/// Why a frame ends the exchange, if it does.
+pub fn refusal(frame: &Frame<'_>) -> Option<String> {
+    match frame {
+        Frame::Error(e) => Some(format!(
+            "ERROR {} ({})",
+            ErrorCode::name_of(e.code),
+            String::from_utf8_lossy(e.message)
+        )),
+        Frame::GoAway(g) => Some(format!("GOAWAY {:?}", g.reason)),
+        _ => None,
+    }
+}
+
+/// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
+/// The stream must be blocking with a short read timeout.
+pub fn await_frame<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    deadline: Instant,
+    what: &str,
+    mut pick: impl FnMut(&Frame<'_>) -> Option<T>,
+) -> Result<T, String> {
+    loop {
+        loop {
+            let (picked, used) = match decode(buf, limits) {
+                Ok(Some((frame, used))) => {
+                    if let Some(why) = refusal(&frame) {
+                        return Err(format!("{what}: {why}"));
+                    }
+                    (pick(&frame), used)
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("{what}: undecodable frame: {e}")),
+            };
+            buf.drain(..used);
+            if let Some(v) = picked {
+                return Ok(v);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: no answer in time"));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("{what}: the server closed the connection")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// A connection past HELLO / WELCOME, still blocking.
+pub struct Connected {
+    pub stream: TcpStream,
+    /// Bytes read past the last answer awaited.
+    pub buf: Vec<u8>,
+    /// The limits the server announced.
+    pub limits: Limits,
+    pub heartbeat_ms: u32,
+}
+
+/// Connects and completes HELLO / WELCOME.
+pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Connected, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(200))))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut out = Vec::new();
+    Frame::Hello(Hello {
+        version_min: 1,
+        version_max: 1,
+        client_id: client_id.as_bytes(),
+        token: b"",
+    })
+    .encode(&mut out);
+    stream
+        .write_all(&out)
+        .map_err(|e| format!("sending HELLO: {e}"))?;
+    let mut buf = Vec::new();
+    let welcome = await_frame(
+        &mut stream,
+        &mut buf,
+        &Limits::DEFAULT,
+        Instant::now() + timeout,
+        "waiting for WELCOME",
+        |f| match f {
+            Frame::Welcome(w) => Some(*w),
+            _ => None,
+        },
+    )?;
+    let limits = Limits {
+        frame_bytes_max: welcome.frame_bytes_max,
+        payload_bytes_max: welcome.payload_bytes_max,
+        topic_bytes_max: welcome.topic_bytes_max,
+        ..Limits::DEFAULT
+    };
+    Ok(Connected {
+        stream,
+        buf,
+        limits,
+        heartbeat_ms: welcome.heartbeat_ms,
+    })
+}
+
+impl Connected {
+    /// Subscribes live to `topic` and waits for SUBSCRIBED Ok; returns its
+    /// `last_seq` (the first event delivered will be `last_seq + 1`).
+    pub fn subscribe_live(&mut self, topic: &[u8], timeout: Duration) -> Result<u64, String> {
+        let mut out = Vec::new();
+        Frame::Subscribe(Subscribe {
+            mode: StartMode::Live,
+            epoch: 0,
+            last_seq: 0,
+            topic,
+        })
+        .encode(&mut out);
+        self.stream
+            .write_all(&out)
+            .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
+        let (status, last_seq) = await_frame(
+            &mut self.stream,
+            &mut self.buf,
+            &self.limits,
+            Instant::now() + timeout,
+            "waiting for SUBSCRIBED",
+            |f| match f {
+                Frame::Subscribed(s) if s.topic == topic => Some((s.status, s.last_seq)),
+                _ => None,
+            },
+        )?;
+        if status != SubscribeStatus::Ok {
+            return Err(format!("SUBSCRIBED with status {status:?}"));
+        }
+        Ok(last_seq)
+    }
+}
+
+/// A pollfd for `fd`.
+pub fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Keeps the first note: later ones are usually consequences of it.
+pub fn set_note(note: &mut String, text: String) {
+    if note.is_empty() {
+        *note = text;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluecast_proto::Event;
+
+    fn event(seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        Frame::Event(Event {
+            seq,
+            epoch: 7,
+            publish_ts_ns: 1_000 + seq,
+            topic: b"t",
+            payload,
+        })
+        .encode(&mut v);
+        v
+    }
+
+    /// Feeds `wire` to an inbox in pieces of `step` bytes; returns
+    /// (seq, frame bytes, head) per event and the number of other frames.
+    fn feed(wire: &[u8], step: usize, peek: usize) -> (Vec<(u64, u64, Vec<u8>)>, usize) {
+        let limits = Limits {
+            payload_bytes_max: 1 << 20,
+            frame_bytes_max: Limits::frame_bytes_for(1 << 20, 4096),
+            ..Limits::DEFAULT
+        };
+        let mut inbox = Inbox::new(&[], 256 << 10, peek).unwrap();
+        let mut events = Vec::new();
+        let mut others = 0;
+        let mut pos = 0;
+        while pos < wire.len() {
+            pos += inbox.push(&wire[pos..(pos + step).min(wire.len())]);
+            inbox
+                .drain(
+                    &limits,
+                    |head, bytes| events.push((event_seq(head), bytes, head.to_vec())),
+                    |_| {
+                        others += 1;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+        }
+        (events, others)
+    }
+
+    #[test]
+    fn inbox_counts_events_split_anywhere() {
+        let big = vec![9u8; 300_000]; // larger than the inbox
+        let mut wire = event(1, b"hello");
+        Frame::Pong { nonce: 3 }.encode(&mut wire);
+        wire.extend(event(2, &big));
+        wire.extend(event(3, b""));
+        let frames = [event(1, b"hello"), event(2, &big), event(3, b"")];
+        for peek in [EVENT_SEQ_END, 40] {
+            for step in [1, 3, 13, 4096, 65_536, wire.len()] {
+                let (events, others) = feed(&wire, step, peek);
+                let want: Vec<(u64, u64, Vec<u8>)> = frames
+                    .iter()
+                    .zip(1..)
+                    .map(|(f, seq)| (seq, f.len() as u64, f[..f.len().min(peek)].to_vec()))
+                    .collect();
+                assert_eq!(events, want, "step {step}, peek {peek}");
+                assert_eq!(others, 1, "step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn event_head_fields() {
+        let frame = event(5, b"payload-bytes");
+        assert_eq!(event_seq(&frame), 5);
+        let (ts, payload) = event_ts_and_payload(&frame).unwrap();
+        assert_eq!(ts, 1_005);
+        assert_eq!(payload, b"payload-bytes");
+        let (_, cut) = event_ts_and_payload(&frame[..frame.len() - 6]).unwrap();
+        assert_eq!(cut, b"payload");
+        assert_eq!(event_ts_and_payload(&frame[..EVENT_TOPIC_AT]), None);
+    }
+
+    #[test]
+    fn kernel_stamps_received_data() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (rx, _) = listener.accept().unwrap();
+        enable_rx_timestamps(&rx).unwrap();
+        let before = cluecast_sys::realtime_ns();
+        tx.write_all(&event(1, b"x")).unwrap();
+        let mut inbox = Inbox::new(&[], 4096, EVENT_SEQ_END).unwrap();
+        let (n, stamp) = inbox.fill_stamped(&rx).unwrap();
+        let after = cluecast_sys::realtime_ns();
+        assert_eq!(n, event(1, b"x").len());
+        let stamp = stamp.expect("a receive timestamp");
+        assert!(
+            (before..=after).contains(&stamp),
+            "{before} <= {stamp} <= {after}"
+        );
+    }
+
+    #[test]
+    fn inbox_rejects_garbage() {
+        let peek = EVENT_SEQ_END;
+        let mut inbox =
+            Inbox::new(&[0, 0, 0, 2, FrameType::Event as u8, 0, 0], 4096, peek).unwrap();
+        let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));
+        assert!(r.is_err(), "an EVENT of length 2 is impossible");
+        let mut inbox = Inbox::new(&[0, 0, 0, 1, 0xEE], 4096, peek).unwrap();
+        let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));
+        assert!(r.is_err(), "unknown frame type");
+        assert!(Inbox::new(&[], 4096, 2048).is_err(), "peek over a quarter");
+        assert!(Inbox::new(&[], 4096, 4).is_err(), "peek short of the seq");
+    }
+}
