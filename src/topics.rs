@@ -58,6 +58,10 @@ pub struct Topics {
     sequenced: usize,
     /// Topics without any event yet.
     waiting: usize,
+    /// Frames held by all histories.
+    history_frames: usize,
+    /// Where eviction for memory takes its next frame.
+    evict_cursor: usize,
     limits: TopicLimits,
 }
 
@@ -99,6 +103,8 @@ impl Topics {
             topics: Slab::with_capacity(capacity),
             sequenced: 0,
             waiting: 0,
+            history_frames: 0,
+            evict_cursor: 0,
             limits,
         }
     }
@@ -186,10 +192,12 @@ impl Topics {
         topic.last_seq = seq;
         topic.history.push_back(frame);
         topic.history_bytes += arena.len(frame);
+        self.history_frames += 1;
         while topic.history.len() > limits.history_events_max
             || (topic.history_bytes > limits.history_bytes_max && topic.history.len() > 1)
         {
             Self::evict_oldest(topic, arena);
+            self.history_frames -= 1;
         }
     }
 
@@ -202,24 +210,29 @@ impl Topics {
         true
     }
 
-    /// Frees arena memory by dropping the oldest history frame of the topic
-    /// with the longest history; false when every history is empty.
+    /// Frees arena memory by dropping one history frame: the oldest of the
+    /// next topic in turn that has any, so every topic gives up its oldest
+    /// events alike. False when every history is empty.
     pub fn evict_for_memory(&mut self, arena: &mut Arena) -> bool {
-        let longest = self
-            .topics
-            .iter_mut()
-            .map(|(_, t)| t)
-            .max_by_key(|t| t.history.len())
-            .filter(|t| !t.history.is_empty());
-        match longest {
-            Some(topic) => Self::evict_oldest(topic, arena),
-            None => false,
+        if self.history_frames == 0 {
+            return false;
         }
+        let slots = self.topics.capacity();
+        for _ in 0..slots {
+            self.evict_cursor = (self.evict_cursor + 1) % slots;
+            if let Some(topic) = self.topics.get_mut(self.evict_cursor) {
+                if Self::evict_oldest(topic, arena) {
+                    self.history_frames -= 1;
+                    return true;
+                }
+            }
+        }
+        unreachable!("history_frames counts a frame no topic holds");
     }
 
     /// Frames held by all histories.
     pub fn history_frames(&self) -> usize {
-        self.topics.iter().map(|(_, t)| t.history.len()).sum()
+        self.history_frames
     }
 
     /// Releases every history frame (shutdown).
@@ -227,6 +240,7 @@ impl Topics {
         for (_, topic) in &mut self.topics {
             while Self::evict_oldest(topic, arena) {}
         }
+        self.history_frames = 0;
     }
 }
 
@@ -305,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_eviction_takes_from_the_longest_history() {
+    fn memory_eviction_takes_turns_among_topics_and_stops_when_all_are_empty() {
         let (_region, mut arena, mut topics) = setup(10, 10_000);
         let a = topics.find_or_create(b"a", 1, Purpose::Event).unwrap();
         let b = topics.find_or_create(b"b", 1, Purpose::Event).unwrap();
@@ -315,8 +329,18 @@ mod tests {
         }
         let f = arena.alloc(10, Use::Event).unwrap();
         topics.append(b, 1, f, &mut arena);
+        assert_eq!(topics.history_frames(), 4);
         assert!(topics.evict_for_memory(&mut arena));
-        assert_eq!(topics.get(a).oldest_seq(), 2);
-        assert_eq!(topics.get(b).oldest_seq(), 1);
+        assert!(topics.evict_for_memory(&mut arena));
+        assert_eq!(
+            topics.get(a).oldest_seq(),
+            2,
+            "each topic gave up its oldest"
+        );
+        assert_eq!(topics.get(b).oldest_seq(), 2);
+        assert!(topics.evict_for_memory(&mut arena));
+        assert!(topics.evict_for_memory(&mut arena));
+        assert!(!topics.evict_for_memory(&mut arena));
+        assert_eq!((topics.history_frames(), arena.frames_live()), (0, 0));
     }
 }
