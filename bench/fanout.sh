@@ -8,17 +8,14 @@
 # Takes about a minute with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 out=${FANOUT_OUT:-bench/results/fanout.md}
 
-cargo build --release -p cluecast -p cluecast-bench
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-
-# Private copies: the build cache is shared, and a rebuild by someone else
-# during the run must not swap the binary under test.
-work=$(mktemp -d /tmp/cluecast-fanout.XXXXXX)
+bench_build
+bench_workdir fanout
 trap 'rm -rf "$work"' EXIT
-cp "$target_dir/release/cluecast" "$target_dir/release/cluecast-bench" "$work/"
+bench_copy
 
 mkdir -p "$(dirname "$out")"
 # A failed run still leaves a report saying what went wrong: keep it.

@@ -8,6 +8,8 @@
 # go to `cluecast-bench zerocopy`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 out=${ZEROCOPY_OUT:-bench/results/zerocopy-veth.md}
 
 srv_ns=cczc-srv
@@ -26,11 +28,8 @@ for ns in "$srv_ns" "$cli_ns"; do
   fi
 done
 
-cargo build --release -p cluecast -p cluecast-bench
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-
-work=$(mktemp -d /tmp/cluecast-zerocopy.XXXXXX)
+bench_build
+bench_workdir zerocopy
 bench_pid=
 cleanup() {
   if [[ -n $bench_pid ]]; then
@@ -54,7 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-cp "$target_dir/release/cluecast" "$target_dir/release/cluecast-bench" "$work/"
+bench_copy
 
 ip netns add "$srv_ns"
 ip netns add "$cli_ns"

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use cluecast_proto::{Event, Frame, Limits, Publish};
 
 use crate::child::{result_struct, Mark};
-use crate::wire::{self, event_seq, pollfd, refusal, set_note, Inbox, EVENT_SEQ_END};
+use crate::wire::{self, event_seq, pollfd, refusal, set_note, Inbox, Turn, EVENT_SEQ_END};
 
 /// Per-connection receive buffer. Only non-event frames (small) are ever
 /// held whole, so this only sets how much one read() may return.
@@ -143,13 +143,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             plan.connect_timeout,
         )?;
         (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
-        if plan.payload_bytes > limits.payload_bytes_max as usize {
-            return Err(format!(
-                "the server takes payloads up to {} bytes, not {}: start it with a larger \
-                 --payload-bytes-max",
-                limits.payload_bytes_max, plan.payload_bytes
-            ));
-        }
+        wire::check_payload(plan.payload_bytes, &limits)?;
         let last_seq = c.subscribe_live(topic, plan.connect_timeout)?;
         let stream = c.stream;
         stream
@@ -296,19 +290,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         }
         for (i, s) in subs.iter_mut().enumerate() {
             if s.alive && !s.out.is_empty() {
-                match s.stream.write(&s.out) {
-                    Ok(n) => {
-                        s.out.drain(..n);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) => {
-                        s.alive = false;
-                        set_note(&mut note, format!("subscriber {i}: writing: {e}"));
-                    }
+                if let Err(e) = wire::write_some(&mut s.stream, &mut s.out) {
+                    s.alive = false;
+                    set_note(&mut note, format!("subscriber {i}: writing: {e}"));
                 }
             }
         }
@@ -423,12 +407,10 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
 
 fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
-        let n = match s.inbox.fill(&mut s.stream) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading: {e}")),
+        let n = match wire::turn(s.inbox.fill(&mut s.stream), |&n| n)? {
+            Turn::Read(n) => n,
+            Turn::Again => continue,
+            Turn::Empty => return Ok(()),
         };
         let (received, bytes, next_seq) = (&mut s.received, &mut s.bytes, &mut s.next_seq);
         s.inbox.drain(
@@ -456,12 +438,10 @@ fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result
 
 fn read_publisher(p: &mut Publisher, limits: &Limits, now: Instant) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
-        let n = match p.inbox.fill(&mut p.stream) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading: {e}")),
+        let n = match wire::turn(p.inbox.fill(&mut p.stream), |&n| n)? {
+            Turn::Read(n) => n,
+            Turn::Again => continue,
+            Turn::Empty => return Ok(()),
         };
         let (in_flight, acked, refused, paused) = (
             &mut p.in_flight,

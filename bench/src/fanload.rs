@@ -41,7 +41,7 @@ use hdrhistogram::Histogram;
 use crate::child::{result_struct, Mark};
 use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
 use crate::stats::{latency_histogram, Percentiles};
-use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox};
+use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox, Turn};
 
 /// A subscriber's receive buffer: events here are a few hundred bytes.
 const SUB_INBOX_BYTES: usize = 16 << 10;
@@ -519,12 +519,10 @@ struct SubView<'a> {
 
 fn read_sub(s: &mut Sub, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
-        let (n, stamp) = match s.inbox.fill_stamped(&s.stream) {
-            Ok((0, _)) => return Err("the server closed the connection".into()),
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading: {e}")),
+        let (n, stamp) = match wire::turn(s.inbox.fill_stamped(&s.stream), |r| r.0)? {
+            Turn::Read(r) => r,
+            Turn::Again => continue,
+            Turn::Empty => return Ok(()),
         };
         // One clock read per read: the events in it are handled together.
         let read_ns = cluecast_sys::realtime_ns();
@@ -554,12 +552,10 @@ fn read_sub(s: &mut Sub, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
 
 fn read_pub(p: &mut Pub, limits: &Limits, schedule: &Schedule) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
-        let n = match p.inbox.fill(&mut p.stream) {
-            Ok(0) => return Err("the server closed the connection".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("reading: {e}")),
+        let n = match wire::turn(p.inbox.fill(&mut p.stream), |&n| n)? {
+            Turn::Read(n) => n,
+            Turn::Again => continue,
+            Turn::Empty => return Ok(()),
         };
         let mut refused = Vec::new();
         let (acks, sent) = (&mut p.acks, p.sent);
@@ -670,13 +666,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         )
         .map_err(|e| format!("subscriber {i}: {e}"))?;
         (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
-        if plan.payload_bytes > limits.payload_bytes_max as usize {
-            return Err(format!(
-                "the server takes payloads up to {} bytes, not {}: start it with a larger \
-                 --payload-bytes-max",
-                limits.payload_bytes_max, plan.payload_bytes
-            ));
-        }
+        wire::check_payload(plan.payload_bytes, &limits)?;
         let last_seq = c
             .subscribe_live(topics[topic].as_bytes(), plan.connect_timeout)
             .map_err(|e| format!("subscriber {i}: {e}"))?;
@@ -848,19 +838,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             if !s.alive {
                 return false;
             }
-            match s.stream.write(&s.out) {
-                Ok(n) => {
-                    s.out.drain(..n);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    s.alive = false;
-                    notes.subscriber(i, format!("writing: {e}"));
-                }
+            if let Err(e) = wire::write_some(&mut s.stream, &mut s.out) {
+                s.alive = false;
+                notes.subscriber(i, format!("writing: {e}"));
             }
             s.alive && !s.out.is_empty()
         });

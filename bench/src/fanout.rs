@@ -15,17 +15,17 @@
 //! exits 0, and reports every run and the median of the runs.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::time::Duration;
 
 use cluecast_proto::Limits;
 
 use crate::child::{self, Followed, Role};
+use crate::cli::Common;
 use crate::fanload::{self, Outcome, Plan};
 use crate::jitter;
-use crate::procfs::{self, Core, Cores};
-use crate::report::{command_line, json_num, json_str, num, pct, thousands};
+use crate::procfs::{self, Cores};
+use crate::report::{self, command_line, json_num, json_str, num, pct, thousands};
 use crate::server::{Server, ServerCommand, Stopped};
 use crate::stats::{least_disturbed, median};
 
@@ -47,9 +47,8 @@ const STALL_PROBE: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Which part of the measurement this process plays
-    #[arg(long, value_enum, default_value_t = Role::Driver)]
-    pub role: Role,
+    #[command(flatten)]
+    pub common: Common,
     /// Subscriber connections; subscriber i is on topic i % --topics
     #[arg(long, default_value_t = 2000)]
     pub subscribers: usize,
@@ -78,48 +77,15 @@ pub struct Args {
     /// median
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
-    /// Share of a measured core taken by anything else (other processes,
-    /// hypervisor steal) above which a run is measured again
-    #[arg(long, default_value_t = 0.10)]
-    pub foreign_max: f64,
-    /// Extra attempts per disturbed run (the least disturbed is kept)
-    #[arg(long, default_value_t = 2)]
-    pub retries: usize,
     /// Emit one JSON object per run (then one for the median) instead of
     /// markdown
     #[arg(long)]
     pub json: bool,
-    /// Limit for each TCP connect and handshake answer, ms
-    #[arg(long, default_value_t = 5_000)]
-    pub connect_timeout_ms: u64,
-    /// CPU the client process pins itself to
-    #[arg(long, default_value_t = 1)]
-    pub client_cpu: usize,
-    /// CPU the server is pinned to (with every shard thread)
-    #[arg(long, default_value_t = 0)]
-    pub server_cpu: usize,
-    /// Pin nothing
-    #[arg(long)]
-    pub no_pin: bool,
 
     // ---- driver ----
-    /// The appliance binary
-    #[arg(long, default_value = "/var/tmp/cluecast-target/release/cluecast")]
-    pub cluecast: PathBuf,
     /// Server --shards
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
-    /// Address the server listens on (port 0: any free port)
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-    /// Extra argument for `cluecast run` (repeat for several)
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    pub server_args: Vec<String>,
-
-    // ---- clients ----
-    /// Server to measure against (role clients)
-    #[arg(long)]
-    pub server: Option<SocketAddr>,
 }
 
 impl Args {
@@ -146,7 +112,7 @@ pub fn main(args: &Args) -> Result<(), String> {
     if args.repeat == 0 || args.repeat > REPEAT_MAX {
         return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
     }
-    match args.role {
+    match args.common.role {
         Role::Driver => drive(args),
         Role::Subscribers => clients(args),
     }
@@ -158,11 +124,7 @@ pub fn main(args: &Args) -> Result<(), String> {
 /// `--role clients`: one run against a running server; speaks the line
 /// protocol of child.rs on stdout.
 fn clients(args: &Args) -> Result<(), String> {
-    let server = args.server.ok_or("--role clients needs --server ADDR")?;
-    if !args.no_pin {
-        cluecast_sys::pin_current_thread(args.client_cpu).map_err(|e| e.to_string())?;
-    }
-    let nonce = cluecast_sys::random_u64().map_err(|e| e.to_string())? & 0xffff_ffff;
+    let (server, nonce) = args.common.client_start("clients")?;
     let plan = Plan {
         server,
         // Fresh topics: nobody else's events, sequences from 1.
@@ -175,7 +137,7 @@ fn clients(args: &Args) -> Result<(), String> {
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
-        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        connect_timeout: Duration::from_millis(args.common.connect_timeout_ms),
     };
     match fanload::run(&plan, child::say_mark) {
         Ok(o) => {
@@ -283,28 +245,20 @@ fn server_args(args: &Args) -> Vec<String> {
         "--shards".into(),
         args.shards.to_string(),
         "--listen".into(),
-        args.listen.to_string(),
+        args.common.listen.to_string(),
     ];
     if args.payload > Limits::DEFAULT.payload_bytes_max as usize {
         v.extend(["--payload-bytes-max".into(), args.payload.to_string()]);
     }
-    v.extend(args.server_args.iter().cloned());
+    v.extend(args.common.server_args.iter().cloned());
     v
 }
 
 fn drive(args: &Args) -> Result<(), String> {
     let host = procfs::host();
     let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
-    if !args.cluecast.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release --bin cluecast` or pass --cluecast",
-            args.cluecast.display()
-        ));
-    }
-    let cores = Cores {
-        server: (!args.no_pin).then(|| Core::new(args.server_cpu)),
-        client: (!args.no_pin).then(|| Core::new(args.client_cpu)),
-    };
+    args.common.check_cluecast()?;
+    let cores = args.common.cores(true);
     eprintln!(
         "fanout: {} runs of {} s (+{} s warm-up): {} subscribers, {} topics, {} publishers, \
          {} events/s per topic, {} B payloads; host: {} CPUs, {}, kernel {}",
@@ -322,22 +276,23 @@ fn drive(args: &Args) -> Result<(), String> {
     );
     let mut runs = Vec::with_capacity(args.repeat);
     for i in 0..args.repeat {
-        let (mut run, thrown) = least_disturbed(args.retries, args.foreign_max, |attempt| {
-            let run = run_once(args, &bench, cores);
-            eprintln!(
-                "[{}/{}]{} {}",
-                i + 1,
-                args.repeat,
-                if attempt > 0 {
-                    format!(" (attempt {})", attempt + 1)
-                } else {
-                    String::new()
-                },
-                summary(&run)
-            );
-            let score = run.disturbance();
-            (run, score)
-        });
+        let (mut run, thrown) =
+            least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
+                let run = run_once(args, &bench, cores);
+                eprintln!(
+                    "[{}/{}]{} {}",
+                    i + 1,
+                    args.repeat,
+                    if attempt > 0 {
+                        format!(" (attempt {})", attempt + 1)
+                    } else {
+                        String::new()
+                    },
+                    summary(&run)
+                );
+                let score = run.disturbance();
+                (run, score)
+            });
         run.redone = thrown.len();
         for t in thrown {
             let why = format!(
@@ -375,16 +330,19 @@ fn drive(args: &Args) -> Result<(), String> {
 /// One measurement: a fresh server, a client process, the figures.
 fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
     let mut run = Run::default();
-    if !args.no_pin {
-        let stalls = jitter::probe(&[args.server_cpu, args.client_cpu], STALL_PROBE);
+    if !args.common.no_pin {
+        let stalls = jitter::probe(
+            &[args.common.server_cpu, args.common.client_cpu],
+            STALL_PROBE,
+        );
         run.host_stall_ms = [0, 1].map(|i| stalls[i].map_or(f64::NAN, |s| s.max_ms));
     } else {
         run.host_stall_ms = [f64::NAN; 2];
     }
     let cmd = ServerCommand {
-        binary: args.cluecast.clone(),
+        binary: args.common.cluecast.clone(),
         via: Vec::new(),
-        cpu: (!args.no_pin).then_some(args.server_cpu),
+        cpu: args.common.server_pin(),
         args: server_args(args),
     };
     let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
@@ -407,12 +365,8 @@ fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
         .args(["--payload", &args.payload.to_string()])
         .args(["--duration", &args.duration.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
-        .args(["--drain-timeout", &args.drain_timeout.to_string()])
-        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
-        .args(["--client-cpu", &args.client_cpu.to_string()]);
-    if args.no_pin {
-        clients.arg("--no-pin");
-    }
+        .args(["--drain-timeout", &args.drain_timeout.to_string()]);
+    args.common.pass_to_client(&mut clients);
     let budget = CLIENT_SLACK
         + CONNECT_PER_SUBSCRIBER * (args.subscribers + args.publishers) as u32
         + Duration::from_secs_f64(args.schedule_secs());
@@ -423,13 +377,8 @@ fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
     } = child::follow(clients, budget, &mut server, cores);
     run.problems.extend(problems);
     let stopped = server.stop(SERVER_STOP_TIMEOUT);
-    if let Some(p) = &stopped.problem {
-        run.failed = true;
-        run.problems.push(format!("server {p}"));
-    }
-    for line in stopped.complaints.iter().take(5) {
-        run.problems.push(format!("server said: {line}"));
-    }
+    run.failed |= stopped.problem.is_some();
+    run.problems.extend(stopped.problems());
     match (result.as_ref().map(Outcome::from_result), window) {
         (Some(Ok(o)), Some(w)) => fill_figures(args, &mut run, &o, &w, &stopped),
         (Some(Err(e)), _) => {
@@ -546,7 +495,7 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
 }
 
 fn summary(run: &Run) -> String {
-    let mut s = if run.measured {
+    let figures = run.measured.then(|| {
         format!(
             "{:.0} offered/s, {:.0} deliveries/s, latency p50 {:.3} p99 {:.3} p99.9 {:.3} max \
              {:.3} ms, lost {} dup {} reordered {}, server {:.0}% CPU {:.0} MiB, generator \
@@ -564,14 +513,8 @@ fn summary(run: &Run) -> String {
             run.server_rss_bytes / f64::from(1 << 20),
             run.generator_cpu_pct
         )
-    } else {
-        "no figures".to_string()
-    };
-    for p in &run.problems {
-        s.push_str("\n    problem: ");
-        s.push_str(p);
-    }
-    s
+    });
+    report::summary(figures, &run.problems)
 }
 
 // ---------------------------------------------------------------------------
@@ -639,18 +582,12 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         "- host: {} CPUs, `{}`, kernel `{}`",
         host.cpus, host.cpu_model, host.kernel
     );
-    let pin = |cpu: usize| {
-        if args.no_pin {
-            String::new()
-        } else {
-            format!(", pinned to CPU {cpu}")
-        }
-    };
+    let pin = |cpu: usize| args.common.pinned(", ", cpu);
     let _ = writeln!(
         s,
         "- server: `cluecast {}`{}; a fresh one per run, stopped with SIGTERM",
         server_args(args).join(" "),
-        pin(args.server_cpu)
+        pin(args.common.server_cpu)
     );
     let _ = writeln!(
         s,
@@ -667,7 +604,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         args.topics,
         args.subscribers as f64 / args.topics as f64,
         thousands(args.rate * args.subscribers as f64),
-        pin(args.client_cpu)
+        pin(args.common.client_cpu)
     );
     let _ = writeln!(
         s,
@@ -679,8 +616,8 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         args.duration,
         args.drain_timeout,
         args.repeat,
-        args.foreign_max * 100.0,
-        args.retries,
+        args.common.foreign_max * 100.0,
+        args.common.retries,
         runs.iter().map(|r| r.redone).sum::<usize>()
     );
     let _ = writeln!(
@@ -948,9 +885,9 @@ mod tests {
             (2000, 20, 1, 50.0, 256)
         );
         assert_eq!((a.duration, a.repeat, a.shards), (10.0, 3, 1));
-        assert_eq!((a.server_cpu, a.client_cpu), (0, 1));
-        assert_eq!(a.role, Role::Driver);
-        assert_eq!(parse(&["--role", "clients"]).role, Role::Subscribers);
+        assert_eq!((a.common.server_cpu, a.common.client_cpu), (0, 1));
+        assert_eq!(a.common.role, Role::Driver);
+        assert_eq!(parse(&["--role", "clients"]).common.role, Role::Subscribers);
     }
 
     #[test]

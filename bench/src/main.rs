@@ -11,6 +11,7 @@
 //! bench/README.md says how to run them and what they found.
 
 mod child;
+mod cli;
 mod clients;
 mod delivery;
 mod fanload;

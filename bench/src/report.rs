@@ -39,6 +39,17 @@ pub fn thousands(x: f64) -> String {
     out
 }
 
+/// A progress line for one run: its figures (or `no figures`), then one
+/// indented line per problem.
+pub fn summary(figures: Option<String>, problems: &[String]) -> String {
+    let mut s = figures.unwrap_or_else(|| "no figures".to_string());
+    for p in problems {
+        s.push_str("\n    problem: ");
+        s.push_str(p);
+    }
+    s
+}
+
 /// This process's command line, quoted for a shell where needed.
 pub fn command_line() -> String {
     std::env::args()

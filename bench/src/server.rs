@@ -52,6 +52,14 @@ pub struct Stopped {
 }
 
 impl Stopped {
+    /// What the report says of how it ended: its problem, then up to five
+    /// of its complaints.
+    pub fn problems(&self) -> Vec<String> {
+        let problem = self.problem.iter().map(|p| format!("server {p}"));
+        let said = (self.complaints.iter().take(5)).map(|line| format!("server said: {line}"));
+        problem.chain(said).collect()
+    }
+
     pub fn stat(&self, name: &str) -> Option<u64> {
         self.stats.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }

@@ -420,6 +420,60 @@ pub fn set_note(note: &mut String, text: String) {
     }
 }
 
+/// Refuses a run whose payloads the server would not take.
+pub fn check_payload(payload_bytes: usize, limits: &Limits) -> Result<(), String> {
+    if payload_bytes > limits.payload_bytes_max as usize {
+        return Err(format!(
+            "the server takes payloads up to {} bytes, not {}: start it with a larger \
+             --payload-bytes-max",
+            limits.payload_bytes_max, payload_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// One write() of `out` to a non-blocking socket, dropping what went; a
+/// full socket or an interrupted write is not an error.
+pub fn write_some(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    match stream.write(out) {
+        Ok(n) => {
+            out.drain(..n);
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What one read of a non-blocking socket into an [`Inbox`] came to.
+pub enum Turn<T> {
+    /// Bytes (with whatever else the read gave).
+    Read(T),
+    /// Interrupted: try again.
+    Again,
+    /// Nothing to read now.
+    Empty,
+}
+
+/// Sorts the result of [`Inbox::fill`] / [`Inbox::fill_stamped`]; `n` says
+/// how many bytes a result holds. End of stream and failures are errors.
+pub fn turn<T>(read: io::Result<T>, n: impl Fn(&T) -> usize) -> Result<Turn<T>, String> {
+    match read {
+        Ok(r) if n(&r) == 0 => Err("the server closed the connection".into()),
+        Ok(r) => Ok(Turn::Read(r)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Turn::Empty),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Turn::Again),
+        Err(e) => Err(format!("reading: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::child::{self, Followed, Role, Window};
+use crate::cli::Common;
 use crate::clients::{self, Outcome, Plan};
-use crate::procfs::{self, Core, Cores};
-use crate::report::{command_line, json_list, json_num, json_str, num, pct, thousands};
+use crate::procfs::{self, Cores};
+use crate::report::{self, command_line, json_list, json_num, json_str, num, pct, thousands};
 use crate::server::{Server, ServerCommand, Stopped};
 use crate::stats::{format_size, least_disturbed, median, paired_ratio, parse_size};
 
@@ -39,9 +40,8 @@ const NOISE: f64 = 0.05;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Which part of the measurement this process plays
-    #[arg(long, value_enum, default_value_t = Role::Driver)]
-    pub role: Role,
+    #[command(flatten)]
+    pub common: Common,
     /// Payload sizes, comma-separated; K/M suffixes are binary (1K = 1024)
     #[arg(long, value_delimiter = ',', value_parser = parse_size,
           default_value = "1K,4K,16K,64K,256K")]
@@ -68,36 +68,11 @@ pub struct Args {
     /// After publishing stops, longest wait for every event to arrive
     #[arg(long, default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
-    /// Limit for each TCP connect and handshake answer
-    #[arg(long, default_value_t = 5_000)]
-    pub connect_timeout_ms: u64,
-    /// CPU the client process pins itself to
-    #[arg(long, default_value_t = 1)]
-    pub client_cpu: usize,
-    /// CPU the server is pinned to (its shard runs there)
-    #[arg(long, default_value_t = 0)]
-    pub server_cpu: usize,
-    /// Pin nothing (e.g. clients on another host with other CPU numbers)
-    #[arg(long)]
-    pub no_pin: bool,
-    /// Share of a measured core taken by anything else (other processes,
-    /// hypervisor steal) above which a pair of runs is measured again
-    #[arg(long, default_value_t = 0.10)]
-    pub foreign_max: f64,
-    /// Extra attempts per disturbed pair of runs
-    #[arg(long, default_value_t = 2)]
-    pub retries: usize,
     /// Emit one JSON object per (size, mode) cell instead of markdown
     #[arg(long)]
     pub json: bool,
 
     // ---- driver ----
-    /// The appliance binary
-    #[arg(long, default_value = "/var/tmp/cluecast-target/release/cluecast")]
-    pub cluecast: PathBuf,
-    /// Address the server listens on (port 0: any free port)
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
     /// Address clients connect to, if not the one the server prints
     /// (e.g. when it listens on 0.0.0.0)
     #[arg(long)]
@@ -116,9 +91,6 @@ pub struct Args {
     /// flight: too much of it and publishes are refused as Overloaded)
     #[arg(long, value_parser = parse_size, default_value = "4M")]
     pub history_bytes_max: usize,
-    /// Extra argument for `cluecast run` (repeat for several)
-    #[arg(long = "server-arg", allow_hyphen_values = true)]
-    pub server_args: Vec<String>,
     /// Command words to start the server through, e.g. "ip netns exec NS";
     /// it must exec the server in place (same process id)
     #[arg(long)]
@@ -130,11 +102,6 @@ pub struct Args {
     /// The cluecast-bench binary as the client side sees it [default: this one]
     #[arg(long)]
     pub clients_bench: Option<PathBuf>,
-
-    // ---- subscribers ----
-    /// Server to measure against (role subscribers)
-    #[arg(long)]
-    pub server: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +126,7 @@ pub fn main(args: &Args) -> Result<(), String> {
     if !(args.duration_secs > 0.0 && args.duration_secs < 86_400.0) {
         return Err("--duration-secs must be in (0, 86400)".into());
     }
-    match args.role {
+    match args.common.role {
         Role::Driver => drive(args),
         Role::Subscribers => subscribers(args),
     }
@@ -172,13 +139,7 @@ pub fn main(args: &Args) -> Result<(), String> {
 /// Stdout carries the protocol to the driver: `window-start`,
 /// `window-end`, then `result ...` (or `error ...`).
 fn subscribers(args: &Args) -> Result<(), String> {
-    let server = args
-        .server
-        .ok_or("--role subscribers needs --server ADDR")?;
-    if !args.no_pin {
-        cluecast_sys::pin_current_thread(args.client_cpu).map_err(|e| e.to_string())?;
-    }
-    let nonce = cluecast_sys::random_u64().map_err(|e| e.to_string())? & 0xffff_ffff;
+    let (server, nonce) = args.common.client_start("subscribers")?;
     for &size in &args.sizes {
         let plan = Plan {
             server,
@@ -191,7 +152,7 @@ fn subscribers(args: &Args) -> Result<(), String> {
             window: args.window,
             lead_bytes: args.lead_bytes,
             drain_timeout: Duration::from_millis(args.drain_timeout_ms),
-            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            connect_timeout: Duration::from_millis(args.common.connect_timeout_ms),
         };
         match clients::run(&plan, child::say_mark) {
             Ok(outcome) => {
@@ -331,7 +292,7 @@ fn server_args(args: &Args, mode: Mode) -> Vec<String> {
         "--shards".into(),
         "1".into(),
         "--listen".into(),
-        args.listen.to_string(),
+        args.common.listen.to_string(),
         "--payload-bytes-max".into(),
         payload_max.to_string(),
         "--queue-bytes-max".into(),
@@ -344,7 +305,7 @@ fn server_args(args: &Args, mode: Mode) -> Vec<String> {
         zc_min.to_string(),
     ]
     .into();
-    v.extend(args.server_args.iter().cloned());
+    v.extend(args.common.server_args.iter().cloned());
     v
 }
 
@@ -354,22 +315,14 @@ fn drive(args: &Args) -> Result<(), String> {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?,
     };
-    if !args.cluecast.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release --bin cluecast` or pass --cluecast",
-            args.cluecast.display()
-        ));
-    }
+    args.common.check_cluecast()?;
     // Clients started through anything but a network namespace (e.g. ssh)
     // run on another kernel: their CPU is not ours to sample.
     let clients_here = args
         .clients_via
         .as_deref()
         .is_none_or(|v| v.starts_with("ip netns exec"));
-    let cores = Cores {
-        server: (!args.no_pin).then(|| Core::new(args.server_cpu)),
-        client: (!args.no_pin && clients_here).then(|| Core::new(args.client_cpu)),
-    };
+    let cores = args.common.cores(clients_here);
     let total = args.sizes.len() * 2 * args.repeat;
     eprintln!(
         "zerocopy: {} sizes x 2 modes x {} runs of {:.1}s (+{} ms warm-up), {} subscribers; \
@@ -399,31 +352,32 @@ fn drive(args: &Args) -> Result<(), String> {
             // A pair disturbed by something else on the machine is measured
             // again (both members: the ratio needs them side by side); the
             // least disturbed attempt is kept.
-            let (kept, thrown) = least_disturbed(args.retries, args.foreign_max, |attempt| {
-                let mut pair = Vec::with_capacity(2);
-                for mode in order {
-                    let run = run_once(args, &bench, size, mode, cores);
-                    eprintln!(
-                        "[{done}/{}] {} {} run {}{}: {}",
-                        total / 2,
-                        format_size(size),
-                        mode.name(),
-                        rep + 1,
-                        if attempt > 0 {
-                            format!(" (attempt {})", attempt + 1)
-                        } else {
-                            String::new()
-                        },
-                        summary(&run)
-                    );
-                    pair.push((mode, run));
-                }
-                let score = pair
-                    .iter()
-                    .map(|(_, r)| r.disturbance())
-                    .fold(0.0, f64::max);
-                (pair, score)
-            });
+            let (kept, thrown) =
+                least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
+                    let mut pair = Vec::with_capacity(2);
+                    for mode in order {
+                        let run = run_once(args, &bench, size, mode, cores);
+                        eprintln!(
+                            "[{done}/{}] {} {} run {}{}: {}",
+                            total / 2,
+                            format_size(size),
+                            mode.name(),
+                            rep + 1,
+                            if attempt > 0 {
+                                format!(" (attempt {})", attempt + 1)
+                            } else {
+                                String::new()
+                            },
+                            summary(&run)
+                        );
+                        pair.push((mode, run));
+                    }
+                    let score = pair
+                        .iter()
+                        .map(|(_, r)| r.disturbance())
+                        .fold(0.0, f64::max);
+                    (pair, score)
+                });
             for (mode, run) in thrown.into_iter().flatten() {
                 let cell = match mode {
                     Mode::Plain => &mut plain,
@@ -458,7 +412,7 @@ fn drive(args: &Args) -> Result<(), String> {
 }
 
 fn summary(run: &Run) -> String {
-    let mut s = if run.measured {
+    let figures = run.measured.then(|| {
         format!(
             "{:.0} deliveries/s, {:.0} MB/s, server {:.3} s/GB (+softirqd {:.3} s/GB), \
              server core {} / client {}, foreign {} / {}, lost {}",
@@ -472,23 +426,17 @@ fn summary(run: &Run) -> String {
             pct(run.foreign_client),
             run.lost
         )
-    } else {
-        "no figures".to_string()
-    };
-    for p in &run.problems {
-        s.push_str("\n    problem: ");
-        s.push_str(p);
-    }
-    s
+    });
+    report::summary(figures, &run.problems)
 }
 
 /// One measurement: a fresh server, a client process, the figures.
 fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores: Cores) -> Run {
     let mut run = Run::default();
     let cmd = ServerCommand {
-        binary: args.cluecast.clone(),
+        binary: args.common.cluecast.clone(),
         via: child::words(&args.server_via),
-        cpu: (!args.no_pin).then_some(args.server_cpu),
+        cpu: args.common.server_pin(),
         args: server_args(args, mode),
     };
     let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
@@ -505,13 +453,8 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
     };
     let client = measure_clients(args, bench, size, addr, &mut server, cores, &mut run);
     let stopped = server.stop(SERVER_STOP_TIMEOUT);
-    if let Some(p) = &stopped.problem {
-        run.failed = true;
-        run.problems.push(format!("server {p}"));
-    }
-    for line in stopped.complaints.iter().take(5) {
-        run.problems.push(format!("server said: {line}"));
-    }
+    run.failed |= stopped.problem.is_some();
+    run.problems.extend(stopped.problems());
     if let Some((outcome, window)) = client {
         fill_figures(&mut run, &outcome, &window, &stopped);
     }
@@ -538,16 +481,12 @@ fn measure_clients(
         .args(["--warmup-ms", &args.warmup_ms.to_string()])
         .args(["--window", &args.window.to_string()])
         .args(["--lead-bytes", &args.lead_bytes.to_string()])
-        .args(["--drain-timeout-ms", &args.drain_timeout_ms.to_string()])
-        .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
-        .args(["--client-cpu", &args.client_cpu.to_string()]);
-    if args.no_pin {
-        cmd.arg("--no-pin");
-    }
+        .args(["--drain-timeout-ms", &args.drain_timeout_ms.to_string()]);
+    args.common.pass_to_client(&mut cmd);
     let budget = CLIENT_SLACK
         + Duration::from_millis(args.warmup_ms + args.drain_timeout_ms)
         + Duration::from_secs_f64(args.duration_secs)
-        + Duration::from_millis(args.connect_timeout_ms) * 2;
+        + Duration::from_millis(args.common.connect_timeout_ms) * 2;
     let Followed {
         result,
         window,
@@ -690,7 +629,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
     let _ = writeln!(
         s,
         "- path: server listens on {}{}; clients {}",
-        args.listen,
+        args.common.listen,
         args.server_via
             .as_deref()
             .map(|v| format!(" (started via `{v}`)"))
@@ -705,11 +644,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
         "- server: `cluecast {}` (zero-copy mode: `--zerocopy-bytes-min {}`){}",
         server_args(args, Mode::Plain).join(" "),
         args.zerocopy_min,
-        if args.no_pin {
-            String::new()
-        } else {
-            format!(", pinned to CPU {}", args.server_cpu)
-        }
+        args.common.pinned(", ", args.common.server_cpu)
     );
     let _ = writeln!(
         s,
@@ -718,11 +653,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
         args.window,
         format_size(args.lead_bytes),
         args.subscribers,
-        if args.no_pin {
-            String::new()
-        } else {
-            format!(" pinned to CPU {}", args.client_cpu)
-        }
+        args.common.pinned(" ", args.common.client_cpu)
     );
     let _ = writeln!(
         s,
@@ -733,8 +664,8 @@ fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) -> String {
         args.warmup_ms,
         args.duration_secs,
         args.repeat,
-        args.foreign_max * 100.0,
-        args.retries
+        args.common.foreign_max * 100.0,
+        args.common.retries
     );
     let _ = writeln!(
         s,
