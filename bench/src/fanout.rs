@@ -486,10 +486,19 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     // A generator that fell behind its own schedule inflates latencies
     // with its own delay.
     if run.send_lag[1] > 1.0 {
+        // Without pinning there is no probe, so no stall figure to give.
+        let stalls = if run.host_stall_ms[1].is_nan() {
+            String::new()
+        } else {
+            format!(
+                "; host stalls on its CPU reached {:.1} ms before the run",
+                run.host_stall_ms[1]
+            )
+        };
         run.problems.push(format!(
-            "the generator sent up to {:.1} ms late (p99 {:.3} ms; host stalls on its CPU \
-             reached {:.1} ms before the run): that delay is in the latencies",
-            run.send_lag[1], run.send_lag[0], run.host_stall_ms[1]
+            "the generator sent up to {:.1} ms late (p99 {:.3} ms{stalls}): that delay is in \
+             the latencies",
+            run.send_lag[1], run.send_lag[0]
         ));
     }
 }
