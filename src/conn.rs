@@ -8,6 +8,9 @@ use std::os::fd::RawFd;
 
 use crate::arena::{Arena, FrameRef};
 
+/// Frames of queue capacity a connection keeps once its queue empties.
+const QUEUE_KEEP_FRAMES: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnState {
     /// Accepted; HELLO not yet received.
@@ -183,6 +186,11 @@ impl Conn {
             self.head_sent = 0;
             self.queue.pop_front();
             arena.release(frame);
+        }
+        // A burst once queued must not pin its memory for the life of the
+        // connection (idle phones are most of them).
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP_FRAMES {
+            self.queue = VecDeque::new();
         }
         short
     }

@@ -52,6 +52,9 @@ const TIMER_SLOTS: usize = 1024;
 /// link, short enough that a peer that stopped reading cannot hold the slot.
 const LINGER_MS: u64 = 10_000;
 
+/// Capacity a connection's partial-frame buffer may keep once emptied.
+const RX_KEEP_BYTES: usize = 4096;
+
 /// After the drain deadline cuts the stragglers, how long their cancels and
 /// closes may take before the shard stops anyway.
 const DRAIN_GRACE_MS: u64 = 1_000;
@@ -589,6 +592,11 @@ impl Core {
                 Some(used) => drop(pending.drain(..used)),
                 None => pending.clear(),
             }
+        }
+        // A large frame once received must not pin its buffer for the life
+        // of the connection.
+        if pending.is_empty() && pending.capacity() > RX_KEEP_BYTES {
+            pending = Vec::new();
         }
         self.conns[index as usize].rx = pending;
     }
