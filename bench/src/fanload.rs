@@ -40,6 +40,7 @@ use hdrhistogram::Histogram;
 
 use crate::child::{result_struct, Mark};
 use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
+use crate::resp;
 use crate::stats::{latency_histogram, Percentiles};
 use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox, Turn};
 
@@ -67,10 +68,21 @@ const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(5);
 /// Progress line while connecting, every this many subscribers.
 const CONNECT_PROGRESS_EVERY: usize = 1000;
 
+/// What the server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// docs/PROTOCOL.md (the appliance, and `cluecast-bench ceiling`).
+    Cluecast,
+    /// RESP pub/sub (redis-server): SUBSCRIBE / PUBLISH, no sequence
+    /// numbers, no server timestamp; loss and order come from the stamp.
+    Resp,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub server: SocketAddr,
+    pub protocol: Protocol,
     /// Topic k is `{topic_prefix}.{k}`.
     pub topic_prefix: String,
     pub topics: usize,
@@ -389,9 +401,23 @@ impl Rx {
             self.seq_errors += 1;
         }
         *sub.next_seq = seq.wrapping_add(1);
-        let Some((ts, stamp)) =
-            event_ts_and_payload(head).and_then(|(ts, payload)| Some((ts, Stamp::read(payload)?)))
-        else {
+        match event_ts_and_payload(head) {
+            Some((ts, payload)) => self.stamped(payload, Some(ts), recv_ns, read_ns, sub),
+            None => self.invalid += 1,
+        }
+    }
+
+    /// One delivery of `payload`; `server_ts` is when the server sequenced
+    /// it, if the protocol says (RESP does not).
+    fn stamped(
+        &mut self,
+        payload: &[u8],
+        server_ts: Option<u64>,
+        recv_ns: u64,
+        read_ns: u64,
+        sub: &mut SubView<'_>,
+    ) {
+        let Some(stamp) = Stamp::read(payload) else {
             self.invalid += 1;
             return;
         };
@@ -409,9 +435,11 @@ impl Rx {
         if (self.window_lo..self.window_hi).contains(&stamp.scheduled_ns) {
             self.latency
                 .saturating_record(recv_ns.saturating_sub(stamp.scheduled_ns));
-            self.fanout.saturating_record(recv_ns.saturating_sub(ts));
-            self.publish
-                .saturating_record(ts.saturating_sub(stamp.scheduled_ns));
+            if let Some(ts) = server_ts {
+                self.fanout.saturating_record(recv_ns.saturating_sub(ts));
+                self.publish
+                    .saturating_record(ts.saturating_sub(stamp.scheduled_ns));
+            }
             self.read_delay
                 .saturating_record(read_ns.saturating_sub(recv_ns));
         }
@@ -420,6 +448,7 @@ impl Rx {
 
 /// The publishing schedule and what the sending side measured.
 struct Publishing<'a> {
+    protocol: Protocol,
     schedule: Schedule,
     topics: &'a [String],
     /// CLOCK_REALTIME at the schedule's start.
@@ -467,12 +496,16 @@ impl Publishing<'_> {
                     scheduled_ns: self.real0 + due,
                 }
                 .write(&mut pb.payload);
-                Frame::Publish(Publish {
-                    request_id: n as u32,
-                    topic: self.topics[topic].as_bytes(),
-                    payload: &pb.payload,
-                })
-                .encode(&mut pb.out);
+                let name = self.topics[topic].as_bytes();
+                match self.protocol {
+                    Protocol::Cluecast => Frame::Publish(Publish {
+                        request_id: n as u32,
+                        topic: name,
+                        payload: &pb.payload,
+                    })
+                    .encode(&mut pb.out),
+                    Protocol::Resp => resp::command(&mut pb.out, &[b"PUBLISH", name, &pb.payload]),
+                }
                 pb.sent += 1;
                 if (self.warm_ns..self.end_ns).contains(&due) {
                     self.window_sent += 1;
@@ -517,7 +550,7 @@ struct SubView<'a> {
     tracks: &'a mut [Track],
 }
 
-fn read_sub(s: &mut Sub, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
+fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
         let (n, stamp) = match wire::turn(s.inbox.fill_stamped(&s.stream), |r| r.0)? {
             Turn::Read(r) => r,
@@ -535,14 +568,23 @@ fn read_sub(s: &mut Sub, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
             next_seq: &mut s.next_seq,
             tracks: &mut s.tracks,
         };
-        s.inbox.drain(
-            limits,
-            |head, _| rx.delivery(head, recv_ns, read_ns, &mut view),
-            |frame| match refusal(frame) {
-                Some(why) => Err(why),
-                None => Ok(()), // PONG
-            },
-        )?;
+        match protocol {
+            Protocol::Cluecast => s.inbox.drain(
+                limits,
+                |head, _| rx.delivery(head, recv_ns, read_ns, &mut view),
+                |frame| match refusal(frame) {
+                    Some(why) => Err(why),
+                    None => Ok(()), // PONG
+                },
+            )?,
+            Protocol::Resp => s.inbox.drain_resp(|reply| {
+                let (_, payload) =
+                    resp::message(reply).ok_or_else(|| format!("unexpected reply {reply:?}"))?;
+                rx.delivered += 1;
+                rx.stamped(payload, None, recv_ns, read_ns, &mut view);
+                Ok(())
+            })?,
+        }
         if n < s.inbox.free_min() {
             return Ok(()); // most likely emptied the socket
         }
@@ -550,13 +592,35 @@ fn read_sub(s: &mut Sub, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
     Ok(())
 }
 
-fn read_pub(p: &mut Pub, limits: &Limits, schedule: &Schedule) -> Result<(), String> {
+fn read_pub(
+    p: &mut Pub,
+    protocol: Protocol,
+    limits: &Limits,
+    schedule: &Schedule,
+) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
         let n = match wire::turn(p.inbox.fill(&mut p.stream), |&n| n)? {
             Turn::Read(n) => n,
             Turn::Again => continue,
             Turn::Empty => return Ok(()),
         };
+        if protocol == Protocol::Resp {
+            // PUBLISH answers the number of receivers; an error reply
+            // cannot be tied to its counter (unsent ones leave no reply),
+            // so it ends the publisher.
+            let (acks, sent) = (&mut p.acks, p.sent);
+            p.inbox.drain_resp(|reply| match reply {
+                resp::Reply::Integer(_) if *acks < sent => {
+                    *acks += 1;
+                    Ok(())
+                }
+                other => Err(format!("PUBLISH answered {other:?}")),
+            })?;
+            if n < p.inbox.free_min() {
+                return Ok(());
+            }
+            continue;
+        }
         let mut refused = Vec::new();
         let (acks, sent) = (&mut p.acks, p.sent);
         p.inbox.drain(
@@ -613,6 +677,51 @@ enum Phase {
     Drain,
 }
 
+/// A connection past its handshake (and SUBSCRIBE, for a subscriber), still
+/// blocking.
+struct Joined {
+    stream: TcpStream,
+    /// Bytes read past the last answer awaited.
+    buf: Vec<u8>,
+    /// The topic's sequence number when the subscription started.
+    last_seq: u64,
+}
+
+/// Connects as `id`, subscribing to `topic` if given; the server's limits
+/// and heartbeat, if it announces them, go to `limits` and `heartbeat_ms`.
+fn join(
+    plan: &Plan,
+    id: &str,
+    topic: Option<&str>,
+    limits: &mut Limits,
+    heartbeat_ms: &mut u32,
+) -> Result<Joined, String> {
+    let timeout = plan.connect_timeout;
+    if plan.protocol == Protocol::Resp {
+        let (stream, buf) = match topic {
+            Some(t) => resp::subscribe(plan.server, t.as_bytes(), timeout)?,
+            None => (resp::connect(plan.server, timeout)?, Vec::new()),
+        };
+        return Ok(Joined {
+            stream,
+            buf,
+            last_seq: 0,
+        });
+    }
+    let mut c = wire::connect(plan.server, id, timeout)?;
+    (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
+    wire::check_payload(plan.payload_bytes, limits)?;
+    let last_seq = match topic {
+        Some(t) => c.subscribe_live(t.as_bytes(), timeout)?,
+        None => 0,
+    };
+    Ok(Joined {
+        stream: c.stream,
+        buf: c.buf,
+        last_seq,
+    })
+}
+
 /// Raises the open-file limit and checks the sockets fit well below it.
 fn check_descriptors(sockets: usize) -> Result<(), String> {
     let lim = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
@@ -652,6 +761,13 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     let peek = wire::EVENT_TOPIC_AT + 1 + topic_len_max + STAMP_BYTES;
     let id_base = format!("fanout-{}", std::process::id());
 
+    // A RESP message is parsed whole, so it must fit in a quarter of the
+    // inbox; EVENTs are looked at by their first bytes only.
+    let sub_inbox_bytes = match plan.protocol {
+        Protocol::Cluecast => SUB_INBOX_BYTES,
+        Protocol::Resp => SUB_INBOX_BYTES.max(4 * (plan.payload_bytes + 512)),
+    };
+
     // Subscribers first, so every one of them sees every event.
     let connect_start = Instant::now();
     let mut subs = Vec::with_capacity(plan.subscribers);
@@ -659,26 +775,23 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     let mut heartbeat_ms = 0;
     for i in 0..plan.subscribers {
         let topic = i % plan.topics;
-        let mut c = wire::connect(
-            plan.server,
+        let c = join(
+            plan,
             &format!("{id_base}-s{i}"),
-            plan.connect_timeout,
+            Some(&topics[topic]),
+            &mut limits,
+            &mut heartbeat_ms,
         )
         .map_err(|e| format!("subscriber {i}: {e}"))?;
-        (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
-        wire::check_payload(plan.payload_bytes, &limits)?;
-        let last_seq = c
-            .subscribe_live(topics[topic].as_bytes(), plan.connect_timeout)
-            .map_err(|e| format!("subscriber {i}: {e}"))?;
         c.stream
             .set_nonblocking(true)
             .and_then(|_| wire::enable_rx_timestamps(&c.stream))
             .map_err(|e| format!("socket options: {e}"))?;
         subs.push(Sub {
-            inbox: Inbox::new(&c.buf, SUB_INBOX_BYTES, peek)?,
+            inbox: Inbox::new(&c.buf, sub_inbox_bytes, peek)?,
             stream: c.stream,
             topic,
-            next_seq: last_seq + 1,
+            next_seq: c.last_seq + 1,
             tracks: vec![Track::default(); plan.publishers],
             alive: true,
             out: Vec::new(),
@@ -693,10 +806,12 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     }
     let mut pubs = Vec::with_capacity(plan.publishers);
     for p in 0..plan.publishers {
-        let c = wire::connect(
-            plan.server,
+        let c = join(
+            plan,
             &format!("{id_base}-p{p}"),
-            plan.connect_timeout,
+            None,
+            &mut limits,
+            &mut heartbeat_ms,
         )
         .map_err(|e| format!("publisher {p}: {e}"))?;
         c.stream
@@ -768,6 +883,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         seq_errors: 0,
     };
     let mut publishing = Publishing {
+        protocol: plan.protocol,
         schedule,
         topics: &topics,
         real0,
@@ -869,7 +985,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
                 if !pb.alive {
                     continue;
                 }
-                let mut result = read_pub(pb, &limits, &schedule);
+                let mut result = read_pub(pb, plan.protocol, &limits, &schedule);
                 if result.is_ok() && pb.want_out && ev.events & WRITABLE != 0 {
                     result = pb.flush().and_then(|flushed| {
                         if flushed {
@@ -896,7 +1012,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             if !s.alive {
                 continue;
             }
-            if let Err(why) = read_sub(s, &limits, &mut rx) {
+            if let Err(why) = read_sub(s, plan.protocol, &limits, &mut rx) {
                 s.alive = false;
                 let _ = epoll.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), token, 0);
                 notes.subscriber(i, why);

@@ -13,8 +13,15 @@
 //! the server's CPU and memory when the client process marks the start and
 //! end of its measured window, stops the server with SIGTERM, checks it
 //! exits 0, and reports every run and the median of the runs.
+//!
+//! `--target` picks what is measured: the appliance, or `ceiling` (this
+//! binary's own trivial server, one send(2) per delivery: the most this
+//! host's kernel allows, to compare the appliance with). Both are started,
+//! pinned, sampled and stopped the same way.
 
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
@@ -22,7 +29,7 @@ use cluecast_proto::Limits;
 
 use crate::child::{self, Followed, Role};
 use crate::cli::Common;
-use crate::fanload::{self, Outcome, Plan};
+use crate::fanload::{self, Outcome, Plan, Protocol};
 use crate::jitter;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, num, pct, thousands};
@@ -45,10 +52,42 @@ const REPEAT_MAX: usize = 100;
 /// How long the host's own stalls are probed before each run.
 const STALL_PROBE: Duration = Duration::from_secs(1);
 
+/// What `fanout` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The appliance (`--cluecast`)
+    Cluecast,
+    /// `cluecast-bench ceiling`: one send(2) per delivery and nothing
+    /// else, the practical ceiling of this host
+    Ceiling,
+    /// redis-server from PATH (skipped if there is none), RESP pub/sub
+    Redis,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Cluecast => "cluecast",
+            Target::Ceiling => "ceiling",
+            Target::Redis => "redis",
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Target::Cluecast | Target::Ceiling => Protocol::Cluecast,
+            Target::Redis => Protocol::Resp,
+        }
+    }
+}
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
+    /// The server measured (the same load, accounting and figures for each)
+    #[arg(long, value_enum, default_value_t = Target::Cluecast)]
+    pub target: Target,
     /// Subscriber connections; subscriber i is on topic i % --topics
     #[arg(long, default_value_t = 2000)]
     pub subscribers: usize,
@@ -127,6 +166,7 @@ fn clients(args: &Args) -> Result<(), String> {
     let (server, nonce) = args.common.client_start("clients")?;
     let plan = Plan {
         server,
+        protocol: args.target.protocol(),
         // Fresh topics: nobody else's events, sequences from 1.
         topic_prefix: format!("fanout.{nonce:08x}"),
         topics: args.topics,
@@ -239,6 +279,82 @@ impl Run {
 /// JSON.
 const LATENCY_KEYS: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
 
+/// How to start the target. `binary` is the target's own: this one for
+/// `ceiling`, redis-server for `redis` (`--cluecast` is the appliance's);
+/// `port` is redis's (it needs an explicit one; None in descriptions).
+fn server_command(args: &Args, binary: &Path, port: Option<u16>) -> ServerCommand {
+    let mut cmd = ServerCommand {
+        binary: binary.to_path_buf(),
+        via: Vec::new(),
+        cpu: args.common.server_pin(),
+        args: Vec::new(),
+        ready: None,
+    };
+    match args.target {
+        Target::Cluecast => {
+            cmd.binary = args.common.cluecast.clone();
+            cmd.args = server_args(args);
+        }
+        Target::Ceiling => cmd.args = ceiling_args(args),
+        Target::Redis => {
+            let ip = args.common.listen.ip();
+            cmd.args = [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                &ip.to_string(),
+                "--port",
+                &port.map_or("FREE".into(), |p| p.to_string()),
+                "--maxclients",
+                "20000",
+            ]
+            .map(String::from)
+            .to_vec();
+            // redis logs to stdout; server.rs reads stderr. `exec` keeps
+            // the process id redis-server's.
+            cmd.via = ["sh", "-c", "exec \"$0\" \"$@\" 1>&2"]
+                .map(String::from)
+                .to_vec();
+            let addr = SocketAddr::new(ip, port.unwrap_or(0));
+            cmd.ready = Some(("Ready to accept connections".into(), addr));
+        }
+    }
+    cmd
+}
+
+/// A free port for redis on the --listen address (its own if not 0).
+fn free_port(listen: SocketAddr) -> Result<u16, String> {
+    if listen.port() != 0 {
+        return Ok(listen.port());
+    }
+    std::net::TcpListener::bind(listen)
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+/// `name` in a directory of PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `cluecast-bench ceiling` arguments: the same address and payload limit
+/// (--server-arg and --shards are the appliance's).
+fn ceiling_args(args: &Args) -> Vec<String> {
+    vec![
+        "ceiling".into(),
+        "--listen".into(),
+        args.common.listen.to_string(),
+        "--payload-bytes-max".into(),
+        args.payload.to_string(),
+    ]
+}
+
 fn server_args(args: &Args) -> Vec<String> {
     let mut v: Vec<String> = vec![
         "run".into(),
@@ -257,7 +373,23 @@ fn server_args(args: &Args) -> Vec<String> {
 fn drive(args: &Args) -> Result<(), String> {
     let host = procfs::host();
     let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
-    args.common.check_cluecast()?;
+    let binary = match args.target {
+        Target::Cluecast => {
+            args.common.check_cluecast()?;
+            args.common.cluecast.clone()
+        }
+        Target::Ceiling => bench.clone(),
+        Target::Redis => match on_path("redis-server") {
+            Some(p) => p,
+            None => {
+                return skipped(
+                    args,
+                    "redis-server is not on PATH (install it, e.g. `apt-get install \
+                     redis-server`; nothing is installed for you)",
+                )
+            }
+        },
+    };
     let cores = args.common.cores(true);
     eprintln!(
         "fanout: {} runs of {} s (+{} s warm-up): {} subscribers, {} topics, {} publishers, \
@@ -278,7 +410,7 @@ fn drive(args: &Args) -> Result<(), String> {
     for i in 0..args.repeat {
         let (mut run, thrown) =
             least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
-                let run = run_once(args, &bench, cores);
+                let run = run_once(args, &bench, &binary, cores);
                 eprintln!(
                     "[{}/{}]{} {}",
                     i + 1,
@@ -327,8 +459,28 @@ fn drive(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The report of a target that cannot be measured here; not a failure.
+fn skipped(args: &Args, why: &str) -> Result<(), String> {
+    eprintln!("fanout: target {} skipped: {why}", args.target.name());
+    let text = if args.json {
+        format!(
+            "{{\"scenario\":\"fanout\",\"target\":\"{}\",\"skipped\":{}}}\n",
+            args.target.name(),
+            json_str(why)
+        )
+    } else {
+        format!(
+            "# fan-out measurement (open loop), target `{}`\n\nSkipped: {why}.\n",
+            args.target.name()
+        )
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("writing the report: {e}"))
+}
+
 /// One measurement: a fresh server, a client process, the figures.
-fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
+fn run_once(args: &Args, bench: &Path, binary: &Path, cores: Cores) -> Run {
     let mut run = Run::default();
     if !args.common.no_pin {
         let stalls = jitter::probe(
@@ -339,12 +491,18 @@ fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
     } else {
         run.host_stall_ms = [f64::NAN; 2];
     }
-    let cmd = ServerCommand {
-        binary: args.common.cluecast.clone(),
-        via: Vec::new(),
-        cpu: args.common.server_pin(),
-        args: server_args(args),
+    let port = match args.target {
+        Target::Redis => match free_port(args.common.listen) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                run.problems.push(e);
+                run.failed = true;
+                return run;
+            }
+        },
+        _ => None,
     };
+    let cmd = server_command(args, binary, port);
     let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
         Ok(s) => s,
         Err(e) => {
@@ -357,6 +515,7 @@ fn run_once(args: &Args, bench: &std::path::Path, cores: Cores) -> Run {
     let mut clients = std::process::Command::new(bench);
     clients
         .args(["fanout", "--role", "clients"])
+        .args(["--target", args.target.name()])
         .args(["--server", &server.addr().to_string()])
         .args(["--subscribers", &args.subscribers.to_string()])
         .args(["--topics", &args.topics.to_string()])
@@ -406,6 +565,11 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     run.latency = [o.lat_p50, o.lat_p90, o.lat_p99, o.lat_p999, o.lat_max].map(ms);
     run.fanout = [o.fanout_p50, o.fanout_p99, o.fanout_max].map(ms);
     run.publish_leg = [o.publish_p99, o.publish_max].map(ms);
+    if args.target.protocol() == Protocol::Resp {
+        // No server timestamp in RESP: the split is unknown, not 0.
+        run.fanout = [nan; 3];
+        run.publish_leg = [nan; 2];
+    }
     run.read_delay = [o.read_delay_p50, o.read_delay_p99, o.read_delay_max].map(ms);
     run.send_lag = [o.send_lag_p99, o.send_lag_max].map(ms);
     (run.lost, run.duplicated, run.reordered) = (o.lost, o.duplicated, o.reordered);
@@ -479,7 +643,8 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
              (full), {cq} completion-queue overflows"
         ));
     }
-    if stopped.stats.is_empty() {
+    // redis has no such counters.
+    if stopped.stats.is_empty() && args.target != Target::Redis {
         run.problems
             .push("the server printed no ShardStats on exit".into());
     }
@@ -584,7 +749,11 @@ fn pct_of_core(x: f64) -> String {
 fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "# cluecast fan-out measurement (open loop)\n");
+    let _ = writeln!(
+        s,
+        "# fan-out measurement (open loop), target `{}`\n",
+        args.target.name()
+    );
     let _ = writeln!(s, "- command: `{}`", command_line());
     let _ = writeln!(
         s,
@@ -592,10 +761,21 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         host.cpus, host.cpu_model, host.kernel
     );
     let pin = |cpu: usize| args.common.pinned(", ", cpu);
+    let shown = match args.target {
+        Target::Redis => "redis-server",
+        _ => "cluecast-bench",
+    };
+    let cmd = server_command(args, Path::new(shown), None);
     let _ = writeln!(
         s,
-        "- server: `cluecast {}`{}; a fresh one per run, stopped with SIGTERM",
-        server_args(args).join(" "),
+        "- target `{}`: `{} {}`{}; a fresh one per run, stopped with SIGTERM",
+        args.target.name(),
+        cmd.binary.file_name().unwrap_or_default().to_string_lossy(),
+        cmd.args
+            .iter()
+            .map(|a| if a.is_empty() { "''" } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
         pin(args.common.server_cpu)
     );
     let _ = writeln!(
@@ -643,13 +823,14 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     );
     let _ = writeln!(
         s,
-        "| run | offered/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | \
-         lost | dup | reord | server CPU | server RSS MiB | generator CPU |"
+        "| run | target | offered/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | \
+         max ms | lost | dup | reord | server CPU | server RSS MiB | generator CPU |"
     );
     let _ = writeln!(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let target = args.target.name();
     let med_run = median_run(runs);
     let named: Vec<(String, &Run)> = runs
         .iter()
@@ -659,12 +840,12 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         .collect();
     for (name, r) in &named {
         if !r.measured {
-            let _ = writeln!(s, "| {name} | no figures |||||||||||||");
+            let _ = writeln!(s, "| {name} | {target} | no figures ||||||||||||");
             continue;
         }
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             thousands(r.offered_per_s),
             thousands(r.deliveries_per_s),
             num(r.latency[0], 3),
@@ -763,7 +944,7 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
         .collect();
     let problems: Vec<String> = problems.iter().map(|p| json_str(p)).collect();
     format!(
-        "{{\"scenario\":\"fanout\",\"target\":\"cluecast\",\"run\":{label},\
+        "{{\"scenario\":\"fanout\",\"target\":\"{}\",\"run\":{label},\
          \"subscribers\":{},\"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\
          \"payload_bytes\":{},\"duration_s\":{},\"shards\":{},\
          \"offered_per_s\":{},\"deliveries_per_s\":{},\"ideal_deliveries_per_s\":{},\
@@ -777,6 +958,7 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
          \"generator_cpu_pct\":{},\"foreign_server_pct\":{},\"foreign_generator_pct\":{},\
          \"host_stall_ms\":{{\"server_cpu\":{},\"generator_cpu\":{}}},\
          \"measured\":{},\"failed\":{},\"redone\":{},\"problems\":[{}]}}\n",
+        args.target.name(),
         args.subscribers,
         args.topics,
         args.publishers,
@@ -923,6 +1105,8 @@ mod tests {
             assert!(line.contains(key), "{key} missing from {line}");
         }
         assert!(line.ends_with("}\n"));
+        let ceiling = json_run(&parse(&["--target", "ceiling"]), "1", &r, &[]);
+        assert!(ceiling.contains("\"target\":\"ceiling\""));
         let report = json_report(&args, &[r.clone(), r]);
         assert_eq!(report.lines().count(), 3);
         assert!(report
@@ -930,6 +1114,37 @@ mod tests {
             .last()
             .unwrap()
             .contains("\"run\":\"median\""));
+    }
+
+    #[test]
+    fn ceiling_target_runs_this_binary() {
+        let args = parse(&["--target", "ceiling", "--payload", "100000"]);
+        let cmd = server_command(&args, Path::new("/x/cluecast-bench"), None);
+        assert_eq!(cmd.binary, Path::new("/x/cluecast-bench"));
+        assert_eq!(
+            cmd.args.join(" "),
+            "ceiling --listen 127.0.0.1:0 --payload-bytes-max 100000"
+        );
+        assert_eq!(parse(&[]).target, Target::Cluecast);
+    }
+
+    #[test]
+    fn redis_target_runs_redis_on_the_given_port() {
+        let args = parse(&["--target", "redis"]);
+        let cmd = server_command(&args, Path::new("/usr/bin/redis-server"), Some(7777));
+        assert_eq!(
+            cmd.args.join(" "),
+            "--save  --appendonly no --bind 127.0.0.1 --port 7777 --maxclients 20000"
+        );
+        assert_eq!(cmd.via[0], "sh");
+        assert_eq!(
+            cmd.ready,
+            Some((
+                "Ready to accept connections".to_string(),
+                "127.0.0.1:7777".parse().unwrap()
+            ))
+        );
+        assert_eq!(args.target.protocol(), Protocol::Resp);
     }
 
     #[test]

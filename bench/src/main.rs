@@ -8,8 +8,12 @@
 //! (`cluecast run --zerocopy-bytes-min`) pay for fan-out on this host; see
 //! docs/ZEROCOPY.md.
 //!
+//! `cluecast-bench ceiling` is a trivial server (one send(2) per delivery)
+//! that `fanout --target ceiling` measures as the host's practical ceiling.
+//!
 //! bench/README.md says how to run them and what they found.
 
+mod ceiling;
 mod child;
 mod cli;
 mod clients;
@@ -19,6 +23,7 @@ mod fanout;
 mod jitter;
 mod procfs;
 mod report;
+mod resp;
 mod server;
 mod stats;
 mod wire;
@@ -49,6 +54,9 @@ enum Cmd {
     /// Fan-out throughput and server CPU per GB, plain sends vs zero-copy,
     /// per payload size; markdown (or --json) on stdout, progress on stderr
     Zerocopy(zerocopy::Args),
+    /// A trivial server, one send(2) per delivery: the practical ceiling
+    /// `fanout --target ceiling` compares against (started by the driver)
+    Ceiling(ceiling::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Cmd::Fanout(args) => fanout::main(args),
         Cmd::Zerocopy(args) => zerocopy::main(args),
+        Cmd::Ceiling(args) => ceiling::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,12 +25,18 @@ pub struct ServerCommand {
     pub cpu: Option<usize>,
     /// Arguments after `cluecast`, starting with `run`.
     pub args: Vec<String>,
+    /// For a server that prints no `listening on ADDR` line: a line
+    /// containing this text means it listens on this address.
+    pub ready: Option<(String, SocketAddr)>,
 }
 
 /// A running server. Dropping it without [`Server::stop`] kills it.
 pub struct Server {
     child: Option<Child>,
     pid: u32,
+    /// The process name the binary runs as (its file name, cut to the
+    /// kernel's 15 bytes).
+    comm: String,
     addr: SocketAddr,
     lines: Receiver<Option<String>>,
     reader: Option<JoinHandle<()>>,
@@ -132,6 +138,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             pid,
+            comm: comm_of(&cmd.binary),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             lines: rx,
             reader: Some(reader),
@@ -143,7 +150,10 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match server.lines.recv_timeout(left) {
                 Ok(Some(line)) => {
-                    let addr = parse_listening(&line);
+                    let addr = match &cmd.ready {
+                        Some((text, addr)) => line.contains(text.as_str()).then_some(*addr),
+                        None => parse_listening(&line),
+                    };
                     server.keep(line);
                     if let Some(addr) = addr {
                         server.addr = addr;
@@ -177,10 +187,10 @@ impl Server {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        (comm != "cluecast").then(|| {
+        (comm != self.comm).then(|| {
             format!(
-                "process {} is {comm:?}, not cluecast: server CPU figures are not the server's",
-                self.pid
+                "process {} is {comm:?}, not {}: server CPU figures are not the server's",
+                self.pid, self.comm
             )
         })
     }
@@ -304,6 +314,17 @@ impl Drop for Server {
     }
 }
 
+/// The `/proc/PID/comm` of a process running `binary`.
+fn comm_of(binary: &std::path::Path) -> String {
+    let name = binary.file_name().unwrap_or_default().to_string_lossy();
+    name.chars()
+        .scan(0, |len, c| {
+            *len += c.len_utf8();
+            (*len <= 15).then_some(c)
+        })
+        .collect()
+}
+
 fn describe_status(status: std::process::ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("with status {code}"),
@@ -350,6 +371,15 @@ mod tests {
         );
         assert_eq!(parse_listening("info cluecast: stopped"), None);
         assert_eq!(parse_listening("listening on nowhere"), None);
+    }
+
+    #[test]
+    fn comm_is_the_file_name_cut_to_15_bytes() {
+        assert_eq!(comm_of(std::path::Path::new("/a/cluecast")), "cluecast");
+        assert_eq!(
+            comm_of(std::path::Path::new("/usr/bin/a-very-long-server-name")),
+            "a-very-long-ser"
+        );
     }
 
     #[test]

@@ -438,6 +438,7 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
         via: child::words(&args.server_via),
         cpu: args.common.server_pin(),
         args: server_args(args, mode),
+        ready: None,
     };
     let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
         Ok(s) => s,
