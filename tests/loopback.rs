@@ -449,3 +449,24 @@ fn topics_past_the_limit_are_refused_and_the_connection_stays() {
         "a fourth topic is refused, known ones go on"
     );
 }
+
+#[test]
+fn positions_are_validated_and_a_bad_one_is_refused() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut phone = RawClient::open(server.addr);
+    let fix = cluecast_proto::Position {
+        lat_e7: -338_567_844,
+        lon_e7: 1_512_152_967,
+        accuracy_cm: 500,
+        client_ts_ms: 1_700_000_000_000,
+    };
+    phone.send(&Frame::Position(fix));
+    // Valid positions are not acknowledged; the connection carries on.
+    phone.send(&Frame::Ping { nonce: 3 });
+    phone.expect(|f| matches!(f, Frame::Pong { nonce: 3 }));
+    phone.send(&Frame::Position(cluecast_proto::Position {
+        lat_e7: 900_000_001,
+        ..fix
+    }));
+    assert_error_then_close(&mut phone, ErrorCode::InvalidPosition);
+}
