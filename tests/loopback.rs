@@ -470,3 +470,28 @@ fn positions_are_validated_and_a_bad_one_is_refused() {
     }));
     assert_error_then_close(&mut phone, ErrorCode::InvalidPosition);
 }
+
+#[test]
+fn unsubscribe_stops_delivery_and_subscriptions_are_bounded() {
+    let server = Server::start(&["--shards", "2", "--subscriptions-max", "2"]);
+    let mut phone = RawClient::open(server.addr);
+    phone.subscribe("u1", StartMode::Live, 0, 0);
+    publish_all(server.addr, &["u1".to_string()], 1, |_| "one".into());
+    phone.expect(|f| matches!(f, Frame::Event(e) if e.seq == 1));
+    phone.send(&Frame::Unsubscribe { topic: b"u1" });
+    phone.expect(|f| matches!(f, Frame::Unsubscribed { topic } if *topic == b"u1"));
+    publish_all(server.addr, &["u1".to_string()], 1, |_| "two".into());
+    // Nothing of u1 arrives any more: the next frame is the PONG.
+    phone.send(&Frame::Ping { nonce: 7 });
+    phone.expect(|f| matches!(f, Frame::Pong { nonce: 7 }));
+
+    phone.subscribe("u2", StartMode::Live, 0, 0);
+    phone.subscribe("u3", StartMode::Live, 0, 0);
+    phone.send(&Frame::Subscribe(cluecast_proto::Subscribe {
+        mode: StartMode::Live,
+        epoch: 0,
+        last_seq: 0,
+        topic: b"u4",
+    }));
+    assert_error_then_close(&mut phone, ErrorCode::TooManySubscriptions);
+}
