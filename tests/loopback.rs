@@ -495,3 +495,27 @@ fn unsubscribe_stops_delivery_and_subscriptions_are_bounded() {
     }));
     assert_error_then_close(&mut phone, ErrorCode::TooManySubscriptions);
 }
+
+#[test]
+fn a_silent_connection_times_out_and_a_pinging_one_stays() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--heartbeat-ms",
+        "100",
+        "--idle-timeout-ms",
+        "400",
+    ]);
+    let mut silent = RawClient::open(server.addr);
+    let mut pinging = RawClient::open(server.addr);
+    let started = Instant::now();
+    for nonce in 0..10 {
+        pinging.send(&Frame::Ping { nonce });
+        pinging.expect(|f| matches!(f, Frame::Pong { .. }));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_error_then_close(&mut silent, ErrorCode::IdleTimeout);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    pinging.send(&Frame::Ping { nonce: 99 });
+    pinging.expect(|f| matches!(f, Frame::Pong { nonce: 99 }));
+}
