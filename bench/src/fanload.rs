@@ -906,18 +906,19 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         let now = Instant::now();
         let el = now.duration_since(t0).as_nanos() as u64;
         let all_dead = subs.iter().all(|s| !s.alive) && pubs.iter().all(|p| !p.alive);
+        // What the measured window's edges record.
+        let edge = |delivered| {
+            let cpu = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
+            (delivered, cpu, Instant::now())
+        };
         if phase == Phase::Warmup && (el >= warm_ns || all_dead) {
-            delivered0 = rx.delivered;
-            cpu0 = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
-            window_start = Instant::now();
+            (delivered0, cpu0, window_start) = edge(rx.delivered);
             mark(Mark::WindowStart);
             marked += 1;
             phase = Phase::Measure;
         }
         if phase == Phase::Measure && (el >= end_ns || all_dead) {
-            delivered1 = rx.delivered;
-            cpu1 = crate::procfs::self_cpu_secs().unwrap_or(f64::NAN);
-            window_end = Instant::now();
+            (delivered1, cpu1, window_end) = edge(rx.delivered);
             mark(Mark::WindowEnd);
             marked += 1;
             phase = Phase::Drain;
