@@ -308,6 +308,26 @@ struct Pub {
 }
 
 impl Pub {
+    /// A publisher that has sent nothing yet, on a connected socket.
+    fn new(stream: TcpStream, inbox: Inbox, payload: Vec<u8>, topics: usize) -> Pub {
+        Pub {
+            inbox,
+            stream,
+            out: Vec::with_capacity(64 << 10),
+            out_pos: 0,
+            payload,
+            next: 0,
+            sent: 0,
+            acks: 0,
+            refused: 0,
+            unsent: 0,
+            excluded: Vec::new(),
+            excluded_on_topic: vec![0; topics],
+            alive: true,
+            want_out: false,
+        }
+    }
+
     fn backlog(&self) -> usize {
         self.out.len() - self.out_pos
     }
@@ -817,22 +837,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         c.stream
             .set_nonblocking(true)
             .map_err(|e| format!("socket options: {e}"))?;
-        pubs.push(Pub {
-            inbox: Inbox::new(&c.buf, PUB_INBOX_BYTES, wire::EVENT_SEQ_END)?,
-            stream: c.stream,
-            out: Vec::with_capacity(64 << 10),
-            out_pos: 0,
-            payload: (0..plan.payload_bytes).map(|i| (i % 251) as u8).collect(),
-            next: 0,
-            sent: 0,
-            acks: 0,
-            refused: 0,
-            unsent: 0,
-            excluded: Vec::new(),
-            excluded_on_topic: vec![0; plan.topics],
-            alive: true,
-            want_out: false,
-        });
+        let inbox = Inbox::new(&c.buf, PUB_INBOX_BYTES, wire::EVENT_SEQ_END)?;
+        let payload = (0..plan.payload_bytes).map(|i| (i % 251) as u8).collect();
+        pubs.push(Pub::new(c.stream, inbox, payload, plan.topics));
     }
     let connect_secs = connect_start.elapsed().as_secs_f64();
     eprintln!(
@@ -1114,22 +1121,8 @@ mod tests {
     fn ack_request_ids_map_back_to_counters() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let mut p = Pub {
-            inbox: Inbox::new(&[], PUB_INBOX_BYTES, wire::EVENT_SEQ_END).unwrap(),
-            stream,
-            out: Vec::new(),
-            out_pos: 0,
-            payload: Vec::new(),
-            next: 0,
-            sent: 0,
-            acks: 0,
-            refused: 0,
-            unsent: 0,
-            excluded: Vec::new(),
-            excluded_on_topic: vec![0; 4],
-            alive: true,
-            want_out: false,
-        };
+        let inbox = Inbox::new(&[], PUB_INBOX_BYTES, wire::EVENT_SEQ_END).unwrap();
+        let mut p = Pub::new(stream, inbox, Vec::new(), 4);
         assert_eq!(p.counter_of(0), None, "nothing sent yet");
         p.next = 10;
         assert_eq!(p.counter_of(9), Some(9));
