@@ -20,8 +20,7 @@
 //! pinned, sampled and stopped the same way.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::time::Duration;
 
@@ -33,8 +32,9 @@ use crate::fanload::{self, Outcome, Plan, Protocol};
 use crate::jitter;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, num, pct, thousands};
-use crate::server::{Server, ServerCommand, Stopped};
+use crate::server::Stopped;
 use crate::stats::{least_disturbed, median};
+use crate::targets::{self, Launch, Target};
 
 /// Time allowed on top of the plan's own phases for the client process to
 /// start, and to exit after reporting.
@@ -51,35 +51,6 @@ const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const REPEAT_MAX: usize = 100;
 /// How long the host's own stalls are probed before each run.
 const STALL_PROBE: Duration = Duration::from_secs(1);
-
-/// What `fanout` measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
-    /// The appliance (`--cluecast`)
-    Cluecast,
-    /// `cluecast-bench ceiling`: one send(2) per delivery and nothing
-    /// else, the practical ceiling of this host
-    Ceiling,
-    /// redis-server from PATH (skipped if there is none), RESP pub/sub
-    Redis,
-}
-
-impl Target {
-    fn name(self) -> &'static str {
-        match self {
-            Target::Cluecast => "cluecast",
-            Target::Ceiling => "ceiling",
-            Target::Redis => "redis",
-        }
-    }
-
-    fn protocol(self) -> Protocol {
-        match self {
-            Target::Cluecast | Target::Ceiling => Protocol::Cluecast,
-            Target::Redis => Protocol::Resp,
-        }
-    }
-}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -279,80 +250,15 @@ impl Run {
 /// JSON.
 const LATENCY_KEYS: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
 
-/// How to start the target. `binary` is the target's own: this one for
-/// `ceiling`, redis-server for `redis` (`--cluecast` is the appliance's);
-/// `port` is redis's (it needs an explicit one; None in descriptions).
-fn server_command(args: &Args, binary: &Path, port: Option<u16>) -> ServerCommand {
-    let mut cmd = ServerCommand {
-        binary: binary.to_path_buf(),
-        via: Vec::new(),
+/// How this run's target is started.
+fn launch(args: &Args) -> Launch {
+    Launch {
+        target: args.target,
+        listen: args.common.listen,
         cpu: args.common.server_pin(),
-        args: Vec::new(),
-        ready: None,
-    };
-    match args.target {
-        Target::Cluecast => {
-            cmd.binary = args.common.cluecast.clone();
-            cmd.args = server_args(args);
-        }
-        Target::Ceiling => cmd.args = ceiling_args(args),
-        Target::Redis => {
-            let ip = args.common.listen.ip();
-            cmd.args = [
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                &ip.to_string(),
-                "--port",
-                &port.map_or("FREE".into(), |p| p.to_string()),
-                "--maxclients",
-                "20000",
-            ]
-            .map(String::from)
-            .to_vec();
-            // redis logs to stdout; server.rs reads stderr. `exec` keeps
-            // the process id redis-server's.
-            cmd.via = ["sh", "-c", "exec \"$0\" \"$@\" 1>&2"]
-                .map(String::from)
-                .to_vec();
-            let addr = SocketAddr::new(ip, port.unwrap_or(0));
-            cmd.ready = Some(("Ready to accept connections".into(), addr));
-        }
+        appliance_args: server_args(args),
+        payload_bytes: args.payload,
     }
-    cmd
-}
-
-/// A free port for redis on the --listen address (its own if not 0).
-fn free_port(listen: SocketAddr) -> Result<u16, String> {
-    if listen.port() != 0 {
-        return Ok(listen.port());
-    }
-    std::net::TcpListener::bind(listen)
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
-}
-
-/// `name` in a directory of PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// `cluecast-bench ceiling` arguments: the same address and payload limit
-/// (--server-arg and --shards are the appliance's).
-fn ceiling_args(args: &Args) -> Vec<String> {
-    vec![
-        "ceiling".into(),
-        "--listen".into(),
-        args.common.listen.to_string(),
-        "--payload-bytes-max".into(),
-        args.payload.to_string(),
-    ]
 }
 
 fn server_args(args: &Args) -> Vec<String> {
@@ -372,24 +278,11 @@ fn server_args(args: &Args) -> Vec<String> {
 
 fn drive(args: &Args) -> Result<(), String> {
     let host = procfs::host();
-    let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
-    let binary = match args.target {
-        Target::Cluecast => {
-            args.common.check_cluecast()?;
-            args.common.cluecast.clone()
-        }
-        Target::Ceiling => bench.clone(),
-        Target::Redis => match on_path("redis-server") {
-            Some(p) => p,
-            None => {
-                return skipped(
-                    args,
-                    "redis-server is not on PATH (install it, e.g. `apt-get install \
-                     redis-server`; nothing is installed for you)",
-                )
-            }
-        },
+    let program = match targets::program(args.target, &args.common.cluecast) {
+        Ok(p) => p,
+        Err(why) => return skipped(args, &why),
     };
+    let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
     let cores = args.common.cores(true);
     eprintln!(
         "fanout: {} runs of {} s (+{} s warm-up): {} subscribers, {} topics, {} publishers, \
@@ -410,7 +303,7 @@ fn drive(args: &Args) -> Result<(), String> {
     for i in 0..args.repeat {
         let (mut run, thrown) =
             least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
-                let run = run_once(args, &bench, &binary, cores);
+                let run = run_once(args, &bench, &program, cores);
                 eprintln!(
                     "[{}/{}]{} {}",
                     i + 1,
@@ -480,7 +373,7 @@ fn skipped(args: &Args, why: &str) -> Result<(), String> {
 }
 
 /// One measurement: a fresh server, a client process, the figures.
-fn run_once(args: &Args, bench: &Path, binary: &Path, cores: Cores) -> Run {
+fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
     let mut run = Run::default();
     if !args.common.no_pin {
         let stalls = jitter::probe(
@@ -491,19 +384,7 @@ fn run_once(args: &Args, bench: &Path, binary: &Path, cores: Cores) -> Run {
     } else {
         run.host_stall_ms = [f64::NAN; 2];
     }
-    let port = match args.target {
-        Target::Redis => match free_port(args.common.listen) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                run.problems.push(e);
-                run.failed = true;
-                return run;
-            }
-        },
-        _ => None,
-    };
-    let cmd = server_command(args, binary, port);
-    let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
+    let mut server = match targets::start(&launch(args), program, SERVER_START_TIMEOUT) {
         Ok(s) => s,
         Err(e) => {
             run.problems.push(e);
@@ -643,8 +524,8 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
              (full), {cq} completion-queue overflows"
         ));
     }
-    // redis has no such counters.
-    if stopped.stats.is_empty() && args.target != Target::Redis {
+    // The peers have no such counters.
+    if stopped.stats.is_empty() && args.target.has_shard_stats() {
         run.problems
             .push("the server printed no ShardStats on exit".into());
     }
@@ -761,21 +642,14 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         host.cpus, host.cpu_model, host.kernel
     );
     let pin = |cpu: usize| args.common.pinned(", ", cpu);
-    let shown = match args.target {
-        Target::Redis => "redis-server",
-        _ => "cluecast-bench",
+    let shown = match targets::program(args.target, &args.common.cluecast) {
+        Ok(p) => targets::describe(&launch(args), &p),
+        Err(_) => args.target.name().to_string(),
     };
-    let cmd = server_command(args, Path::new(shown), None);
     let _ = writeln!(
         s,
-        "- target `{}`: `{} {}`{}; a fresh one per run, stopped with SIGTERM",
+        "- target `{}`: `{shown}`{}; a fresh one per run, stopped with SIGTERM",
         args.target.name(),
-        cmd.binary.file_name().unwrap_or_default().to_string_lossy(),
-        cmd.args
-            .iter()
-            .map(|a| if a.is_empty() { "''" } else { a })
-            .collect::<Vec<_>>()
-            .join(" "),
         pin(args.common.server_cpu)
     );
     let _ = writeln!(
@@ -1114,37 +988,6 @@ mod tests {
             .last()
             .unwrap()
             .contains("\"run\":\"median\""));
-    }
-
-    #[test]
-    fn ceiling_target_runs_this_binary() {
-        let args = parse(&["--target", "ceiling", "--payload", "100000"]);
-        let cmd = server_command(&args, Path::new("/x/cluecast-bench"), None);
-        assert_eq!(cmd.binary, Path::new("/x/cluecast-bench"));
-        assert_eq!(
-            cmd.args.join(" "),
-            "ceiling --listen 127.0.0.1:0 --payload-bytes-max 100000"
-        );
-        assert_eq!(parse(&[]).target, Target::Cluecast);
-    }
-
-    #[test]
-    fn redis_target_runs_redis_on_the_given_port() {
-        let args = parse(&["--target", "redis"]);
-        let cmd = server_command(&args, Path::new("/usr/bin/redis-server"), Some(7777));
-        assert_eq!(
-            cmd.args.join(" "),
-            "--save  --appendonly no --bind 127.0.0.1 --port 7777 --maxclients 20000"
-        );
-        assert_eq!(cmd.via[0], "sh");
-        assert_eq!(
-            cmd.ready,
-            Some((
-                "Ready to accept connections".to_string(),
-                "127.0.0.1:7777".parse().unwrap()
-            ))
-        );
-        assert_eq!(args.target.protocol(), Protocol::Resp);
     }
 
     #[test]

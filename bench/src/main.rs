@@ -26,6 +26,7 @@ mod report;
 mod resp;
 mod server;
 mod stats;
+mod targets;
 mod wire;
 mod zerocopy;
 

@@ -1,0 +1,258 @@
+//! What a scenario measures, and how each target is found and started: the
+//! appliance, `cluecast-bench ceiling`, and the peers (Redis). Every target
+//! is started the same way (pinned, watched and stopped by server.rs), so
+//! the scenarios treat them alike.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cluecast_proto::Limits;
+
+use crate::fanload::Protocol;
+use crate::server::{Server, ServerCommand};
+
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The appliance (`--cluecast`)
+    Cluecast,
+    /// `cluecast-bench ceiling`: one send(2) per delivery and nothing
+    /// else, the practical ceiling of this host
+    Ceiling,
+    /// redis-server from PATH (skipped if there is none), RESP pub/sub
+    Redis,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cluecast => "cluecast",
+            Target::Ceiling => "ceiling",
+            Target::Redis => "redis",
+        }
+    }
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Target::Cluecast | Target::Ceiling => Protocol::Cluecast,
+            Target::Redis => Protocol::Resp,
+        }
+    }
+
+    /// A peer's server program and the Debian package that has it.
+    fn peer_program(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Target::Cluecast | Target::Ceiling => None,
+            Target::Redis => Some(("redis-server", "redis-server")),
+        }
+    }
+
+    /// Whether the target prints the appliance's `ShardStats` on exit.
+    pub fn has_shard_stats(self) -> bool {
+        self.peer_program().is_none()
+    }
+}
+
+/// How to start a target, apart from the program and the port.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub target: Target,
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Pin the server (and every thread it starts) to this CPU.
+    pub cpu: Option<usize>,
+    /// `cluecast run ...` arguments (the appliance only).
+    pub appliance_args: Vec<String>,
+    /// Largest payload the load sends (the ceiling's limit).
+    pub payload_bytes: usize,
+}
+
+/// The program that serves `target`: the appliance binary, this binary
+/// (`ceiling`), or the peer's server from PATH. Err says why the target
+/// cannot be measured here (the caller skips it).
+pub fn program(target: Target, cluecast: &Path) -> Result<PathBuf, String> {
+    match target {
+        Target::Cluecast => {
+            if cluecast.exists() {
+                Ok(cluecast.to_path_buf())
+            } else {
+                Err(format!(
+                    "{} not found: build it with `cargo build --release --bin cluecast` or \
+                     pass --cluecast",
+                    cluecast.display()
+                ))
+            }
+        }
+        Target::Ceiling => {
+            std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))
+        }
+        _ => {
+            let (name, package) = target.peer_program().expect("a peer");
+            on_path(name).ok_or_else(|| {
+                format!(
+                    "{name} is not on PATH (`apt-get install {package}`; bench/compare.sh \
+                     installs it)"
+                )
+            })
+        }
+    }
+}
+
+/// `name` in a directory of PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Starts `program` for `launch`; peers get a free port on the address
+/// first (they print no address of their own).
+pub fn start(launch: &Launch, program: &Path, timeout: Duration) -> Result<Server, String> {
+    let port = match launch.target.peer_program() {
+        Some(_) => Some(free_port(launch.listen)?),
+        None => None,
+    };
+    Server::start(&command(launch, program, port), timeout)
+}
+
+/// A free port on `listen`'s address (its own if not 0).
+fn free_port(listen: SocketAddr) -> Result<u16, String> {
+    if listen.port() != 0 {
+        return Ok(listen.port());
+    }
+    std::net::TcpListener::bind(listen)
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+/// The command that starts `program` for `launch`; `port` is a peer's
+/// (None in descriptions).
+pub fn command(launch: &Launch, program: &Path, port: Option<u16>) -> ServerCommand {
+    let mut cmd = ServerCommand {
+        binary: program.to_path_buf(),
+        via: Vec::new(),
+        cpu: launch.cpu,
+        args: Vec::new(),
+        ready: None,
+    };
+    let ip = launch.listen.ip();
+    let addr = SocketAddr::new(ip, port.unwrap_or(0));
+    let port_word = port.map_or("FREE".into(), |p| p.to_string());
+    match launch.target {
+        Target::Cluecast => cmd.args = launch.appliance_args.clone(),
+        Target::Ceiling => {
+            let limit = launch
+                .payload_bytes
+                .max(Limits::DEFAULT.payload_bytes_max as usize);
+            cmd.args = vec![
+                "ceiling".into(),
+                "--listen".into(),
+                launch.listen.to_string(),
+                "--payload-bytes-max".into(),
+                limit.to_string(),
+            ];
+        }
+        Target::Redis => {
+            cmd.args = [
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                &ip.to_string(),
+                "--port",
+                &port_word,
+                "--maxclients",
+                "20000",
+            ]
+            .map(String::from)
+            .to_vec();
+            // redis logs to stdout; server.rs reads stderr. `exec` keeps
+            // the process id redis-server's.
+            cmd.via = ["sh", "-c", "exec \"$0\" \"$@\" 1>&2"]
+                .map(String::from)
+                .to_vec();
+            cmd.ready = Some(("Ready to accept connections".into(), addr));
+        }
+    }
+    cmd
+}
+
+/// `program args...` as the report shows it.
+pub fn describe(launch: &Launch, program: &Path) -> String {
+    let cmd = command(launch, program, None);
+    let name = cmd.binary.file_name().unwrap_or_default().to_string_lossy();
+    let args: Vec<&str> = cmd
+        .args
+        .iter()
+        .map(|a| if a.is_empty() { "''" } else { a.as_str() })
+        .collect();
+    format!("{name} {}", args.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(target: Target) -> Launch {
+        Launch {
+            target,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cpu: Some(0),
+            appliance_args: vec!["run".into(), "--shards".into(), "1".into()],
+            payload_bytes: 100_000,
+        }
+    }
+
+    #[test]
+    fn ceiling_runs_this_binary_with_the_payload_limit() {
+        let cmd = command(
+            &launch(Target::Ceiling),
+            Path::new("/x/cluecast-bench"),
+            None,
+        );
+        assert_eq!(cmd.binary, Path::new("/x/cluecast-bench"));
+        assert_eq!(
+            cmd.args.join(" "),
+            "ceiling --listen 127.0.0.1:0 --payload-bytes-max 100000"
+        );
+        assert_eq!(cmd.cpu, Some(0));
+    }
+
+    #[test]
+    fn redis_runs_on_the_given_port_without_persistence() {
+        let l = launch(Target::Redis);
+        let cmd = command(&l, Path::new("/usr/bin/redis-server"), Some(7777));
+        assert_eq!(
+            cmd.args.join(" "),
+            "--save  --appendonly no --bind 127.0.0.1 --port 7777 --maxclients 20000"
+        );
+        assert_eq!(cmd.via[0], "sh");
+        assert_eq!(
+            cmd.ready,
+            Some((
+                "Ready to accept connections".to_string(),
+                "127.0.0.1:7777".parse().unwrap()
+            ))
+        );
+        assert_eq!(Target::Redis.protocol(), Protocol::Resp);
+        assert!(describe(&l, Path::new("/usr/bin/redis-server"))
+            .starts_with("redis-server --save '' --appendonly no"));
+    }
+
+    #[test]
+    fn the_appliance_gets_its_own_arguments() {
+        let cmd = command(&launch(Target::Cluecast), Path::new("/x/cluecast"), None);
+        assert_eq!(cmd.args.join(" "), "run --shards 1");
+        assert!(Target::Cluecast.has_shard_stats() && !Target::Redis.has_shard_stats());
+    }
+
+    #[test]
+    fn a_missing_program_is_a_reason_to_skip() {
+        let why = program(Target::Cluecast, Path::new("/nonexistent/cluecast")).unwrap_err();
+        assert!(why.contains("cargo build --release"), "{why}");
+    }
+}
