@@ -699,28 +699,31 @@ enum Phase {
 
 /// A connection past its handshake (and SUBSCRIBE, for a subscriber), still
 /// blocking.
-struct Joined {
-    stream: TcpStream,
+pub struct Joined {
+    pub stream: TcpStream,
     /// Bytes read past the last answer awaited.
-    buf: Vec<u8>,
-    /// The topic's sequence number when the subscription started.
-    last_seq: u64,
+    pub buf: Vec<u8>,
+    /// The topic's sequence number when the subscription started (0 where
+    /// the protocol has none).
+    pub last_seq: u64,
 }
 
-/// Connects as `id`, subscribing to `topic` if given; the server's limits
-/// and heartbeat, if it announces them, go to `limits` and `heartbeat_ms`.
-fn join(
-    plan: &Plan,
+/// Connects to `server` speaking `protocol` as `id`, subscribing to `topic`
+/// if given; the server's limits and heartbeat, if it announces them, go to
+/// `limits` and `heartbeat_ms`.
+pub fn join(
+    protocol: Protocol,
+    server: SocketAddr,
+    timeout: Duration,
     id: &str,
     topic: Option<&str>,
     limits: &mut Limits,
     heartbeat_ms: &mut u32,
 ) -> Result<Joined, String> {
-    let timeout = plan.connect_timeout;
-    if plan.protocol == Protocol::Resp {
+    if protocol == Protocol::Resp {
         let (stream, buf) = match topic {
-            Some(t) => resp::subscribe(plan.server, t.as_bytes(), timeout)?,
-            None => (resp::connect(plan.server, timeout)?, Vec::new()),
+            Some(t) => resp::subscribe(server, t.as_bytes(), timeout)?,
+            None => (resp::connect(server, timeout)?, Vec::new()),
         };
         return Ok(Joined {
             stream,
@@ -728,9 +731,8 @@ fn join(
             last_seq: 0,
         });
     }
-    let mut c = wire::connect(plan.server, id, timeout)?;
+    let mut c = wire::connect(server, id, timeout)?;
     (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
-    wire::check_payload(plan.payload_bytes, limits)?;
     let last_seq = match topic {
         Some(t) => c.subscribe_live(t.as_bytes(), timeout)?,
         None => 0,
@@ -796,12 +798,15 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     for i in 0..plan.subscribers {
         let topic = i % plan.topics;
         let c = join(
-            plan,
+            plan.protocol,
+            plan.server,
+            plan.connect_timeout,
             &format!("{id_base}-s{i}"),
             Some(&topics[topic]),
             &mut limits,
             &mut heartbeat_ms,
         )
+        .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
         .map_err(|e| format!("subscriber {i}: {e}"))?;
         c.stream
             .set_nonblocking(true)
@@ -827,12 +832,15 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     let mut pubs = Vec::with_capacity(plan.publishers);
     for p in 0..plan.publishers {
         let c = join(
-            plan,
+            plan.protocol,
+            plan.server,
+            plan.connect_timeout,
             &format!("{id_base}-p{p}"),
             None,
             &mut limits,
             &mut heartbeat_ms,
         )
+        .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
         .map_err(|e| format!("publisher {p}: {e}"))?;
         c.stream
             .set_nonblocking(true)
