@@ -43,46 +43,118 @@ impl Stamp {
 
 /// When each publisher's events are due and where they go.
 ///
-/// The events of all publishers together are evenly spaced at
-/// `rate_per_topic × topics` per second: publisher `p`'s event `n` is the
-/// `n × P + p`-th of the whole stream. Each topic then gets
-/// `rate_per_topic` events per second in all.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The events of all publishers together form one stream, spaced evenly at
+/// `rate_per_topic × topics` per second within each phase of the rate
+/// profile: publisher `p`'s event `n` is the `n × P + p`-th of the stream.
+/// Each topic then gets `rate_per_topic` events per second in all. A
+/// profile of several phases (the `spike` scenario) changes the rate at
+/// given times; the stream stays one sequence, so every counter keeps one
+/// due time and one topic.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
     publishers: u64,
     topics: u64,
+    /// Ascending by start; the first starts at 0.
+    phases: Vec<Phase>,
+}
+
+/// A stretch of the schedule at one rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Phase {
+    /// When it starts, ns from the schedule's start.
+    start_ns: u64,
+    /// The stream position due at `start_ns` (fractional: a phase may
+    /// start between two events).
+    start_index: f64,
     /// Nanoseconds between consecutive events of the whole stream.
     spacing_ns: f64,
 }
 
+/// Most phases of a rate profile (a spike's ramp is a handful of steps).
+pub const PHASES_MAX: usize = 64;
+
 impl Schedule {
+    /// One rate throughout.
     pub fn new(publishers: usize, topics: usize, rate_per_topic: f64) -> Result<Schedule, String> {
+        Schedule::with_profile(publishers, topics, &[(0, rate_per_topic)])
+    }
+
+    /// A rate per phase: `(start_ns, rate_per_topic)`, the first starting
+    /// at 0, the starts strictly ascending.
+    pub fn with_profile(
+        publishers: usize,
+        topics: usize,
+        profile: &[(u64, f64)],
+    ) -> Result<Schedule, String> {
         if publishers == 0 || topics == 0 {
             return Err("need at least one publisher and one topic".into());
         }
-        let total = rate_per_topic * topics as f64;
-        if !(total.is_finite() && total > 0.0 && total <= 1e8) {
+        if profile.is_empty() || profile.len() > PHASES_MAX || profile[0].0 != 0 {
             return Err(format!(
-                "--rate {rate_per_topic} over {topics} topics is not a usable rate"
+                "a rate profile needs 1..={PHASES_MAX} phases, the first at 0"
             ));
+        }
+        let mut phases: Vec<Phase> = Vec::with_capacity(profile.len());
+        for &(start_ns, rate_per_topic) in profile {
+            let total = rate_per_topic * topics as f64;
+            if !(total.is_finite() && total > 0.0 && total <= 1e8) {
+                return Err(format!(
+                    "--rate {rate_per_topic} over {topics} topics is not a usable rate"
+                ));
+            }
+            let start_index = match phases.last() {
+                None => 0.0,
+                Some(prev) if start_ns > prev.start_ns => {
+                    prev.start_index + (start_ns - prev.start_ns) as f64 / prev.spacing_ns
+                }
+                Some(_) => return Err("the phases of a rate profile must ascend".into()),
+            };
+            phases.push(Phase {
+                start_ns,
+                start_index,
+                spacing_ns: 1e9 / total,
+            });
         }
         Ok(Schedule {
             publishers: publishers as u64,
             topics: topics as u64,
-            spacing_ns: 1e9 / total,
+            phases,
         })
+    }
+
+    /// When stream position `i` is due, in ns from the start.
+    fn due_of(&self, i: u64) -> u64 {
+        let x = i as f64;
+        let ph = self
+            .phases
+            .iter()
+            .rev()
+            .find(|ph| ph.start_index <= x)
+            .unwrap_or(&self.phases[0]);
+        ph.start_ns + ((x - ph.start_index) * ph.spacing_ns) as u64
+    }
+
+    /// The stream position due at `ns` (fractional).
+    fn position_at(&self, ns: u64) -> f64 {
+        let ph = self
+            .phases
+            .iter()
+            .rev()
+            .find(|ph| ph.start_ns <= ns)
+            .unwrap_or(&self.phases[0]);
+        ph.start_index + (ns - ph.start_ns) as f64 / ph.spacing_ns
     }
 
     /// When publisher `p`'s event `n` is due, in ns from the start.
     pub fn due_ns(&self, p: usize, n: u64) -> u64 {
-        ((n * self.publishers + p as u64) as f64 * self.spacing_ns) as u64
+        self.due_of(n * self.publishers + p as u64)
     }
 
     /// How many of publisher `p`'s events are due before `ns` from the
     /// start, i.e. the first `n` with `due_ns(p, n) >= ns`.
     pub fn due_before(&self, p: usize, ns: u64) -> u64 {
         // Start from the arithmetic guess and correct for rounding.
-        let g = (ns as f64 / self.spacing_ns).ceil() as u64;
+        let g = self.position_at(ns).ceil() as u64;
         let mut n = g.saturating_sub(p as u64).div_ceil(self.publishers);
         while n > 0 && self.due_ns(p, n - 1) >= ns {
             n -= 1;
@@ -283,6 +355,51 @@ mod tests {
         assert!(Schedule::new(0, 20, 50.0).is_err());
         assert!(Schedule::new(1, 20, 0.0).is_err());
         assert!(Schedule::new(1, 20, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn a_profile_changes_the_rate_at_its_phases() {
+        // 1 topic: 1000/s for 1 s, 10 000/s for 0.5 s, then 1000/s again.
+        let s = Schedule::with_profile(
+            2,
+            1,
+            &[
+                (0, 1000.0),
+                (1_000_000_000, 10_000.0),
+                (1_500_000_000, 1000.0),
+            ],
+        )
+        .unwrap();
+        let both = |ns| s.due_before(0, ns) + s.due_before(1, ns);
+        assert_eq!(both(1_000_000_000), 1000);
+        assert_eq!(both(1_500_000_000) - both(1_000_000_000), 5000);
+        assert_eq!(both(2_500_000_000) - both(1_500_000_000), 1000);
+        // Due times never go backwards across the phase edges, and
+        // due_before stays the inverse of due_ns.
+        for p in 0..2 {
+            let mut last = 0;
+            for n in 0..4000 {
+                let due = s.due_ns(p, n);
+                assert!(due >= last, "p {p} n {n}");
+                last = due;
+            }
+            for ns in [
+                999_999_999,
+                1_000_000_000,
+                1_000_050_001,
+                1_499_999_999,
+                2_000_000_000,
+            ] {
+                let n = s.due_before(p, ns);
+                assert!(s.due_ns(p, n) >= ns && (n == 0 || s.due_ns(p, n - 1) < ns));
+            }
+        }
+        assert!(Schedule::with_profile(1, 1, &[]).is_err());
+        assert!(
+            Schedule::with_profile(1, 1, &[(5, 1.0)]).is_err(),
+            "must start at 0"
+        );
+        assert!(Schedule::with_profile(1, 1, &[(0, 1.0), (0, 2.0)]).is_err());
     }
 
     #[test]

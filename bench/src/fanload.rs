@@ -35,7 +35,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{Frame, Limits, Publish};
+use cluecast_proto::{Frame, Limits, Position, Publish, SubscribeStatus};
 use hdrhistogram::Histogram;
 
 use crate::child::{result_struct, Mark};
@@ -78,6 +78,80 @@ pub enum Protocol {
     Resp,
 }
 
+/// What shapes the load beyond the fan-out itself. Times are from the
+/// schedule's start (warm-up included).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Scenario {
+    /// A steady rate.
+    #[default]
+    Fanout,
+    /// The rate rises `factor`-fold in steps over `ramp`, holds for
+    /// `hold`, then drops back.
+    Spike {
+        at: Duration,
+        ramp: Duration,
+        hold: Duration,
+        factor: f64,
+    },
+    /// The first `subscribers` close their connections at once at `at`
+    /// and come back spread evenly over `spread`, resuming where they
+    /// were (where the protocol can).
+    Storm {
+        at: Duration,
+        subscribers: usize,
+        spread: Duration,
+    },
+    /// Every subscriber (a player) also sends its position
+    /// `positions_per_s` times a second, upstream on its own connection
+    /// (RESP, which cannot publish while subscribed, on a second one).
+    Hunt { positions_per_s: f64 },
+}
+
+/// Steps of a spike's ramp: the rate rises in equal steps, reaching the
+/// top one step before the ramp's end.
+const RAMP_STEPS: u32 = 10;
+/// Most positions per second per player (phones send one a second).
+const POSITIONS_PER_S_MAX: f64 = 100.0;
+
+impl Scenario {
+    /// The publishing schedule this scenario gives `plan`.
+    pub fn schedule(&self, plan: &Plan) -> Result<Schedule, String> {
+        let rate = plan.rate_per_topic;
+        let Scenario::Spike {
+            at,
+            ramp,
+            hold,
+            factor,
+        } = *self
+        else {
+            return Schedule::new(plan.publishers, plan.topics, rate);
+        };
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(format!("a spike factor of {factor} is not a spike"));
+        }
+        let at_ns = at.as_nanos() as u64;
+        let step_ns = ramp.as_nanos() as u64 / u64::from(RAMP_STEPS);
+        let mut profile = vec![(0, rate)];
+        for k in 1..=RAMP_STEPS {
+            let step_rate = rate * (1.0 + (factor - 1.0) * f64::from(k) / f64::from(RAMP_STEPS));
+            profile.push((at_ns + step_ns * u64::from(k - 1), step_rate));
+        }
+        profile.push(((at + ramp + hold).as_nanos() as u64, rate));
+        profile.dedup_by_key(|(start, _)| *start);
+        Schedule::with_profile(plan.publishers, plan.topics, &profile)
+    }
+
+    /// The stretch whose latencies are reported apart (the spike, the
+    /// storm's reconnecting), by due time from the schedule's start.
+    pub fn phase(&self) -> Option<(Duration, Duration)> {
+        match *self {
+            Scenario::Spike { at, ramp, hold, .. } => Some((at, at + ramp + hold)),
+            Scenario::Storm { at, spread, .. } => Some((at, at + spread)),
+            Scenario::Fanout | Scenario::Hunt { .. } => None,
+        }
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -99,6 +173,7 @@ pub struct Plan {
     pub drain_timeout: Duration,
     /// For TCP connect and each handshake answer.
     pub connect_timeout: Duration,
+    pub scenario: Scenario,
 }
 
 result_struct! {
@@ -127,6 +202,33 @@ result_struct! {
         pub fanout_p50: u64,
         pub fanout_p99: u64,
         pub fanout_max: u64,
+        /// The scenario's phase (the spike; the storm's reconnecting):
+        /// latency of the deliveries of events due in it (to subscribers
+        /// that were connected). Zero without one.
+        pub phase_count: u64,
+        pub phase_p50: u64,
+        pub phase_p99: u64,
+        pub phase_p999: u64,
+        pub phase_max: u64,
+        /// The window before the phase: the steady state it is compared
+        /// with.
+        pub steady_p99: u64,
+        pub steady_p999: u64,
+        /// Storm: subscribers dropped, and back subscribed.
+        pub storm_dropped: u64,
+        pub storm_rejoined: u64,
+        /// Storm: resumes the server could not make whole (its history
+        /// no longer held what was missed).
+        pub storm_gaps: u64,
+        /// Storm: from the drop until the last subscriber back had
+        /// received an event due after its return (so everything it
+        /// missed before).
+        pub storm_resume_ns: u64,
+        /// Deliveries of events due while their subscriber was away
+        /// (replayed on resume; not in the latencies).
+        pub catch_up_deliveries: u64,
+        /// Hunt: positions sent upstream.
+        pub positions_sent: u64,
         /// The rest: publish_ts_ns − due (sending, the server's receive
         /// and sequencing), per delivery.
         pub publish_p99: u64,
@@ -281,8 +383,18 @@ struct Sub {
     /// What arrived from each publisher.
     tracks: Vec<Track>,
     alive: bool,
-    /// Unwritten part of a PING (subscribers send nothing else).
+    /// Disconnected by a storm, not yet back.
+    away: bool,
+    /// Events due before this (CLOCK_REALTIME ns) were missed while away:
+    /// their deliveries are catch-up, not latency. 0: never away.
+    back_ns: u64,
+    /// When the first event due after `back_ns` arrived.
+    caught_up_ns: Option<u64>,
+    /// Unwritten PINGs and positions.
     out: Vec<u8>,
+    /// RESP only: the connection positions go out on (a subscribed RESP
+    /// connection cannot publish). Its replies are read and dropped.
+    upstream: Option<TcpStream>,
 }
 
 struct Pub {
@@ -402,7 +514,14 @@ struct Rx {
     /// Events due in [lo, hi) (CLOCK_REALTIME ns) have their latency kept.
     window_lo: u64,
     window_hi: u64,
+    /// The scenario's phase inside the window (empty without one); the
+    /// window before it is the steady state.
+    phase_lo: u64,
+    phase_hi: u64,
     latency: Histogram<u64>,
+    phase: Histogram<u64>,
+    steady: Histogram<u64>,
+    catch_up: u64,
     fanout: Histogram<u64>,
     publish: Histogram<u64>,
     read_delay: Histogram<u64>,
@@ -452,9 +571,22 @@ impl Rx {
         if track.see(self.schedule.index_on_topic(stamp.counter)) == Seen::Duplicate {
             return;
         }
+        if stamp.scheduled_ns < sub.back_ns {
+            // Missed while away: its wait is the outage, not latency.
+            self.catch_up += 1;
+            return;
+        }
+        if sub.back_ns > 0 && sub.caught_up_ns.is_none() {
+            *sub.caught_up_ns = Some(recv_ns);
+        }
         if (self.window_lo..self.window_hi).contains(&stamp.scheduled_ns) {
-            self.latency
-                .saturating_record(recv_ns.saturating_sub(stamp.scheduled_ns));
+            let latency = recv_ns.saturating_sub(stamp.scheduled_ns);
+            self.latency.saturating_record(latency);
+            if (self.phase_lo..self.phase_hi).contains(&stamp.scheduled_ns) {
+                self.phase.saturating_record(latency);
+            } else if stamp.scheduled_ns < self.phase_lo {
+                self.steady.saturating_record(latency);
+            }
             if let Some(ts) = server_ts {
                 self.fanout.saturating_record(recv_ns.saturating_sub(ts));
                 self.publish
@@ -568,6 +700,8 @@ struct SubView<'a> {
     topic: usize,
     next_seq: &'a mut u64,
     tracks: &'a mut [Track],
+    back_ns: u64,
+    caught_up_ns: &'a mut Option<u64>,
 }
 
 fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
@@ -587,6 +721,8 @@ fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Re
             topic: s.topic,
             next_seq: &mut s.next_seq,
             tracks: &mut s.tracks,
+            back_ns: s.back_ns,
+            caught_up_ns: &mut s.caught_up_ns,
         };
         match protocol {
             Protocol::Cluecast => s.inbox.drain(
@@ -703,20 +839,26 @@ pub struct Joined {
     pub stream: TcpStream,
     /// Bytes read past the last answer awaited.
     pub buf: Vec<u8>,
-    /// The topic's sequence number when the subscription started (0 where
-    /// the protocol has none).
-    pub last_seq: u64,
+    /// The sequence of the first event to come (1 where the protocol has
+    /// none).
+    pub next_seq: u64,
+    /// A resume that could not be made whole (cluecast's NotRecovered or
+    /// EpochChanged).
+    pub gap: bool,
 }
 
 /// Connects to `server` speaking `protocol` as `id`, subscribing to `topic`
-/// if given; the server's limits and heartbeat, if it announces them, go to
-/// `limits` and `heartbeat_ms`.
+/// if given, live or (where the protocol can) resuming after a sequence;
+/// the server's limits and heartbeat, if it announces them, go to `limits`
+/// and `heartbeat_ms`.
+#[allow(clippy::too_many_arguments)]
 pub fn join(
     protocol: Protocol,
     server: SocketAddr,
     timeout: Duration,
     id: &str,
     topic: Option<&str>,
+    resume_after: Option<u64>,
     limits: &mut Limits,
     heartbeat_ms: &mut u32,
 ) -> Result<Joined, String> {
@@ -728,19 +870,27 @@ pub fn join(
         return Ok(Joined {
             stream,
             buf,
-            last_seq: 0,
+            next_seq: 1,
+            gap: false,
         });
     }
     let mut c = wire::connect(server, id, timeout)?;
     (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
-    let last_seq = match topic {
-        Some(t) => c.subscribe_live(t.as_bytes(), timeout)?,
-        None => 0,
+    let (next_seq, gap) = match topic {
+        Some(t) => {
+            let s = c.subscribe(t.as_bytes(), resume_after, timeout)?;
+            if resume_after.is_none() && s.status != SubscribeStatus::Ok {
+                return Err(format!("SUBSCRIBED with status {:?}", s.status));
+            }
+            (s.next_seq, s.status != SubscribeStatus::Ok)
+        }
+        None => (1, false),
     };
     Ok(Joined {
         stream: c.stream,
         buf: c.buf,
-        last_seq,
+        next_seq,
+        gap,
     })
 }
 
@@ -757,6 +907,159 @@ fn check_descriptors(sockets: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A storm's progress: who is away, who is back.
+struct StormRun {
+    /// When the drop happens and over how long they come back, ns from
+    /// the start.
+    at_ns: u64,
+    spread_ns: u64,
+    /// Subscribers 0..count take part.
+    count: usize,
+    /// CLOCK_REALTIME of the drop, once it happened.
+    dropped_real_ns: Option<u64>,
+    rejoined: usize,
+    gaps: u64,
+}
+
+impl StormRun {
+    /// When subscriber `k` (< count) comes back, ns from the start.
+    fn back_at(&self, k: usize) -> u64 {
+        self.at_ns + self.spread_ns * k as u64 / self.count as u64
+    }
+
+    /// When something is next to do, ns from the start.
+    fn next_ns(&self) -> u64 {
+        match self.dropped_real_ns {
+            None => self.at_ns,
+            Some(_) if self.rejoined < self.count => self.back_at(self.rejoined),
+            Some(_) => u64::MAX,
+        }
+    }
+}
+
+/// The hunt's upstream: position `m` of the whole stream is player
+/// `m % S`'s, due at `m / (S × rate)` s.
+struct Positions {
+    per_s: f64,
+    next: u64,
+    sent: u64,
+    /// A position body: fixed coordinates, the time stamped per send.
+    fix: Position,
+}
+
+impl Positions {
+    fn due_before(&self, ns: u64) -> u64 {
+        (ns as f64 * self.per_s / 1e9).ceil() as u64
+    }
+
+    fn due_ns(&self, m: u64) -> u64 {
+        (m as f64 * 1e9 / self.per_s) as u64
+    }
+
+    /// Queues every position due by `el` on its player's connection;
+    /// players with bytes to write are added to `writing`.
+    fn send_due(
+        &mut self,
+        el: u64,
+        plan: &Plan,
+        topics: &[String],
+        subs: &mut [Sub],
+        writing: &mut Vec<usize>,
+    ) {
+        let due = self.due_before(el.saturating_add(1));
+        if due <= self.next {
+            return;
+        }
+        let ts_ms = cluecast_sys::realtime_ns() / 1_000_000;
+        for m in self.next..due {
+            let i = (m % subs.len() as u64) as usize;
+            let s = &mut subs[i];
+            if !s.alive || s.away {
+                continue;
+            }
+            if s.out.is_empty() {
+                writing.push(i);
+            }
+            let fix = Position {
+                client_ts_ms: ts_ms,
+                ..self.fix
+            };
+            match plan.protocol {
+                Protocol::Cluecast => Frame::Position(fix).encode(&mut s.out),
+                Protocol::Resp => {
+                    let mut body = [0u8; 20];
+                    body[0..4].copy_from_slice(&fix.lat_e7.to_be_bytes());
+                    body[4..8].copy_from_slice(&fix.lon_e7.to_be_bytes());
+                    body[8..12].copy_from_slice(&fix.accuracy_cm.to_be_bytes());
+                    body[12..20].copy_from_slice(&fix.client_ts_ms.to_be_bytes());
+                    let channel = format!("{}.pos", topics[s.topic]);
+                    resp::command(&mut s.out, &[b"PUBLISH", channel.as_bytes(), &body]);
+                }
+            }
+            self.sent += 1;
+        }
+        self.next = due;
+    }
+}
+
+/// Brings subscriber `i` back after a storm on a fresh connection,
+/// resuming after the last sequence it had; Ok(true) when the resume left
+/// a gap.
+fn rejoin(
+    s: &mut Sub,
+    plan: &Plan,
+    topic: &str,
+    id: &str,
+    inbox: (usize, usize),
+    epoll: &Epoll,
+    token: usize,
+) -> Result<bool, String> {
+    let (mut limits, mut heartbeat_ms) = (Limits::DEFAULT, 0);
+    let c = join(
+        plan.protocol,
+        plan.server,
+        plan.connect_timeout,
+        id,
+        Some(topic),
+        Some(s.next_seq - 1),
+        &mut limits,
+        &mut heartbeat_ms,
+    )?;
+    c.stream
+        .set_nonblocking(true)
+        .and_then(|_| wire::enable_rx_timestamps(&c.stream))
+        .map_err(|e| format!("socket options: {e}"))?;
+    s.inbox = Inbox::new(&c.buf, inbox.0, inbox.1)?;
+    s.stream = c.stream;
+    s.next_seq = c.next_seq;
+    s.away = false;
+    s.back_ns = cluecast_sys::realtime_ns();
+    s.caught_up_ns = None;
+    epoll.ctl(libc::EPOLL_CTL_ADD, s.stream.as_raw_fd(), token, READABLE)?;
+    Ok(c.gap)
+}
+
+/// Writes what a subscriber has queued (PINGs, positions) on the
+/// connection it writes on; RESP's upstream replies are read and dropped.
+fn write_queued(s: &mut Sub) -> io::Result<()> {
+    match s.upstream.as_mut() {
+        Some(up) => {
+            let mut sink = [0u8; 4096];
+            loop {
+                match io::Read::read(up, &mut sink) {
+                    Ok(0) => return Err(io::Error::other("the upstream connection closed")),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            wire::write_some(up, &mut s.out)
+        }
+        None => wire::write_some(&mut s.stream, &mut s.out),
+    }
+}
+
 /// Runs the plan; `mark` is called at the start and end of the measured
 /// window (always both, in order, unless setting up fails).
 pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
@@ -768,8 +1071,54 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             "--payload must be at least {STAMP_BYTES} bytes (the stamp)"
         ));
     }
-    let schedule = Schedule::new(plan.publishers, plan.topics, plan.rate_per_topic)?;
-    check_descriptors(plan.subscribers + plan.publishers)?;
+    let schedule = plan.scenario.schedule(plan)?;
+    let mut storm = None;
+    let mut positions = None;
+    match plan.scenario {
+        Scenario::Storm {
+            at,
+            subscribers,
+            spread,
+        } => {
+            if subscribers == 0 || subscribers > plan.subscribers {
+                return Err(format!(
+                    "a storm of {subscribers} out of {} subscribers",
+                    plan.subscribers
+                ));
+            }
+            storm = Some(StormRun {
+                at_ns: at.as_nanos() as u64,
+                spread_ns: spread.as_nanos() as u64,
+                count: subscribers,
+                dropped_real_ns: None,
+                rejoined: 0,
+                gaps: 0,
+            });
+        }
+        Scenario::Hunt { positions_per_s } => {
+            if !(positions_per_s > 0.0 && positions_per_s <= POSITIONS_PER_S_MAX) {
+                return Err(format!(
+                    "{positions_per_s} positions/s per player: must be in (0, {POSITIONS_PER_S_MAX}]"
+                ));
+            }
+            positions = Some(Positions {
+                per_s: positions_per_s * plan.subscribers as f64,
+                next: 0,
+                sent: 0,
+                // A square in a city centre, to within 5 m.
+                fix: Position {
+                    lat_e7: 525_200_000,
+                    lon_e7: 134_050_000,
+                    accuracy_cm: 500,
+                    client_ts_ms: 1,
+                },
+            });
+        }
+        Scenario::Fanout | Scenario::Spike { .. } => {}
+    }
+    let upstreams = positions.is_some() && plan.protocol == Protocol::Resp;
+    let sockets = plan.subscribers * if upstreams { 2 } else { 1 } + plan.publishers;
+    check_descriptors(sockets)?;
     // Wake-ups within 1 µs of the schedule instead of the default 50 µs.
     // SAFETY: prctl with an integer argument.
     unsafe {
@@ -803,6 +1152,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             plan.connect_timeout,
             &format!("{id_base}-s{i}"),
             Some(&topics[topic]),
+            None,
             &mut limits,
             &mut heartbeat_ms,
         )
@@ -812,14 +1162,30 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             .set_nonblocking(true)
             .and_then(|_| wire::enable_rx_timestamps(&c.stream))
             .map_err(|e| format!("socket options: {e}"))?;
+        let upstream = match upstreams {
+            true => Some(
+                resp::connect(plan.server, plan.connect_timeout)
+                    .and_then(|up| {
+                        up.set_nonblocking(true)
+                            .map_err(|e| format!("socket options: {e}"))?;
+                        Ok(up)
+                    })
+                    .map_err(|e| format!("subscriber {i} upstream: {e}"))?,
+            ),
+            false => None,
+        };
         subs.push(Sub {
             inbox: Inbox::new(&c.buf, sub_inbox_bytes, peek)?,
             stream: c.stream,
             topic,
-            next_seq: c.last_seq + 1,
+            next_seq: c.next_seq,
             tracks: vec![Track::default(); plan.publishers],
             alive: true,
+            away: false,
+            back_ns: 0,
+            caught_up_ns: None,
             out: Vec::new(),
+            upstream,
         });
         if (i + 1) % CONNECT_PROGRESS_EVERY == 0 {
             eprintln!(
@@ -836,6 +1202,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             plan.server,
             plan.connect_timeout,
             &format!("{id_base}-p{p}"),
+            None,
             None,
             &mut limits,
             &mut heartbeat_ms,
@@ -873,7 +1240,8 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     // The server drops connections silent for idle_timeout (> heartbeat):
     // subscribers ping so long runs are not cut short.
     let ping_every = (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms) / 2));
-    let mut pinging: Vec<usize> = Vec::new();
+    // Subscribers with PINGs or positions to write.
+    let mut writing: Vec<usize> = Vec::new();
 
     let warm_ns = plan.warmup.as_nanos() as u64;
     let end_ns = warm_ns + plan.duration.as_nanos() as u64;
@@ -884,11 +1252,20 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     let real0 = cluecast_sys::realtime_ns();
     let since_t0 = || Instant::now().duration_since(t0).as_nanos() as u64;
     let mut next_ping = ping_every.map(|p| t0 + p);
+    let (phase_lo, phase_hi) = match plan.scenario.phase() {
+        Some((lo, hi)) => (lo.as_nanos() as u64, hi.as_nanos() as u64),
+        None => (end_ns, end_ns),
+    };
     let mut rx = Rx {
-        schedule,
+        schedule: schedule.clone(),
         window_lo: real0 + warm_ns,
         window_hi: real0 + end_ns,
+        phase_lo: real0 + phase_lo.clamp(warm_ns, end_ns),
+        phase_hi: real0 + phase_hi.clamp(warm_ns, end_ns),
         latency: latency_histogram(),
+        phase: latency_histogram(),
+        steady: latency_histogram(),
+        catch_up: 0,
         fanout: latency_histogram(),
         publish: latency_histogram(),
         read_delay: latency_histogram(),
@@ -899,7 +1276,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     };
     let mut publishing = Publishing {
         protocol: plan.protocol,
-        schedule,
+        schedule: schedule.clone(),
         topics: &topics,
         real0,
         warm_ns,
@@ -954,23 +1331,62 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         // Publish everything due by now (nothing is due after end_ns).
         let next_due = publishing.publish_due(&mut pubs, &epoll, el, &mut notes)?;
 
-        if let (Some(at), Some(every)) = (next_ping, ping_every) {
-            if now >= at {
-                next_ping = Some(now + every);
-                for (i, s) in subs.iter_mut().enumerate() {
-                    if s.alive && s.out.is_empty() {
-                        Frame::Ping { nonce: i as u64 }.encode(&mut s.out);
-                        pinging.push(i);
+        if let Some(st) = storm.as_mut() {
+            if st.dropped_real_ns.is_none() && el >= st.at_ns {
+                for (i, s) in subs[..st.count].iter_mut().enumerate() {
+                    if s.alive {
+                        let fd = s.stream.as_raw_fd();
+                        let _ = epoll.ctl(libc::EPOLL_CTL_DEL, fd, plan.publishers + i, 0);
+                        let _ = s.stream.shutdown(std::net::Shutdown::Both);
+                        s.away = true;
+                    }
+                }
+                st.dropped_real_ns = Some(cluecast_sys::realtime_ns());
+            }
+            while st.dropped_real_ns.is_some()
+                && st.rejoined < st.count
+                && since_t0() >= st.back_at(st.rejoined)
+            {
+                let i = st.rejoined;
+                st.rejoined += 1;
+                let s = &mut subs[i];
+                if !s.alive {
+                    continue;
+                }
+                let id = format!("{id_base}-s{i}");
+                let inbox = (sub_inbox_bytes, peek);
+                let token = plan.publishers + i;
+                match rejoin(s, plan, &topics[s.topic], &id, inbox, &epoll, token) {
+                    Ok(gap) => st.gaps += u64::from(gap),
+                    Err(e) => {
+                        (s.alive, s.away) = (false, false);
+                        notes.subscriber(i, format!("coming back: {e}"));
                     }
                 }
             }
         }
-        pinging.retain(|&i| {
+
+        if let (Some(at), Some(every)) = (next_ping, ping_every) {
+            if now >= at {
+                next_ping = Some(now + every);
+                for (i, s) in subs.iter_mut().enumerate() {
+                    if s.alive && !s.away && s.out.is_empty() {
+                        Frame::Ping { nonce: i as u64 }.encode(&mut s.out);
+                        writing.push(i);
+                    }
+                }
+            }
+        }
+        if let Some(positions) = positions.as_mut().filter(|_| phase != Phase::Drain) {
+            positions.send_due(el, plan, &topics, &mut subs, &mut writing);
+        }
+        writing.retain(|&i| {
             let s = &mut subs[i];
-            if !s.alive {
+            if !s.alive || s.away {
+                s.out.clear();
                 return false;
             }
-            if let Err(e) = wire::write_some(&mut s.stream, &mut s.out) {
+            if let Err(e) = write_queued(s) {
                 s.alive = false;
                 notes.subscriber(i, format!("writing: {e}"));
             }
@@ -983,8 +1399,15 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             Phase::Measure => next_due.min(end_ns),
             Phase::Drain => u64::MAX,
         };
+        let scenario_ns = storm.as_ref().map_or(u64::MAX, StormRun::next_ns).min(
+            positions
+                .as_ref()
+                .filter(|_| phase != Phase::Drain)
+                .map_or(u64::MAX, |ps| ps.due_ns(ps.next)),
+        );
+        let wake_ns = wake_ns.min(scenario_ns);
         let mut timeout = Duration::from_nanos(wake_ns.saturating_sub(el)).min(WAIT_SLICE);
-        if !pinging.is_empty() {
+        if !writing.is_empty() {
             timeout = timeout.min(Duration::from_millis(1));
         }
         let ready = match epoll.wait(&mut events, timeout) {
@@ -1068,6 +1491,39 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         o.lat_p999,
         o.lat_max,
     ) = (lat.count, lat.p50, lat.p90, lat.p99, lat.p999, lat.max);
+    let ph = Percentiles::of(&rx.phase);
+    (
+        o.phase_count,
+        o.phase_p50,
+        o.phase_p99,
+        o.phase_p999,
+        o.phase_max,
+    ) = (ph.count, ph.p50, ph.p99, ph.p999, ph.max);
+    let steady = Percentiles::of(&rx.steady);
+    (o.steady_p99, o.steady_p999) = (steady.p99, steady.p999);
+    o.catch_up_deliveries = rx.catch_up;
+    o.positions_sent = positions.as_ref().map_or(0, |ps| ps.sent);
+    let mut storm_note = None;
+    if let Some(st) = &storm {
+        let stormed = &subs[..st.count];
+        o.storm_dropped = st.dropped_real_ns.map_or(0, |_| st.count as u64);
+        let back: Vec<&Sub> = stormed.iter().filter(|s| s.back_ns > 0).collect();
+        o.storm_rejoined = back.len() as u64;
+        o.storm_gaps = st.gaps;
+        let behind = back.iter().filter(|s| s.caught_up_ns.is_none()).count();
+        match (st.dropped_real_ns, behind) {
+            (Some(dropped), 0) => {
+                let last = back.iter().filter_map(|s| s.caught_up_ns).max();
+                o.storm_resume_ns = last.map_or(0, |t| t.saturating_sub(dropped));
+            }
+            (Some(_), _) => {
+                storm_note = Some(format!(
+                    "{behind} subscribers back from the storm never caught up"
+                ))
+            }
+            (None, _) => storm_note = Some("the storm never came (the run ended first)".into()),
+        }
+    }
     let fan = Percentiles::of(&rx.fanout);
     (o.fanout_p50, o.fanout_p99, o.fanout_max) = (fan.p50, fan.p99, fan.max);
     let publish = Percentiles::of(&rx.publish);
@@ -1109,6 +1565,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         }
     }
     o.note = notes.joined();
+    if let Some(note) = storm_note {
+        set_note(&mut o.note, note);
+    }
     if !drained {
         set_note(
             &mut o.note,

@@ -21,6 +21,8 @@ mod delivery;
 mod fanload;
 mod fanout;
 mod jitter;
+mod mqtt;
+mod nats;
 mod procfs;
 mod report;
 mod resp;
@@ -52,6 +54,16 @@ enum Cmd {
     /// server CPU and memory; markdown (or --json) on stdout, progress on
     /// stderr
     Fanout(fanout::Args),
+    /// The original system's job: players in several hunts, each sending
+    /// its position upstream once a second, clue drops and leaderboard
+    /// updates fanned out into each hunt
+    Hunt(fanout::HuntArgs),
+    /// A steady fan-out, then 10x the rate within 500 ms, held, then back:
+    /// latency in the spike against the steady state, and losses
+    Spike(fanout::SpikeArgs),
+    /// Subscribers drop at once and come back within a second, resuming:
+    /// time until all have caught up, gaps, live latency meanwhile
+    Storm(fanout::StormArgs),
     /// Fan-out throughput and server CPU per GB, plain sends vs zero-copy,
     /// per payload size; markdown (or --json) on stdout, progress on stderr
     Zerocopy(zerocopy::Args),
@@ -64,6 +76,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Cmd::Fanout(args) => fanout::main(args),
+        Cmd::Hunt(a) => fanout::main(&fanout::Args {
+            shape: fanout::Shape::Hunt(a.hunt),
+            ..a.load.clone()
+        }),
+        Cmd::Spike(a) => fanout::main(&fanout::Args {
+            shape: fanout::Shape::Spike(a.spike),
+            ..a.load.clone()
+        }),
+        Cmd::Storm(a) => fanout::main(&fanout::Args {
+            shape: fanout::Shape::Storm(a.storm),
+            ..a.load.clone()
+        }),
         Cmd::Zerocopy(args) => zerocopy::main(args),
         Cmd::Ceiling(args) => ceiling::main(args),
     };

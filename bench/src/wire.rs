@@ -394,32 +394,73 @@ impl Connected {
     /// Subscribes live to `topic` and waits for SUBSCRIBED Ok; returns its
     /// `last_seq` (the first event delivered will be `last_seq + 1`).
     pub fn subscribe_live(&mut self, topic: &[u8], timeout: Duration) -> Result<u64, String> {
+        let s = self.subscribe(topic, None, timeout)?;
+        if s.status != SubscribeStatus::Ok {
+            return Err(format!("SUBSCRIBED with status {:?}", s.status));
+        }
+        Ok(s.next_seq - 1)
+    }
+
+    /// Subscribes to `topic`, live or resuming after `resume_after` (in
+    /// the topic's current epoch), and waits for SUBSCRIBED; a refusal is
+    /// an error, a resume that lost events is not (the status says so).
+    pub fn subscribe(
+        &mut self,
+        topic: &[u8],
+        resume_after: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Subscription, String> {
         let mut out = Vec::new();
         Frame::Subscribe(Subscribe {
-            mode: StartMode::Live,
+            mode: match resume_after {
+                Some(_) => StartMode::Resume,
+                None => StartMode::Live,
+            },
             epoch: 0,
-            last_seq: 0,
+            last_seq: resume_after.unwrap_or(0),
             topic,
         })
         .encode(&mut out);
         self.stream
             .write_all(&out)
             .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
-        let (status, last_seq) = await_frame(
+        let answer = await_frame(
             &mut self.stream,
             &mut self.buf,
             &self.limits,
             Instant::now() + timeout,
             "waiting for SUBSCRIBED",
             |f| match f {
-                Frame::Subscribed(s) if s.topic == topic => Some((s.status, s.last_seq)),
+                Frame::Subscribed(s) if s.topic == topic => {
+                    Some((s.status, s.oldest_seq, s.last_seq))
+                }
                 _ => None,
             },
         )?;
-        if status != SubscribeStatus::Ok {
-            return Err(format!("SUBSCRIBED with status {status:?}"));
-        }
-        Ok(last_seq)
+        Ok(Subscription::of(resume_after, answer))
+    }
+}
+
+/// What SUBSCRIBED granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub status: SubscribeStatus,
+    /// The sequence of the first EVENT that will come (docs/PROTOCOL.md
+    /// section 4).
+    pub next_seq: u64,
+}
+
+impl Subscription {
+    /// From the request and SUBSCRIBED's (status, oldest_seq, last_seq).
+    fn of(resume_after: Option<u64>, (status, oldest, last): (SubscribeStatus, u64, u64)) -> Self {
+        let next_seq = match (status, resume_after) {
+            (SubscribeStatus::Ok, Some(after)) => after + 1,
+            (SubscribeStatus::Ok, None) => last + 1,
+            // Something was lost: delivery restarts at the oldest held.
+            _ if oldest > 0 => oldest,
+            _ => last + 1,
+        };
+        Subscription { status, next_seq }
     }
 }
 
