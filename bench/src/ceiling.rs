@@ -14,6 +14,9 @@
 //! It prints `listening on ADDR` and, on SIGTERM, exits 0 after a
 //! `ShardStats { .. }` line, like the appliance, so server.rs starts, pins,
 //! watches and stops it unchanged.
+//!
+//! [`Faults`] (off by default) make it a deliberately lossy server, to show
+//! the generator catches what it claims to: bench/src/accounting_tests.rs.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -50,6 +53,41 @@ pub struct Args {
     /// Largest payload accepted
     #[arg(long, default_value_t = Limits::DEFAULT.payload_bytes_max)]
     pub payload_bytes_max: u32,
+    #[command(flatten)]
+    pub faults: Faults,
+}
+
+/// Deliberate faults, for testing the generator's accounting: applied to
+/// the k-th delivery (k = 1, 2, ...) to each subscriber connection, in
+/// this order. 0 turns a fault off; all are off by default.
+///
+/// Faulted deliveries keep their sequence numbers, as a real lossy
+/// server's would (it sequences an event, then fails to deliver it): a
+/// drop leaves a gap, a duplicate repeats a seq, a swap inverts two, and
+/// the generator's `seq_errors` sees each as well as its loss, duplicate
+/// and order counts.
+#[derive(clap::Args, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Testing the generator: do not send every Nth delivery to each
+    /// subscriber (0: never)
+    #[arg(long, default_value_t = 0)]
+    pub drop_every: u64,
+    /// Testing the generator: send every Nth delivery to each subscriber
+    /// twice, back to back (0: never)
+    #[arg(long, default_value_t = 0)]
+    pub duplicate_every: u64,
+    /// Testing the generator: hold back every Nth delivery to each
+    /// subscriber and send it right after the next one sent there, so the
+    /// two arrive swapped (0: never). One still held when publishing ends
+    /// is never sent. The delivery that releases one is not held itself.
+    #[arg(long, default_value_t = 0)]
+    pub swap_every: u64,
+}
+
+impl Faults {
+    fn any(&self) -> bool {
+        self != &Faults::default()
+    }
 }
 
 /// Counters printed on exit (as `ShardStats { .. }`, which the driver
@@ -59,9 +97,15 @@ pub struct Stats {
     pub accepted: u64,
     /// send(2) calls, deliveries and answers.
     pub sends: u64,
+    /// Events due to subscribers, faulted ones included.
     pub deliveries: u64,
     /// Connections dropped for a full output buffer.
     pub slow_consumer_goaways: u64,
+    /// [`Faults`]: deliveries not sent, sent a second time, and sent after
+    /// their successor.
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub swapped: u64,
 }
 
 /// The subcommand: serve until SIGTERM, then report and exit 0.
@@ -75,11 +119,15 @@ pub fn main(args: &Args) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let limits = limits(args.payload_bytes_max);
+    let faults = args.faults;
     let server = std::thread::Builder::new()
         .name("ceiling".into())
-        .spawn(move || serve(listener, limits, &flag))
+        .spawn(move || serve(listener, limits, faults, &flag))
         .map_err(|e| format!("spawning the server thread: {e}"))?;
     eprintln!("info ceiling: listening on {addr}");
+    if faults.any() {
+        eprintln!("warn ceiling: injecting faults (for testing the generator): {faults:?}");
+    }
     while !server.is_finished() {
         if cluecast_sys::wait_shutdown_signal(WAIT_MS as u64)
             .map_err(|e| format!("waiting for a signal: {e}"))?
@@ -93,8 +141,14 @@ pub fn main(args: &Args) -> Result<(), String> {
         .map_err(|_| "the server thread panicked".to_string())??;
     eprintln!(
         "info ceiling: shard 0 stopped: ShardStats {{ accepted: {}, sends: {}, deliveries: {}, \
-         slow_consumer_goaways: {} }}",
-        stats.accepted, stats.sends, stats.deliveries, stats.slow_consumer_goaways
+         slow_consumer_goaways: {}, dropped: {}, duplicated: {}, swapped: {} }}",
+        stats.accepted,
+        stats.sends,
+        stats.deliveries,
+        stats.slow_consumer_goaways,
+        stats.dropped,
+        stats.duplicated,
+        stats.swapped
     );
     Ok(())
 }
@@ -118,6 +172,9 @@ struct Conn {
     /// Registered for writability.
     want_out: bool,
     alive: bool,
+    /// [`Faults`] only: deliveries so far, and the one held back to swap.
+    deliveries: u64,
+    held: Vec<u8>,
 }
 
 struct Topic {
@@ -126,8 +183,13 @@ struct Topic {
     subs: Vec<usize>,
 }
 
-/// Serves on `listener` until `stop` is set.
-pub fn serve(listener: TcpListener, limits: Limits, stop: &AtomicBool) -> Result<Stats, String> {
+/// Serves on `listener`, with `faults`, until `stop` is set.
+pub fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    faults: Faults,
+    stop: &AtomicBool,
+) -> Result<Stats, String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
@@ -139,10 +201,12 @@ pub fn serve(listener: TcpListener, limits: Limits, stop: &AtomicBool) -> Result
     let mut server = Ceiling {
         ep,
         limits,
+        faults: faults.any().then_some(faults),
         conns: Vec::new(),
         topics: HashMap::new(),
         stats: Stats::default(),
         frame: Vec::new(),
+        faulty: Vec::new(),
     };
     let result = server.run(&listener, stop);
     // SAFETY: our own descriptor, closed once.
@@ -153,11 +217,15 @@ pub fn serve(listener: TcpListener, limits: Limits, stop: &AtomicBool) -> Result
 struct Ceiling {
     ep: i32,
     limits: Limits,
+    /// None when all are off: one branch per delivery then.
+    faults: Option<Faults>,
     conns: Vec<Conn>,
     topics: HashMap<Vec<u8>, Topic>,
     stats: Stats,
     /// Scratch for encoding one frame.
     frame: Vec<u8>,
+    /// Scratch for what one faulted delivery sends.
+    faulty: Vec<u8>,
 }
 
 impl Ceiling {
@@ -231,6 +299,8 @@ impl Ceiling {
                 out: Vec::new(),
                 want_out: false,
                 alive: true,
+                deliveries: 0,
+                held: Vec::new(),
             });
         }
     }
@@ -330,7 +400,10 @@ impl Ceiling {
                 let subs = std::mem::take(&mut topic.subs);
                 for &s in &subs {
                     self.stats.deliveries += 1;
-                    self.send(s, &frame);
+                    match self.faults {
+                        None => self.send(s, &frame),
+                        Some(f) => self.deliver_faulty(s, &frame, f),
+                    }
                 }
                 // Connections closed meanwhile leave the topic.
                 let alive: Vec<usize> = subs
@@ -402,6 +475,42 @@ impl Ceiling {
         }
     }
 
+    /// Delivers `frame` to connection `k` as [`Faults`] say. What goes out
+    /// goes in one send, so a duplicate or a swapped pair reaches the
+    /// generator in the same read as the delivery it follows (the generator
+    /// may stop reading as soon as it has everything once).
+    fn deliver_faulty(&mut self, k: usize, frame: &[u8], f: Faults) {
+        let Some(c) = self.conns.get_mut(k).filter(|c| c.alive) else {
+            return;
+        };
+        c.deliveries += 1;
+        let n = c.deliveries;
+        let hit = |every: u64| every != 0 && n % every == 0;
+        if hit(f.drop_every) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let mut out = std::mem::take(&mut self.faulty);
+        out.clear();
+        out.extend_from_slice(frame);
+        if hit(f.duplicate_every) {
+            self.stats.duplicated += 1;
+            out.extend_from_slice(frame);
+        }
+        if c.held.is_empty() {
+            if hit(f.swap_every) {
+                c.held.extend_from_slice(&out);
+                self.faulty = out;
+                return;
+            }
+        } else {
+            self.stats.swapped += 1;
+            out.append(&mut c.held);
+        }
+        self.send(k, &out);
+        self.faulty = out;
+    }
+
     /// Writes the buffered bytes of connection `k` the socket now takes.
     fn flush(&mut self, k: usize) {
         let Some(c) = self.conns.get_mut(k).filter(|c| c.alive) else {
@@ -432,6 +541,7 @@ impl Ceiling {
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
         c.out = Vec::new();
         c.inbuf = Vec::new();
+        c.held = Vec::new();
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 }
@@ -480,7 +590,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || serve(listener, limits(0), &flag));
+        let thread =
+            std::thread::spawn(move || serve(listener, limits(0), Faults::default(), &flag));
         (addr, stop, thread)
     }
 

@@ -1297,6 +1297,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     let drained = loop {
         let now = Instant::now();
         let el = now.duration_since(t0).as_nanos() as u64;
+        // Publish everything due by now (nothing is due after end_ns)
+        // before the drain phase may decide everything has arrived.
+        let next_due = publishing.publish_due(&mut pubs, &epoll, el, &mut notes)?;
         let all_dead = subs.iter().all(|s| !s.alive) && pubs.iter().all(|p| !p.alive);
         // What the measured window's edges record.
         let edge = |delivered| {
@@ -1327,9 +1330,6 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
                 next_drain_check = now + DRAIN_CHECK_EVERY;
             }
         }
-
-        // Publish everything due by now (nothing is due after end_ns).
-        let next_due = publishing.publish_due(&mut pubs, &epoll, el, &mut notes)?;
 
         if let Some(st) = storm.as_mut() {
             if st.dropped_real_ns.is_none() && el >= st.at_ns {

@@ -13,6 +13,8 @@
 //!
 //! bench/README.md says how to run them and what they found.
 
+#[cfg(test)]
+mod accounting_tests;
 mod ceiling;
 mod child;
 mod cli;
