@@ -40,7 +40,7 @@ use hdrhistogram::Histogram;
 
 use crate::child::{result_struct, Mark};
 use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
-use crate::resp;
+use crate::peers::{self, Message, Peer};
 use crate::stats::{latency_histogram, Percentiles};
 use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox, Turn};
 
@@ -73,9 +73,16 @@ const CONNECT_PROGRESS_EVERY: usize = 1000;
 pub enum Protocol {
     /// docs/PROTOCOL.md (the appliance, and `cluecast-bench ceiling`).
     Cluecast,
-    /// RESP pub/sub (redis-server): SUBSCRIBE / PUBLISH, no sequence
-    /// numbers, no server timestamp; loss and order come from the stamp.
-    Resp,
+    /// A peer's: no sequence numbers, no server timestamp; loss and order
+    /// come from the stamp (peers.rs).
+    Peer(Peer),
+}
+
+impl Protocol {
+    /// Whether the server answers every publish.
+    fn acks(self) -> bool {
+        matches!(self, Protocol::Cluecast | Protocol::Peer(Peer::Resp))
+    }
 }
 
 /// What shapes the load beyond the fan-out itself. Times are from the
@@ -656,9 +663,13 @@ impl Publishing<'_> {
                         payload: &pb.payload,
                     })
                     .encode(&mut pb.out),
-                    Protocol::Resp => resp::command(&mut pb.out, &[b"PUBLISH", name, &pb.payload]),
+                    Protocol::Peer(peer) => peers::publish(peer, &mut pb.out, name, &pb.payload),
                 }
                 pb.sent += 1;
+                if !self.protocol.acks() {
+                    // Nothing will answer: handed over counts as answered.
+                    pb.acks += 1;
+                }
                 if (self.warm_ns..self.end_ns).contains(&due) {
                     self.window_sent += 1;
                     self.send_lag.saturating_record(el - due);
@@ -704,12 +715,15 @@ struct SubView<'a> {
     caught_up_ns: &'a mut Option<u64>,
 }
 
-fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Result<(), String> {
+/// Reads what a subscriber's socket holds; Ok(true) when it now has an
+/// answer to write (a PONG) and had nothing queued before.
+fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Result<bool, String> {
+    let out_before = s.out.len();
     for _ in 0..READS_PER_TURN {
         let (n, stamp) = match wire::turn(s.inbox.fill_stamped(&s.stream), |r| r.0)? {
             Turn::Read(r) => r,
             Turn::Again => continue,
-            Turn::Empty => return Ok(()),
+            Turn::Empty => break,
         };
         // One clock read per read: the events in it are handled together.
         let read_ns = cluecast_sys::realtime_ns();
@@ -733,19 +747,28 @@ fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Re
                     None => Ok(()), // PONG
                 },
             )?,
-            Protocol::Resp => s.inbox.drain_resp(|reply| {
-                let (_, payload) =
-                    resp::message(reply).ok_or_else(|| format!("unexpected reply {reply:?}"))?;
-                rx.delivered += 1;
-                rx.stamped(payload, None, recv_ns, read_ns, &mut view);
-                Ok(())
-            })?,
+            Protocol::Peer(peer) => {
+                let out = &mut s.out;
+                s.inbox.drain_peer(peer, |m| match m {
+                    Message::Delivery(payload) => {
+                        rx.delivered += 1;
+                        rx.stamped(payload, None, recv_ns, read_ns, &mut view);
+                        Ok(())
+                    }
+                    Message::Ping => {
+                        peers::pong(out);
+                        Ok(())
+                    }
+                    Message::Other => Ok(()),
+                    Message::Ack => Err("an answer to a publish on a subscriber".into()),
+                })?
+            }
         }
         if n < s.inbox.free_min() {
-            return Ok(()); // most likely emptied the socket
+            break; // most likely emptied the socket
         }
     }
-    Ok(())
+    Ok(out_before == 0 && !s.out.is_empty())
 }
 
 fn read_pub(
@@ -760,17 +783,23 @@ fn read_pub(
             Turn::Again => continue,
             Turn::Empty => return Ok(()),
         };
-        if protocol == Protocol::Resp {
-            // PUBLISH answers the number of receivers; an error reply
-            // cannot be tied to its counter (unsent ones leave no reply),
-            // so it ends the publisher.
-            let (acks, sent) = (&mut p.acks, p.sent);
-            p.inbox.drain_resp(|reply| match reply {
-                resp::Reply::Integer(_) if *acks < sent => {
+        if let Protocol::Peer(peer) = protocol {
+            // RESP's PUBLISH answers the number of receivers; an error
+            // reply cannot be tied to its counter (unsent ones leave no
+            // reply), so it ends the publisher. A NATS PING is answered
+            // with the next write.
+            let (acks, sent, out) = (&mut p.acks, p.sent, &mut p.out);
+            p.inbox.drain_peer(peer, |m| match m {
+                Message::Ack if *acks < sent => {
                     *acks += 1;
                     Ok(())
                 }
-                other => Err(format!("PUBLISH answered {other:?}")),
+                Message::Ping => {
+                    peers::pong(out);
+                    Ok(())
+                }
+                Message::Other => Ok(()),
+                other => Err(format!("a publisher got {other:?}")),
             })?;
             if n < p.inbox.free_min() {
                 return Ok(());
@@ -862,11 +891,8 @@ pub fn join(
     limits: &mut Limits,
     heartbeat_ms: &mut u32,
 ) -> Result<Joined, String> {
-    if protocol == Protocol::Resp {
-        let (stream, buf) = match topic {
-            Some(t) => resp::subscribe(server, t.as_bytes(), timeout)?,
-            None => (resp::connect(server, timeout)?, Vec::new()),
-        };
+    if let Protocol::Peer(peer) = protocol {
+        let (stream, buf) = peers::join(peer, server, timeout, id, topic)?;
         return Ok(Joined {
             stream,
             buf,
@@ -986,14 +1012,14 @@ impl Positions {
             };
             match plan.protocol {
                 Protocol::Cluecast => Frame::Position(fix).encode(&mut s.out),
-                Protocol::Resp => {
+                Protocol::Peer(peer) => {
                     let mut body = [0u8; 20];
                     body[0..4].copy_from_slice(&fix.lat_e7.to_be_bytes());
                     body[4..8].copy_from_slice(&fix.lon_e7.to_be_bytes());
                     body[8..12].copy_from_slice(&fix.accuracy_cm.to_be_bytes());
                     body[12..20].copy_from_slice(&fix.client_ts_ms.to_be_bytes());
                     let channel = format!("{}.pos", topics[s.topic]);
-                    resp::command(&mut s.out, &[b"PUBLISH", channel.as_bytes(), &body]);
+                    peers::publish(peer, &mut s.out, channel.as_bytes(), &body);
                 }
             }
             self.sent += 1;
@@ -1116,7 +1142,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         }
         Scenario::Fanout | Scenario::Spike { .. } => {}
     }
-    let upstreams = positions.is_some() && plan.protocol == Protocol::Resp;
+    let upstreams = positions.is_some() && plan.protocol == Protocol::Peer(Peer::Resp);
     let sockets = plan.subscribers * if upstreams { 2 } else { 1 } + plan.publishers;
     check_descriptors(sockets)?;
     // Wake-ups within 1 µs of the schedule instead of the default 50 µs.
@@ -1136,7 +1162,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
     // inbox; EVENTs are looked at by their first bytes only.
     let sub_inbox_bytes = match plan.protocol {
         Protocol::Cluecast => SUB_INBOX_BYTES,
-        Protocol::Resp => SUB_INBOX_BYTES.max(4 * (plan.payload_bytes + 512)),
+        Protocol::Peer(_) => SUB_INBOX_BYTES.max(4 * (plan.payload_bytes + 512)),
     };
 
     // Subscribers first, so every one of them sees every event.
@@ -1164,7 +1190,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             .map_err(|e| format!("socket options: {e}"))?;
         let upstream = match upstreams {
             true => Some(
-                resp::connect(plan.server, plan.connect_timeout)
+                crate::resp::connect(plan.server, plan.connect_timeout)
                     .and_then(|up| {
                         up.set_nonblocking(true)
                             .map_err(|e| format!("socket options: {e}"))?;
@@ -1451,10 +1477,14 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             if !s.alive {
                 continue;
             }
-            if let Err(why) = read_sub(s, plan.protocol, &limits, &mut rx) {
-                s.alive = false;
-                let _ = epoll.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), token, 0);
-                notes.subscriber(i, why);
+            match read_sub(s, plan.protocol, &limits, &mut rx) {
+                Ok(true) => writing.push(i),
+                Ok(false) => {}
+                Err(why) => {
+                    s.alive = false;
+                    let _ = epoll.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), token, 0);
+                    notes.subscriber(i, why);
+                }
             }
         }
     };

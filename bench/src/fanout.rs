@@ -652,8 +652,9 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     run.latency = [o.lat_p50, o.lat_p90, o.lat_p99, o.lat_p999, o.lat_max].map(ms);
     run.fanout = [o.fanout_p50, o.fanout_p99, o.fanout_max].map(ms);
     run.publish_leg = [o.publish_p99, o.publish_max].map(ms);
-    if args.target.protocol() == Protocol::Resp {
-        // No server timestamp in RESP: the split is unknown, not 0.
+    if args.target.protocol() != Protocol::Cluecast {
+        // No server timestamp in a peer's protocol: the split is unknown,
+        // not 0.
         run.fanout = [nan; 3];
         run.publish_leg = [nan; 2];
     }
@@ -882,7 +883,8 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     };
     let _ = writeln!(
         s,
-        "- target `{}`: `{shown}`{}; a fresh one per run, stopped with SIGTERM",
+        "- target `{}`: `{shown}`{}; a fresh one per run, stopped with SIGTERM (nats-server: \
+         SIGINT, on which it exits 0)",
         args.target.name(),
         pin(args.common.server_cpu)
     );
@@ -1034,7 +1036,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
             s,
             "\nNo problems: every subscriber received every published event of its topic \
              exactly once and in order, no publish was refused, the generator kept its \
-             schedule, and every server exited 0 on SIGTERM."
+             schedule, and every server exited 0 when stopped."
         );
     } else {
         let _ = writeln!(s, "\nProblems seen:\n");

@@ -25,6 +25,8 @@ mod fanout;
 mod jitter;
 mod mqtt;
 mod nats;
+mod peers;
+mod plot;
 mod procfs;
 mod report;
 mod resp;

@@ -5,9 +5,6 @@
 //! and order from the payload's stamp alone. Unlike NATS (`echo: false`), a
 //! client subscribed to a topic it publishes on gets its own messages back.
 
-// Wired into fanload by the caller.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

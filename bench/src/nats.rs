@@ -5,9 +5,6 @@
 //! loss and order from the payload's stamp alone. Headers (HMSG) are never
 //! asked for (CONNECT says nothing of them), so the server does not send them.
 
-// Wired into fanload by the caller.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -28,6 +28,9 @@ pub struct ServerCommand {
     /// For a server that prints no `listening on ADDR` line: a line
     /// containing this text means it listens on this address.
     pub ready: Option<(String, SocketAddr)>,
+    /// The signal after which it must exit 0: SIGTERM, or SIGINT for a
+    /// server that exits 1 on SIGTERM (nats-server).
+    pub stop_signal: libc::c_int,
 }
 
 /// A running server. Dropping it without [`Server::stop`] kills it.
@@ -38,6 +41,7 @@ pub struct Server {
     /// kernel's 15 bytes).
     comm: String,
     addr: SocketAddr,
+    stop_signal: libc::c_int,
     lines: Receiver<Option<String>>,
     reader: Option<JoinHandle<()>>,
     /// Stderr lines seen so far (the first LOG_LINES_KEPT).
@@ -140,6 +144,7 @@ impl Server {
             pid,
             comm: comm_of(&cmd.binary),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stop_signal: cmd.stop_signal,
             lines: rx,
             reader: Some(reader),
             log: Vec::new(),
@@ -225,18 +230,19 @@ impl Server {
         }
     }
 
-    /// SIGTERM, then waits up to `timeout` for the exit (SIGKILL after
-    /// that), and reads what the server said on its way out.
+    /// The stop signal, then waits up to `timeout` for the exit (SIGKILL
+    /// after that), and reads what the server said on its way out.
     pub fn stop(mut self, timeout: Duration) -> Stopped {
         let mut problem = None;
+        let sig = signal_name(self.stop_signal);
         if let Some(mut child) = self.child.take() {
             if let Ok(Some(status)) = child.try_wait() {
                 // Gone before it was asked to go: a crash, or killed.
-                problem = Some(format!("exited {} before SIGTERM", describe_status(status)));
+                problem = Some(format!("exited {} before {sig}", describe_status(status)));
             } else {
                 // SAFETY: kill on our own child's pid, which is not reaped yet.
                 unsafe {
-                    libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+                    libc::kill(self.pid as libc::pid_t, self.stop_signal);
                 }
             }
             let deadline = Instant::now() + timeout;
@@ -257,13 +263,12 @@ impl Server {
             match status {
                 _ if problem.is_some() => {}
                 Some(s) if s.success() => {}
-                Some(s) => problem = Some(format!("exited {} after SIGTERM", describe_status(s))),
+                Some(s) => problem = Some(format!("exited {} after {sig}", describe_status(s))),
                 None => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    problem.get_or_insert(format!(
-                        "did not exit within {timeout:?} of SIGTERM; killed"
-                    ));
+                    problem
+                        .get_or_insert(format!("did not exit within {timeout:?} of {sig}; killed"));
                 }
             }
         }
@@ -323,6 +328,14 @@ fn comm_of(binary: &std::path::Path) -> String {
             (*len <= 15).then_some(c)
         })
         .collect()
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "the stop signal",
+    }
 }
 
 fn describe_status(status: std::process::ExitStatus) -> String {

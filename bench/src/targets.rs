@@ -1,5 +1,7 @@
 //! What a scenario measures, and how each target is found and started: the
-//! appliance, `cluecast-bench ceiling`, and the peers (Redis). Every target
+//! appliance, `cluecast-bench ceiling`, and the peers (Redis, NATS,
+//! Mosquitto), each in the configuration bench/README.md documents. Every
+//! target
 //! is started the same way (pinned, watched and stopped by server.rs), so
 //! the scenarios treat them alike.
 
@@ -10,7 +12,9 @@ use std::time::Duration;
 use cluecast_proto::Limits;
 
 use crate::fanload::Protocol;
+use crate::peers::Peer;
 use crate::server::{Server, ServerCommand};
+use crate::{mqtt, nats};
 
 /// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,8 +24,12 @@ pub enum Target {
     /// `cluecast-bench ceiling`: one send(2) per delivery and nothing
     /// else, the practical ceiling of this host
     Ceiling,
-    /// redis-server from PATH (skipped if there is none), RESP pub/sub
+    /// redis-server (skipped if there is none), RESP pub/sub
     Redis,
+    /// nats-server (skipped if there is none), core NATS
+    Nats,
+    /// mosquitto (skipped if there is none), MQTT 3.1.1 at QoS 0
+    Mqtt,
 }
 
 impl Target {
@@ -30,13 +38,17 @@ impl Target {
             Target::Cluecast => "cluecast",
             Target::Ceiling => "ceiling",
             Target::Redis => "redis",
+            Target::Nats => "nats",
+            Target::Mqtt => "mqtt",
         }
     }
 
     pub fn protocol(self) -> Protocol {
         match self {
             Target::Cluecast | Target::Ceiling => Protocol::Cluecast,
-            Target::Redis => Protocol::Resp,
+            Target::Redis => Protocol::Peer(Peer::Resp),
+            Target::Nats => Protocol::Peer(Peer::Nats),
+            Target::Mqtt => Protocol::Peer(Peer::Mqtt),
         }
     }
 
@@ -45,6 +57,8 @@ impl Target {
         match self {
             Target::Cluecast | Target::Ceiling => None,
             Target::Redis => Some(("redis-server", "redis-server")),
+            Target::Nats => Some(("nats-server", "nats-server")),
+            Target::Mqtt => Some(("mosquitto", "mosquitto")),
         }
     }
 
@@ -89,9 +103,9 @@ pub fn program(target: Target, cluecast: &Path) -> Result<PathBuf, String> {
         }
         _ => {
             let (name, package) = target.peer_program().expect("a peer");
-            on_path(name).ok_or_else(|| {
+            find_program(name).ok_or_else(|| {
                 format!(
-                    "{name} is not on PATH (`apt-get install {package}`; bench/compare.sh \
+                    "{name} is not installed (`apt-get install {package}`; bench/compare.sh \
                      installs it)"
                 )
             })
@@ -99,12 +113,19 @@ pub fn program(target: Target, cluecast: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// `name` in a directory of PATH.
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+/// `name` in a directory of PATH, or in the sbin directories Debian puts
+/// daemons in (not on an ordinary user's PATH).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// Where mosquitto's configuration for a run on `port` is written.
+fn mosquitto_config_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("cluecast-bench-mosquitto-{port}.conf"))
 }
 
 /// Starts `program` for `launch`; peers get a free port on the address
@@ -114,6 +135,11 @@ pub fn start(launch: &Launch, program: &Path, timeout: Duration) -> Result<Serve
         Some(_) => Some(free_port(launch.listen)?),
         None => None,
     };
+    if let (Target::Mqtt, Some(port)) = (launch.target, port) {
+        let path = mosquitto_config_path(port);
+        let config = mqtt::mosquitto_config(SocketAddr::new(launch.listen.ip(), port));
+        std::fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
     Server::start(&command(launch, program, port), timeout)
 }
 
@@ -137,6 +163,7 @@ pub fn command(launch: &Launch, program: &Path, port: Option<u16>) -> ServerComm
         cpu: launch.cpu,
         args: Vec::new(),
         ready: None,
+        stop_signal: libc::SIGTERM,
     };
     let ip = launch.listen.ip();
     let addr = SocketAddr::new(ip, port.unwrap_or(0));
@@ -176,6 +203,24 @@ pub fn command(launch: &Launch, program: &Path, port: Option<u16>) -> ServerComm
                 .map(String::from)
                 .to_vec();
             cmd.ready = Some(("Ready to accept connections".into(), addr));
+        }
+        // Logs to stderr.
+        Target::Nats => {
+            cmd.args = nats::nats_args(addr);
+            if port.is_none() {
+                cmd.args[3] = port_word;
+            }
+            cmd.ready = Some((nats::NATS_READY.into(), addr));
+            // It exits 1 on SIGTERM, 0 on SIGINT.
+            cmd.stop_signal = libc::SIGINT;
+        }
+        Target::Mqtt => {
+            let path = match port {
+                Some(p) => mosquitto_config_path(p).display().to_string(),
+                None => "FILE".into(),
+            };
+            cmd.args = vec!["-c".into(), path];
+            cmd.ready = Some((mqtt::MOSQUITTO_READY.into(), addr));
         }
     }
     cmd
@@ -238,9 +283,31 @@ mod tests {
                 "127.0.0.1:7777".parse().unwrap()
             ))
         );
-        assert_eq!(Target::Redis.protocol(), Protocol::Resp);
+        assert_eq!(Target::Redis.protocol(), Protocol::Peer(Peer::Resp));
         assert!(describe(&l, Path::new("/usr/bin/redis-server"))
             .starts_with("redis-server --save '' --appendonly no"));
+    }
+
+    #[test]
+    fn nats_and_mosquitto_listen_on_loopback_with_documented_settings() {
+        let cmd = command(
+            &launch(Target::Nats),
+            Path::new("/usr/sbin/nats-server"),
+            Some(4333),
+        );
+        assert_eq!(cmd.args.join(" "), "-a 127.0.0.1 -p 4333");
+        assert_eq!(cmd.ready.unwrap().1, "127.0.0.1:4333".parse().unwrap());
+        let cmd = command(
+            &launch(Target::Mqtt),
+            Path::new("/usr/sbin/mosquitto"),
+            Some(1999),
+        );
+        assert_eq!(cmd.args[0], "-c");
+        assert!(cmd.args[1].ends_with("cluecast-bench-mosquitto-1999.conf"));
+        let config = mqtt::mosquitto_config("127.0.0.1:1999".parse().unwrap());
+        assert!(config.contains("listener 1999 127.0.0.1"));
+        assert!(config.contains("max_queued_messages 100000"));
+        assert_eq!(Target::Mqtt.protocol(), Protocol::Peer(Peer::Mqtt));
     }
 
     #[test]

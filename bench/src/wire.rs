@@ -210,18 +210,19 @@ impl Inbox {
         }
     }
 
-    /// Consumes what is buffered as RESP replies (`fanout --target
-    /// redis`): `on_reply` per complete one (Err ends the connection). A
-    /// reply must fit in a quarter of the buffer.
-    pub fn drain_resp(
+    /// Consumes what is buffered as a peer's messages (peers.rs):
+    /// `on_message` per complete one (Err ends the connection). A message
+    /// must fit in a quarter of the buffer.
+    pub fn drain_peer(
         &mut self,
-        mut on_reply: impl FnMut(&crate::resp::Reply<'_>) -> Result<(), String>,
+        peer: crate::peers::Peer,
+        mut on_message: impl FnMut(crate::peers::Message<'_>) -> Result<(), String>,
     ) -> Result<(), String> {
         loop {
             let head = &self.buf[self.start..self.end];
-            match crate::resp::parse(head, self.free_min)? {
-                Some((reply, used)) => {
-                    on_reply(&reply)?;
+            match crate::peers::parse(peer, head, self.free_min)? {
+                Some((message, used)) => {
+                    on_message(message)?;
                     self.start += used;
                 }
                 None => return Ok(()),

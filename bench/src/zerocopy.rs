@@ -439,6 +439,7 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
         cpu: args.common.server_pin(),
         args: server_args(args, mode),
         ready: None,
+        stop_signal: libc::SIGTERM,
     };
     let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
         Ok(s) => s,
