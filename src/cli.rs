@@ -14,7 +14,7 @@ use crate::log::Level;
 #[derive(Parser, Debug)]
 #[command(
     name = "cluecast",
-    version,
+    version = crate::build_info::VERSION,
     about = "Real-time event appliance: sequenced, replayable fan-out"
 )]
 pub struct Cli {
@@ -68,6 +68,8 @@ pub fn main() -> ExitCode {
             crate::log::set_level(log_level);
             args.resolve().and_then(|settings| {
                 if print_settings {
+                    // A TOML comment: the output stays a valid --config file.
+                    println!("# allocator: {}", crate::build_info::ALLOCATOR);
                     print!("{}", settings.to_toml());
                     Ok(())
                 } else {

@@ -115,7 +115,10 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             .map_err(|e| format!("spawning shard {id}: {e}"))?;
         threads.push(thread);
     }
-    crate::info!("cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}");
+    crate::info!(
+        "cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}, allocator={}",
+        crate::build_info::ALLOCATOR
+    );
 
     // Ok(()) for a requested stop, Err when a shard stopped on its own.
     let outcome = loop {

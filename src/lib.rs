@@ -5,9 +5,11 @@
 //! Layout: `engine` starts and stops the shards; `shard` is the per-core
 //! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
 //! is the only door to the kernel (with a simulated twin for tests); `config`
-//! and `cli` face the operator.
+//! and `cli` face the operator, and `build_info` says how the binary was
+//! built.
 
 pub mod arena;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod conn;
