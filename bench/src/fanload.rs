@@ -1087,8 +1087,9 @@ fn write_queued(s: &mut Sub) -> io::Result<()> {
 }
 
 /// Runs the plan; `mark` is called at the start and end of the measured
-/// window (always both, in order, unless setting up fails).
-pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
+/// window (always both, in order, unless setting up fails). Returns what
+/// was seen and the latency distribution of the window (ns).
+pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogram<u64>), String> {
     if plan.subscribers == 0 {
         return Err("need at least one subscriber".into());
     }
@@ -1607,7 +1608,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             ),
         );
     }
-    Ok(o)
+    Ok((o, rx.latency))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 //! pinned, sampled and stopped the same way.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::child::{self, Followed, Role};
 use crate::cli::Common;
 use crate::fanload::{self, Outcome, Plan, Protocol, Scenario};
 use crate::jitter;
+use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, num, pct, thousands};
 use crate::server::Stopped;
@@ -268,6 +269,15 @@ pub struct Args {
     /// markdown
     #[arg(long)]
     pub json: bool,
+    /// Write each run's latency distribution to this directory as HDR
+    /// percentile files: SCENARIO-TARGET-N.hgrm, and SCENARIO-TARGET-median.hgrm
+    /// (the run with the median p99), for `cluecast-bench plot`
+    #[arg(long)]
+    pub hgrm_dir: Option<PathBuf>,
+    /// Where the client process writes its latency distribution (set by the
+    /// driver)
+    #[arg(long, hide = true)]
+    pub hgrm_out: Option<PathBuf>,
 
     // ---- driver ----
     /// Server --shards
@@ -329,7 +339,14 @@ fn clients(args: &Args) -> Result<(), String> {
         connect_timeout: Duration::from_millis(args.common.connect_timeout_ms),
         scenario: args.shape.scenario(args)?,
     };
-    match fanload::run(&plan, child::say_mark) {
+    let result = fanload::run(&plan, child::say_mark).and_then(|(o, latency)| {
+        if let Some(path) = &args.hgrm_out {
+            std::fs::write(path, plot::hgrm(&latency, 1e6))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(o)
+    });
+    match result {
         Ok(o) => {
             eprintln!(
                 "fanout clients: {:.0} offered/s, {:.0} deliveries/s, p99 {:.3} ms, max {:.3} ms, \
@@ -414,6 +431,8 @@ struct Run {
     /// Longest stall a busy loop saw just before the run on the server's /
     /// the generator's CPU, ms (the host's own jitter).
     host_stall_ms: [f64; 2],
+    /// The latency distribution (plot.rs's hgrm text), empty without one.
+    hgrm: String,
     /// The server did not exit 0 on SIGTERM, or deliveries went wrong.
     failed: bool,
     problems: Vec<String>,
@@ -534,6 +553,9 @@ fn drive(args: &Args) -> Result<(), String> {
         }
         runs.push(run);
     }
+    if let Some(dir) = &args.hgrm_dir {
+        write_hgrms(args, dir, &runs)?;
+    }
     let text = if args.json {
         json_report(args, &runs)
     } else {
@@ -553,6 +575,33 @@ fn drive(args: &Args) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Writes each run's latency distribution, and the median run's again as
+/// `-median` (the counted run whose p99 is the median's).
+fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let stem = format!("{}-{}", args.shape.name(), args.target.name());
+    let write = |name: String, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    for (i, r) in runs.iter().enumerate().filter(|(_, r)| !r.hgrm.is_empty()) {
+        write(format!("{stem}-{}.hgrm", i + 1), &r.hgrm)?;
+    }
+    let p99 = median_run(runs).latency[2];
+    let middle = runs
+        .iter()
+        .filter(|r| r.counted() && !r.hgrm.is_empty())
+        .min_by(|a, b| {
+            (a.latency[2] - p99)
+                .abs()
+                .total_cmp(&(b.latency[2] - p99).abs())
+        });
+    match middle {
+        Some(r) => write(format!("{stem}-median.hgrm"), &r.hgrm),
+        None => Ok(()),
+    }
 }
 
 /// The report of a target that cannot be measured here; not a failure.
@@ -612,6 +661,12 @@ fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--drain-timeout", &args.drain_timeout.to_string()])
         .args(args.shape.flags());
+    let hgrm_path = std::env::temp_dir().join(format!(
+        "cluecast-bench-{}-{}.hgrm",
+        std::process::id(),
+        cluecast_sys::realtime_ns()
+    ));
+    clients.arg("--hgrm-out").arg(&hgrm_path);
     args.common.pass_to_client(&mut clients);
     let budget = CLIENT_SLACK
         + CONNECT_PER_SUBSCRIBER * (args.subscribers + args.publishers) as u32
@@ -625,6 +680,8 @@ fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
     let stopped = server.stop(SERVER_STOP_TIMEOUT);
     run.failed |= stopped.problem.is_some();
     run.problems.extend(stopped.problems());
+    run.hgrm = std::fs::read_to_string(&hgrm_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&hgrm_path);
     match (result.as_ref().map(Outcome::from_result), window) {
         (Some(Ok(o)), Some(w)) => fill_figures(args, &mut run, &o, &w, &stopped),
         (Some(Err(e)), _) => {
@@ -850,6 +907,7 @@ fn median_run(runs: &[Run]) -> Run {
         problems: Vec::new(),
         redone: runs.iter().map(|r| r.redone).sum(),
         redone_problems: Vec::new(),
+        hgrm: String::new(),
     }
 }
 

@@ -71,6 +71,9 @@ enum Cmd {
     /// Fan-out throughput and server CPU per GB, plain sends vs zero-copy,
     /// per payload size; markdown (or --json) on stdout, progress on stderr
     Zerocopy(zerocopy::Args),
+    /// One SVG percentile plot of several latency distributions (.hgrm
+    /// files from `--hgrm-dir`), a curve each
+    Plot(plot::Args),
     /// A trivial server, one send(2) per delivery: the practical ceiling
     /// `fanout --target ceiling` compares against (started by the driver)
     Ceiling(ceiling::Args),
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Zerocopy(args) => zerocopy::main(args),
         Cmd::Ceiling(args) => ceiling::main(args),
+        Cmd::Plot(args) => plot::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

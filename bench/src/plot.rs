@@ -3,13 +3,48 @@
 //! drawing of one or more distributions in the style of HdrHistogram's
 //! plotter (percentiles on a log scale of 1/(1-p), latency linear).
 
-// Wired into the reports by the caller.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::f64::consts::LN_10;
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
+
+/// `cluecast-bench plot`: one SVG of several runs' latency distributions.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// The SVG file to write
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    #[arg(long, default_value = "Latency by percentile")]
+    pub title: String,
+    /// A line under the title (host, scenario, load)
+    #[arg(long, default_value = "")]
+    pub subtitle: String,
+    /// Cut the latency axis here (ms); higher values run along the top
+    #[arg(long)]
+    pub y_max_ms: Option<f64>,
+    /// Curves, each LABEL=FILE with FILE an .hgrm in ms (what `fanout
+    /// --hgrm-dir` writes)
+    #[arg(required = true)]
+    pub curves: Vec<String>,
+}
+
+/// Reads every LABEL=FILE and writes the plot.
+pub fn main(args: &Args) -> Result<(), String> {
+    let mut curves = Vec::with_capacity(args.curves.len());
+    for spec in &args.curves {
+        let (label, file) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?}: a curve is LABEL=FILE"))?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?;
+        let points = parse_hgrm(&text).map_err(|e| format!("{file}: {e}"))?;
+        curves.push(Curve {
+            label: label.to_string(),
+            points,
+        });
+    }
+    let svg = percentile_svg(&args.title, &args.subtitle, &curves, args.y_max_ms);
+    std::fs::write(&args.out, svg).map_err(|e| format!("writing {}: {e}", args.out.display()))
+}
 
 /// The column header `outputPercentileDistribution` writes.
 const HGRM_HEADER: &str = "       Value     Percentile TotalCount 1/(1-Percentile)";
