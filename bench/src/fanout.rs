@@ -269,6 +269,10 @@ pub struct Args {
     /// markdown
     #[arg(long)]
     pub json: bool,
+    /// Free text naming this configuration in the report and JSON (e.g.
+    /// `allocator=jemalloc` when --cluecast is such a build)
+    #[arg(long, default_value = "")]
+    pub label: String,
     /// Write each run's latency distribution to this directory as HDR
     /// percentile files: SCENARIO-TARGET-N.hgrm, and SCENARIO-TARGET-median.hgrm
     /// (the run with the median p99), for `cluecast-bench plot`
@@ -581,7 +585,14 @@ fn drive(args: &Args) -> Result<(), String> {
 /// `-median` (the counted run whose p99 is the median's).
 fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let stem = format!("{}-{}", args.shape.name(), args.target.name());
+    let mut stem = format!("{}-{}", args.shape.name(), args.target.name());
+    if !args.label.is_empty() {
+        let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
+        stem = format!(
+            "{stem}-{}",
+            args.label.chars().map(safe).collect::<String>()
+        );
+    }
     let write = |name: String, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
@@ -609,9 +620,17 @@ fn skipped(args: &Args, why: &str) -> Result<(), String> {
     eprintln!("fanout: target {} skipped: {why}", args.target.name());
     let text = if args.json {
         format!(
-            "{{\"scenario\":\"{}\",\"target\":\"{}\",\"skipped\":{}}}\n",
+            "{{\"scenario\":\"{}\",\"target\":\"{}\",\"label\":{},\"subscribers\":{},\
+             \"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\"payload_bytes\":{},\
+             \"skipped\":{}}}\n",
             args.shape.name(),
             args.target.name(),
+            json_str(&args.label),
+            args.subscribers,
+            args.topics,
+            args.publishers,
+            json_num(args.rate),
+            args.payload,
             json_str(why)
         )
     } else {
@@ -924,9 +943,14 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# {} measurement (open loop), target `{}`\n",
+        "# {} measurement (open loop), target `{}`{}\n",
         args.shape.name(),
-        args.target.name()
+        args.target.name(),
+        if args.label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", args.label)
+        }
     );
     let _ = writeln!(s, "- command: `{}`", command_line());
     let _ = writeln!(
@@ -1250,7 +1274,7 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
         .collect();
     let problems: Vec<String> = problems.iter().map(|p| json_str(p)).collect();
     format!(
-        "{{\"scenario\":\"{}\",\"target\":\"{}\",\"run\":{label},\
+        "{{\"scenario\":\"{}\",\"target\":\"{}\",\"label\":{},\"run\":{label},\
          \"subscribers\":{},\"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\
          \"payload_bytes\":{},\"duration_s\":{},\"shards\":{},\
          \"offered_per_s\":{},\"deliveries_per_s\":{},\"ideal_deliveries_per_s\":{},\
@@ -1267,6 +1291,7 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
          \"problems\":[{}]}}\n",
         args.shape.name(),
         args.target.name(),
+        json_str(&args.label),
         args.subscribers,
         args.topics,
         args.publishers,

@@ -32,6 +32,7 @@ mod report;
 mod resp;
 mod server;
 mod stats;
+mod summary;
 mod targets;
 mod wire;
 mod zerocopy;
@@ -74,6 +75,9 @@ enum Cmd {
     /// One SVG percentile plot of several latency distributions (.hgrm
     /// files from `--hgrm-dir`), a curve each
     Plot(plot::Args),
+    /// The comparison table of runs: the median lines of `--json` files,
+    /// a table per case, cluecast's latency as a multiple of each target's
+    Summary(summary::Args),
     /// A trivial server, one send(2) per delivery: the practical ceiling
     /// `fanout --target ceiling` compares against (started by the driver)
     Ceiling(ceiling::Args),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Cmd::Zerocopy(args) => zerocopy::main(args),
         Cmd::Ceiling(args) => ceiling::main(args),
         Cmd::Plot(args) => plot::main(args),
+        Cmd::Summary(args) => summary::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
