@@ -269,6 +269,9 @@ pub struct Args {
     /// markdown
     #[arg(long)]
     pub json: bool,
+    /// Also write the markdown report to this file (with --json, both)
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Free text naming this configuration in the report and JSON (e.g.
     /// `allocator=jemalloc` when --cluecast is such a build)
     #[arg(long, default_value = "")]
@@ -559,6 +562,10 @@ fn drive(args: &Args) -> Result<(), String> {
     }
     if let Some(dir) = &args.hgrm_dir {
         write_hgrms(args, dir, &runs)?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, markdown_report(args, &host, &runs))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     let text = if args.json {
         json_report(args, &runs)

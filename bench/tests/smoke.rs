@@ -1,0 +1,148 @@
+//! A short run of every latency scenario against the appliance, as CI runs
+//! it: the assertions are on correctness (every event delivered once and in
+//! order, the scenario's own figures present), never on speed.
+//!
+//! The appliance is the `cluecast` binary next to this package's
+//! (`cargo test --workspace` builds both).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The appliance built alongside cluecast-bench, or None with the reason.
+fn appliance() -> Result<PathBuf, String> {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_cluecast-bench"));
+    let path = bench.with_file_name("cluecast");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not built: run `cargo test --workspace` or `cargo build -p cluecast`",
+            path.display()
+        ))
+    }
+}
+
+/// Runs a scenario with a small load and returns its median JSON line.
+fn median_of(scenario: &str, extra: &[&str]) -> Value {
+    let cluecast = match appliance() {
+        Ok(p) => p,
+        Err(why) => panic!("smoke test needs the appliance: {why}"),
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
+        .arg(scenario)
+        .arg("--cluecast")
+        .arg(&cluecast)
+        .args(["--repeat", "1", "--retries", "0", "--json", "--no-pin"])
+        .args(["--warmup", "0.5", "--drain-timeout", "5"])
+        .args(extra)
+        .output()
+        .expect("running cluecast-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{scenario}: {stdout}\n{stderr}");
+    let median = stdout
+        .lines()
+        .find(|l| l.contains("\"run\":\"median\""))
+        .unwrap_or_else(|| panic!("{scenario}: no median line in {stdout}"));
+    let v: Value = serde_json::from_str(median).expect("the median line is JSON");
+    assert_eq!(v["scenario"], scenario, "{median}");
+    assert_eq!(v["target"], "cluecast", "{median}");
+    assert_eq!(v["measured"], true, "{median}\n{stderr}");
+    assert_eq!(v["failed"], false, "{median}\n{stderr}");
+    for key in ["lost", "duplicated", "reordered"] {
+        assert_eq!(v[key], 0, "{scenario} {key}: {median}");
+    }
+    assert!(v["deliveries_per_s"].as_f64().unwrap() > 0.0, "{median}");
+    assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{median}");
+    v
+}
+
+#[test]
+fn fanout_delivers_everything() {
+    median_of(
+        "fanout",
+        &[
+            "--subscribers",
+            "60",
+            "--topics",
+            "3",
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+        ],
+    );
+}
+
+#[test]
+fn hunt_sends_positions_and_delivers_everything() {
+    let v = median_of(
+        "hunt",
+        &["--subscribers", "100", "--topics", "4", "--duration", "2"],
+    );
+    let positions = v["hunt"]["positions_per_s"].as_f64().unwrap();
+    // 100 players at 1 Hz over warm-up and window.
+    assert!((50.0..=150.0).contains(&positions), "{v}");
+}
+
+#[test]
+fn spike_reports_both_phases() {
+    let v = median_of(
+        "spike",
+        &[
+            "--subscribers",
+            "40",
+            "--topics",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "3",
+            "--spike-at",
+            "1",
+            "--spike-ramp-ms",
+            "200",
+            "--spike-hold",
+            "1",
+        ],
+    );
+    assert!(
+        v["spike"]["steady_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert!(v["spike"]["spike_ms"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn storm_brings_everyone_back_without_gaps() {
+    let v = median_of(
+        "storm",
+        &[
+            "--subscribers",
+            "60",
+            "--topics",
+            "3",
+            "--rate",
+            "50",
+            "--duration",
+            "3",
+            "--storm-at",
+            "0.5",
+            "--storm-subscribers",
+            "30",
+            "--storm-spread-ms",
+            "300",
+        ],
+    );
+    let storm = &v["storm"];
+    assert_eq!(
+        (&storm["dropped"], &storm["back"]),
+        (&30.into(), &30.into()),
+        "{v}"
+    );
+    assert_eq!(storm["gaps"], 0, "{v}");
+    assert!(storm["caught_up_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(storm["catch_up_deliveries"].as_u64().unwrap() > 0, "{v}");
+}
