@@ -46,7 +46,7 @@ case_args() {
   fanout-2500) echo "fanout --publishers 1 --subscribers 2500 --topics 1 --rate 100 --payload 128" ;;
   fanout-10k-20) echo "fanout --publishers 1 --subscribers 10000 --topics 1 --rate 20 --payload 128" ;;
   fanout-10k-100) echo "fanout --publishers 1 --subscribers 10000 --topics 1 --rate 100 --payload 128" ;;
-  conns) echo "conns --connections 19500" ;;
+  conns) echo "conns --connections 19500 --hold 20" ;;
   hunt | spike | storm) echo "$1" ;;
   *) echo "compare: unknown case $1" >&2; return 2 ;;
   esac

@@ -19,6 +19,7 @@ mod ceiling;
 mod child;
 mod cli;
 mod clients;
+mod conns;
 mod delivery;
 mod fanload;
 mod fanout;
@@ -81,6 +82,10 @@ enum Cmd {
     /// A trivial server, one send(2) per delivery: the practical ceiling
     /// `fanout --target ceiling` compares against (started by the driver)
     Ceiling(ceiling::Args),
+    /// Idle subscribed connections, as many as the host allows: server
+    /// memory per connection and connect rate; markdown (or --json) on
+    /// stdout, progress on stderr
+    Conns(conns::Args),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
         Cmd::Ceiling(args) => ceiling::main(args),
         Cmd::Plot(args) => plot::main(args),
         Cmd::Summary(args) => summary::main(args),
+        Cmd::Conns(args) => conns::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

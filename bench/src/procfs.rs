@@ -112,8 +112,23 @@ fn parse_anon_huge_kib(smaps: &str) -> Option<u64> {
 
 /// Resident memory of a process in bytes (`VmRSS` of /proc/PID/status).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Anonymous resident memory of a process in bytes (`RssAnon` of
+/// /proc/PID/status): heap, stacks and anonymous mappings, no file pages.
+pub fn rss_anon_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status_kib(&text, "VmRSS:").map(|kib| kib * 1024)
+    parse_status_kib(&text, key).map(|kib| kib * 1024)
+}
+
+/// How many descriptors a process has open (entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
 /// A `Key:   N kB` line of /proc/PID/status or smaps_rollup, in KiB.

@@ -1,0 +1,1059 @@
+//! `cluecast-bench conns`: what an idle subscribed connection costs the
+//! server, and how fast connections are taken on.
+//!
+//! N connections, each subscribed to one of T topics (connection j on
+//! topic j % T) and then left idle, as many as the host allows. One
+//! process may hold only as many as its open-file limit, so the driver
+//! spreads them over K client processes (`--role clients`), each opening
+//! its share one connection after another. The driver starts a fresh target
+//! per run and reads its memory twice: settled before any connection
+//! (baseline), and --hold seconds after the last connection is up (loaded).
+//! It then lets the clients go, stops the server with SIGTERM and checks
+//! its exit.
+//!
+//! The resident memory is the server's user-space memory only: the
+//! kernel's socket buffers are not in it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use cluecast_proto::Limits;
+
+use crate::child::{self, result_struct, Mark, ResultLine, Role};
+use crate::cli::Common;
+use crate::fanload;
+use crate::procfs;
+use crate::report::{self, command_line, json_num, json_str, num, thousands};
+use crate::server::Server;
+use crate::stats::median;
+use crate::targets::{self, Launch, Target};
+use crate::wire::set_note;
+
+/// Most client processes of one run.
+const PROCESSES_MAX: usize = 64;
+/// Most runs of one invocation.
+const REPEAT_MAX: usize = 100;
+/// Longest --hold. The clients send nothing once subscribed, and the
+/// appliance closes a connection silent for its idle timeout (90 s by
+/// default), so the hold stays well below that.
+const HOLD_SECS_MAX: f64 = 60.0;
+/// Descriptors a client process keeps free besides its sockets (stdio,
+/// libraries).
+const FDS_SPARE: u64 = 64;
+/// Time for the server to print `listening on`.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the server to go quiet after it starts, before the baseline.
+const SERVER_SETTLE: Duration = Duration::from_secs(1);
+/// Time for the server to drain and exit after SIGTERM (the appliance
+/// sends every connection a GOAWAY first; its drain timeout is 5 s).
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// A client process's connecting: this plus CONNECT_PER_CONN per
+/// connection of its share, after which it gives up on the rest.
+const CONNECT_SLACK: Duration = Duration::from_secs(30);
+/// Allowance per connection (about 1 ms here, with four client processes
+/// sharing one CPU).
+const CONNECT_PER_CONN: Duration = Duration::from_millis(5);
+/// Time allowed on top of the connecting for a client process to start
+/// and report, and to exit once let go.
+const CLIENT_SLACK: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// The server measured
+    #[arg(long, value_enum, default_value_t = Target::Cluecast)]
+    pub target: Target,
+    /// Idle subscribed connections: in all (driver), this process's share
+    /// (role clients)
+    #[arg(long, default_value_t = 19_500)]
+    pub connections: usize,
+    /// Client processes the connections are spread over (each holds its
+    /// share open, within its own open-file limit)
+    #[arg(long, default_value_t = 4)]
+    pub processes: usize,
+    /// Topics; connection j subscribes to topic j % --topics
+    #[arg(long, default_value_t = 100)]
+    pub topics: usize,
+    /// Seconds the server is left with every connection up before its
+    /// memory is read
+    #[arg(long = "hold", default_value_t = 3.0)]
+    pub hold_secs: f64,
+    /// Runs, each against a fresh server; the report gives each and their
+    /// median
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Emit one JSON object per run (then one for the median) instead of
+    /// markdown
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the markdown report to this file (with --json, both)
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+
+    // ---- client process ----
+    /// Index of this process's first connection (role clients)
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
+    /// Shared part of the topic names, the same in every client process of
+    /// a run (role clients; default: a fresh one)
+    #[arg(long)]
+    pub nonce: Option<u64>,
+}
+
+result_struct! {
+    /// What one client process did.
+    pub struct Outcome {
+        /// Connections subscribed and held.
+        pub connected: u64,
+        /// Connections of its share that failed or were never tried.
+        pub failures: u64,
+        /// Seconds from its first connect to its last answer.
+        pub connect_secs: f64,
+    }
+}
+
+pub fn main(args: &Args) -> Result<(), String> {
+    check(args)?;
+    match args.common.role {
+        Role::Driver => drive(args),
+        Role::Subscribers => clients(args),
+    }
+}
+
+/// The flags, as far as they can be judged before anything starts.
+fn check(args: &Args) -> Result<(), String> {
+    if args.connections == 0 || args.topics == 0 {
+        return Err("--connections and --topics must be at least 1".into());
+    }
+    if !(0.0..=HOLD_SECS_MAX).contains(&args.hold_secs) {
+        return Err(format!("--hold must be in 0..={HOLD_SECS_MAX} s"));
+    }
+    if args.common.role == Role::Driver {
+        if !(1..=PROCESSES_MAX).contains(&args.processes) {
+            return Err(format!("--processes must be in 1..={PROCESSES_MAX}"));
+        }
+        if args.processes > args.connections || args.topics > args.connections {
+            return Err("--processes and --topics must not exceed --connections".into());
+        }
+        if !(1..=REPEAT_MAX).contains(&args.repeat) {
+            return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
+        }
+    }
+    Ok(())
+}
+
+/// The connections of each of `processes` processes, as (first index,
+/// count): equal shares, the remainder one each to the first processes.
+fn shares(connections: usize, processes: usize) -> Vec<(usize, usize)> {
+    let (each, extra) = (connections / processes, connections % processes);
+    let mut first = 0;
+    (0..processes)
+        .map(|k| {
+            let count = each + usize::from(k < extra);
+            first += count;
+            (first - count, count)
+        })
+        .collect()
+}
+
+/// Whether `share` sockets fit one process's open-file limit `soft`.
+fn fits_open_files(share: usize, soft: u64) -> Result<(), String> {
+    let need = share as u64 + FDS_SPARE;
+    if need > soft {
+        return Err(format!(
+            "{share} connections in one process need about {need} descriptors; the open-file \
+             limit is {soft}: use more --processes"
+        ));
+    }
+    Ok(())
+}
+
+/// Raises this process's open-file limit and checks `share` fits it.
+fn raise_and_fit(share: usize) -> Result<u64, String> {
+    let lim = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
+    fits_open_files(share, lim.soft)?;
+    Ok(lim.soft)
+}
+
+/// How long a client process spends connecting `share` connections at
+/// most.
+fn connect_budget(share: usize) -> Duration {
+    CONNECT_SLACK + CONNECT_PER_CONN * share.min(u32::MAX as usize) as u32
+}
+
+// ---------------------------------------------------------------------------
+// The client side
+
+/// `--role clients`: opens this process's share, reports, and holds the
+/// connections until stdin closes; speaks the line protocol of child.rs.
+fn clients(args: &Args) -> Result<(), String> {
+    let (server, own_nonce) = args.common.client_start("clients")?;
+    if let Err(e) = raise_and_fit(args.connections) {
+        child::say_error(&e);
+        return Err(e);
+    }
+    let nonce = args.nonce.unwrap_or(own_nonce);
+    let connect_timeout = Duration::from_millis(args.common.connect_timeout_ms);
+    let deadline = Instant::now() + connect_budget(args.connections);
+    let (mut limits, mut heartbeat_ms) = (Limits::DEFAULT, 0);
+    let mut held = Vec::with_capacity(args.connections);
+    let mut o = Outcome::default();
+    child::say_mark(Mark::WindowStart);
+    let start = Instant::now();
+    for j in args.first..args.first + args.connections {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            set_note(
+                &mut o.note,
+                format!(
+                    "gave up after {:?} with {} connections not tried",
+                    connect_budget(args.connections),
+                    args.first + args.connections - j
+                ),
+            );
+            break;
+        }
+        let topic = format!("conns.{nonce:08x}.{}", j % args.topics);
+        match fanload::join(
+            args.target.protocol(),
+            server,
+            connect_timeout.min(left),
+            &format!("conns-{nonce:08x}-{j}"),
+            Some(&topic),
+            None,
+            &mut limits,
+            &mut heartbeat_ms,
+        ) {
+            Ok(c) => held.push(c.stream),
+            Err(e) => set_note(&mut o.note, format!("connection {j}: {e}")),
+        }
+    }
+    o.connect_secs = start.elapsed().as_secs_f64();
+    child::say_mark(Mark::WindowEnd);
+    o.connected = held.len() as u64;
+    o.failures = (args.connections - held.len()) as u64;
+    eprintln!(
+        "conns clients: {} of {} connected in {:.1} s{}",
+        o.connected,
+        args.connections,
+        o.connect_secs,
+        if o.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", o.note)
+        }
+    );
+    child::say(&o.to_line());
+    // Idle from here, with nothing to answer: the appliance sends idle
+    // subscribers nothing and closes only connections silent for 90 s (its
+    // idle timeout), NATS pings every 2 minutes, MQTT connects without
+    // keep-alive, Redis never times out; a run holds for seconds. The
+    // driver counts the server's descriptors when it reads its memory, so
+    // a connection lost meanwhile would show.
+    wait_for_stdin_to_close();
+    drop(held);
+    Ok(())
+}
+
+/// Blocks until stdin reaches its end: the driver closes it when done, and
+/// it ends too if the driver dies, so the hold cannot outlive the run.
+fn wait_for_stdin_to_close() {
+    let mut stdin = std::io::stdin().lock();
+    let mut sink = [0u8; 256];
+    loop {
+        match stdin.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The driver
+
+/// The server's memory and descriptors at one moment; NaN where unread.
+#[derive(Clone, Copy, Debug)]
+struct Footprint {
+    rss_bytes: f64,
+    anon_bytes: f64,
+    fds: f64,
+}
+
+impl Footprint {
+    fn of(pid: u32) -> Footprint {
+        let read = |x: Option<u64>| x.map_or(f64::NAN, |v| v as f64);
+        Footprint {
+            rss_bytes: read(procfs::rss_bytes(pid)),
+            anon_bytes: read(procfs::rss_anon_bytes(pid)),
+            fds: read(procfs::open_fds(pid).map(|n| n as u64)),
+        }
+    }
+}
+
+/// Figures of one run; bytes, NaN where unknown.
+#[derive(Clone, Debug)]
+struct Run {
+    /// Connections subscribed and held, all processes.
+    connections: u64,
+    /// Connections wanted and not held.
+    failures: u64,
+    connect_per_s: f64,
+    baseline: Footprint,
+    loaded: Footprint,
+    /// (loaded − baseline) RSS / connections.
+    rss_per_conn: f64,
+    /// Loaded RSS / connections (the server's fixed memory included).
+    loaded_per_conn: f64,
+    /// (loaded − baseline) RssAnon / connections.
+    anon_per_conn: f64,
+    /// Not every connection held, or the server did not exit 0.
+    failed: bool,
+    problems: Vec<String>,
+}
+
+impl Default for Run {
+    fn default() -> Run {
+        let unread = Footprint {
+            rss_bytes: f64::NAN,
+            anon_bytes: f64::NAN,
+            fds: f64::NAN,
+        };
+        Run {
+            connections: 0,
+            failures: 0,
+            connect_per_s: f64::NAN,
+            baseline: unread,
+            loaded: unread,
+            rss_per_conn: f64::NAN,
+            loaded_per_conn: f64::NAN,
+            anon_per_conn: f64::NAN,
+            failed: false,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// `bytes` per connection; NaN without connections.
+fn per_conn(bytes: f64, connections: u64) -> f64 {
+    if connections == 0 {
+        f64::NAN
+    } else {
+        bytes / connections as f64
+    }
+}
+
+impl Run {
+    /// Fills the figures of `connections` held over `connect_secs`.
+    fn figures(&mut self, connections: u64, connect_secs: f64) {
+        self.connections = connections;
+        self.connect_per_s = if connect_secs > 0.0 {
+            connections as f64 / connect_secs
+        } else {
+            f64::NAN
+        };
+        let (b, l) = (self.baseline, self.loaded);
+        self.rss_per_conn = per_conn(l.rss_bytes - b.rss_bytes, connections);
+        self.loaded_per_conn = per_conn(l.rss_bytes, connections);
+        self.anon_per_conn = per_conn(l.anon_bytes - b.anon_bytes, connections);
+    }
+}
+
+/// How the target is started.
+fn launch(args: &Args) -> Launch {
+    Launch {
+        target: args.target,
+        listen: args.common.listen,
+        cpu: args.common.server_pin(),
+        appliance_args: server_args(args),
+        payload_bytes: 0,
+    }
+}
+
+/// `cluecast run ...`: one shard, room for every connection (unless
+/// --server-arg says otherwise; the appliance warns and takes less if its
+/// open-file limit does not allow that many).
+fn server_args(args: &Args) -> Vec<String> {
+    let mut v: Vec<String> = ["run", "--shards", "1", "--listen"]
+        .map(String::from)
+        .to_vec();
+    v.push(args.common.listen.to_string());
+    let given = (args.common.server_args.iter()).any(|a| a.starts_with("--connections-max"));
+    if !given {
+        v.extend(["--connections-max".into(), args.connections.to_string()]);
+    }
+    v.extend(args.common.server_args.iter().cloned());
+    v
+}
+
+fn drive(args: &Args) -> Result<(), String> {
+    let program = match targets::program(args.target, &args.common.cluecast) {
+        Ok(p) => p,
+        Err(why) => return skipped(args, &why),
+    };
+    let plan = shares(args.connections, args.processes);
+    let share_max = plan.iter().map(|&(_, n)| n).max().unwrap_or(0);
+    // The client processes inherit the raised limit.
+    let nofile = raise_and_fit(share_max)?;
+    let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
+    let host = procfs::host();
+    eprintln!(
+        "conns: {} runs against {}: {} connections over {} topics from {} processes (open-file \
+         limit {nofile}); host: {} CPUs, {}, kernel {}",
+        args.repeat,
+        args.target.name(),
+        args.connections,
+        args.topics,
+        args.processes,
+        host.cpus,
+        host.cpu_model,
+        host.kernel
+    );
+    let mut runs = Vec::with_capacity(args.repeat);
+    for i in 0..args.repeat {
+        // Fresh topics per run, shared by its client processes.
+        let nonce = cluecast_sys::random_u64().map_err(|e| format!("getrandom: {e}"))?;
+        let run = run_once(args, &bench, &program, &plan, nonce & 0xffff_ffff);
+        eprintln!("[{}/{}] {}", i + 1, args.repeat, summary(&run));
+        runs.push(run);
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, markdown_report(args, &host, nofile, &runs))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let text = if args.json {
+        json_report(args, &runs)
+    } else {
+        markdown_report(args, &host, nofile, &runs)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing the report: {e}"))?;
+    if runs.iter().any(|r| r.failed) {
+        return Err(
+            "some runs failed: not every connection was held, or a server that did not exit 0 \
+             (see the report)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The report of a target that cannot be measured here; not a failure.
+fn skipped(args: &Args, why: &str) -> Result<(), String> {
+    eprintln!("conns: target {} skipped: {why}", args.target.name());
+    let text = if args.json {
+        format!(
+            "{{\"scenario\":\"conns\",\"target\":\"{}\",\"skipped\":{}}}\n",
+            args.target.name(),
+            json_str(why)
+        )
+    } else {
+        format!(
+            "# idle connections, target `{}`\n\nSkipped: {why}.\n",
+            args.target.name()
+        )
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("writing the report: {e}"))
+}
+
+/// One measurement: a fresh server, the client processes, the figures.
+fn run_once(args: &Args, bench: &Path, program: &Path, plan: &[(usize, usize)], nonce: u64) -> Run {
+    let mut run = Run::default();
+    let mut server = match targets::start(&launch(args), program, SERVER_START_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            run.problems.push(e);
+            run.failed = true;
+            return run;
+        }
+    };
+    run.problems.extend(server.identity_problem());
+    thread::sleep(SERVER_SETTLE);
+    run.baseline = Footprint::of(server.pid());
+    let mut clients = Clients::start(args, bench, server.addr(), nonce, plan, &mut run.problems);
+    let share_max = plan.iter().map(|&(_, n)| n).max().unwrap_or(0);
+    let said = clients.collect(
+        &mut server,
+        connect_budget(share_max) + CLIENT_SLACK,
+        &mut run.problems,
+    );
+    thread::sleep(Duration::from_secs_f64(args.hold_secs));
+    run.loaded = Footprint::of(server.pid());
+    if let Some(how) = server.exited() {
+        run.problems
+            .push(format!("the server exited {how} during the run"));
+    }
+    clients.release(&mut run.problems);
+    let stopped = server.stop(SERVER_STOP_TIMEOUT);
+    run.failed |= stopped.problem.is_some();
+    run.problems.extend(stopped.problems());
+
+    let connected: u64 = said.outcomes.iter().map(|o| o.connected).sum();
+    let connect_secs = match (said.first_start, said.last_end) {
+        (Some(t0), Some(t1)) => t1.duration_since(t0).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    run.figures(connected, connect_secs);
+    run.failures = args.connections as u64 - connected.min(args.connections as u64);
+    if run.failures > 0 {
+        run.failed = true;
+        run.problems.push(format!(
+            "{} of {} connections were not held",
+            run.failures, args.connections
+        ));
+    }
+    let fds_added = run.loaded.fds - run.baseline.fds;
+    if fds_added < connected as f64 {
+        run.failed = true;
+        run.problems.push(format!(
+            "the server held {fds_added} descriptors more than at the baseline, for {connected} \
+             connections: some were closed before its memory was read"
+        ));
+    }
+    if let Some(full) = stopped.stat("rejected_full").filter(|&n| n > 0) {
+        run.problems.push(format!(
+            "the server refused {full} connections as full (its capacity, see its log)"
+        ));
+    }
+    run
+}
+
+/// What the client processes of a run said.
+#[derive(Default)]
+struct Said {
+    outcomes: Vec<Outcome>,
+    /// When the first process started connecting.
+    first_start: Option<Instant>,
+    /// When the last one finished.
+    last_end: Option<Instant>,
+}
+
+/// The client processes of one run; any still running when dropped are
+/// killed.
+struct Clients {
+    children: Vec<Child>,
+    /// Lines of each child's stdout by its index in `children`; None at the
+    /// end of its stdout.
+    lines: Receiver<(usize, Option<String>)>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Clients {
+    /// Starts a client process per share; one that cannot start is a
+    /// problem, its share is not held.
+    fn start(
+        args: &Args,
+        bench: &Path,
+        server: SocketAddr,
+        nonce: u64,
+        plan: &[(usize, usize)],
+        problems: &mut Vec<String>,
+    ) -> Clients {
+        let (tx, rx) = mpsc::channel();
+        let mut clients = Clients {
+            children: Vec::with_capacity(plan.len()),
+            lines: rx,
+            readers: Vec::with_capacity(plan.len()),
+        };
+        for &(first, count) in plan {
+            let mut cmd = Command::new(bench);
+            cmd.args(["conns", "--role", "clients"])
+                .args(["--target", args.target.name()])
+                .args(["--server", &server.to_string()])
+                .args(["--connections", &count.to_string()])
+                .args(["--first", &first.to_string()])
+                .args(["--topics", &args.topics.to_string()])
+                .args(["--nonce", &nonce.to_string()]);
+            args.common.pass_to_client(&mut cmd);
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!("cannot start a client process: {e}"));
+                    continue;
+                }
+            };
+            let k = clients.children.len();
+            let Some(stdout) = child.stdout.take() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                problems.push(format!("no stdout pipe from client process {k}"));
+                continue;
+            };
+            let tx = tx.clone();
+            clients.readers.push(thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((k, Some(line))).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send((k, None));
+            }));
+            clients.children.push(child);
+        }
+        clients
+    }
+
+    /// Waits up to `budget` for every process's result (or its error, or
+    /// its end), noting when the first started connecting and the last
+    /// finished.
+    fn collect(
+        &mut self,
+        server: &mut Server,
+        budget: Duration,
+        problems: &mut Vec<String>,
+    ) -> Said {
+        let mut said = Said::default();
+        let mut done = vec![false; self.children.len()];
+        let deadline = Instant::now() + budget;
+        while done.contains(&false) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                problems.push(format!(
+                    "{} client process(es) gave no result within {budget:?}",
+                    done.iter().filter(|d| !**d).count()
+                ));
+                break;
+            }
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok((_, Some(line))) if line == "window-start" => {
+                    said.first_start.get_or_insert_with(Instant::now);
+                }
+                Ok((_, Some(line))) if line == "window-end" => {
+                    said.last_end = Some(Instant::now());
+                }
+                Ok((k, Some(line))) if line.starts_with("result ") => {
+                    match ResultLine::parse(&line).and_then(|r| Outcome::from_result(&r)) {
+                        Ok(o) => {
+                            if !o.note.is_empty() {
+                                problems.push(format!("client process {k}: {}", o.note));
+                            }
+                            said.outcomes.push(o);
+                        }
+                        Err(e) => problems.push(format!("client process {k}: {e}")),
+                    }
+                    done[k] = true;
+                }
+                Ok((k, Some(line))) if line.starts_with("error ") => {
+                    problems.push(format!("client process {k}: {}", &line[6..]));
+                    done[k] = true;
+                }
+                Ok((k, Some(line))) => {
+                    problems.push(format!("client process {k} printed {line:?}"));
+                }
+                Ok((k, None)) => {
+                    if !done[k] {
+                        problems.push(format!("client process {k} ended without a result"));
+                        done[k] = true;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(how) = server.exited() {
+                        problems.push(format!("the server exited {how} while clients connected"));
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        said
+    }
+
+    /// Closes every process's stdin, so they let go of their connections
+    /// and exit; waits up to CLIENT_SLACK for all, kills the rest.
+    fn release(mut self, problems: &mut Vec<String>) {
+        for c in &mut self.children {
+            drop(c.stdin.take());
+        }
+        let deadline = Instant::now() + CLIENT_SLACK;
+        for (k, c) in self.children.iter_mut().enumerate() {
+            let status = loop {
+                match c.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break None,
+                }
+            };
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => problems.push(format!("client process {k} exited {s}")),
+                None => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    problems.push(format!("client process {k} had to be killed"));
+                }
+            }
+        }
+        // Every process is gone, so every pipe is closed: the readers end.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn summary(run: &Run) -> String {
+    let figures = (run.connections > 0).then(|| {
+        format!(
+            "{} connected ({} not), {} connections/s; server RSS {} → {} MiB: {} B per \
+             connection ({} B loaded / N)",
+            run.connections,
+            run.failures,
+            thousands(run.connect_per_s),
+            mib(run.baseline.rss_bytes),
+            mib(run.loaded.rss_bytes),
+            num(run.rss_per_conn, 0),
+            num(run.loaded_per_conn, 0)
+        )
+    });
+    report::summary(figures, &run.problems)
+}
+
+fn mib(bytes: f64) -> String {
+    num(bytes / f64::from(1 << 20), 1)
+}
+
+// ---------------------------------------------------------------------------
+// Reports
+
+/// The median run: every column the median of that column over the runs
+/// that held any connection.
+fn median_run(runs: &[Run]) -> Run {
+    let held: Vec<&Run> = runs.iter().filter(|r| r.connections > 0).collect();
+    let med = |f: &dyn Fn(&Run) -> f64| {
+        let v: Vec<f64> = held.iter().map(|r| f(r)).collect();
+        median(&v).unwrap_or(f64::NAN)
+    };
+    // No runs held anything: NaN, which rounds to 0.
+    let whole = |f: fn(&Run) -> u64| med(&|r| f(r) as f64).round() as u64;
+    let footprint = |at: fn(&Run) -> Footprint| Footprint {
+        rss_bytes: med(&|r| at(r).rss_bytes),
+        anon_bytes: med(&|r| at(r).anon_bytes),
+        fds: med(&|r| at(r).fds),
+    };
+    Run {
+        connections: whole(|r| r.connections),
+        failures: whole(|r| r.failures),
+        connect_per_s: med(&|r| r.connect_per_s),
+        baseline: footprint(|r| r.baseline),
+        loaded: footprint(|r| r.loaded),
+        rss_per_conn: med(&|r| r.rss_per_conn),
+        loaded_per_conn: med(&|r| r.loaded_per_conn),
+        anon_per_conn: med(&|r| r.anon_per_conn),
+        failed: runs.iter().any(|r| r.failed),
+        problems: Vec::new(),
+    }
+}
+
+fn markdown_report(args: &Args, host: &procfs::Host, nofile: u64, runs: &[Run]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let target = args.target.name();
+    let _ = writeln!(s, "# idle connections, target `{target}`\n");
+    let _ = writeln!(s, "- command: `{}`", command_line());
+    let _ = writeln!(
+        s,
+        "- host: {} CPUs, `{}`, kernel `{}`; open-file limit {nofile} per process",
+        host.cpus, host.cpu_model, host.kernel
+    );
+    let shown = match targets::program(args.target, &args.common.cluecast) {
+        Ok(p) => targets::describe(&launch(args), &p),
+        Err(_) => target.to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "- target `{target}`: `{shown}`{}; a fresh one per run, stopped with SIGTERM",
+        args.common.pinned(", ", args.common.server_cpu)
+    );
+    let _ = writeln!(
+        s,
+        "- load: {} connections, connection j subscribed to topic j % {}, spread over {} \
+         client processes{}; each opens its share one connection after another (connect, \
+         handshake, subscribe answered), then holds it idle",
+        args.connections,
+        args.topics,
+        args.processes,
+        args.common.pinned(" all ", args.common.client_cpu)
+    );
+    let _ = writeln!(
+        s,
+        "- each run: the server's memory is read {} s after it starts (baseline) and {} s \
+         after the last connection is up (loaded); {} runs, the last row is the median of \
+         each column\n",
+        SERVER_SETTLE.as_secs(),
+        args.hold_secs,
+        args.repeat
+    );
+    let _ = writeln!(
+        s,
+        "*connect/s*: connections held / time from the first process starting to connect \
+         to the last one done. *RSS/conn*: (loaded − baseline) VmRSS / connections held; \
+         *loaded/conn*: loaded VmRSS / connections held (the server's fixed memory \
+         included); *anon/conn*: (loaded − baseline) RssAnon / connections held (anonymous \
+         memory only, no file pages). The kernel's socket memory is in none of them.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | target | held | not held | connect/s | RSS baseline MiB | RSS loaded MiB | \
+         RSS/conn B | loaded/conn B | anon/conn B |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let med_run = median_run(runs);
+    let rows = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((i + 1).to_string(), r))
+        .chain(std::iter::once(("**median**".to_string(), &med_run)));
+    for (name, r) in rows {
+        let _ = writeln!(
+            s,
+            "| {name} | {target} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.connections,
+            r.failures,
+            thousands(r.connect_per_s),
+            mib(r.baseline.rss_bytes),
+            mib(r.loaded.rss_bytes),
+            thousands(r.rss_per_conn),
+            thousands(r.loaded_per_conn),
+            thousands(r.anon_per_conn),
+        );
+    }
+    let problems: Vec<String> = (runs.iter().enumerate())
+        .flat_map(|(i, r)| {
+            r.problems
+                .iter()
+                .map(move |p| format!("- run {}: {p}", i + 1))
+        })
+        .collect();
+    if problems.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nNo problems: every connection was held, and every server exited 0 on SIGTERM."
+        );
+    } else {
+        let _ = writeln!(s, "\nProblems seen:\n");
+        for p in problems {
+            let _ = writeln!(s, "{p}");
+        }
+    }
+    s
+}
+
+fn json_run(args: &Args, label: &str, r: &Run) -> String {
+    let problems: Vec<String> = r.problems.iter().map(|p| json_str(p)).collect();
+    format!(
+        "{{\"scenario\":\"conns\",\"target\":\"{}\",\"run\":{label},\
+         \"connections_wanted\":{},\"processes\":{},\"topics\":{},\"hold_s\":{},\
+         \"connections\":{},\"failures\":{},\"connect_per_s\":{},\
+         \"server_rss_baseline_bytes\":{},\"server_rss_bytes\":{},\
+         \"rss_per_conn_bytes\":{},\"rss_loaded_per_conn_bytes\":{},\
+         \"server_rss_anon_baseline_bytes\":{},\"server_rss_anon_bytes\":{},\
+         \"rss_anon_per_conn_bytes\":{},\"server_fds_baseline\":{},\"server_fds\":{},\
+         \"failed\":{},\"problems\":[{}]}}\n",
+        args.target.name(),
+        args.connections,
+        args.processes,
+        args.topics,
+        json_num(args.hold_secs),
+        r.connections,
+        r.failures,
+        json_num(r.connect_per_s),
+        json_num(r.baseline.rss_bytes),
+        json_num(r.loaded.rss_bytes),
+        json_num(r.rss_per_conn),
+        json_num(r.loaded_per_conn),
+        json_num(r.baseline.anon_bytes),
+        json_num(r.loaded.anon_bytes),
+        json_num(r.anon_per_conn),
+        json_num(r.baseline.fds),
+        json_num(r.loaded.fds),
+        r.failed,
+        problems.join(",")
+    )
+}
+
+/// One object per run (`"run": 1, 2, ...`), then one for the median
+/// (`"run": "median"`).
+fn json_report(args: &Args, runs: &[Run]) -> String {
+    let mut out = String::new();
+    for (i, r) in runs.iter().enumerate() {
+        out.push_str(&json_run(args, &(i + 1).to_string(), r));
+    }
+    out.push_str(&json_run(args, "\"median\"", &median_run(runs)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Args as parsed from a command line (defaults for the rest).
+    fn parse(words: &[&str]) -> Args {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        Cli::parse_from(std::iter::once("conns").chain(words.iter().copied())).args
+    }
+
+    #[test]
+    fn conns_shares_spread_the_remainder_over_the_first_processes() {
+        assert_eq!(
+            shares(19_500, 4),
+            vec![(0, 4875), (4875, 4875), (9750, 4875), (14_625, 4875)]
+        );
+        assert_eq!(shares(10, 3), vec![(0, 4), (4, 3), (7, 3)]);
+        assert_eq!(shares(5, 5), vec![(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]);
+        assert_eq!(shares(7, 1), vec![(0, 7)]);
+        for (n, k) in [(19_500, 7), (300, 3), (65, 64)] {
+            let s = shares(n, k);
+            assert_eq!(s.iter().map(|&(_, c)| c).sum::<usize>(), n);
+            assert!(
+                s.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0),
+                "contiguous"
+            );
+            let counts = s.iter().map(|&(_, c)| c);
+            assert!(counts.clone().max().unwrap() - counts.min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn conns_per_connection_figures() {
+        let mut r = Run::default();
+        r.baseline.rss_bytes = 4.0 * 1048576.0;
+        r.loaded.rss_bytes = 4.0 * 1048576.0 + 1000.0 * 512.0;
+        r.baseline.anon_bytes = 1048576.0;
+        r.loaded.anon_bytes = 1048576.0 + 1000.0 * 256.0;
+        r.figures(1000, 0.5);
+        assert_eq!(r.rss_per_conn, 512.0);
+        assert_eq!(r.loaded_per_conn, (4.0 * 1048576.0) / 1000.0 + 512.0);
+        assert_eq!(r.anon_per_conn, 256.0);
+        assert_eq!(r.connect_per_s, 2000.0);
+        // Nothing held, or no time measured: no figure rather than a bogus one.
+        r.figures(0, 0.5);
+        assert!(r.rss_per_conn.is_nan() && r.loaded_per_conn.is_nan());
+        r.figures(1000, f64::NAN);
+        assert!(r.connect_per_s.is_nan());
+        // An unread baseline leaves the difference unknown.
+        let mut r = Run::default();
+        r.loaded.rss_bytes = 1e6;
+        r.figures(10, 1.0);
+        assert!(r.rss_per_conn.is_nan());
+        assert_eq!(r.loaded_per_conn, 1e5);
+    }
+
+    #[test]
+    fn conns_median_row_and_json_keys() {
+        let mut a = Run::default();
+        a.baseline.rss_bytes = 1000.0;
+        a.loaded.rss_bytes = 3000.0;
+        a.figures(10, 1.0);
+        let mut b = a.clone();
+        b.loaded.rss_bytes = 5000.0;
+        b.figures(10, 2.0);
+        let m = median_run(&[a.clone(), b, Run::default()]);
+        assert_eq!(m.connections, 10, "runs that held nothing are left out");
+        assert_eq!(m.rss_per_conn, 300.0);
+        assert_eq!(m.connect_per_s, 7.5);
+        let args = parse(&["--json", "--target", "ceiling"]);
+        let line = json_run(&args, "1", &a);
+        for key in [
+            "\"scenario\":\"conns\"",
+            "\"target\":\"ceiling\"",
+            "\"run\":1,",
+            "\"connections\":10,",
+            "\"connect_per_s\":10,",
+            "\"server_rss_bytes\":3000,",
+            "\"server_rss_baseline_bytes\":1000,",
+            "\"rss_per_conn_bytes\":200,",
+            "\"failures\":0,",
+            "\"problems\":[]",
+        ] {
+            assert!(line.contains(key), "{key} missing from {line}");
+        }
+        let report = json_report(&args, &[a]);
+        assert_eq!(report.lines().count(), 2);
+        assert!(report
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"run\":\"median\""));
+    }
+
+    #[test]
+    fn conns_flags_are_checked() {
+        assert_eq!(check(&parse(&[])), Ok(()));
+        let a = parse(&[]);
+        assert_eq!(
+            (a.connections, a.processes, a.topics, a.hold_secs, a.repeat),
+            (19_500, 4, 100, 3.0, 3)
+        );
+        for bad in [
+            &["--connections", "0"][..],
+            &["--topics", "0"],
+            &["--processes", "0"],
+            &["--processes", "65"],
+            &["--connections", "3", "--processes", "4"],
+            &["--connections", "50", "--processes", "1"],
+            &["--hold=-1"],
+            &["--hold", "61"],
+            &["--repeat", "0"],
+        ] {
+            assert!(check(&parse(bad)).is_err(), "{bad:?} accepted");
+        }
+        // A client process's share may be smaller than --processes.
+        assert_eq!(
+            check(&parse(&["--role", "clients", "--connections", "1"])),
+            Ok(())
+        );
+        assert!(fits_open_files(4875, 20_000).is_ok());
+        let why = fits_open_files(19_500, 10_000).unwrap_err();
+        assert!(why.contains("--processes"), "{why}");
+        assert!(fits_open_files(19_936, 20_000).is_ok());
+        assert!(fits_open_files(19_937, 20_000).is_err());
+    }
+
+    #[test]
+    fn conns_server_args_make_room_for_every_connection() {
+        assert_eq!(
+            server_args(&parse(&["--connections", "500"])).join(" "),
+            "run --shards 1 --listen 127.0.0.1:0 --connections-max 500"
+        );
+        let own = parse(&["--server-arg", "--connections-max=100"]);
+        assert_eq!(
+            server_args(&own).join(" "),
+            "run --shards 1 --listen 127.0.0.1:0 --connections-max=100"
+        );
+    }
+}
