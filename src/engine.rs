@@ -21,6 +21,8 @@ use crate::topics::TopicLimits;
 /// stdio, log files.
 const FDS_RESERVED: u64 = 64;
 const LISTEN_BACKLOG: i32 = 4096;
+/// Descriptors per shard kept for refusing clients past capacity.
+const REFUSING_FDS: usize = 256;
 
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: &Settings) -> Result<(), String> {
@@ -34,8 +36,9 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             nofile.soft
         ));
     }
-    // Refusing a client past capacity briefly takes a descriptor too.
-    let capacity = fd_budget - (fd_budget / 32).max(1);
+    // Refusing a client past capacity briefly takes a descriptor too (one
+    // small send, then close); past this many at once, accept backs off.
+    let capacity = fd_budget - (fd_budget / 4).clamp(1, REFUSING_FDS);
     let connections_max = match settings.connections_max {
         0 => capacity,
         wanted if wanted > capacity => {
