@@ -626,20 +626,7 @@ fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
 fn skipped(args: &Args, why: &str) -> Result<(), String> {
     eprintln!("fanout: target {} skipped: {why}", args.target.name());
     let text = if args.json {
-        format!(
-            "{{\"scenario\":\"{}\",\"target\":\"{}\",\"label\":{},\"subscribers\":{},\
-             \"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\"payload_bytes\":{},\
-             \"skipped\":{}}}\n",
-            args.shape.name(),
-            args.target.name(),
-            json_str(&args.label),
-            args.subscribers,
-            args.topics,
-            args.publishers,
-            json_num(args.rate),
-            args.payload,
-            json_str(why)
-        )
+        format!("{{{},\"skipped\":{}}}\n", json_case(args), json_str(why))
     } else {
         format!(
             "# {} measurement (open loop), target `{}`\n\nSkipped: {why}.\n",
@@ -1273,6 +1260,22 @@ fn json_scenario(args: &Args, r: &Run) -> String {
     }
 }
 
+/// The members naming what was measured: scenario, target, label, load.
+fn json_case(args: &Args) -> String {
+    format!(
+        "\"scenario\":\"{}\",\"target\":\"{}\",\"label\":{},\"subscribers\":{},\
+         \"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\"payload_bytes\":{}",
+        args.shape.name(),
+        args.target.name(),
+        json_str(&args.label),
+        args.subscribers,
+        args.topics,
+        args.publishers,
+        json_num(args.rate),
+        args.payload,
+    )
+}
+
 fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
     let lat: Vec<String> = LATENCY_KEYS
         .iter()
@@ -1281,9 +1284,7 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
         .collect();
     let problems: Vec<String> = problems.iter().map(|p| json_str(p)).collect();
     format!(
-        "{{\"scenario\":\"{}\",\"target\":\"{}\",\"label\":{},\"run\":{label},\
-         \"subscribers\":{},\"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\
-         \"payload_bytes\":{},\"duration_s\":{},\"shards\":{},\
+        "{{{},\"run\":{label},\"duration_s\":{},\"shards\":{},\
          \"offered_per_s\":{},\"deliveries_per_s\":{},\"ideal_deliveries_per_s\":{},\
          \"latency_ms\":{{{}}},\"server_part_ms\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\
          \"publish_leg_ms\":{{\"p99\":{},\"max\":{}}},\
@@ -1296,14 +1297,7 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
          \"host_stall_ms\":{{\"server_cpu\":{},\"generator_cpu\":{}}},\
          \"measured\":{},\"generator_bound\":{},\"failed\":{},\"redone\":{}{},\
          \"problems\":[{}]}}\n",
-        args.shape.name(),
-        args.target.name(),
-        json_str(&args.label),
-        args.subscribers,
-        args.topics,
-        args.publishers,
-        json_num(args.rate),
-        args.payload,
+        json_case(args),
         json_num(args.duration),
         args.shards,
         json_num(r.offered_per_s),

@@ -5,7 +5,7 @@
 //! and order from the payload's stamp alone. Unlike NATS (`echo: false`), a
 //! client subscribed to a topic it publishes on gets its own messages back.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -223,7 +223,6 @@ fn await_packet(
     want: impl Fn(&Packet<'_>) -> bool,
 ) -> Result<Vec<u8>, String> {
     let mut kept = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
         let mut at = 0;
         while let Some((packet, used)) =
@@ -243,26 +242,7 @@ fn await_packet(
             }
         }
         buf.drain(..at);
-        // Each read waits only for what is left of the overall timeout.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("{what}: no answer in time"));
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| format!("socket options: {e}"))?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{what}: the server closed the connection")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
+        crate::wire::read_more(stream, buf, deadline, what)?;
     }
 }
 
@@ -348,6 +328,7 @@ pub fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
     use std::path::PathBuf;

@@ -5,7 +5,7 @@
 //! loss and order from the payload's stamp alone. Headers (HMSG) are never
 //! asked for (CONNECT says nothing of them), so the server does not send them.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -208,7 +208,6 @@ fn await_op(
     want: impl Fn(&Op<'_>) -> bool,
 ) -> Result<(), String> {
     let mut kept = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
         let mut at = 0;
         while let Some((op, used)) =
@@ -233,26 +232,7 @@ fn await_op(
             }
         }
         buf.drain(..at);
-        // Each read waits only for what is left of the overall timeout.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("{what}: no answer in time"));
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| format!("socket options: {e}"))?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{what}: the server closed the connection")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
+        crate::wire::read_more(stream, buf, deadline, what)?;
     }
 }
 
@@ -315,6 +295,7 @@ pub fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
     use std::path::PathBuf;

@@ -581,7 +581,9 @@ mod tests {
         assert_eq!(rows.last().unwrap().0, 100.0);
         assert_eq!(
             rows.last().unwrap().1,
-            format!("{:.3}", h.max() as f64 / 1e6).parse::<f64>().unwrap()
+            format!("{:.3}", h.max() as f64 / 1e6)
+                .parse::<f64>()
+                .unwrap()
         );
     }
 

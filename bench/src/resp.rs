@@ -141,9 +141,6 @@ pub fn subscribe(
     timeout: Duration,
 ) -> Result<(TcpStream, Vec<u8>), String> {
     let mut stream = connect(addr, timeout)?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| format!("socket options: {e}"))?;
     let mut out = Vec::new();
     command(&mut out, &[b"SUBSCRIBE", channel]);
     stream
@@ -151,7 +148,6 @@ pub fn subscribe(
         .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
         if let Some((reply, used)) = parse(&buf, 4096)? {
             let confirmed = matches!(&reply, Reply::Array(Some(items))
@@ -164,21 +160,7 @@ pub fn subscribe(
             buf.drain(..used);
             return Ok((stream, buf));
         }
-        if Instant::now() >= deadline {
-            return Err("SUBSCRIBE: no answer in time".into());
-        }
-        match std::io::Read::read(&mut stream, &mut chunk) {
-            Ok(0) => return Err("SUBSCRIBE: the server closed the connection".into()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(format!("SUBSCRIBE: {e}")),
-        }
+        crate::wire::read_more(&mut stream, &mut buf, deadline, "SUBSCRIBE")?;
     }
 }
 

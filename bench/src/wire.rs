@@ -290,8 +290,44 @@ pub fn refusal(frame: &Frame<'_>) -> Option<String> {
     }
 }
 
+/// One read of a blocking handshake: appends what arrives before
+/// `deadline` to `buf` (nothing, if the read was interrupted); Err when the
+/// deadline has passed or the server closed the connection. Every
+/// protocol's handshake waits with it.
+pub fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    what: &str,
+) -> Result<(), String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(format!("{what}: no answer in time"));
+    }
+    stream
+        .set_read_timeout(Some(left))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk) {
+        Ok(0) => Err(format!("{what}: the server closed the connection")),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
 /// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
-/// The stream must be blocking with a short read timeout.
+/// The stream must be blocking.
 pub fn await_frame<T>(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -317,21 +353,7 @@ pub fn await_frame<T>(
                 return Ok(v);
             }
         }
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: no answer in time"));
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => return Err(format!("{what}: the server closed the connection")),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
+        read_more(stream, buf, deadline, what)?;
     }
 }
 
@@ -351,7 +373,6 @@ pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<C
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     stream
         .set_nodelay(true)
-        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(200))))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("socket options: {e}"))?;
     let mut out = Vec::new();
