@@ -872,18 +872,27 @@ fn summary(run: &Run) -> String {
 // Reports
 
 /// The median of `f` over the measured runs.
-fn med(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
-    let v: Vec<f64> = runs.iter().filter(|r| r.counted()).map(f).collect();
+fn med(runs: &[&Run], f: impl Fn(&Run) -> f64) -> f64 {
+    let v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
     median(&v).unwrap_or(f64::NAN)
 }
 
 /// The median run: every column the median of that column (so the row as
 /// a whole need not be any one run).
-fn median_run(runs: &[Run]) -> Run {
+///
+/// Of the counted runs; when every measured run was generator-bound, of
+/// those, and the median says it is generator-bound too.
+fn median_run(all: &[Run]) -> Run {
+    let counted: Vec<&Run> = all.iter().filter(|r| r.counted()).collect();
+    let generator_bound = counted.is_empty() && all.iter().any(|r| r.measured);
+    let runs: &[&Run] = &match generator_bound {
+        true => all.iter().filter(|r| r.measured).collect(),
+        false => counted,
+    };
     let c = |f: fn(&Run) -> u64| med(runs, |r| f(r) as f64).round() as u64;
     let c_at = |i: usize| med(runs, |r| r.storm[i] as f64).round() as u64;
     Run {
-        measured: runs.iter().any(Run::counted),
+        measured: !runs.is_empty(),
         offered_per_s: med(runs, |r| r.offered_per_s),
         deliveries_per_s: med(runs, |r| r.deliveries_per_s),
         ideal_deliveries_per_s: med(runs, |r| r.ideal_deliveries_per_s),
@@ -897,7 +906,7 @@ fn median_run(runs: &[Run]) -> Run {
         storm_resume_ms: med(runs, |r| r.storm_resume_ms),
         catch_up: c(|r| r.catch_up),
         positions_per_s: med(runs, |r| r.positions_per_s),
-        generator_bound: false,
+        generator_bound,
         send_lag: std::array::from_fn(|i| med(runs, |r| r.send_lag[i])),
         lost: c(|r| r.lost),
         duplicated: c(|r| r.duplicated),
@@ -916,9 +925,9 @@ fn median_run(runs: &[Run]) -> Run {
         sends_per_s: med(runs, |r| r.sends_per_s),
         connect_secs: med(runs, |r| r.connect_secs),
         host_stall_ms: std::array::from_fn(|i| med(runs, |r| r.host_stall_ms[i])),
-        failed: runs.iter().any(|r| r.failed),
+        failed: all.iter().any(|r| r.failed),
         problems: Vec::new(),
-        redone: runs.iter().map(|r| r.redone).sum(),
+        redone: all.iter().map(|r| r.redone).sum(),
         redone_problems: Vec::new(),
         hgrm: String::new(),
     }
@@ -1022,7 +1031,13 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         .iter()
         .enumerate()
         .map(|(i, r)| ((i + 1).to_string(), r))
-        .chain(std::iter::once(("**median**".to_string(), &med_run)))
+        .chain(std::iter::once((
+            match med_run.generator_bound {
+                true => "**median** (generator-bound)".to_string(),
+                false => "**median**".to_string(),
+            },
+            &med_run,
+        )))
         .collect();
     for (name, r) in &named {
         if !r.measured {
@@ -1523,7 +1538,12 @@ mod tests {
         bound.generator_bound = true;
         let m = median_run(&[run(1.0, 0), bound, run(3.0, 0)]);
         assert_eq!(m.latency[2], 2.0);
-        assert!(!median_run(&[bound_only()]).measured);
+        let only_bound = median_run(&[bound_only()]);
+        assert!(
+            only_bound.measured && only_bound.generator_bound,
+            "shown, and said so"
+        );
+        assert!(!median_run(&[Run::default()]).measured);
         fn bound_only() -> Run {
             Run {
                 generator_bound: true,

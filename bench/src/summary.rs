@@ -59,6 +59,8 @@ struct Row {
     connect_per_s: f64,
     /// Problems the median line carries, or a failure.
     failed: bool,
+    /// The generator's core was the limit: figures shown, not comparable.
+    generator_bound: bool,
 }
 
 /// The case a line belongs to: scenario, load and label.
@@ -99,6 +101,7 @@ fn row_of(v: &Value) -> Row {
         rss_per_conn: f("rss_per_conn_bytes"),
         connect_per_s: f("connect_per_s"),
         failed: v["failed"].as_bool().unwrap_or(false),
+        generator_bound: v["generator_bound"].as_bool().unwrap_or(false),
         ..Row::default()
     };
     row.absent = if let Some(why) = v["skipped"].as_str() {
@@ -158,7 +161,7 @@ fn latency_table(s: &mut String, rows: &[Row]) {
             s,
             "| {}{} | {} | {} | {} | {} | {} | {} | {}% | {} |",
             r.target,
-            if r.failed { " (failed)" } else { "" },
+            flags(r),
             thousands(r.deliveries_per_s),
             num(r.latency[0], 3),
             num(r.latency[1], 3),
@@ -182,6 +185,13 @@ fn latency_table(s: &mut String, rows: &[Row]) {
     if others.is_empty() {
         return;
     }
+    if ours.generator_bound || others.iter().any(|o| o.generator_bound) {
+        let _ = writeln!(
+            s,
+            "\nSome of these medians are generator-bound (the generator's core over 90% busy): \
+             their latencies may be the generator's limit, so the ratios are indicative only."
+        );
+    }
     let ratios: Vec<String> = others
         .iter()
         .map(|o| {
@@ -200,6 +210,15 @@ fn latency_table(s: &mut String, rows: &[Row]) {
     );
 }
 
+/// What the target's name is followed by: how far to trust its row.
+fn flags(r: &Row) -> &'static str {
+    match (r.failed, r.generator_bound) {
+        (true, _) => " (failed)",
+        (false, true) => " (generator-bound)",
+        (false, false) => "",
+    }
+}
+
 fn conns_table(s: &mut String, rows: &[Row]) {
     let _ = writeln!(
         s,
@@ -215,7 +234,7 @@ fn conns_table(s: &mut String, rows: &[Row]) {
             s,
             "| {}{} | {} B | {} | {} |",
             r.target,
-            if r.failed { " (failed)" } else { "" },
+            flags(r),
             num(r.rss_per_conn, 0),
             num(r.server_rss_bytes / f64::from(1 << 20), 0),
             thousands(r.connect_per_s),
