@@ -208,8 +208,12 @@ fn parse(doc: &str) -> Vec<Vector> {
 }
 
 fn doc() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    // Read at run time, not baked in at build time: the build cache is
+    // shared between checkouts at different paths, and a test binary built
+    // in one must find the document of the checkout it runs in.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    let path = format!("{dir}/../docs/PROTOCOL.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
