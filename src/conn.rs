@@ -48,7 +48,7 @@ pub struct Conn {
     pub send_in_flight: bool,
     pub send_is_zero_copy: bool,
     /// The send in flight uses this block of the shard's iovec pool.
-    pub iov_block: Option<u16>,
+    pub iov_block: Option<u32>,
     /// Zero-copy notifications outstanding, and the frames they pin.
     pub zc_pending: u32,
     pub zc_held: Vec<FrameRef>,

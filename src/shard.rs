@@ -39,9 +39,6 @@ const SEND_BYTES_MAX: usize = 64 << 10;
 /// GOAWAY(ServerFull) frames encoded at start-up, each with its own
 /// jittered retry hint; a refused client gets one at random.
 const REJECT_FRAMES: usize = 64;
-/// Blocks of iovecs for gathering sends in flight at once; past this a
-/// connection sends its head frame alone.
-const IOV_BLOCKS_MAX: usize = 1024;
 /// Channel records handled per peer per turn, so one busy peer cannot starve
 /// the ring.
 const MESH_RECORDS_PER_TURN: usize = 4096;
@@ -118,10 +115,31 @@ pub struct ShardStats {
 }
 
 /// A block of iovecs and the msghdr pointing at them, for one gathering send.
-/// Allocated at start-up and never moved, so the kernel may read it.
+/// Never moved once made (its vector never grows past the capacity reserved
+/// at start-up), so the kernel may read it.
 struct IovBlock {
     msg: libc::msghdr,
     iov: [libc::iovec; SEND_FRAMES_MAX],
+}
+
+impl IovBlock {
+    fn new() -> IovBlock {
+        IovBlock {
+            msg: libc::msghdr {
+                msg_name: std::ptr::null_mut(),
+                msg_namelen: 0,
+                msg_iov: std::ptr::null_mut(),
+                msg_iovlen: 0,
+                msg_control: std::ptr::null_mut(),
+                msg_controllen: 0,
+                msg_flags: 0,
+            },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; SEND_FRAMES_MAX],
+        }
+    }
 }
 
 pub struct Shard<R: Ring> {
@@ -167,8 +185,13 @@ struct Core {
     /// A channel still had records after this turn's budget.
     mesh_backlog: bool,
 
-    iov_blocks: Box<[IovBlock]>,
-    iov_free: Vec<u16>,
+    /// One block per connection sending at once, made the first time that
+    /// many send together (so idle connections cost none): with fewer, a
+    /// backlogged connection would send one frame per send and never catch
+    /// up. Room for every slot is reserved at start-up (address space only
+    /// until used).
+    iov_blocks: Vec<IovBlock>,
+    iov_free: Vec<u32>,
 
     /// Operations produced by handlers, pushed to the ring at the end of a turn.
     ops: Vec<(Op, u64)>,
@@ -207,25 +230,8 @@ impl<R: Ring> Shard<R> {
     pub fn new(ring: R, setup: ShardSetup) -> Shard<R> {
         let now_ms = ring.now_ms();
         let slots = setup.connections_max;
-        let iov_blocks = (0..IOV_BLOCKS_MAX.min(slots))
-            .map(|_| IovBlock {
-                msg: libc::msghdr {
-                    msg_name: std::ptr::null_mut(),
-                    msg_namelen: 0,
-                    msg_iov: std::ptr::null_mut(),
-                    msg_iovlen: 0,
-                    msg_control: std::ptr::null_mut(),
-                    msg_controllen: 0,
-                    msg_flags: 0,
-                },
-                iov: [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; SEND_FRAMES_MAX],
-            })
-            .collect::<Vec<_>>()
-            .into_boxed_slice();
-        let iov_free = (0..iov_blocks.len() as u16).rev().collect();
+        let iov_blocks = Vec::with_capacity(slots);
+        let iov_free = Vec::with_capacity(slots);
         let mut core = Core {
             id: setup.id,
             shards: setup.shards,
@@ -1188,6 +1194,14 @@ impl Core {
         } else {
             usize::MAX
         };
+        if self.iov_free.is_empty() && self.iov_blocks.len() < self.connections_max {
+            assert!(
+                self.iov_blocks.len() < self.iov_blocks.capacity(),
+                "iovec blocks must never move"
+            );
+            self.iov_free.push(self.iov_blocks.len() as u32);
+            self.iov_blocks.push(IovBlock::new());
+        }
         let block = self.iov_free.last().copied();
         let mut bytes = head_len - offset;
         let frames = match block {
