@@ -8,6 +8,12 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# The benchmark's NATS and MQTT adapters are tested against the real servers.
+daemons=()
+for d in nats-server mosquitto; do
+  command -v "$d" >/dev/null 2>&1 || [[ -x /usr/sbin/$d ]] || daemons+=("$d")
+done
+missing+=("${daemons[@]}")
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -17,6 +23,10 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian starts them as services; the tests start their own.
+  if [[ -d /run/systemd/system ]]; then
+    for d in "${daemons[@]}"; do systemctl disable --now "$d" >/dev/null 2>&1 || true; done
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

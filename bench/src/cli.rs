@@ -47,10 +47,13 @@ pub struct Common {
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
 
-    // ---- client process ----
-    /// Server to measure against (role clients)
+    /// Measure a server already running at this address instead of
+    /// starting one (it is not stopped; the client role gets it too)
     #[arg(long)]
     pub server: Option<SocketAddr>,
+    /// With --server: the process to read the server's CPU and memory from
+    #[arg(long, requires = "server")]
+    pub server_pid: Option<u32>,
 }
 
 impl Common {
@@ -66,6 +69,18 @@ impl Common {
         }
         let nonce = cluecast_sys::random_u64().map_err(|e| e.to_string())? & 0xffff_ffff;
         Ok((server, nonce))
+    }
+
+    /// For a tool whose driver always starts its server: --server is not
+    /// for it.
+    pub fn starts_its_own_server(&self, tool: &str) -> Result<(), String> {
+        match self.server {
+            Some(_) => Err(format!(
+                "{tool} starts its own server per run; --server (an already running one) is \
+                 for fanout, hunt, spike and storm"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The driver's checks before it starts: the appliance binary exists.

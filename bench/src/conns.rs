@@ -121,7 +121,10 @@ result_struct! {
 pub fn main(args: &Args) -> Result<(), String> {
     check(args)?;
     match args.common.role {
-        Role::Driver => drive(args),
+        Role::Driver => {
+            args.common.starts_its_own_server("conns")?;
+            drive(args)
+        }
         Role::Subscribers => clients(args),
     }
 }

@@ -203,6 +203,7 @@ result_struct! {
         pub lat_p90: u64,
         pub lat_p99: u64,
         pub lat_p999: u64,
+        pub lat_p9999: u64,
         pub lat_max: u64,
         /// The server's part of it: receive − the EVENT's publish_ts_ns
         /// (when the server sequenced it).
@@ -933,6 +934,57 @@ fn check_descriptors(sockets: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The live one-line progress display, on a terminal only.
+struct Progress {
+    next: Instant,
+    delivered: u64,
+    shown: bool,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(now: Instant) -> Option<Progress> {
+        // SAFETY: isatty on a descriptor number has no preconditions.
+        let tty = unsafe { libc::isatty(2) } == 1;
+        tty.then_some(Progress {
+            next: now + Self::EVERY,
+            delivered: 0,
+            shown: false,
+        })
+    }
+
+    /// Rewrites the line (due once `next` has passed): phase, time,
+    /// delivery rate.
+    fn tick(
+        &mut self,
+        now: Instant,
+        phase: Phase,
+        el_s: f64,
+        total_s: f64,
+        delivered: u64,
+        away: usize,
+    ) {
+        let rate =
+            (delivered - self.delivered) as f64 / (now - self.next + Self::EVERY).as_secs_f64();
+        (self.next, self.delivered, self.shown) = (now + Self::EVERY, delivered, true);
+        let what = match phase {
+            Phase::Warmup => "warm-up",
+            Phase::Measure => "measuring",
+            Phase::Drain => "draining",
+        };
+        eprint!(
+            "\r{what} {el_s:5.1} / {total_s:.1} s, {rate:9.0} deliveries/s, {away} subscribers away  "
+        );
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
 /// A storm's progress: who is away, who is back.
 struct StormRun {
     /// When the drop happens and over how long they come back, ns from
@@ -1320,10 +1372,16 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     let (mut delivered0, mut delivered1) = (0u64, 0u64);
     let (mut cpu0, mut cpu1) = (f64::NAN, f64::NAN);
     let mut marked = 0;
+    let mut progress = Progress::new(t0);
+    let total_s = (plan.warmup + plan.duration).as_secs_f64();
 
     let drained = loop {
         let now = Instant::now();
         let el = now.duration_since(t0).as_nanos() as u64;
+        if let Some(p) = progress.as_mut().filter(|p| now >= p.next) {
+            let away = subs.iter().filter(|s| s.away).count();
+            p.tick(now, phase, el as f64 / 1e9, total_s, rx.delivered, away);
+        }
         // Publish everything due by now (nothing is due after end_ns)
         // before the drain phase may decide everything has arrived.
         let next_due = publishing.publish_due(&mut pubs, &epoll, el, &mut notes)?;
@@ -1489,6 +1547,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             }
         }
     };
+    if let Some(p) = &progress {
+        p.finish();
+    }
     if marked == 0 {
         mark(Mark::WindowStart);
     }
@@ -1520,8 +1581,11 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         o.lat_p90,
         o.lat_p99,
         o.lat_p999,
+        o.lat_p9999,
         o.lat_max,
-    ) = (lat.count, lat.p50, lat.p90, lat.p99, lat.p999, lat.max);
+    ) = (
+        lat.count, lat.p50, lat.p90, lat.p99, lat.p999, lat.p9999, lat.max,
+    );
     let ph = Percentiles::of(&rx.phase);
     (
         o.phase_count,

@@ -33,7 +33,7 @@ use crate::jitter;
 use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, num, pct, thousands};
-use crate::server::Stopped;
+use crate::server::{Server, Stopped};
 use crate::stats::{least_disturbed, median};
 use crate::targets::{self, Launch, Target};
 
@@ -393,7 +393,8 @@ struct Run {
     deliveries_per_s: f64,
     /// Deliveries/s a perfect server would have made of what was sent.
     ideal_deliveries_per_s: f64,
-    latency: [f64; 5],
+    /// p50, p90, p99, p99.9, p99.99, max.
+    latency: [f64; 6],
     /// Receive − the server's publish_ts_ns: p50, p99, max.
     fanout: [f64; 3],
     /// publish_ts_ns − due: p99, max.
@@ -477,7 +478,7 @@ impl Run {
 
 /// The columns of a run that the median row summarises, with names for
 /// JSON.
-const LATENCY_KEYS: [&str; 5] = ["p50", "p90", "p99", "p999", "max"];
+const LATENCY_KEYS: [&str; 6] = ["p50", "p90", "p99", "p999", "p9999", "max"];
 
 /// How this run's target is started.
 fn launch(args: &Args) -> Launch {
@@ -507,9 +508,14 @@ fn server_args(args: &Args) -> Vec<String> {
 
 fn drive(args: &Args) -> Result<(), String> {
     let host = procfs::host();
-    let program = match targets::program(args.target, &args.common.cluecast) {
-        Ok(p) => p,
-        Err(why) => return skipped(args, &why),
+    // An attached server (--server) needs no program of ours.
+    let program = match (
+        args.common.server,
+        targets::program(args.target, &args.common.cluecast),
+    ) {
+        (Some(_), _) => PathBuf::new(),
+        (None, Ok(p)) => p,
+        (None, Err(why)) => return skipped(args, &why),
     };
     let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
     let cores = args.common.cores(true);
@@ -651,7 +657,11 @@ fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
     } else {
         run.host_stall_ms = [f64::NAN; 2];
     }
-    let mut server = match targets::start(&launch(args), program, SERVER_START_TIMEOUT) {
+    let started = match args.common.server {
+        Some(addr) => Ok(Server::attach(addr, args.common.server_pid)),
+        None => targets::start(&launch(args), program, SERVER_START_TIMEOUT),
+    };
+    let mut server = match started {
         Ok(s) => s,
         Err(e) => {
             run.problems.push(e);
@@ -719,7 +729,15 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     // Subscribers per topic, averaged over topics (i % T spreads them).
     run.ideal_deliveries_per_s =
         run.offered_per_s * args.subscribers as f64 / args.topics.max(1) as f64;
-    run.latency = [o.lat_p50, o.lat_p90, o.lat_p99, o.lat_p999, o.lat_max].map(ms);
+    run.latency = [
+        o.lat_p50,
+        o.lat_p90,
+        o.lat_p99,
+        o.lat_p999,
+        o.lat_p9999,
+        o.lat_max,
+    ]
+    .map(ms);
     run.fanout = [o.fanout_p50, o.fanout_p99, o.fanout_max].map(ms);
     run.publish_leg = [o.publish_p99, o.publish_max].map(ms);
     if args.target.protocol() != Protocol::Cluecast {
@@ -753,7 +771,9 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     run.generator_bound = run.generator_cpu_pct > GENERATOR_BOUND_PCT;
     if run.generator_bound {
         run.problems.push(format!(
-            "generator-bound: the generator's core was {:.0}% busy (over {GENERATOR_BOUND_PCT}%),              so these figures may be its limit rather than the server's; not counted in the              median",
+            "generator-bound: the generator's core was {:.0}% busy (over \
+             {GENERATOR_BOUND_PCT}%), so these figures may be its limit rather than the \
+             server's; not counted in the median unless every run was",
             run.generator_cpu_pct
         ));
     }
@@ -821,7 +841,7 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
         ));
     }
     // The peers have no such counters.
-    if stopped.stats.is_empty() && args.target.has_shard_stats() {
+    if stopped.stats.is_empty() && args.target.has_shard_stats() && args.common.server.is_none() {
         run.problems
             .push("the server printed no ShardStats on exit".into());
     }
@@ -856,7 +876,7 @@ fn summary(run: &Run) -> String {
             run.latency[0],
             run.latency[2],
             run.latency[3],
-            run.latency[4],
+            run.latency[5],
             run.lost,
             run.duplicated,
             run.reordered,
@@ -962,9 +982,19 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         host.cpus, host.cpu_model, host.kernel
     );
     let pin = |cpu: usize| args.common.pinned(", ", cpu);
-    let shown = match targets::program(args.target, &args.common.cluecast) {
-        Ok(p) => targets::describe(&launch(args), &p),
-        Err(_) => args.target.name().to_string(),
+    let shown = match (
+        args.common.server,
+        targets::program(args.target, &args.common.cluecast),
+    ) {
+        (Some(addr), _) => format!(
+            "already running at {addr}{}, not started or stopped by this tool",
+            args.common.server_pid.map_or(
+                " (no --server-pid: no CPU or memory figures)".into(),
+                |p| format!(", process {p}")
+            )
+        ),
+        (None, Ok(p)) => targets::describe(&launch(args), &p),
+        (None, Err(_)) => args.target.name().to_string(),
     };
     let _ = writeln!(
         s,
@@ -1019,11 +1049,11 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     let _ = writeln!(
         s,
         "| run | target | offered/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | \
-         max ms | lost | dup | reord | server CPU | server RSS MiB | generator CPU |"
+         p99.99 ms | max ms | lost | dup | reord | server CPU | server RSS MiB | generator CPU |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let target = args.target.name();
     let med_run = median_run(runs);
@@ -1041,12 +1071,13 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         .collect();
     for (name, r) in &named {
         if !r.measured {
-            let _ = writeln!(s, "| {name} | {target} | no figures ||||||||||||");
+            let _ = writeln!(s, "| {name} | {target} | no figures |||||||||||||");
             continue;
         }
         let _ = writeln!(
             s,
-            "| {name} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {target} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} \
+             | {} |",
             thousands(r.offered_per_s),
             thousands(r.deliveries_per_s),
             num(r.latency[0], 3),
@@ -1054,6 +1085,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
             num(r.latency[2], 3),
             num(r.latency[3], 3),
             num(r.latency[4], 3),
+            num(r.latency[5], 3),
             r.lost,
             r.duplicated,
             r.reordered,
@@ -1378,7 +1410,7 @@ mod tests {
     fn run(p99: f64, lost: u64) -> Run {
         Run {
             measured: true,
-            latency: [0.1, 0.2, p99, 2.0 * p99, 3.0 * p99],
+            latency: [0.1, 0.2, p99, 2.0 * p99, 2.5 * p99, 3.0 * p99],
             lost,
             server_rss_bytes: 100.0,
             ..Run::default()
@@ -1391,7 +1423,7 @@ mod tests {
         let m = median_run(&runs);
         assert!(m.measured);
         assert_eq!(m.latency[2], 2.0, "unmeasured runs are left out");
-        assert_eq!(m.latency[4], 6.0);
+        assert_eq!(m.latency[5], 6.0);
         assert_eq!(m.lost, 1);
         assert!(!median_run(&[Run::default()]).measured);
     }
@@ -1444,7 +1476,8 @@ mod tests {
             "\"run\":1,",
             "\"offered_per_s\":",
             "\"deliveries_per_s\":",
-            "\"latency_ms\":{\"p50\":0.1,\"p90\":0.2,\"p99\":1.5,\"p999\":3,\"max\":4.5}",
+            "\"latency_ms\":{\"p50\":0.1,\"p90\":0.2,\"p99\":1.5,\"p999\":3,\"p9999\":3.75,\
+             \"max\":4.5}",
             "\"lost\":2,",
             "\"duplicated\":0,",
             "\"reordered\":0,",

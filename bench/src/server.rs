@@ -182,6 +182,26 @@ impl Server {
         }
     }
 
+    /// A server someone else started (`--server ADDR`): measured at
+    /// `addr`, its CPU and memory read from `pid` when given, never
+    /// signalled or stopped.
+    pub fn attach(addr: SocketAddr, pid: Option<u32>) -> Server {
+        let (_, lines) = mpsc::channel();
+        let pid = pid.unwrap_or(0);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        Server {
+            child: None,
+            pid,
+            comm: comm.trim().to_string(),
+            addr,
+            stop_signal: libc::SIGTERM,
+            lines,
+            reader: None,
+            log: Vec::new(),
+            stderr_closed: true,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }

@@ -49,8 +49,8 @@ struct Row {
     /// Why there are no figures (skipped, failed, generator-bound).
     absent: Option<String>,
     deliveries_per_s: f64,
-    /// p50, p99, p99.9, max (ms).
-    latency: [f64; 4],
+    /// p50, p99, p99.9, p99.99, max (ms).
+    latency: [f64; 5],
     lost: u64,
     server_cpu_pct: f64,
     server_rss_bytes: f64,
@@ -94,7 +94,13 @@ fn row_of(v: &Value) -> Row {
     let mut row = Row {
         target: v["target"].as_str().unwrap_or("?").to_string(),
         deliveries_per_s: f("deliveries_per_s"),
-        latency: [lat("p50"), lat("p99"), lat("p999"), lat("max")],
+        latency: [
+            lat("p50"),
+            lat("p99"),
+            lat("p999"),
+            lat("p9999"),
+            lat("max"),
+        ],
         lost: v["lost"].as_u64().unwrap_or(0),
         server_cpu_pct: f("server_cpu_pct"),
         server_rss_bytes: f("server_rss_bytes"),
@@ -149,17 +155,17 @@ pub fn summarise(lines: &[Value]) -> String {
 fn latency_table(s: &mut String, rows: &[Row]) {
     let _ = writeln!(
         s,
-        "| target | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | server CPU | \
-         server RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| target | deliveries/s | p50 ms | p99 ms | p99.9 ms | p99.99 ms | max ms | lost | \
+         server CPU | server RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         if let Some(why) = &r.absent {
-            let _ = writeln!(s, "| {} | {why} ||||||||", r.target);
+            let _ = writeln!(s, "| {} | {why} |||||||||", r.target);
             continue;
         }
         let _ = writeln!(
             s,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {}% | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {}% | {} |",
             r.target,
             flags(r),
             thousands(r.deliveries_per_s),
@@ -167,6 +173,7 @@ fn latency_table(s: &mut String, rows: &[Row]) {
             num(r.latency[1], 3),
             num(r.latency[2], 3),
             num(r.latency[3], 3),
+            num(r.latency[4], 3),
             r.lost,
             num(r.server_cpu_pct, 0),
             num(r.server_rss_bytes / f64::from(1 << 20), 0),
@@ -251,7 +258,7 @@ mod tests {
             "{{\"scenario\":\"fanout\",\"target\":\"{target}\",\"label\":\"\",\"run\":{run},\
              \"subscribers\":2500,\"topics\":1,\"publishers\":1,\"rate_per_topic\":100,\
              \"payload_bytes\":128,\"deliveries_per_s\":250000,\
-             \"latency_ms\":{{\"p50\":0.5,\"p99\":{p99},\"p999\":{},\"max\":9}},\"lost\":0,\
+             \"latency_ms\":{{\"p50\":0.5,\"p99\":{p99},\"p999\":{},\"p9999\":8,\"max\":9}},\"lost\":0,\
              \"server_rss_bytes\":1048576,\"server_cpu_pct\":50,\"measured\":true,\
              \"failed\":false}}",
             2.0 * p99
@@ -275,14 +282,16 @@ mod tests {
         let md = summarise(&lines);
         assert!(md.contains("### fanout: 1 publisher(s) → 2500 subscribers over 1 topic(s), 100 events/s per topic, 128 B"), "{md}");
         assert!(
-            md.contains("| cluecast | 250 000 | 0.500 | 1.000 | 2.000 | 9.000 | 0 | 50% | 1 |"),
+            md.contains(
+                "| cluecast | 250 000 | 0.500 | 1.000 | 2.000 | 8.000 | 9.000 | 0 | 50% | 1 |"
+            ),
             "{md}"
         );
         assert!(!md.contains("| 5.000 |"), "only medians: {md}");
         assert!(md.contains("redis p99 0.25 / p99.9 0.25"), "{md}");
         assert_eq!(md.matches("### ").count(), 1, "{md}");
         assert!(
-            md.contains("| nats | skipped: not installed ||||||||"),
+            md.contains("| nats | skipped: not installed |||||||||"),
             "{md}"
         );
     }

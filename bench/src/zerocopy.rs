@@ -127,7 +127,10 @@ pub fn main(args: &Args) -> Result<(), String> {
         return Err("--duration-secs must be in (0, 86400)".into());
     }
     match args.common.role {
-        Role::Driver => drive(args),
+        Role::Driver => {
+            args.common.starts_its_own_server("zerocopy")?;
+            drive(args)
+        }
         Role::Subscribers => subscribers(args),
     }
 }
