@@ -996,13 +996,15 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         (None, Ok(p)) => targets::describe(&launch(args), &p),
         (None, Err(_)) => args.target.name().to_string(),
     };
-    let _ = writeln!(
-        s,
-        "- target `{}`: `{shown}`{}; a fresh one per run, stopped with SIGTERM (nats-server: \
-         SIGINT, on which it exits 0)",
-        args.target.name(),
-        pin(args.common.server_cpu)
-    );
+    let how = match args.common.server {
+        Some(_) => String::new(),
+        None => format!(
+            "{}; a fresh one per run, stopped with SIGTERM (nats-server: SIGINT, on which it \
+             exits 0)",
+            pin(args.common.server_cpu)
+        ),
+    };
+    let _ = writeln!(s, "- target `{}`: `{shown}`{how}", args.target.name());
     let _ = writeln!(
         s,
         "- load: {} publisher(s) publishing {} events/s per topic over {} topics \
