@@ -103,7 +103,7 @@ pub struct HuntFlags {
 /// `spike`: the fan-out load, then the rate rises within --spike-ramp-ms,
 /// holds and drops back; latency in the spike against before it.
 #[derive(clap::Args, Clone, Debug)]
-#[command(mut_arg("rate", |a| a.default_value("10")))]
+#[command(mut_arg("rate", |a| a.default_value("5")))]
 pub struct SpikeArgs {
     #[command(flatten)]
     pub load: Args,

@@ -63,12 +63,13 @@ struct Row {
     generator_bound: bool,
 }
 
-/// The case a line belongs to: scenario, load and label.
+/// The case a line belongs to: scenario and load. A labelled
+/// configuration (`allocator=jemalloc`) is a row of its own in the case.
 fn case_of(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let n = |k: &str| v[k].as_f64().map_or("?".into(), |x| num(x, 0));
     let scenario = s("scenario");
-    let mut case = match scenario.as_str() {
+    match scenario.as_str() {
         "conns" => format!("conns: {} idle subscribed connections", n("connections")),
         _ => format!(
             "{scenario}: {} publisher(s) → {} subscribers over {} topic(s), {} events/s per \
@@ -81,18 +82,19 @@ fn case_of(v: &Value) -> String {
                 .map_or("?".into(), |x| x.to_string()),
             n("payload_bytes"),
         ),
-    };
-    if !s("label").is_empty() {
-        case = format!("{case} [{}]", s("label"));
     }
-    case
 }
 
 fn row_of(v: &Value) -> Row {
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let lat = |k: &str| v["latency_ms"][k].as_f64().unwrap_or(f64::NAN);
+    let target = v["target"].as_str().unwrap_or("?");
+    let label = v["label"].as_str().unwrap_or("");
     let mut row = Row {
-        target: v["target"].as_str().unwrap_or("?").to_string(),
+        target: match label {
+            "" => target.to_string(),
+            _ => format!("{target} [{label}]"),
+        },
         deliveries_per_s: f("deliveries_per_s"),
         latency: [
             lat("p50"),
@@ -297,11 +299,19 @@ mod tests {
     }
 
     #[test]
-    fn labels_make_cases_apart() {
+    fn labelled_configurations_are_rows_of_the_case() {
         let mut a = line("cluecast", "\"median\"", 1.0);
         a["label"] = "allocator=jemalloc".into();
-        let md = summarise(&[a, line("cluecast", "\"median\"", 2.0)]);
-        assert_eq!(md.matches("### ").count(), 2, "{md}");
-        assert!(md.contains("[allocator=jemalloc]"), "{md}");
+        let md = summarise(&[line("cluecast", "\"median\"", 2.0), a]);
+        assert_eq!(md.matches("### ").count(), 1, "{md}");
+        assert!(
+            md.contains("| cluecast [allocator=jemalloc] | 250 000 |"),
+            "{md}"
+        );
+        // Ratios are of the unlabelled cluecast row to every other row.
+        assert!(
+            md.contains("cluecast [allocator=jemalloc] p99 2.00"),
+            "{md}"
+        );
     }
 }
