@@ -1,6 +1,7 @@
-//! A short run of every latency scenario against the appliance, as CI runs
-//! it: the assertions are on correctness (every event delivered once and in
-//! order, the scenario's own figures present), never on speed.
+//! A short run of every scenario against the appliance, as CI runs it: the
+//! assertions are on correctness (every event delivered once and in order,
+//! every connection held, the scenario's own figures present), never on
+//! speed.
 //!
 //! The appliance is the `cluecast` binary next to this package's
 //! (`cargo test --workspace` builds both).
@@ -26,10 +27,8 @@ fn appliance() -> Result<PathBuf, String> {
 
 /// Runs a scenario with a small load and returns its median JSON line.
 fn median_of(scenario: &str, extra: &[&str]) -> Value {
-    let cluecast = match appliance() {
-        Ok(p) => p,
-        Err(why) => panic!("smoke test needs the appliance: {why}"),
-    };
+    let cluecast =
+        appliance().unwrap_or_else(|why| panic!("smoke test needs the appliance: {why}"));
     let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
         .arg(scenario)
         .arg("--cluecast")
@@ -145,4 +144,29 @@ fn storm_brings_everyone_back_without_gaps() {
     assert_eq!(storm["gaps"], 0, "{v}");
     assert!(storm["caught_up_ms"].as_f64().unwrap() > 0.0, "{v}");
     assert!(storm["catch_up_deliveries"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn conns_holds_every_connection_on_the_appliance() {
+    let cluecast =
+        appliance().unwrap_or_else(|why| panic!("smoke test needs the appliance: {why}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
+        .args(["conns", "--cluecast"])
+        .arg(&cluecast)
+        .args(["--connections", "300", "--processes", "2", "--topics", "5"])
+        .args(["--hold", "0", "--repeat", "1", "--json", "--no-pin"])
+        .output()
+        .expect("running cluecast-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let median = stdout
+        .lines()
+        .find(|l| l.contains("\"run\":\"median\""))
+        .unwrap_or_else(|| panic!("no median line in {stdout}"));
+    let v: Value = serde_json::from_str(median).expect("the median line is JSON");
+    assert_eq!(v["target"], "cluecast", "{median}");
+    assert_eq!(v["connections"], 300, "{median}");
+    assert_eq!(v["failures"], 0, "{median}");
+    assert!(v["rss_per_conn_bytes"].as_f64().is_some(), "{median}");
 }
