@@ -128,7 +128,10 @@ for c in $cases; do
     curves+=("${label#*-}=$f")
   done
   ((${#curves[@]})) || continue
-  "$bench" plot --out "$out/$c.svg" --title "$c: latency by percentile" \
+  # A far slower peer would flatten the rest: cut at twice cluecast's max.
+  cut=()
+  [[ " ${curves[*]} " == *" cluecast="* ]] && cut=(--y-max-of cluecast)
+  "$bench" plot --out "$out/$c.svg" --title "$c: latency by percentile" "${cut[@]}" \
     --subtitle "$(nproc) CPUs, $(uname -r); server on CPU 0, generator on CPU 1; median run of $repeat" \
     "${curves[@]}"
 done

@@ -613,10 +613,12 @@ fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
     for (i, r) in runs.iter().enumerate().filter(|(_, r)| !r.hgrm.is_empty()) {
         write(format!("{stem}-{}.hgrm", i + 1), &r.hgrm)?;
     }
-    let p99 = median_run(runs).latency[2];
+    // The runs the median is of (see median_run).
+    let med = median_run(runs);
+    let p99 = med.latency[2];
     let middle = runs
         .iter()
-        .filter(|r| r.counted() && !r.hgrm.is_empty())
+        .filter(|r| (r.counted() || (med.generator_bound && r.measured)) && !r.hgrm.is_empty())
         .min_by(|a, b| {
             (a.latency[2] - p99)
                 .abs()

@@ -22,6 +22,10 @@ pub struct Args {
     /// Cut the latency axis here (ms); higher values run along the top
     #[arg(long)]
     pub y_max_ms: Option<f64>,
+    /// Cut the latency axis at twice the largest value of this curve (so
+    /// one far slower target does not flatten the rest)
+    #[arg(long, conflicts_with = "y_max_ms")]
+    pub y_max_of: Option<String>,
     /// Curves, each LABEL=FILE with FILE an .hgrm in ms (what `fanout
     /// --hgrm-dir` writes)
     #[arg(required = true)]
@@ -42,7 +46,23 @@ pub fn main(args: &Args) -> Result<(), String> {
             points,
         });
     }
-    let svg = percentile_svg(&args.title, &args.subtitle, &curves, args.y_max_ms);
+    let y_max_ms = match &args.y_max_of {
+        Some(label) => {
+            let curve = curves
+                .iter()
+                .find(|c| &c.label == label)
+                .ok_or_else(|| format!("--y-max-of {label}: no such curve"))?;
+            let max = curve
+                .points
+                .iter()
+                .map(|p| p.1)
+                .filter(|v| v.is_finite())
+                .fold(0.0, f64::max);
+            (max > 0.0).then_some(2.0 * max)
+        }
+        None => args.y_max_ms,
+    };
+    let svg = percentile_svg(&args.title, &args.subtitle, &curves, y_max_ms);
     std::fs::write(&args.out, svg).map_err(|e| format!("writing {}: {e}", args.out.display()))
 }
 
