@@ -246,11 +246,7 @@ fn clients(args: &Args) -> Result<(), String> {
         o.connected,
         args.connections,
         o.connect_secs,
-        if o.note.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", o.note)
-        }
+        crate::report::parenthesised(&o.note)
     );
     child::say(&o.to_line());
     // Idle from here, with nothing to answer: the appliance sends idle

@@ -365,11 +365,7 @@ fn clients(args: &Args) -> Result<(), String> {
                 o.lost,
                 o.duplicated,
                 o.reordered,
-                if o.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", o.note)
-                }
+                crate::report::parenthesised(&o.note)
             );
             child::say(&o.to_line());
             Ok(())

@@ -50,6 +50,15 @@ pub fn summary(figures: Option<String>, problems: &[String]) -> String {
     s
 }
 
+/// ` (text)` after a progress line, or nothing for no text.
+pub fn parenthesised(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({text})")
+    }
+}
+
 /// This process's command line, quoted for a shell where needed.
 pub fn command_line() -> String {
     std::env::args()

@@ -25,31 +25,43 @@ fn appliance() -> Result<PathBuf, String> {
     }
 }
 
-/// Runs a scenario with a small load and returns its median JSON line.
-fn median_of(scenario: &str, extra: &[&str]) -> Value {
+/// Runs cluecast-bench with `args` (its JSON output) against the appliance
+/// and returns the median line.
+fn median_line(args: &[&str]) -> Value {
     let cluecast =
         appliance().unwrap_or_else(|why| panic!("smoke test needs the appliance: {why}"));
     let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
-        .arg(scenario)
+        .args(args)
         .arg("--cluecast")
         .arg(&cluecast)
-        .args(["--repeat", "1", "--retries", "0", "--json", "--no-pin"])
-        .args(["--warmup", "0.5", "--drain-timeout", "5"])
-        .args(extra)
+        .args(["--repeat", "1", "--json", "--no-pin"])
         .output()
         .expect("running cluecast-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{scenario}: {stdout}\n{stderr}");
+    assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
     let median = stdout
         .lines()
         .find(|l| l.contains("\"run\":\"median\""))
-        .unwrap_or_else(|| panic!("{scenario}: no median line in {stdout}"));
+        .unwrap_or_else(|| panic!("{args:?}: no median line in {stdout}"));
     let v: Value = serde_json::from_str(median).expect("the median line is JSON");
-    assert_eq!(v["scenario"], scenario, "{median}");
     assert_eq!(v["target"], "cluecast", "{median}");
-    assert_eq!(v["measured"], true, "{median}\n{stderr}");
-    assert_eq!(v["failed"], false, "{median}\n{stderr}");
+    v
+}
+
+/// Runs a scenario with a small load and returns its median JSON line.
+fn median_of(scenario: &str, extra: &[&str]) -> Value {
+    let common = ["--retries", "0", "--warmup", "0.5", "--drain-timeout", "5"];
+    let args: Vec<&str> = [scenario]
+        .into_iter()
+        .chain(common)
+        .chain(extra.iter().copied())
+        .collect();
+    let v = median_line(&args);
+    let median = v.to_string();
+    assert_eq!(v["scenario"], scenario, "{median}");
+    assert_eq!(v["measured"], true, "{median}");
+    assert_eq!(v["failed"], false, "{median}");
     for key in ["lost", "duplicated", "reordered"] {
         assert_eq!(v[key], 0, "{scenario} {key}: {median}");
     }
@@ -148,25 +160,18 @@ fn storm_brings_everyone_back_without_gaps() {
 
 #[test]
 fn conns_holds_every_connection_on_the_appliance() {
-    let cluecast =
-        appliance().unwrap_or_else(|why| panic!("smoke test needs the appliance: {why}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
-        .args(["conns", "--cluecast"])
-        .arg(&cluecast)
-        .args(["--connections", "300", "--processes", "2", "--topics", "5"])
-        .args(["--hold", "0", "--repeat", "1", "--json", "--no-pin"])
-        .output()
-        .expect("running cluecast-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let median = stdout
-        .lines()
-        .find(|l| l.contains("\"run\":\"median\""))
-        .unwrap_or_else(|| panic!("no median line in {stdout}"));
-    let v: Value = serde_json::from_str(median).expect("the median line is JSON");
-    assert_eq!(v["target"], "cluecast", "{median}");
-    assert_eq!(v["connections"], 300, "{median}");
-    assert_eq!(v["failures"], 0, "{median}");
-    assert!(v["rss_per_conn_bytes"].as_f64().is_some(), "{median}");
+    let v = median_line(&[
+        "conns",
+        "--connections",
+        "300",
+        "--processes",
+        "2",
+        "--topics",
+        "5",
+        "--hold",
+        "0",
+    ]);
+    assert_eq!(v["connections"], 300, "{v}");
+    assert_eq!(v["failures"], 0, "{v}");
+    assert!(v["rss_per_conn_bytes"].as_f64().is_some(), "{v}");
 }
