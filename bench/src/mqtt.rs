@@ -328,12 +328,9 @@ pub fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::{start_peer_for_test, Target};
     use std::io::Read;
-    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
 
     /// The remaining-length bytes of a PUBLISH of `total` remaining bytes.
     fn length_bytes(total: usize) -> Vec<u8> {
@@ -558,81 +555,6 @@ mod tests {
         assert_eq!(rest, b"\x30");
     }
 
-    /// mosquitto on PATH or in the usual places.
-    fn program() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin".into(), "/usr/bin".into()])
-            .map(|dir| dir.join("mosquitto"))
-            .find(|p| p.is_file())
-    }
-
-    /// A running broker and its configuration file, both gone when dropped
-    /// (a failed assert included).
-    struct Running {
-        child: Child,
-        config: PathBuf,
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_file(&self.config);
-        }
-    }
-
-    /// Starts mosquitto on a free loopback port and waits for its ready
-    /// line; None if it is not installed.
-    fn start() -> Option<(Running, SocketAddr)> {
-        let Some(program) = program() else {
-            eprintln!("SKIP: mosquitto not installed (apt-get install mosquitto)");
-            return None;
-        };
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let config = std::env::temp_dir().join(format!(
-            "cluecast-mqtt-test-{}-{}.conf",
-            std::process::id(),
-            addr.port()
-        ));
-        std::fs::write(&config, mosquitto_config(addr)).unwrap();
-        let spawned = Command::new(program)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = std::fs::remove_file(&config);
-                panic!("starting mosquitto: {e}");
-            }
-        };
-        let stderr = child.stderr.take().unwrap();
-        let running = Running { child, config };
-        // Drain stderr for the broker's life: it logs every connection.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(MOSQUITTO_READY) => return Some((running, addr)),
-                Ok(line) => seen.push(line),
-                Err(e) => panic!("mosquitto not ready ({e}):\n{}", seen.join("\n")),
-            }
-        }
-    }
-
     /// Reads packets until `n` PUBLISHes or a PINGRESP, whichever is first.
     fn receive(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         stream
@@ -665,9 +587,10 @@ mod tests {
 
     #[test]
     fn mosquitto_delivers_three_messages_in_order() {
-        let Some((_broker, addr)) = start() else {
+        let Some(broker) = start_peer_for_test(Target::Mqtt, &[]) else {
             return;
         };
+        let addr = broker.addr();
         let timeout = Duration::from_secs(5);
         let id = |role: &str| format!("cc-{role}-{}", addr.port());
         let (mut sub, mut sub_buf) = subscribe(addr, &id("sub"), b"bench/t1", timeout).unwrap();
@@ -693,9 +616,10 @@ mod tests {
 
     #[test]
     fn mosquitto_refusal_is_reported() {
-        let Some((_broker, addr)) = start() else {
+        let Some(broker) = start_peer_for_test(Target::Mqtt, &[]) else {
             return;
         };
+        let addr = broker.addr();
         // "#/x" is not a valid filter ('#' must be last): mosquitto drops
         // the connection, which must be an error too, not a hang.
         let err = subscribe(addr, "cc-bad", b"#/x", Duration::from_secs(5)).unwrap_err();

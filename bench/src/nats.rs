@@ -295,12 +295,9 @@ pub fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::{start_peer_for_test, Target};
     use std::io::Read;
-    use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
 
     #[test]
     fn nats_pub_and_pong_encoding() {
@@ -483,64 +480,6 @@ mod tests {
         assert_eq!(rest, b"MSG a 1 1\r\nx\r\nMSG");
     }
 
-    /// nats-server on PATH or in the usual places.
-    fn program() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin".into(), "/usr/bin".into()])
-            .map(|dir| dir.join("nats-server"))
-            .find(|p| p.is_file())
-    }
-
-    /// A running server, killed when dropped (a failed assert included).
-    struct Running(Child);
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// Starts nats-server on a free loopback port with `extra` arguments
-    /// and waits for its ready line; None if it is not installed.
-    fn start(extra: &[&str]) -> Option<(Running, SocketAddr)> {
-        let Some(program) = program() else {
-            eprintln!("SKIP: nats-server not installed (apt-get install nats-server)");
-            return None;
-        };
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let mut child = Command::new(program)
-            .args(nats_args(addr))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let running = Running(child);
-        // Drain stderr for the server's life, so it never blocks on it.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(NATS_READY) => return Some((running, addr)),
-                Ok(line) => seen.push(line),
-                Err(e) => panic!("nats-server not ready ({e}):\n{}", seen.join("\n")),
-            }
-        }
-    }
-
     /// Reads operations until a PONG, answering PINGs; returns the MSGs.
     fn until_pong(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Vec<(Vec<u8>, u64, Vec<u8>)> {
         stream
@@ -577,9 +516,10 @@ mod tests {
 
     #[test]
     fn nats_server_delivers_three_messages_in_order() {
-        let Some((_server, addr)) = start(&[]) else {
+        let Some(server) = start_peer_for_test(Target::Nats, &[]) else {
             return;
         };
+        let addr = server.addr();
         let timeout = Duration::from_secs(5);
         let (mut sub, mut sub_buf) = subscribe(addr, b"bench.t1", 42, timeout).unwrap();
         let (mut publisher, mut pub_buf) = connect(addr, timeout).unwrap();
@@ -606,9 +546,11 @@ mod tests {
 
     #[test]
     fn nats_server_refusal_is_reported() {
-        let Some((_server, addr)) = start(&["--user", "u", "--pass", "p"]) else {
+        let Some(server) = start_peer_for_test(Target::Nats, &["--user", "u", "--pass", "p"])
+        else {
             return;
         };
+        let addr = server.addr();
         let err = connect(addr, Duration::from_secs(5)).unwrap_err();
         assert!(err.contains("Authorization Violation"), "{err}");
         let err = subscribe(addr, b"bad subject", 1, Duration::from_secs(5)).unwrap_err();

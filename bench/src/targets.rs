@@ -86,6 +86,14 @@ pub struct Launch {
 /// (`ceiling`), or the peer's server from PATH. Err says why the target
 /// cannot be measured here (the caller skips it).
 pub fn program(target: Target, cluecast: &Path) -> Result<PathBuf, String> {
+    if let Some((name, package)) = target.peer_program() {
+        return find_program(name).ok_or_else(|| {
+            format!(
+                "{name} is not installed (`apt-get install {package}`; bench/compare.sh installs \
+                 it)"
+            )
+        });
+    }
     match target {
         Target::Cluecast => {
             if cluecast.exists() {
@@ -98,18 +106,7 @@ pub fn program(target: Target, cluecast: &Path) -> Result<PathBuf, String> {
                 ))
             }
         }
-        Target::Ceiling => {
-            std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))
-        }
-        _ => {
-            let (name, package) = target.peer_program().expect("a peer");
-            find_program(name).ok_or_else(|| {
-                format!(
-                    "{name} is not installed (`apt-get install {package}`; bench/compare.sh \
-                     installs it)"
-                )
-            })
-        }
+        _ => std::env::current_exe().map_err(|e| format!("locating this binary: {e}")),
     }
 }
 
@@ -131,16 +128,56 @@ fn mosquitto_config_path(port: u16) -> PathBuf {
 /// Starts `program` for `launch`; peers get a free port on the address
 /// first (they print no address of their own).
 pub fn start(launch: &Launch, program: &Path, timeout: Duration) -> Result<Server, String> {
+    start_with(launch, program, timeout, &[])
+}
+
+/// [`start`], with `extra` arguments after the target's own.
+fn start_with(
+    launch: &Launch,
+    program: &Path,
+    timeout: Duration,
+    extra: &[&str],
+) -> Result<Server, String> {
     let port = match launch.target.peer_program() {
         Some(_) => Some(free_port(launch.listen)?),
         None => None,
     };
-    if let (Target::Mqtt, Some(port)) = (launch.target, port) {
-        let path = mosquitto_config_path(port);
-        let config = mqtt::mosquitto_config(SocketAddr::new(launch.listen.ip(), port));
-        std::fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let mut cmd = command(launch, program, port);
+    cmd.args.extend(extra.iter().map(|a| a.to_string()));
+    let Some(port) = port.filter(|_| launch.target == Target::Mqtt) else {
+        return Server::start(&cmd, timeout);
+    };
+    let path = mosquitto_config_path(port);
+    let config = mqtt::mosquitto_config(SocketAddr::new(launch.listen.ip(), port));
+    std::fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let started = Server::start(&cmd, timeout);
+    // Read by now (or never to be): nothing is left behind.
+    let _ = std::fs::remove_file(&path);
+    started
+}
+
+/// A peer for a test, on a free loopback port with `extra` arguments; None
+/// (after saying so) when it is not installed. Dropping it kills it.
+#[cfg(test)]
+pub fn start_peer_for_test(target: Target, extra: &[&str]) -> Option<Server> {
+    let program = match program(target, Path::new("")) {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return None;
+        }
+    };
+    let launch = Launch {
+        target,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cpu: None,
+        appliance_args: Vec::new(),
+        payload_bytes: 0,
+    };
+    match start_with(&launch, &program, Duration::from_secs(10), extra) {
+        Ok(server) => Some(server),
+        Err(e) => panic!("starting {}: {e}", target.name()),
     }
-    Server::start(&command(launch, program, port), timeout)
 }
 
 /// A free port on `listen`'s address (its own if not 0).
