@@ -1243,7 +1243,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             .map_err(|e| format!("socket options: {e}"))?;
         let upstream = match upstreams {
             true => Some(
-                crate::resp::connect(plan.server, plan.connect_timeout)
+                wire::tcp_connect(plan.server, plan.connect_timeout)
                     .and_then(|up| {
                         up.set_nonblocking(true)
                             .map_err(|e| format!("socket options: {e}"))?;

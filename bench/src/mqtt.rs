@@ -258,11 +258,7 @@ pub fn connect(
     if client_id.len() > usize::from(u16::MAX) {
         return Err("MQTT client id over 64 KiB".into());
     }
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("socket options: {e}"))?;
+    let mut stream = crate::wire::tcp_connect(addr, timeout)?;
     let mut out = Vec::new();
     connect_packet(&mut out, client_id.as_bytes());
     stream

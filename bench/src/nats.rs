@@ -241,11 +241,7 @@ fn await_op(
 /// (blocking, no read timeout) and any bytes read past the PONG.
 pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<(TcpStream, Vec<u8>), String> {
     let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("socket options: {e}"))?;
+    let mut stream = crate::wire::tcp_connect(addr, timeout)?;
     let mut buf = Vec::new();
     await_op(&mut stream, &mut buf, deadline, "NATS INFO", |op| {
         matches!(op, Op::Info)

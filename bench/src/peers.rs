@@ -112,7 +112,7 @@ pub fn join(
 ) -> Result<(TcpStream, Vec<u8>), String> {
     match (protocol, topic) {
         (Peer::Resp, Some(t)) => resp::subscribe(server, t.as_bytes(), timeout),
-        (Peer::Resp, None) => Ok((resp::connect(server, timeout)?, Vec::new())),
+        (Peer::Resp, None) => Ok((crate::wire::tcp_connect(server, timeout)?, Vec::new())),
         (Peer::Nats, Some(t)) => nats::subscribe(server, t.as_bytes(), 1, timeout),
         (Peer::Nats, None) => nats::connect(server, timeout),
         (Peer::Mqtt, Some(t)) => mqtt::subscribe(server, id, t.as_bytes(), timeout),

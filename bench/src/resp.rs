@@ -140,7 +140,7 @@ pub fn subscribe(
     channel: &[u8],
     timeout: Duration,
 ) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut stream = connect(addr, timeout)?;
+    let mut stream = crate::wire::tcp_connect(addr, timeout)?;
     let mut out = Vec::new();
     command(&mut out, &[b"SUBSCRIBE", channel]);
     stream
@@ -162,16 +162,6 @@ pub fn subscribe(
         }
         crate::wire::read_more(&mut stream, &mut buf, deadline, "SUBSCRIBE")?;
     }
-}
-
-/// A TCP connection with no delay, as every generator connection.
-pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("socket options: {e}"))?;
-    Ok(stream)
 }
 
 #[cfg(test)]

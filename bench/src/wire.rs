@@ -367,13 +367,22 @@ pub struct Connected {
     pub heartbeat_ms: u32,
 }
 
-/// Connects and completes HELLO / WELCOME.
-pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Connected, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+/// A TCP connection with no delay, as every generator connection, of
+/// every protocol.
+pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     stream
         .set_nodelay(true)
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    Ok(stream)
+}
+
+/// Connects and completes HELLO / WELCOME.
+pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Connected, String> {
+    let mut stream = tcp_connect(addr, timeout)?;
+    stream
+        .set_write_timeout(Some(timeout))
         .map_err(|e| format!("socket options: {e}"))?;
     let mut out = Vec::new();
     Frame::Hello(Hello {
