@@ -609,12 +609,11 @@ fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
     for (i, r) in runs.iter().enumerate().filter(|(_, r)| !r.hgrm.is_empty()) {
         write(format!("{stem}-{}.hgrm", i + 1), &r.hgrm)?;
     }
-    // The runs the median is of (see median_run).
-    let med = median_run(runs);
-    let p99 = med.latency[2];
-    let middle = runs
-        .iter()
-        .filter(|r| (r.counted() || (med.generator_bound && r.measured)) && !r.hgrm.is_empty())
+    let p99 = median_run(runs).latency[2];
+    let middle = median_pool(runs)
+        .0
+        .into_iter()
+        .filter(|r| !r.hgrm.is_empty())
         .min_by(|a, b| {
             (a.latency[2] - p99)
                 .abs()
@@ -895,18 +894,25 @@ fn med(runs: &[&Run], f: impl Fn(&Run) -> f64) -> f64 {
     median(&v).unwrap_or(f64::NAN)
 }
 
+/// The runs a median is of: the counted ones; when every measured run was
+/// generator-bound, those (and true: the median is generator-bound too).
+fn median_pool(all: &[Run]) -> (Vec<&Run>, bool) {
+    let counted: Vec<&Run> = all.iter().filter(|r| r.counted()).collect();
+    if counted.is_empty() && all.iter().any(|r| r.measured) {
+        (all.iter().filter(|r| r.measured).collect(), true)
+    } else {
+        (counted, false)
+    }
+}
+
 /// The median run: every column the median of that column (so the row as
 /// a whole need not be any one run).
 ///
 /// Of the counted runs; when every measured run was generator-bound, of
 /// those, and the median says it is generator-bound too.
 fn median_run(all: &[Run]) -> Run {
-    let counted: Vec<&Run> = all.iter().filter(|r| r.counted()).collect();
-    let generator_bound = counted.is_empty() && all.iter().any(|r| r.measured);
-    let runs: &[&Run] = &match generator_bound {
-        true => all.iter().filter(|r| r.measured).collect(),
-        false => counted,
-    };
+    let (runs, generator_bound) = median_pool(all);
+    let runs: &[&Run] = &runs;
     let c = |f: fn(&Run) -> u64| med(runs, |r| f(r) as f64).round() as u64;
     let c_at = |i: usize| med(runs, |r| r.storm[i] as f64).round() as u64;
     Run {
