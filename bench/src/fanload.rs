@@ -1023,6 +1023,8 @@ struct Positions {
     sent: u64,
     /// A position body: fixed coordinates, the time stamped per send.
     fix: Position,
+    /// The peers' channel for each hunt's positions (`HUNT.pos`).
+    channels: Vec<String>,
 }
 
 impl Positions {
@@ -1036,14 +1038,7 @@ impl Positions {
 
     /// Queues every position due by `el` on its player's connection;
     /// players with bytes to write are added to `writing`.
-    fn send_due(
-        &mut self,
-        el: u64,
-        plan: &Plan,
-        topics: &[String],
-        subs: &mut [Sub],
-        writing: &mut Vec<usize>,
-    ) {
+    fn send_due(&mut self, el: u64, plan: &Plan, subs: &mut [Sub], writing: &mut Vec<usize>) {
         let due = self.due_before(el.saturating_add(1));
         if due <= self.next {
             return;
@@ -1070,8 +1065,8 @@ impl Positions {
                     body[4..8].copy_from_slice(&fix.lon_e7.to_be_bytes());
                     body[8..12].copy_from_slice(&fix.accuracy_cm.to_be_bytes());
                     body[12..20].copy_from_slice(&fix.client_ts_ms.to_be_bytes());
-                    let channel = format!("{}.pos", topics[s.topic]);
-                    peers::publish(peer, &mut s.out, channel.as_bytes(), &body);
+                    let channel = self.channels[s.topic].as_bytes();
+                    peers::publish(peer, &mut s.out, channel, &body);
                 }
             }
             self.sent += 1;
@@ -1151,6 +1146,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         ));
     }
     let schedule = plan.scenario.schedule(plan)?;
+    let topics: Vec<String> = (0..plan.topics)
+        .map(|k| format!("{}.{k}", plan.topic_prefix))
+        .collect();
     let mut storm = None;
     let mut positions = None;
     match plan.scenario {
@@ -1191,6 +1189,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
                     accuracy_cm: 500,
                     client_ts_ms: 1,
                 },
+                channels: topics.iter().map(|t| format!("{t}.pos")).collect(),
             });
         }
         Scenario::Fanout | Scenario::Spike { .. } => {}
@@ -1203,9 +1202,6 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
     }
-    let topics: Vec<String> = (0..plan.topics)
-        .map(|k| format!("{}.{k}", plan.topic_prefix))
-        .collect();
     let topic_len_max = topics.iter().map(String::len).max().unwrap_or(0);
     // Each EVENT is looked at up to the end of the payload's stamp.
     let peek = wire::EVENT_TOPIC_AT + 1 + topic_len_max + STAMP_BYTES;
@@ -1463,7 +1459,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             }
         }
         if let Some(positions) = positions.as_mut().filter(|_| phase != Phase::Drain) {
-            positions.send_due(el, plan, &topics, &mut subs, &mut writing);
+            positions.send_due(el, plan, &mut subs, &mut writing);
         }
         writing.retain(|&i| {
             let s = &mut subs[i];
