@@ -28,7 +28,7 @@ use crate::child::{self, result_struct, Mark, ResultLine, Role};
 use crate::cli::Common;
 use crate::fanload;
 use crate::procfs;
-use crate::report::{self, command_line, json_num, json_str, num, thousands};
+use crate::report::{self, command_line, json_num, json_str, mib, num, thousands};
 use crate::server::Server;
 use crate::stats::median;
 use crate::targets::{self, Launch, Target};
@@ -728,17 +728,13 @@ fn summary(run: &Run) -> String {
             run.connections,
             run.failures,
             thousands(run.connect_per_s),
-            mib(run.baseline.rss_bytes),
-            mib(run.loaded.rss_bytes),
+            mib(run.baseline.rss_bytes, 1),
+            mib(run.loaded.rss_bytes, 1),
             num(run.rss_per_conn, 0),
             num(run.loaded_per_conn, 0)
         )
     });
     report::summary(figures, &run.problems)
-}
-
-fn mib(bytes: f64) -> String {
-    num(bytes / f64::from(1 << 20), 1)
 }
 
 // ---------------------------------------------------------------------------
@@ -839,8 +835,8 @@ fn markdown_report(args: &Args, host: &procfs::Host, nofile: u64, runs: &[Run]) 
             r.connections,
             r.failures,
             thousands(r.connect_per_s),
-            mib(r.baseline.rss_bytes),
-            mib(r.loaded.rss_bytes),
+            mib(r.baseline.rss_bytes, 1),
+            mib(r.loaded.rss_bytes, 1),
             thousands(r.rss_per_conn),
             thousands(r.loaded_per_conn),
             thousands(r.anon_per_conn),

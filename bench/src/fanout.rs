@@ -32,7 +32,7 @@ use crate::fanload::{self, Outcome, Plan, Protocol, Scenario};
 use crate::jitter;
 use crate::plot;
 use crate::procfs::{self, Cores};
-use crate::report::{self, command_line, json_num, json_str, num, pct, thousands};
+use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
 use crate::server::{Server, Stopped};
 use crate::stats::{least_disturbed, median};
 use crate::targets::{self, Launch, Target};
@@ -957,10 +957,6 @@ fn median_run(all: &[Run]) -> Run {
     }
 }
 
-fn mib(bytes: f64) -> String {
-    num(bytes / f64::from(1 << 20), 0)
-}
-
 fn pct_of_core(x: f64) -> String {
     pct(x / 100.0)
 }
@@ -1096,7 +1092,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
             r.duplicated,
             r.reordered,
             pct_of_core(r.server_cpu_pct),
-            mib(r.server_rss_bytes),
+            mib(r.server_rss_bytes, 0),
             pct_of_core(r.generator_cpu_pct),
         );
     }

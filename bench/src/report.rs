@@ -50,6 +50,11 @@ pub fn summary(figures: Option<String>, problems: &[String]) -> String {
     s
 }
 
+/// Bytes as MiB with `decimals` places.
+pub fn mib(bytes: f64, decimals: usize) -> String {
+    num(bytes / f64::from(1 << 20), decimals)
+}
+
 /// ` (text)` after a progress line, or nothing for no text.
 pub fn parenthesised(text: &str) -> String {
     if text.is_empty() {

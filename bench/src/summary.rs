@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::report::{num, thousands};
+use crate::report::{mib, num, thousands};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -178,7 +178,7 @@ fn latency_table(s: &mut String, rows: &[Row]) {
             num(r.latency[4], 3),
             r.lost,
             num(r.server_cpu_pct, 0),
-            num(r.server_rss_bytes / f64::from(1 << 20), 0),
+            mib(r.server_rss_bytes, 0),
         );
     }
     let Some(ours) = rows
@@ -245,7 +245,7 @@ fn conns_table(s: &mut String, rows: &[Row]) {
             r.target,
             flags(r),
             num(r.rss_per_conn, 0),
-            num(r.server_rss_bytes / f64::from(1 << 20), 0),
+            mib(r.server_rss_bytes, 0),
             thousands(r.connect_per_s),
         );
     }
