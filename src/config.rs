@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use cluecast_proto::Limits;
 
+use crate::storage::Durability;
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
         #[derive(clap::Args, serde::Deserialize, Default, Debug, Clone)]
@@ -82,6 +84,12 @@ settings! {
     mesh_bytes: usize = 8 << 20, "CLUECAST_MESH_BYTES";
     /// Take the frame arena from reserved huge pages when there are enough
     huge_pages: bool = true, "CLUECAST_HUGE_PAGES";
+    /// Where the durable log lives (created if missing)
+    data_dir: PathBuf = PathBuf::from("data"), "CLUECAST_DATA_DIR";
+    /// sync: acked and delivered once the WAL is synced; async: at once, synced within 200 ms; memory: no log
+    durability: Durability = Durability::Sync, "CLUECAST_DURABILITY";
+    /// Bytes of events per shard waiting for the storage writer; past it, publishes get Overloaded
+    storage_queue_bytes: usize = 8 << 20, "CLUECAST_STORAGE_QUEUE_BYTES";
 }
 
 /// 60% of the CPUs this process may use, rounded, at least one: the share
@@ -134,7 +142,7 @@ impl Settings {
         limits.validate()?;
         let frame = limits.frame_bytes_max as usize;
         let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
-        let checks: [(bool, String); 9] = [
+        let checks: [(bool, String); 10] = [
             (
                 self.shards >= 1 && self.shards <= cpus,
                 format!("--shards must be 1..={cpus} (the CPUs this process may use)"),
@@ -162,6 +170,13 @@ impl Settings {
             (
                 self.recv_buffer_bytes >= 512,
                 "--recv-buffer-bytes must be at least 512".into(),
+            ),
+            (
+                self.storage_queue_bytes >= 4 * frame && self.storage_queue_bytes <= 1 << 30,
+                format!(
+                    "--storage-queue-bytes must be {}..=1 GiB (4 frames)",
+                    4 * frame
+                ),
             ),
             (
                 self.mesh_bytes >= 4 * frame,

@@ -1,6 +1,6 @@
-//! Start-up and shutdown of the appliance: limits, the frame arena, one
-//! listener and one pinned shard thread per core, the channels between the
-//! shards, and the signal that drains them all.
+//! Start-up and shutdown of the appliance: limits, the durable log and its
+//! threads, the frame arena, one listener and one pinned shard thread per
+//! core, the channels between them, and the signal that drains them all.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -12,9 +12,11 @@ use cluecast_sys::{spsc, Region, Span};
 
 use crate::arena::Arena;
 use crate::config::Settings;
-use crate::ring::uring::{FixedBuffers, Uring, UringConfig};
+use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
 use crate::shard::{Shard, ShardSetup, ShardStats};
+use crate::storage::db::{Db, TopicRow};
+use crate::storage::{self, Durability, Reader, StorageLink, StoredTopic, Writer};
 use crate::topics::TopicLimits;
 
 /// Descriptors kept back from the connection budget: rings, listeners,
@@ -99,6 +101,15 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     }
     let ring_fds: Vec<RawFd> = rings.iter().map(|r| r.fd()).collect();
 
+    let store = match settings.durability {
+        Durability::Memory => None,
+        durability => Some(open_store(settings, durability, epoch)?),
+    };
+    let storage_stop = Arc::new(AtomicBool::new(false));
+    let (links, stored, storage_threads) = match store {
+        Some(store) => start_storage(settings, store, &ring_fds, &storage_stop)?,
+        None => (Vec::new(), Arc::from([]), Vec::new()),
+    };
     let setups = shard_setups(
         settings,
         epoch,
@@ -107,6 +118,8 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         spans,
         ring_fds,
         &stop,
+        links,
+        stored,
     );
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
@@ -119,7 +132,9 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         threads.push(thread);
     }
     crate::info!(
-        "cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}, allocator={}",
+        "cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}, \
+         durability {}, allocator={}",
+        settings.durability.name(),
         crate::build_info::ALLOCATOR
     );
 
@@ -147,6 +162,13 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     }
     // The rings are gone with their threads; only now may the arena go.
     drop(region);
+    // The shards have stopped appending: the writer commits the rest.
+    storage_stop.store(true, Ordering::Release);
+    for thread in storage_threads {
+        if thread.join().is_err() {
+            failed = true;
+        }
+    }
     if failed {
         return Err("a shard panicked".to_string());
     }
@@ -171,8 +193,103 @@ fn bind_listeners(listen: SocketAddr, shards: usize) -> Result<Vec<OwnedFd>, Str
     Ok(listeners)
 }
 
+/// Opens the data directory and recovers its topics.
+fn open_store(
+    settings: &Settings,
+    durability: Durability,
+    epoch: u64,
+) -> Result<storage::db::Recovered, String> {
+    let recovered = Db::open(&settings.data_dir, durability, epoch)?;
+    if recovered.topics.len() > settings.topics_max {
+        return Err(format!(
+            "{} holds {} topics, more than --topics-max {}: raise it",
+            settings.data_dir.display(),
+            recovered.topics.len(),
+            settings.topics_max
+        ));
+    }
+    if recovered.epochs_changed {
+        crate::warn!(
+            "cluecast: the last run (async durability) did not stop cleanly; events it had \
+             not synced may be lost, so every topic gets epoch {epoch:016x} and resuming \
+             clients are told"
+        );
+    }
+    crate::info!(
+        "cluecast: data directory {}: {} topic(s) recovered",
+        settings.data_dir.display(),
+        recovered.topics.len()
+    );
+    Ok(recovered)
+}
+
+type StorageStart = (Vec<StorageLink>, Arc<[StoredTopic]>, Vec<JoinHandle<()>>);
+
+/// The writer and reader threads, and every shard's channels to them.
+fn start_storage(
+    settings: &Settings,
+    store: storage::db::Recovered,
+    ring_fds: &[RawFd],
+    stop: &Arc<AtomicBool>,
+) -> Result<StorageStart, String> {
+    let writer_bell = Doorbell::new().map_err(|e| e.to_string())?;
+    let reader_bell = Doorbell::new().map_err(|e| e.to_string())?;
+    let (links, writer_ports, reader_ports) = storage::links(
+        settings.shards,
+        settings.durability,
+        settings.storage_queue_bytes,
+        ring_fds,
+        writer_bell.fd(),
+        reader_bell.fd(),
+    );
+    let db = Arc::new(store.db);
+    let rows: Vec<(Box<[u8]>, TopicRow)> = store
+        .topics
+        .iter()
+        .map(|(id, t)| {
+            let row = TopicRow {
+                id: *id,
+                epoch: t.epoch,
+                last_seq: t.last_seq,
+            };
+            (t.name.clone(), row)
+        })
+        .collect();
+    let stored: Arc<[StoredTopic]> = store.topics.into_iter().map(|(_, t)| t).collect();
+    let writer = Writer::new(
+        db.clone(),
+        settings.durability,
+        settings.limits(),
+        writer_ports,
+        rows.into_iter(),
+        writer_bell,
+    );
+    let reader = Reader::new(db, reader_ports, reader_bell);
+    let writer_stop = stop.clone();
+    let reader_stop = stop.clone();
+    let threads = vec![
+        std::thread::Builder::new()
+            .name("storage-writer".into())
+            .spawn(move || {
+                let stats = writer.run(&writer_stop);
+                crate::info!("cluecast: storage writer stopped: {stats:?}");
+            })
+            .map_err(|e| format!("spawning the storage writer: {e}"))?,
+        std::thread::Builder::new()
+            .name("storage-reader".into())
+            .spawn(move || {
+                let (reads, failures) = reader.run(&reader_stop);
+                crate::info!("cluecast: storage reader stopped: {reads} reads, {failures} failed");
+            })
+            .map_err(|e| format!("spawning the storage reader: {e}"))?,
+    ];
+    Ok((links, stored, threads))
+}
+
 /// Everything each shard needs but its ring: one setup per listener and
-/// span, wired to every other shard by a channel each way.
+/// span, wired to every other shard by a channel each way, and to the
+/// storage threads by `links` (none for memory-only history).
+#[allow(clippy::too_many_arguments)]
 pub fn shard_setups(
     settings: &Settings,
     epoch: u64,
@@ -181,9 +298,13 @@ pub fn shard_setups(
     spans: Vec<Span>,
     ring_fds: Vec<RawFd>,
     stop: &Arc<AtomicBool>,
+    links: Vec<StorageLink>,
+    stored_topics: Arc<[StoredTopic]>,
 ) -> Vec<ShardSetup> {
     let shards = settings.shards;
     assert!(listeners.len() == shards && spans.len() == shards && ring_fds.len() == shards);
+    assert!(links.is_empty() || links.len() == shards);
+    let mut links = links.into_iter();
     let (mut mesh_tx, mut mesh_rx) = mesh(shards, settings.mesh_bytes);
     let limits = settings.limits();
     listeners
@@ -194,6 +315,8 @@ pub fn shard_setups(
             id,
             shards,
             epoch,
+            storage: links.next(),
+            stored_topics: stored_topics.clone(),
             listener,
             connections_max,
             limits,

@@ -1,12 +1,12 @@
 //! cluecast: a real-time event appliance. Publishers' events are sequenced
-//! per topic, kept in a bounded history, and fanned out over long-lived TCP
+//! per topic, stored in a durable log, and fanned out over long-lived TCP
 //! connections by one io_uring event loop per core.
 //!
 //! Layout: `engine` starts and stops the shards; `shard` is the per-core
 //! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
-//! is the only door to the kernel (with a simulated twin for tests); `config`
-//! and `cli` face the operator, and `build_info` says how the binary was
-//! built.
+//! is the only door to the kernel (with a simulated twin for tests);
+//! `storage` is the durable log and its threads; `config` and `cli` face the
+//! operator, and `build_info` says how the binary was built.
 
 pub mod arena;
 pub mod build_info;
@@ -17,5 +17,6 @@ pub mod engine;
 pub mod log;
 pub mod ring;
 pub mod shard;
+pub mod storage;
 pub mod timer;
 pub mod topics;

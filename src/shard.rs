@@ -13,6 +13,7 @@
 //! to every other shard, which fans it out to theirs. Later, the owner's
 //! sequencing step becomes the apply step of a replicated log.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,8 @@ use std::sync::Arc;
 
 use cluecast_proto::{
     decode, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits, Publish, PublishAck,
-    ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed, Welcome, PROTOCOL_VERSION,
+    ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed, Welcome, ACK_FLAG_DURABLE,
+    PROTOCOL_VERSION,
 };
 use cluecast_sys::spsc;
 use slab::Slab;
@@ -28,6 +30,10 @@ use slab::Slab;
 use crate::arena::{Arena, FrameRef, Use};
 use crate::conn::{Conn, ConnState, SubRef};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
+use crate::storage::{
+    Durability, Notice, ReadReply, ReadRequest, ReadStatus, StorageLink, StoredTopic, APPEND, READ,
+    RESUME,
+};
 use crate::timer::TimerWheel;
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
 
@@ -64,14 +70,21 @@ const RECORD_ACK: u8 = 3;
 const ORIGIN_BYTES: usize = 8;
 /// An ack record: origin and an encoded PUBLISH_ACK (28 bytes), rounded up.
 const ACK_RECORD_BYTES: usize = ORIGIN_BYTES + 32;
+/// How long a subscriber whose history is not yet on disk (or whose read
+/// failed) waits before asking again.
+const DISK_RETRY_MS: u64 = 50;
 
 /// Everything a shard needs, built by the engine (or a test).
 pub struct ShardSetup {
     pub id: usize,
     pub shards: usize,
-    /// Epoch of every topic's history in this process (memory only: a
-    /// restart loses history, so a restart changes it).
+    /// Epoch of topics created in this process (a wiped data directory or a
+    /// memory-only history thus gets new epochs at every start).
     pub epoch: u64,
+    /// The durable log; None for `--durability memory`.
+    pub storage: Option<StorageLink>,
+    /// Topics recovered from the durable log at start-up.
+    pub stored_topics: Arc<[StoredTopic]>,
     pub listener: RawFd,
     pub connections_max: usize,
     pub limits: Limits,
@@ -107,6 +120,11 @@ pub struct ShardStats {
     pub zero_copy_sends: u64,
     pub catch_ups: u64,
     pub slow_consumer_goaways: u64,
+    /// Reads of history from disk, and the events they delivered.
+    pub disk_reads: u64,
+    pub disk_deliveries: u64,
+    /// FAILED notices from the storage writer.
+    pub storage_failures: u64,
     pub errors_sent: u64,
     pub recv_no_buffers: u64,
     pub overloaded: u64,
@@ -140,6 +158,51 @@ impl IovBlock {
             }; SEND_FRAMES_MAX],
         }
     }
+}
+
+/// Who gets a publish's acknowledgement.
+#[derive(Clone, Copy, Debug)]
+enum AckTo {
+    Local {
+        conn: u32,
+        generation: u32,
+        request_id: u32,
+    },
+    /// A publish forwarded by a peer shard: the ack goes back over its channel.
+    Peer {
+        peer: usize,
+        origin: [u8; ORIGIN_BYTES],
+        request_id: u32,
+    },
+}
+
+impl AckTo {
+    fn request_id(self) -> u32 {
+        match self {
+            AckTo::Local { request_id, .. } | AckTo::Peer { request_id, .. } => request_id,
+        }
+    }
+
+    fn peer(self) -> Option<usize> {
+        match self {
+            AckTo::Local { .. } => None,
+            AckTo::Peer { peer, .. } => Some(peer),
+        }
+    }
+}
+
+/// An event sequenced here and waiting for the WAL sync that makes it
+/// durable (`sync` durability) before anyone sees it.
+struct PendingEvent {
+    /// Its number among this shard's appends.
+    append: u64,
+    topic: u32,
+    seq: u64,
+    epoch: u64,
+    frame: FrameRef,
+    ack: AckTo,
+    /// The write failed: answer the publisher with an error, deliver nothing.
+    failed: bool,
 }
 
 pub struct Shard<R: Ring> {
@@ -182,8 +245,26 @@ struct Core {
     mesh_tx: Vec<Option<spsc::Sender>>,
     mesh_rx: Vec<Option<spsc::Receiver>>,
     peer_ring_fds: Vec<RawFd>,
-    /// A channel still had records after this turn's budget.
+    /// A channel still had records after this turn's budget, or durable
+    /// events wait for room in a peer's channel.
     mesh_backlog: bool,
+
+    storage: Option<StorageLink>,
+    /// APPEND records pushed to the writer, ever (the writer counts alike).
+    appends: u64,
+    durable_through: u64,
+    /// Events waiting for durability, in append order.
+    pending: VecDeque<PendingEvent>,
+    /// A write failed: publishes are refused until RESUME reaches the writer.
+    resume_owed: bool,
+    /// An async write failed and the writer retries it: publishes are
+    /// refused until the next DURABLE notice.
+    storage_stalled: bool,
+    /// Subscribers to feed from disk again at `disk_retry_at_ms`.
+    disk_retry: Vec<u32>,
+    disk_retry_at_ms: u64,
+    /// A read reply, copied out of its channel so the shard may act on it.
+    reply_scratch: Vec<u8>,
 
     /// One block per connection sending at once, made the first time that
     /// many send together (so idle connections cost none): with fewer, a
@@ -217,6 +298,16 @@ pub fn topic_owner(topic: &[u8], shards: usize) -> usize {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % shards as u64) as usize
+}
+
+/// The MSG_RING that wakes the thread sleeping on `ring_fd`.
+fn wake_op(ring_fd: RawFd, shard_id: usize) -> (Op, u64) {
+    let token = Token::new(OpKind::Wake, 0, shard_id as u32).encode();
+    let op = Op::Wake {
+        ring_fd,
+        user_data: token,
+    };
+    (op, token)
 }
 
 fn is_transient(errno: i32) -> bool {
@@ -261,6 +352,15 @@ impl<R: Ring> Shard<R> {
             mesh_rx: setup.mesh_rx,
             peer_ring_fds: setup.peer_ring_fds,
             mesh_backlog: false,
+            storage: setup.storage,
+            appends: 0,
+            durable_through: 0,
+            pending: VecDeque::new(),
+            resume_owed: false,
+            storage_stalled: false,
+            disk_retry: Vec::new(),
+            disk_retry_at_ms: 0,
+            reply_scratch: Vec::new(),
             iov_blocks,
             iov_free,
             ops: Vec::new(),
@@ -273,6 +373,10 @@ impl<R: Ring> Shard<R> {
             rng: setup.epoch ^ (setup.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             stats: ShardStats::default(),
         };
+        for stored in setup.stored_topics.iter() {
+            let owned_here = topic_owner(&stored.name, core.shards) == core.id;
+            core.topics.restore(stored, owned_here);
+        }
         core.encode_reject_frames();
         core.arm_accept();
         Shard {
@@ -302,6 +406,8 @@ impl<R: Ring> Shard<R> {
         }
         self.completions.clear();
         self.core.drain_mesh();
+        self.core.drain_storage();
+        self.core.release_pending();
         self.core.expire_timers();
         if self.core.stop.load(Ordering::Relaxed) && self.core.drain_deadline_ms.is_none() {
             self.core.start_drain();
@@ -387,6 +493,9 @@ impl Drop for Core {
     fn drop(&mut self) {
         // Frames go back to the arena; the ring (dropped with the shard)
         // cancels whatever the kernel still had.
+        for pending in std::mem::take(&mut self.pending) {
+            self.arena.release(pending.frame);
+        }
         self.topics.clear_history(&mut self.arena);
     }
 }
@@ -718,7 +827,7 @@ impl Core {
             return;
         };
         let topic = self.topics.get(t);
-        let oldest = topic.oldest_seq();
+        let oldest = topic.oldest_retained_seq();
         let (status, start) = match s.mode {
             StartMode::Live => (SubscribeStatus::Ok, topic.last_seq + 1),
             StartMode::Resume if s.epoch != 0 && s.epoch != topic.epoch => {
@@ -732,7 +841,7 @@ impl Core {
         let subscribed = Frame::Subscribed(Subscribed {
             status,
             epoch: topic.epoch,
-            oldest_seq: if topic.history_len() == 0 { 0 } else { oldest },
+            oldest_seq: if oldest > topic.last_seq { 0 } else { oldest },
             last_seq: topic.last_seq,
             topic: s.topic,
         });
@@ -748,6 +857,7 @@ impl Core {
             generation,
             next_seq: start,
             catching_up,
+            reading: false,
         });
         let conn = &mut self.conns[index as usize];
         conn.subs.push(SubRef { topic: t, position });
@@ -794,6 +904,7 @@ impl Core {
         let conn = &mut self.conns[index as usize];
         let mut gap = false;
         let mut queued_any = false;
+        let mut retry_disk = false;
         for i in 0..conn.subs.len() {
             let sub_ref = conn.subs[i];
             let topic = self.topics.get_mut(sub_ref.topic);
@@ -809,7 +920,38 @@ impl Core {
                     break;
                 }
                 let Some(frame) = topic.history_frame(next_seq) else {
-                    gap = true;
+                    if !topic.on_disk_only(next_seq) {
+                        gap = true;
+                    } else if !topic.subscribers[position].reading {
+                        // Ask for what fits in the queue now; the reply
+                        // continues this loop (`on_read_reply`).
+                        let room = self.queue_bytes_max.saturating_sub(conn.queued_bytes());
+                        let request = ReadRequest {
+                            conn: index,
+                            generation: self.generations[index as usize],
+                            from: next_seq,
+                            to: topic.oldest_seq() - 1,
+                            bytes_max: room.min(u32::MAX as usize) as u32,
+                            topic: &topic.name,
+                        };
+                        let link = self
+                            .storage
+                            .as_ref()
+                            .expect("only stored topics are on disk");
+                        if room < self.queue_bytes_max / 4 {
+                            // Wait for the socket to drain: the next send's
+                            // completion refills.
+                        } else if link.read_tx.push(READ, &[&request.encode(), &topic.name]) {
+                            topic.subscribers[position].reading = true;
+                            self.stats.disk_reads += 1;
+                            if link.read_tx.ring_doorbell() {
+                                let ring_fd = link.reader_ring_fd;
+                                self.ops.push(wake_op(ring_fd, self.id));
+                            }
+                        } else {
+                            retry_disk = true;
+                        }
+                    }
                     break;
                 };
                 let len = self.arena.len(frame);
@@ -834,6 +976,9 @@ impl Core {
         if queued_any {
             self.mark_dirty(index);
         }
+        if retry_disk {
+            self.retry_from_disk(index);
+        }
         if gap {
             // History moved past what this subscriber still needs.
             self.goaway_slow(index);
@@ -845,9 +990,12 @@ impl Core {
     fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
         let owner = topic_owner(p.topic, self.shards);
         if owner == self.id {
-            let result = self.sequence(p.topic, p.payload, None);
-            let ack = self.ack_frame(p.request_id, result);
-            self.queue_control(index, &ack);
+            let ack = AckTo::Local {
+                conn: index,
+                generation: self.generations[index as usize],
+                request_id: p.request_id,
+            };
+            self.sequence(p.topic, p.payload, ack);
             return;
         }
         let origin = self.origin(index);
@@ -858,7 +1006,7 @@ impl Core {
             self.ring_doorbell(owner);
         } else {
             self.stats.overloaded += 1;
-            let ack = self.ack_frame(p.request_id, Err(ErrorCode::Overloaded));
+            let ack = self.ack_frame(p.request_id, Err(ErrorCode::Overloaded), false);
             self.queue_control(index, &ack);
         }
     }
@@ -870,7 +1018,12 @@ impl Core {
         origin
     }
 
-    fn ack_frame(&self, request_id: u32, result: Result<(u64, u64), ErrorCode>) -> Frame<'static> {
+    fn ack_frame(
+        &self,
+        request_id: u32,
+        result: Result<(u64, u64), ErrorCode>,
+        durable: bool,
+    ) -> Frame<'static> {
         let (status, epoch, seq) = match result {
             Ok((epoch, seq)) => (0, epoch, seq),
             Err(code) => (code as u16, 0, 0),
@@ -878,21 +1031,88 @@ impl Core {
         Frame::PublishAck(PublishAck {
             request_id,
             status,
-            flags: 0,
+            flags: if durable { ACK_FLAG_DURABLE } else { 0 },
             epoch,
             seq,
         })
     }
 
-    /// Assigns the next sequence of a topic this shard owns, fans the event
-    /// out here and hands it to every peer. `reserve_peer` is a peer whose
-    /// channel must also keep room for an acknowledgement.
-    fn sequence(
+    /// Answers a publish; false (nothing sent) when the peer's channel has no
+    /// room for the ack now.
+    fn answer(&mut self, to: AckTo, result: Result<(u64, u64), ErrorCode>, durable: bool) -> bool {
+        let ack = self.ack_frame(to.request_id(), result, durable);
+        match to {
+            AckTo::Local {
+                conn, generation, ..
+            } => {
+                let alive = self.conns.get(conn as usize).is_some_and(|c| {
+                    c.state == ConnState::Open && self.generations[conn as usize] == generation
+                });
+                if alive {
+                    self.queue_control(conn, &ack);
+                }
+                true
+            }
+            AckTo::Peer { peer, origin, .. } => {
+                let mut bytes = [0u8; ACK_RECORD_BYTES - ORIGIN_BYTES];
+                let len = ack.encoded_len();
+                ack.encode_to_slice(&mut bytes[..len]);
+                let tx = self.mesh_tx[peer]
+                    .as_ref()
+                    .expect("a channel to every peer");
+                if !tx.push(RECORD_ACK, &[&origin, &bytes[..len]]) {
+                    return false;
+                }
+                self.ring_doorbell(peer);
+                true
+            }
+        }
+    }
+
+    /// Whether every peer's channel has room for an event of `len` bytes
+    /// (and `ack_peer`'s for an acknowledgement too).
+    fn peers_have_room(&self, len: usize, ack_peer: Option<usize>) -> bool {
+        self.mesh_tx.iter().enumerate().all(|(peer, tx)| {
+            tx.as_ref().is_none_or(|tx| {
+                let ack = if ack_peer == Some(peer) {
+                    ACK_RECORD_BYTES
+                } else {
+                    0
+                };
+                tx.has_room(len + ack)
+            })
+        })
+    }
+
+    /// Hands an event to every peer shard (room was checked).
+    fn send_to_peers(&mut self, frame: FrameRef) {
+        for peer in 0..self.shards {
+            if let Some(tx) = &self.mesh_tx[peer] {
+                let pushed = tx.push(RECORD_EVENT, &[self.arena.bytes(frame)]);
+                assert!(pushed, "room was checked before sequencing");
+                self.ring_doorbell(peer);
+            }
+        }
+    }
+
+    /// Sequences a publish for a topic this shard owns and answers it: at
+    /// once, or (`sync` durability) once the WAL sync covering it is done.
+    /// A peer's ack always has room here (see `on_forwarded_publish`).
+    fn sequence(&mut self, name: &[u8], payload: &[u8], ack: AckTo) {
+        let result = self.try_sequence(name, payload, ack);
+        if let Some(result) = result {
+            let answered = self.answer(ack, result, false);
+            assert!(answered, "room for the ack was checked");
+        }
+    }
+
+    /// The answer to give now, or None when the event waits for durability.
+    fn try_sequence(
         &mut self,
         name: &[u8],
         payload: &[u8],
-        reserve_peer: Option<usize>,
-    ) -> Result<(u64, u64), ErrorCode> {
+        ack: AckTo,
+    ) -> Option<Result<(u64, u64), ErrorCode>> {
         let t = self.topics.find_or_create(name, self.epoch, Purpose::Event);
         let Some(t) = t.filter(|&t| self.topics.claim_sequencing(t)) else {
             // Past this shard's share of --topics-max: a topic made just now
@@ -901,10 +1121,13 @@ impl Core {
                 self.topics.remove_if_unused(t);
             }
             self.stats.overloaded += 1;
-            return Err(ErrorCode::Overloaded);
+            return Some(Err(ErrorCode::Overloaded));
         };
+        if self.resume_owed || self.storage_stalled {
+            return Some(Err(ErrorCode::StorageFailed));
+        }
         let topic = self.topics.get(t);
-        let (seq, epoch) = (topic.last_seq + 1, topic.epoch);
+        let (seq, epoch) = (topic.assigned_seq + 1, topic.epoch);
         let event = Frame::Event(Event {
             seq,
             epoch,
@@ -913,36 +1136,229 @@ impl Core {
             payload,
         });
         let len = event.encoded_len();
-        let peers_have_room = self.mesh_tx.iter().enumerate().all(|(peer, tx)| {
-            tx.as_ref().is_none_or(|tx| {
-                let ack = if reserve_peer == Some(peer) {
-                    ACK_RECORD_BYTES
-                } else {
-                    0
-                };
-                tx.has_room(len + ack)
-            })
-        });
-        let frame = if peers_have_room {
+        let durability = self.storage.as_ref().map(|s| s.durability);
+        let wait_for_sync = durability == Some(Durability::Sync);
+        let storage_has_room = self
+            .storage
+            .as_ref()
+            .is_none_or(|s| s.append_tx.has_room(len));
+        // Synced events reach the peers later, when durable.
+        let room = storage_has_room && (wait_for_sync || self.peers_have_room(len, ack.peer()));
+        let frame = if room {
             self.alloc(len, Use::Event)
         } else {
             None
         };
         let Some(frame) = frame else {
             self.stats.overloaded += 1;
-            return Err(ErrorCode::Overloaded);
+            return Some(Err(ErrorCode::Overloaded));
         };
         event.encode_to_slice(self.arena.bytes_mut(frame));
-        for peer in 0..self.shards {
-            if let Some(tx) = &self.mesh_tx[peer] {
-                let pushed = tx.push(RECORD_EVENT, &[self.arena.bytes(frame)]);
-                assert!(pushed, "room was checked before sequencing");
-                self.ring_doorbell(peer);
+        if let Some(link) = &self.storage {
+            let pushed = link.append_tx.push(APPEND, &[self.arena.bytes(frame)]);
+            assert!(pushed, "room was checked before sequencing");
+            self.appends += 1;
+            if link.append_tx.ring_doorbell() {
+                self.ops.push(wake_op(link.writer_ring_fd, self.id));
             }
         }
+        if wait_for_sync {
+            self.topics.get_mut(t).assigned_seq = seq;
+            self.pending.push_back(PendingEvent {
+                append: self.appends,
+                topic: t,
+                seq,
+                epoch,
+                frame,
+                ack,
+                failed: false,
+            });
+            return None;
+        }
+        self.send_to_peers(frame);
         self.stats.published += 1;
         self.deliver(t, seq, frame);
-        Ok((epoch, seq))
+        Some(Ok((epoch, seq)))
+    }
+
+    /// Delivers the events the writer has made durable and answers their
+    /// publishers, in order; stops at the first whose peer has no room.
+    fn release_pending(&mut self) {
+        while let Some(front) = self.pending.front() {
+            let (failed, ack) = (front.failed, front.ack);
+            if failed {
+                if !self.answer(ack, Err(ErrorCode::StorageFailed), false) {
+                    self.mesh_backlog = true;
+                    return;
+                }
+                let pending = self.pending.pop_front().expect("front exists");
+                self.arena.release(pending.frame);
+                continue;
+            }
+            if front.append > self.durable_through {
+                return;
+            }
+            let len = self.arena.len(front.frame);
+            if !self.peers_have_room(len, ack.peer()) {
+                self.mesh_backlog = true;
+                return;
+            }
+            let pending = self.pending.pop_front().expect("front exists");
+            self.send_to_peers(pending.frame);
+            self.stats.published += 1;
+            self.deliver(pending.topic, pending.seq, pending.frame);
+            let answered = self.answer(ack, Ok((pending.epoch, pending.seq)), true);
+            assert!(answered, "room for the ack was checked");
+        }
+    }
+
+    /// In sync durability the writer failed every append after
+    /// `durable_through`: those events are answered with an error, their
+    /// sequences are given out again, and the writer is told to start anew.
+    /// In async the writer retries (subscribers have the events already);
+    /// publishes are refused until it succeeds.
+    fn storage_failed(&mut self, message: &str) {
+        self.stats.storage_failures += 1;
+        crate::debug!("shard {}: storing events failed: {message}", self.id);
+        if self.storage.as_ref().map(|s| s.durability) == Some(Durability::Async) {
+            self.storage_stalled = true;
+            return;
+        }
+        for pending in self.pending.iter_mut().rev() {
+            if pending.append <= self.durable_through {
+                break;
+            }
+            pending.failed = true;
+            // Newest first, so each topic ends at its first failed sequence.
+            self.topics.get_mut(pending.topic).assigned_seq = pending.seq - 1;
+        }
+        self.resume_owed = true;
+        self.send_resume();
+    }
+
+    fn send_resume(&mut self) {
+        let Some(link) = &self.storage else { return };
+        if self.resume_owed && link.append_tx.push(RESUME, &[]) {
+            self.resume_owed = false;
+            if link.append_tx.ring_doorbell() {
+                self.ops.push(wake_op(link.writer_ring_fd, self.id));
+            }
+        }
+    }
+
+    /// Notices from the writer and history from the reader.
+    fn drain_storage(&mut self) {
+        let Some(link) = &self.storage else { return };
+        link.notice_rx.clear_doorbell();
+        loop {
+            let Some(link) = &self.storage else { return };
+            let Some((kind, body)) = link.notice_rx.peek() else {
+                break;
+            };
+            let failure = match Notice::decode(kind, body) {
+                Notice::Durable { through } => {
+                    self.durable_through = self.durable_through.max(through);
+                    self.storage_stalled = false;
+                    None
+                }
+                Notice::Failed { message, .. } => {
+                    Some(String::from_utf8_lossy(message).into_owned())
+                }
+            };
+            link.notice_rx.pop();
+            if let Some(message) = failure {
+                self.storage_failed(&message);
+            }
+        }
+        self.send_resume();
+        let mut replies = 0;
+        while replies < MESH_RECORDS_PER_TURN {
+            let Some(link) = &self.storage else { break };
+            if replies == 0 {
+                link.reply_rx.clear_doorbell();
+            }
+            let Some((_, body)) = link.reply_rx.peek() else {
+                break;
+            };
+            let mut scratch = std::mem::take(&mut self.reply_scratch);
+            scratch.clear();
+            scratch.extend_from_slice(body);
+            link.reply_rx.pop();
+            self.on_read_reply(&scratch);
+            self.reply_scratch = scratch;
+            replies += 1;
+        }
+    }
+
+    /// Queues the events a disk read found for a catching-up subscriber, if
+    /// it is still the one that asked and still where it was.
+    fn on_read_reply(&mut self, body: &[u8]) {
+        let (reply, topic_name, mut frames) = ReadReply::decode(body);
+        let index = reply.conn;
+        let alive = self.conns.get(index as usize).is_some_and(|c| {
+            c.state == ConnState::Open && self.generations[index as usize] == reply.generation
+        });
+        let Some(t) = self.topics.find(topic_name).filter(|_| alive) else {
+            return;
+        };
+        let conn = &mut self.conns[index as usize];
+        let Some(sub_ref) = conn.subs.iter().find(|s| s.topic == t).copied() else {
+            return;
+        };
+        let topic = self.topics.get_mut(t);
+        let sub = &mut topic.subscribers[sub_ref.position as usize];
+        if !sub.catching_up || !sub.reading || sub.next_seq != reply.from {
+            return;
+        }
+        sub.reading = false;
+        match reply.status {
+            ReadStatus::Found => {
+                let mut queued = false;
+                while let Ok(Some((Frame::Event(event), used))) = decode(frames, &self.limits) {
+                    let conn = &mut self.conns[index as usize];
+                    let sub = &mut self.topics.get_mut(t).subscribers[sub_ref.position as usize];
+                    assert_eq!(
+                        event.seq, sub.next_seq,
+                        "the reader returns events in order"
+                    );
+                    if !conn.has_room(used, self.queue_bytes_max) {
+                        break;
+                    }
+                    let Some(frame) = self.arena.alloc(used, Use::Event) else {
+                        break;
+                    };
+                    self.arena.bytes_mut(frame).copy_from_slice(&frames[..used]);
+                    let conn = &mut self.conns[index as usize];
+                    conn.push(frame, used);
+                    self.topics.get_mut(t).subscribers[sub_ref.position as usize].next_seq += 1;
+                    self.stats.disk_deliveries += 1;
+                    frames = &frames[used..];
+                    queued = true;
+                }
+                if queued {
+                    self.mark_dirty(index);
+                    self.refill(index);
+                }
+                // Nothing fitted: the next send's completion refills.
+            }
+            ReadStatus::Gone => {
+                // Nothing before `oldest` can be replayed without a gap any
+                // more: the subscriber is told (GOAWAY, then NotRecovered).
+                let topic = self.topics.get_mut(t);
+                topic.stored_oldest_seq = topic.stored_oldest_seq.max(reply.oldest);
+                self.refill(index);
+            }
+            ReadStatus::NotYet | ReadStatus::Failed => self.retry_from_disk(index),
+        }
+    }
+
+    /// Refills the connection from disk again shortly (the writer is
+    /// behind, a read failed, or the reader's channel was full).
+    fn retry_from_disk(&mut self, index: u32) {
+        if self.disk_retry.is_empty() {
+            self.disk_retry_at_ms = self.now_ms + DISK_RETRY_MS;
+        }
+        self.disk_retry.push(index);
     }
 
     fn ring_doorbell(&mut self, peer: usize) {
@@ -950,13 +1366,7 @@ impl Core {
             .as_ref()
             .expect("a channel to every peer");
         if tx.ring_doorbell() {
-            self.ops.push((
-                Op::Wake {
-                    ring_fd: self.peer_ring_fds[peer],
-                    user_data: Token::new(OpKind::Wake, 0, self.id as u32).encode(),
-                },
-                Token::new(OpKind::Wake, 0, self.id as u32).encode(),
-            ));
+            self.ops.push(wake_op(self.peer_ring_fds[peer], self.id));
         }
     }
 
@@ -1000,6 +1410,10 @@ impl Core {
             }
         }
         self.topics.append(t, seq, frame, &mut self.arena);
+        let topic = self.topics.get_mut(t);
+        if self.storage.is_some() && topic.stored_oldest_seq == 0 {
+            topic.stored_oldest_seq = seq;
+        }
     }
 
     // ---- the channels between shards ------------------------------------
@@ -1063,14 +1477,12 @@ impl Core {
         if !tx.has_room(ACK_RECORD_BYTES) {
             return false;
         }
-        let result = self.sequence(p.topic, p.payload, Some(peer));
-        let mut ack = Vec::with_capacity(64);
-        self.ack_frame(p.request_id, result).encode(&mut ack);
-        let tx = self.mesh_tx[peer]
-            .as_ref()
-            .expect("a channel to every peer");
-        assert!(tx.push(RECORD_ACK, &[origin, &ack]), "room was checked");
-        self.ring_doorbell(peer);
+        let ack = AckTo::Peer {
+            peer,
+            origin: origin.try_into().expect("origin bytes"),
+            request_id: p.request_id,
+        };
+        self.sequence(p.topic, p.payload, ack);
         true
     }
 
@@ -1135,6 +1547,19 @@ impl Core {
             });
             if rearm {
                 self.arm_recv(index);
+            }
+        }
+        if !self.disk_retry.is_empty() && self.now_ms >= self.disk_retry_at_ms {
+            for index in std::mem::take(&mut self.disk_retry) {
+                // The slot may hold another connection by now; refill only
+                // touches subscriptions that are catching up.
+                let open = self
+                    .conns
+                    .get(index as usize)
+                    .is_some_and(|c| c.state == ConnState::Open && c.catching_up > 0);
+                if open {
+                    self.refill(index);
+                }
             }
         }
         if self.accept_retry_at_ms.is_some_and(|at| self.now_ms >= at) {

@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use slab::Slab;
 
 use crate::arena::{Arena, FrameRef};
+use crate::storage::StoredTopic;
 
 /// One local subscriber of a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,13 +23,21 @@ pub struct Subscriber {
     /// True while the subscriber is fed from history (after a resume, or when
     /// its queue was full): live fan-out skips it until it is caught up.
     pub catching_up: bool,
+    /// A read of its history from disk is in flight.
+    pub reading: bool,
 }
 
 pub struct Topic {
     pub name: Box<[u8]>,
     pub epoch: u64,
-    /// Newest sequence seen (assigned, on the owner); 0 before the first.
+    /// Newest sequence in history (delivered); 0 before the first.
     pub last_seq: u64,
+    /// Newest sequence given out: on the owner, ahead of `last_seq` by the
+    /// events waiting for their WAL sync; elsewhere equal to it.
+    pub assigned_seq: u64,
+    /// Oldest sequence in the durable log; 0 when nothing is stored (or
+    /// history is in memory only).
+    pub stored_oldest_seq: u64,
     /// History frames, oldest first; `history[i]` has sequence
     /// `last_seq - history.len() + 1 + i`.
     history: VecDeque<FrameRef>,
@@ -77,6 +86,20 @@ impl Topic {
     /// The oldest sequence still in history (`last_seq + 1` when empty).
     pub fn oldest_seq(&self) -> u64 {
         self.last_seq + 1 - self.history.len() as u64
+    }
+
+    /// The oldest sequence still retained, in memory or on disk
+    /// (`last_seq + 1` when none is).
+    pub fn oldest_retained_seq(&self) -> u64 {
+        match self.stored_oldest_seq {
+            0 => self.oldest_seq(),
+            stored => stored.min(self.oldest_seq()),
+        }
+    }
+
+    /// Whether `seq` is no longer in memory but still in the durable log.
+    pub fn on_disk_only(&self, seq: u64) -> bool {
+        self.stored_oldest_seq != 0 && seq >= self.stored_oldest_seq && seq < self.oldest_seq()
     }
 
     /// The history frame of `seq`, if retained.
@@ -139,6 +162,8 @@ impl Topics {
             name: name.into(),
             epoch,
             last_seq: 0,
+            assigned_seq: 0,
+            stored_oldest_seq: 0,
             history: VecDeque::new(),
             history_bytes: 0,
             subscribers: Vec::new(),
@@ -148,10 +173,36 @@ impl Topics {
         Some(index)
     }
 
+    /// Adds a topic recovered from the durable log (empty history; older
+    /// events are read from disk). Its owner claims it even past its share
+    /// of `topics_max`: the topic exists whatever the hash spread.
+    pub fn restore(&mut self, stored: &StoredTopic, owned_here: bool) {
+        assert!(self.find(&stored.name).is_none(), "a topic is stored once");
+        assert!(
+            self.topics.len() < self.limits.topics_max,
+            "the engine checks stored topics against the limit"
+        );
+        let index = self.topics.insert(Topic {
+            name: stored.name.clone(),
+            epoch: stored.epoch,
+            last_seq: stored.last_seq,
+            assigned_seq: stored.last_seq,
+            stored_oldest_seq: stored.oldest_seq,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            subscribers: Vec::new(),
+            sequenced_here: owned_here,
+        }) as u32;
+        self.by_name.insert(stored.name.clone(), index);
+        if owned_here {
+            self.sequenced += 1;
+        }
+    }
+
     /// Forgets a topic that never had an event once nobody subscribes to it.
     pub fn remove_if_unused(&mut self, index: u32) {
         let topic = &self.topics[index as usize];
-        if topic.last_seq == 0 && topic.subscribers.is_empty() && !topic.sequenced_here {
+        if topic.assigned_seq == 0 && topic.subscribers.is_empty() && !topic.sequenced_here {
             let topic = self.topics.remove(index as usize);
             self.by_name.remove(&topic.name);
             self.waiting -= 1;
@@ -190,6 +241,7 @@ impl Topics {
             self.waiting -= 1;
         }
         topic.last_seq = seq;
+        topic.assigned_seq = topic.assigned_seq.max(seq);
         topic.history.push_back(frame);
         topic.history_bytes += arena.len(frame);
         self.history_frames += 1;

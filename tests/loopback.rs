@@ -281,13 +281,11 @@ fn sigterm_sends_goaway_to_every_client_and_exits_zero() {
     assert!(Client::connect(config).is_err());
 }
 
-#[test]
-fn a_reader_too_slow_for_the_history_gets_goaway_with_where_to_resume() {
-    // 24 MB of events: more than the kernel buffers, the connection's queue
-    // bound and the topic's history together can hold for one reader.
-    let server = Server::start(&["--shards", "1"]);
+/// Publishes 400 events of 60 kB (24 MB: more than the kernel buffers, the
+/// connection's queue bound and the topic's memory history together hold)
+/// while `stalled` does not read and another subscriber keeps up.
+fn overrun_a_stalled_reader(server: &Server, stalled: &mut RawClient) -> u64 {
     let (events, payload) = (400u64, 60_000);
-    let mut stalled = RawClient::open(server.addr);
     stalled.subscribe("big", StartMode::Live, 0, 0);
     let mut reader = RawClient::open(server.addr);
     reader.subscribe("big", StartMode::Live, 0, 0);
@@ -308,13 +306,39 @@ fn a_reader_too_slow_for_the_history_gets_goaway_with_where_to_resume() {
         publisher.expect(|f| matches!(f, Frame::PublishAck(a) if a.status == 0));
     }
     reading.join().unwrap();
-
-    // The stalled reader gets a gap-free prefix, then GOAWAY(SlowConsumer)
-    // naming the last sequence it was given, so it resumes exactly there.
     stalled
         .stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    events
+}
+
+#[test]
+fn a_stalled_reader_is_fed_from_disk_and_misses_nothing() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut stalled = RawClient::open(server.addr);
+    let events = overrun_a_stalled_reader(&server, &mut stalled);
+    // Memory history went long ago; the log on disk fills the gap.
+    for want in 1..=events {
+        let seq = stalled.recv(|f| match f {
+            Frame::Event(e) => e.seq,
+            other => panic!("unexpected {other:?}"),
+        });
+        assert_eq!(
+            seq,
+            Some(want),
+            "a gap or a stall in the catch-up from disk"
+        );
+    }
+}
+
+#[test]
+fn without_a_log_a_reader_too_slow_for_the_history_gets_goaway_with_where_to_resume() {
+    let server = Server::start(&["--shards", "1", "--durability", "memory"]);
+    let mut stalled = RawClient::open(server.addr);
+    let events = overrun_a_stalled_reader(&server, &mut stalled);
+    // The stalled reader gets a gap-free prefix, then GOAWAY(SlowConsumer)
+    // naming the last sequence it was given, so it resumes exactly there.
     let mut last = 0;
     let ending = loop {
         let frame = stalled.recv(|f| match f {

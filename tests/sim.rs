@@ -18,6 +18,8 @@ use cluecast::engine::shard_setups;
 use cluecast::ring::sim::{ClientId, Rng, SimConfig, SimNet, SimRing};
 use cluecast::ring::Ring;
 use cluecast::shard::Shard;
+use cluecast::storage::sim::SimStorage;
+use cluecast::storage::{self, Durability};
 use cluecast_proto::{
     decode, ErrorCode, Frame, GoAwayReason, Hello, Limits, Publish, StartMode, Subscribe,
     SubscribeStatus,
@@ -51,6 +53,8 @@ enum Role {
         next: u32,
         acked: u32,
         in_flight: u32,
+        /// Answered StorageFailed: not published, so published again.
+        storage_refusals: u32,
     },
     /// Never says HELLO: must get ERROR(HandshakeTimeout), then EOF.
     Mute { got_error: bool },
@@ -78,6 +82,10 @@ struct World {
     rng: Rng,
     listeners: Vec<RawFd>,
     shards: Vec<Shard<SimRing>>,
+    /// The durable log's threads, stepped with the shards; None for
+    /// memory-only history.
+    storage: Option<SimStorage>,
+    durability: Durability,
     stop: Arc<AtomicBool>,
     settings: Settings,
     clients: Vec<VClient>,
@@ -86,9 +94,10 @@ struct World {
     step: usize,
 }
 
-fn settings(shards: usize, zerocopy_bytes_min: usize) -> Settings {
+fn settings(shards: usize, zerocopy_bytes_min: usize, durability: Durability) -> Settings {
     RunArgs {
         shards: Some(shards),
+        durability: Some(durability),
         zerocopy_bytes_min: Some(zerocopy_bytes_min),
         payload_bytes_max: Some(256),
         // Small enough that the slow reader overflows its queue and the
@@ -120,7 +129,11 @@ impl World {
         let shard_count = 1 + rng.below(2) as usize;
         // Zero-copy sends for every event in half the seeds.
         let zerocopy_bytes_min = if rng.below(2) == 0 { 0 } else { 32 };
-        let settings = settings(shard_count, zerocopy_bytes_min);
+        // Memory-only history, or a log written after delivery (async) or
+        // before it (sync), a third of the seeds each.
+        let durability =
+            [Durability::Memory, Durability::Async, Durability::Sync][rng.below(3) as usize];
+        let settings = settings(shard_count, zerocopy_bytes_min, durability);
         // A full appliance in a quarter of the seeds: room for exactly the
         // eight clients, so a reconnect that comes before its old connection
         // is gone (or lands on the fuller shard) is refused and retries.
@@ -133,14 +146,33 @@ impl World {
         let rings: Vec<SimRing> = (0..shard_count).map(|_| net.ring()).collect();
         let listeners: Vec<RawFd> = (0..shard_count).map(|_| net.listen()).collect();
         let stop = Arc::new(AtomicBool::new(false));
+        let ring_fds: Vec<RawFd> = rings.iter().map(|r| r.fd()).collect();
+        // The simulated storage is stepped, not woken: its doorbells are no
+        // ring (the wake-ups complete with EBADF, which shards ignore).
+        let (links, storage) = if durability == Durability::Memory {
+            (Vec::new(), None)
+        } else {
+            let (links, writers, readers) = storage::links(
+                shard_count,
+                durability,
+                settings.storage_queue_bytes,
+                &ring_fds,
+                -1,
+                -1,
+            );
+            let sim = SimStorage::new(seed, settings.limits(), durability, writers, readers);
+            (links, Some(sim))
+        };
         let setups = shard_setups(
             &settings,
             0xe90c_0000_0000_0001 ^ seed,
             connections_max,
             listeners.clone(),
             region.spans(shard_count),
-            rings.iter().map(|r| r.fd()).collect(),
+            ring_fds,
             &stop,
+            links,
+            Arc::from([]),
         );
         let shards = rings
             .into_iter()
@@ -153,6 +185,8 @@ impl World {
             rng,
             listeners,
             shards,
+            storage,
+            durability,
             stop,
             settings,
             clients: Vec::new(),
@@ -200,6 +234,9 @@ impl World {
     }
 
     fn turn_shards(&mut self) -> bool {
+        if let Some(storage) = &mut self.storage {
+            storage.step();
+        }
         let mut running = false;
         for shard in &mut self.shards {
             running |= shard.turn().expect("the simulated ring never fails a wait");
@@ -309,12 +346,22 @@ impl World {
                 seq,
                 topic_hint,
             } => {
+                let durability = self.durability;
                 let Role::Publisher {
-                    acked, in_flight, ..
+                    acked,
+                    in_flight,
+                    next,
+                    storage_refusals,
                 } = &mut self.clients[index].role
                 else {
                     self.fail(format!("{name}: PUBLISH_ACK for a non-publisher"));
                 };
+                if status == ErrorCode::StorageFailed as u16 && durability != Durability::Memory {
+                    *in_flight -= 1;
+                    *next -= 1;
+                    *storage_refusals += 1;
+                    return;
+                }
                 if status != 0 {
                     self.fail(format!("{name}: publish refused with status {status}"));
                 }
@@ -486,16 +533,24 @@ impl World {
     }
 
     fn summary(&self) -> String {
-        self.clients
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} shard {} reconnects {}: {:?}",
-                    c.name, c.connected_shard, c.reconnects, c.role
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        let world = format!(
+            "durability {:?}, acked {:?}, storage {:?}\n",
+            self.durability,
+            self.acked_per_topic,
+            self.storage.as_ref().map(|s| s.stats)
+        );
+        world
+            + &self
+                .clients
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} shard {} reconnects {}: {:?}",
+                        c.name, c.connected_shard, c.reconnects, c.role
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
     }
 }
 
@@ -591,6 +646,10 @@ struct Coverage {
     reconnects: u64,
     refusals: u64,
     two_shard_seeds: u64,
+    disk_reads: u64,
+    disk_read_faults: u64,
+    storage_failures: u64,
+    storage_refusals: u64,
 }
 
 impl Coverage {
@@ -608,7 +667,22 @@ impl Coverage {
             self.zero_copy_sends += stats.zero_copy_sends;
             self.catch_ups += stats.catch_ups;
             self.slow_consumer_goaways += stats.slow_consumer_goaways;
+            self.disk_reads += stats.disk_reads;
+            self.storage_failures += stats.storage_failures;
         }
+        if let Some(storage) = &world.storage {
+            self.disk_read_faults += storage.stats.read_faults;
+        }
+        self.storage_refusals += world
+            .clients
+            .iter()
+            .map(|c| match c.role {
+                Role::Publisher {
+                    storage_refusals, ..
+                } => storage_refusals as u64,
+                _ => 0,
+            })
+            .sum::<u64>();
         self.reconnects += world
             .clients
             .iter()
@@ -647,6 +721,7 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
                 next: 0,
                 acked: 0,
                 in_flight: 0,
+                storage_refusals: 0,
             },
         );
     }
@@ -693,6 +768,17 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
         ));
     }
     coverage.add(&world);
+    if let (Some(storage), Durability::Sync) = (&world.storage, world.durability) {
+        // Everything acknowledged durable is in the log.
+        for (topic, acked) in &world.acked_per_topic {
+            let stored = storage.newest(topic.as_bytes());
+            if stored < *acked {
+                world.fail(format!(
+                    "{topic}: acked up to {acked}, stored only {stored}"
+                ));
+            }
+        }
+    }
     for (id, shard) in world.shards.iter().enumerate() {
         if shard.connections() != 0 {
             world.fail(format!(
@@ -752,6 +838,13 @@ fn engine_survives_faults_for_many_seeds() {
             ("reconnects", c.reconnects),
             ("refusals past capacity", c.refusals),
             ("two-shard seeds", c.two_shard_seeds),
+            ("reads from disk", c.disk_reads),
+            (
+                "disk reads that found nothing yet or failed",
+                c.disk_read_faults,
+            ),
+            ("failed storage batches", c.storage_failures),
+            ("publishes refused for storage", c.storage_refusals),
         ];
         for (what, count) in exercised {
             assert!(
@@ -782,6 +875,7 @@ fn same_seed_replays_identically() {
                 next: 0,
                 acked: 0,
                 in_flight: 0,
+                storage_refusals: 0,
             },
         );
         for _ in 0..300 {

@@ -206,7 +206,14 @@ pub fn command(launch: &Launch, program: &Path, port: Option<u16>) -> ServerComm
     let addr = SocketAddr::new(ip, port.unwrap_or(0));
     let port_word = port.map_or("FREE".into(), |p| p.to_string());
     match launch.target {
-        Target::Cluecast => cmd.args = launch.appliance_args.clone(),
+        Target::Cluecast => {
+            cmd.args = launch.appliance_args.clone();
+            // Like the peers (run without persistence), history in memory
+            // unless a --server-arg asks otherwise.
+            if !cmd.args.iter().any(|a| a.starts_with("--durability")) {
+                cmd.args.extend(["--durability".into(), "memory".into()]);
+            }
+        }
         Target::Ceiling => {
             let limit = launch
                 .payload_bytes
@@ -349,8 +356,12 @@ mod tests {
 
     #[test]
     fn the_appliance_gets_its_own_arguments() {
-        let cmd = command(&launch(Target::Cluecast), Path::new("/x/cluecast"), None);
-        assert_eq!(cmd.args.join(" "), "run --shards 1");
+        let mut l = launch(Target::Cluecast);
+        let cmd = command(&l, Path::new("/x/cluecast"), None);
+        assert_eq!(cmd.args.join(" "), "run --shards 1 --durability memory");
+        l.appliance_args.push("--durability=sync".into());
+        let cmd = command(&l, Path::new("/x/cluecast"), None);
+        assert_eq!(cmd.args.join(" "), "run --shards 1 --durability=sync");
         assert!(Target::Cluecast.has_shard_stats() && !Target::Redis.has_shard_stats());
     }
 

@@ -848,7 +848,7 @@ mod tests {
             assert_eq!(ErrorCode::try_from(c as u16), Ok(c));
         }
         assert_eq!(ErrorCode::try_from(0), Err(0));
-        assert_eq!(ErrorCode::try_from(15), Err(15));
+        assert_eq!(ErrorCode::try_from(16), Err(16));
         assert_eq!(ErrorCode::name_of(7), "TooManySubscriptions");
         assert_eq!(ErrorCode::name_of(999), "unknown");
     }

@@ -143,11 +143,14 @@ pub enum ErrorCode {
     /// in-flight publishes is full); retrying later may succeed.
     Overloaded = 13,
     NotSubscribed = 14,
+    /// The server could not store the event (disk full, unwritable data
+    /// directory); nothing was published. Retrying later may succeed.
+    StorageFailed = 15,
 }
 
 impl ErrorCode {
     /// Every error code, in wire-value order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Malformed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownFrameType,
@@ -162,6 +165,7 @@ impl ErrorCode {
         ErrorCode::NotAuthorized,
         ErrorCode::Overloaded,
         ErrorCode::NotSubscribed,
+        ErrorCode::StorageFailed,
     ];
 
     /// The variant name, as used in docs/PROTOCOL.md (e.g. `"InvalidTopic"`).
@@ -181,6 +185,7 @@ impl ErrorCode {
             ErrorCode::NotAuthorized => "NotAuthorized",
             ErrorCode::Overloaded => "Overloaded",
             ErrorCode::NotSubscribed => "NotSubscribed",
+            ErrorCode::StorageFailed => "StorageFailed",
         }
     }
 

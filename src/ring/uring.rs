@@ -15,7 +15,7 @@ use std::time::Instant;
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
-use super::{Completion, Op, Ring};
+use super::{Completion, Op, OpKind, Ring, Token};
 
 /// The buffer group every shard's receives select from (groups are per ring).
 const RECV_BUFFER_GROUP: u16 = 0;
@@ -311,5 +311,70 @@ impl Ring for Uring {
 
     fn cq_overflows(&self) -> u64 {
         self.cq_overflows
+    }
+}
+
+/// The wake-up line of a thread that is not a shard (the storage threads): a
+/// small ring of its own, so shards ring it with the same MSG_RING they use
+/// for each other, and it rings their rings back. It carries no I/O.
+pub struct Doorbell {
+    ring: IoUring,
+}
+
+impl Doorbell {
+    /// Wake-ups in flight at once; more would only be redundant.
+    const ENTRIES: u32 = 64;
+
+    pub fn new() -> io::Result<Doorbell> {
+        let ring = IoUring::builder()
+            .setup_cqsize(Self::ENTRIES * 4)
+            .build(Self::ENTRIES)
+            .map_err(|e| setup_error("io_uring_setup (storage doorbell)", e))?;
+        Ok(Doorbell { ring })
+    }
+
+    /// The descriptor shards target with `Op::Wake`.
+    pub fn fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Posts a wake-up on another ring (a shard's), as a completion the
+    /// shard knows to ignore.
+    pub fn ring(&mut self, target: RawFd) {
+        let wake = Token::new(OpKind::Wake, 0, 0).encode();
+        let entry = opcode::MsgRingData::new(Fd(target), 0, wake, None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS);
+        // SAFETY: MSG_RING reads no user memory.
+        while unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.submit_or_panic();
+            self.ring.completion().for_each(drop);
+        }
+        self.submit_or_panic();
+    }
+
+    fn submit_or_panic(&mut self) {
+        if let Err(err) = self.ring.submit() {
+            if !matches!(err.raw_os_error(), Some(libc::EBUSY) | Some(libc::EINTR)) {
+                panic!("io_uring_enter failed on the storage doorbell: {err}");
+            }
+        }
+    }
+
+    /// Sleeps until rung or `timeout_ms` passes, then forgets the rings.
+    pub fn wait(&mut self, timeout_ms: u32) {
+        let ts = Timespec::new()
+            .sec(timeout_ms as u64 / 1000)
+            .nsec((timeout_ms % 1000) * 1_000_000);
+        let args = SubmitArgs::new().timespec(&ts);
+        if let Err(err) = self.ring.submitter().submit_with_args(1, &args) {
+            if !matches!(
+                err.raw_os_error(),
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+            ) {
+                panic!("io_uring_enter failed on the storage doorbell: {err}");
+            }
+        }
+        self.ring.completion().for_each(drop);
     }
 }

@@ -3,7 +3,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -11,11 +13,37 @@ use cluecast_proto::{decode, Frame, Hello, Limits, StartMode, Subscribe, HELLO_M
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cluecast");
 
-/// A running appliance on a free loopback port; killed when dropped.
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("cluecast-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running appliance on a free loopback port; killed when dropped. Unless
+/// the test names one, it stores into a data directory of its own.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    _data_dir: Option<TempDir>,
 }
 
 impl Server {
@@ -37,6 +65,10 @@ impl Server {
         command.arg("run");
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let data_dir = (!args.contains(&"--data-dir")).then(|| TempDir::new("data"));
+        if let Some(dir) = &data_dir {
+            command.args(["--data-dir", dir.path_str()]);
         }
         let mut child = command
             .args(args)
@@ -65,6 +97,7 @@ impl Server {
                     child,
                     addr,
                     log: rx,
+                    _data_dir: data_dir,
                 };
             }
         }

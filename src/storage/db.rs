@@ -1,0 +1,354 @@
+//! RocksDB, the one place it is called: the column families and their
+//! options, the key layouts, the format check and what start-up recovers.
+//!
+//! Keys are big-endian so RocksDB's byte order is sequence order:
+//! - `events`: topic id (u64), sequence (u64) -> publish time (u64 ns),
+//!   payload. The 8-byte prefix (the topic) has a bloom filter, and every
+//!   read is a bounded iterator within one topic. Events carry no epoch: an
+//!   epoch names a topic's whole history, and a new one (after a possible
+//!   loss) keeps the stored events that survived, so reads label them with
+//!   the topic's current epoch.
+//! - `topics`: topic name -> id (u64), epoch (u64), newest sequence (u64);
+//!   rewritten in the same batch as the topic's events.
+//! - `paths`: player paths (see `writer`).
+//! - `meta`: the format version and how the last run ended.
+
+use std::path::Path;
+
+use cluecast_proto::{Event, Frame};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
+};
+
+use super::{Durability, ReadStatus, StoredTopic};
+
+/// The on-disk format this build writes; a data directory of a newer one
+/// is refused rather than misread.
+pub const FORMAT_VERSION: u32 = 1;
+
+const CF_EVENTS: &str = "events";
+const CF_TOPICS: &str = "topics";
+const CF_PATHS: &str = "paths";
+const CF_META: &str = "meta";
+
+const META_FORMAT: &[u8] = b"format_version";
+/// The durability of the last run and whether it stopped cleanly.
+const META_RUN: &[u8] = b"run";
+
+/// RocksDB data blocks: small, so a resume read touches little.
+const BLOCK_BYTES: usize = 4096;
+const ZSTD_LEVEL: i32 = 3;
+const WRITE_BUFFER_BYTES: usize = 32 << 20;
+
+pub const EVENT_KEY_BYTES: usize = 16;
+const EVENT_VALUE_HEADER_BYTES: usize = 8;
+const TOPIC_VALUE_BYTES: usize = 24;
+
+pub struct Db {
+    db: DB,
+}
+
+/// A topic row as the writer keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicRow {
+    pub id: u64,
+    pub epoch: u64,
+    pub last_seq: u64,
+}
+
+/// What opening the data directory found.
+pub struct Recovered {
+    pub db: Db,
+    /// Every stored topic with its id.
+    pub topics: Vec<(u64, StoredTopic)>,
+    /// The last run used async durability and did not stop cleanly: what
+    /// clients were sent may be lost, so every epoch was changed.
+    pub epochs_changed: bool,
+}
+
+pub fn event_key(topic_id: u64, seq: u64) -> [u8; EVENT_KEY_BYTES] {
+    let mut key = [0u8; EVENT_KEY_BYTES];
+    key[..8].copy_from_slice(&topic_id.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+fn decode_topic(value: &[u8]) -> TopicRow {
+    TopicRow {
+        id: be_u64(&value[0..]),
+        epoch: be_u64(&value[8..]),
+        last_seq: be_u64(&value[16..]),
+    }
+}
+
+fn event_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_size(BLOCK_BYTES);
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
+    opts.set_memtable_prefix_bloom_ratio(0.1);
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    // Recent levels stay uncompressed (they are rewritten soon); the
+    // bottom level, where nearly all bytes end up, is zstd.
+    opts.set_compression_type(DBCompressionType::None);
+    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    opts.set_bottommost_compression_options(-14, ZSTD_LEVEL, 0, 0, true);
+    opts
+}
+
+fn small_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::None);
+    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    opts
+}
+
+fn db_error(what: &str, dir: &Path, err: rocksdb::Error) -> String {
+    let text = err.to_string();
+    if text.contains("lock") && text.contains("Resource temporarily unavailable") {
+        return format!(
+            "{what} {}: another process (another cluecast?) is using this data directory",
+            dir.display()
+        );
+    }
+    format!("{what} {}: {text}", dir.display())
+}
+
+impl Db {
+    /// Opens (or creates) the data directory, refuses a newer format, and
+    /// recovers the topics. `epoch` is this run's epoch, given to every topic
+    /// when the last run may have lost acknowledged-but-not-durable events.
+    pub fn open(dir: &Path, durability: Durability, epoch: u64) -> Result<Recovered, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let families = vec![
+            ColumnFamilyDescriptor::new(CF_EVENTS, event_options()),
+            ColumnFamilyDescriptor::new(CF_TOPICS, small_options()),
+            ColumnFamilyDescriptor::new(CF_PATHS, small_options()),
+            ColumnFamilyDescriptor::new(CF_META, small_options()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, dir, families)
+            .map_err(|e| db_error("cannot open data directory", dir, e))?;
+        let db = Db { db };
+        let meta = db.cf(CF_META);
+        let read = |key: &[u8]| {
+            db.db
+                .get_cf(meta, key)
+                .map_err(|e| db_error("cannot read", dir, e))
+        };
+        match read(META_FORMAT)? {
+            None => {}
+            Some(v) if v.len() == 4 => {
+                let found = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
+                if found > FORMAT_VERSION {
+                    return Err(format!(
+                        "data directory {} has format version {found}, newer than this \
+                         cluecast's {FORMAT_VERSION}: run a newer cluecast, or point \
+                         --data-dir elsewhere",
+                        dir.display()
+                    ));
+                }
+            }
+            Some(_) => {
+                return Err(format!(
+                    "data directory {} has an unreadable format version",
+                    dir.display()
+                ))
+            }
+        }
+        let last_run = read(META_RUN)?;
+        let epochs_changed = matches!(last_run.as_deref(), Some([b'a', 0]));
+
+        let mut topics = Vec::new();
+        let mut batch = WriteBatch::default();
+        for item in db.db.iterator_cf(db.cf(CF_TOPICS), IteratorMode::Start) {
+            let (name, value) = item.map_err(|e| db_error("cannot read topics in", dir, e))?;
+            if value.len() != TOPIC_VALUE_BYTES {
+                return Err(format!(
+                    "data directory {}: topic {:?} has a malformed record",
+                    dir.display(),
+                    String::from_utf8_lossy(&name)
+                ));
+            }
+            let mut row = decode_topic(&value);
+            if epochs_changed {
+                row.epoch = epoch;
+                db.put_topic(&mut batch, &name, row);
+            }
+            let oldest_seq = db
+                .oldest_seq(row.id)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            topics.push((
+                row.id,
+                StoredTopic {
+                    name,
+                    epoch: row.epoch,
+                    last_seq: row.last_seq,
+                    oldest_seq,
+                },
+            ));
+        }
+        batch.put_cf(meta, META_FORMAT, FORMAT_VERSION.to_be_bytes());
+        batch.put_cf(meta, META_RUN, [durability.name().as_bytes()[0], 0]);
+        db.commit(batch, true)
+            .map_err(|e| format!("cannot write to data directory {}: {e}", dir.display()))?;
+        Ok(Recovered {
+            db,
+            topics,
+            epochs_changed,
+        })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is opened")
+    }
+
+    /// Records that this run stopped cleanly (nothing acknowledged is lost).
+    pub fn mark_clean_stop(&self, durability: Durability) -> Result<(), String> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_META),
+            META_RUN,
+            [durability.name().as_bytes()[0], 1],
+        );
+        self.commit(batch, true)
+    }
+
+    pub fn put_event(&self, batch: &mut WriteBatch, topic_id: u64, event: &Event<'_>) {
+        let mut value = Vec::with_capacity(EVENT_VALUE_HEADER_BYTES + event.payload.len());
+        value.extend_from_slice(&event.publish_ts_ns.to_be_bytes());
+        value.extend_from_slice(event.payload);
+        batch.put_cf(self.cf(CF_EVENTS), event_key(topic_id, event.seq), value);
+    }
+
+    pub fn put_topic(&self, batch: &mut WriteBatch, name: &[u8], row: TopicRow) {
+        let mut value = [0u8; TOPIC_VALUE_BYTES];
+        value[0..8].copy_from_slice(&row.id.to_be_bytes());
+        value[8..16].copy_from_slice(&row.epoch.to_be_bytes());
+        value[16..24].copy_from_slice(&row.last_seq.to_be_bytes());
+        batch.put_cf(self.cf(CF_TOPICS), name, value);
+    }
+
+    pub fn put_path(&self, batch: &mut WriteBatch, key: &[u8], value: &[u8]) {
+        batch.put_cf(self.cf(CF_PATHS), key, value);
+    }
+
+    pub fn delete_path(&self, batch: &mut WriteBatch, key: &[u8]) {
+        batch.delete_cf(self.cf(CF_PATHS), key);
+    }
+
+    /// Writes the batch; `sync` waits for the WAL to reach the disk.
+    pub fn commit(&self, batch: WriteBatch, sync: bool) -> Result<(), String> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts).map_err(|e| e.to_string())
+    }
+
+    /// Syncs the WAL (async durability does this periodically).
+    pub fn sync_wal(&self) -> Result<(), String> {
+        self.db.flush_wal(true).map_err(|e| e.to_string())
+    }
+
+    pub fn topic(&self, name: &[u8]) -> Result<Option<TopicRow>, String> {
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(CF_TOPICS), name)
+            .map_err(|e| e.to_string())?;
+        Ok(value
+            .filter(|v| v.len() == TOPIC_VALUE_BYTES)
+            .map(|v| decode_topic(&v)))
+    }
+
+    /// The oldest stored sequence of a topic, 0 if none.
+    pub fn oldest_seq(&self, topic_id: u64) -> Result<u64, String> {
+        Ok(self.first_seq_from(topic_id, 0)?.unwrap_or(0))
+    }
+
+    /// The first stored sequence of a topic at or after `from`.
+    fn first_seq_from(&self, topic_id: u64, from: u64) -> Result<Option<u64>, String> {
+        let mut opts = ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
+        let start = event_key(topic_id, from);
+        let mut iter = self.db.iterator_cf_opt(
+            self.cf(CF_EVENTS),
+            opts,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        match iter.next() {
+            Some(Ok((key, _))) if key.len() == EVENT_KEY_BYTES && key[..8] == start[..8] => {
+                Ok(Some(be_u64(&key[8..])))
+            }
+            Some(Err(e)) => Err(e.to_string()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Appends the EVENT frames of `topic`, sequences `from..=to`, to `out`
+    /// while they fit in `bytes_max` (at least one).
+    pub fn read_events(
+        &self,
+        row: TopicRow,
+        topic: &[u8],
+        from: u64,
+        to: u64,
+        bytes_max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(ReadStatus, u64), String> {
+        let topic_id = row.id;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(event_key(topic_id, from).to_vec());
+        opts.set_iterate_upper_bound(event_key(topic_id, to.saturating_add(1)).to_vec());
+        opts.set_prefix_same_as_start(true);
+        let start = event_key(topic_id, from);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_EVENTS),
+            opts,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let begin = out.len();
+        for (expected, item) in (from..).zip(iter) {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            if key.len() != EVENT_KEY_BYTES || value.len() < EVENT_VALUE_HEADER_BYTES {
+                return Err(format!("malformed event record at key {key:02x?}"));
+            }
+            let seq = be_u64(&key[8..]);
+            if seq != expected {
+                break; // a hole: the next read starting here reports it
+            }
+            let frame = Frame::Event(Event {
+                seq,
+                epoch: row.epoch,
+                publish_ts_ns: be_u64(&value[0..]),
+                topic,
+                payload: &value[EVENT_VALUE_HEADER_BYTES..],
+            });
+            if out.len() > begin && out.len() - begin + frame.encoded_len() > bytes_max {
+                break;
+            }
+            frame.encode(out);
+        }
+        if out.len() > begin {
+            return Ok((ReadStatus::Found, from));
+        }
+        // Nothing at `from`: deleted by retention, lost in a failed async
+        // batch (a later sequence is stored), or not written yet.
+        match self.first_seq_from(topic_id, from)? {
+            Some(next) => Ok((ReadStatus::Gone, next)),
+            None => Ok((ReadStatus::NotYet, 0)),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The writer thread: group commit of every shard's appends.
+//!
+//! Each round takes whatever the shards appended since the last one (up to
+//! `BATCH_BYTES_MAX`), writes it as one batch with one WAL sync (`sync`
+//! durability) and tells each shard how far its appends are durable. A shard
+//! counts its appends and the writer counts what it reads, so one number
+//! says which events a notice covers. A failed batch fails every append in
+//! it; the writer then drops that shard's appends until the shard says
+//! RESUME, so no later event is stored after a hole the shard has reused.
+//! In `async` durability subscribers already have the events of a failed
+//! batch, so it is kept and written again until it succeeds, and nothing new
+//! is taken meanwhile: the log never has a hole.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::{decode, Frame, Limits};
+use cluecast_sys::spsc;
+use rocksdb::WriteBatch;
+
+use super::db::{Db, TopicRow};
+use super::{Durability, APPEND, DURABLE, FAILED, RESUME};
+use crate::ring::uring::Doorbell;
+
+/// Most appended bytes one batch takes; the rest waits for the next round.
+const BATCH_BYTES_MAX: usize = 8 << 20;
+/// How long the writer sleeps when no shard rings.
+const IDLE_WAIT_MS: u32 = 100;
+/// `async` durability syncs the WAL this long after a write at the latest.
+const ASYNC_WAL_SYNC: Duration = Duration::from_millis(200);
+/// How soon an `async` batch that failed is written again.
+const ASYNC_RETRY: Duration = Duration::from_millis(100);
+
+/// The writer's ends of one shard's channels.
+pub struct WriterPort {
+    pub append_rx: spsc::Receiver,
+    pub notice_tx: spsc::Sender,
+    pub ring_fd: std::os::fd::RawFd,
+}
+
+struct Port {
+    io: WriterPort,
+    /// APPEND records read, ever (the shard numbers them alike).
+    appends_seen: u64,
+    durable_through: u64,
+    /// Dropping appends until the shard's RESUME.
+    failed: bool,
+    /// A notice the channel had no room for; a newer DURABLE replaces it.
+    owed: Option<(u8, u64, String)>,
+}
+
+struct Row {
+    row: TopicRow,
+    /// The round that last changed it, and how it was before that round.
+    round: u64,
+    before: Option<TopicRow>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterStats {
+    pub batches: u64,
+    pub events: u64,
+    pub failed_batches: u64,
+    pub commit_us_max: u64,
+}
+
+pub struct Writer {
+    db: Arc<Db>,
+    durability: Durability,
+    limits: Limits,
+    ports: Vec<Port>,
+    topics: HashMap<Box<[u8]>, Row>,
+    next_topic_id: u64,
+    round: u64,
+    doorbell: Doorbell,
+    last_wal_sync: Instant,
+    /// Async writes not yet synced.
+    unsynced: bool,
+    /// The batch being written: (port, APPEND body).
+    records: Vec<(usize, Vec<u8>)>,
+    /// An async batch failed and is written again at this time.
+    retry_at: Option<Instant>,
+    /// An async batch failed after its events were acknowledged: the next
+    /// start must change epochs.
+    lost_acknowledged: bool,
+    failing: bool,
+    stats: WriterStats,
+}
+
+impl Writer {
+    pub fn new(
+        db: Arc<Db>,
+        durability: Durability,
+        limits: Limits,
+        ports: Vec<WriterPort>,
+        topics: impl Iterator<Item = (Box<[u8]>, TopicRow)>,
+        doorbell: Doorbell,
+    ) -> Writer {
+        let topics: HashMap<Box<[u8]>, Row> = topics
+            .map(|(name, row)| {
+                let row = Row {
+                    row,
+                    round: 0,
+                    before: None,
+                };
+                (name, row)
+            })
+            .collect();
+        let next_topic_id = topics.values().map(|r| r.row.id + 1).max().unwrap_or(1);
+        Writer {
+            db,
+            durability,
+            limits,
+            ports: ports
+                .into_iter()
+                .map(|io| Port {
+                    io,
+                    appends_seen: 0,
+                    durable_through: 0,
+                    failed: false,
+                    owed: None,
+                })
+                .collect(),
+            topics,
+            next_topic_id,
+            round: 0,
+            doorbell,
+            last_wal_sync: Instant::now(),
+            unsynced: false,
+            records: Vec::new(),
+            retry_at: None,
+            lost_acknowledged: false,
+            failing: false,
+            stats: WriterStats::default(),
+        }
+    }
+
+    /// Commits until `stop` is set (after every shard has stopped) and the
+    /// channels are empty; then records a clean stop if nothing acknowledged
+    /// was lost.
+    pub fn run(mut self, stop: &AtomicBool) -> WriterStats {
+        loop {
+            let worked = self.round();
+            self.send_owed_notices();
+            if self.unsynced && self.last_wal_sync.elapsed() >= ASYNC_WAL_SYNC {
+                if let Err(e) = self.sync_wal() {
+                    crate::error!("storage: syncing the WAL failed: {e}");
+                    self.lost_acknowledged = true;
+                }
+            }
+            if !worked {
+                // A batch still failing at stop is lost: the next start
+                // changes epochs (see `lost_acknowledged`).
+                if stop.load(Ordering::Acquire) {
+                    self.lost_acknowledged |= self.retry_at.is_some();
+                    break;
+                }
+                let wait_ms = if self.retry_at.is_some() {
+                    ASYNC_RETRY.as_millis() as u32
+                } else if self.unsynced {
+                    ASYNC_WAL_SYNC.as_millis() as u32
+                } else {
+                    IDLE_WAIT_MS
+                };
+                self.doorbell.wait(wait_ms);
+            }
+        }
+        let synced = !self.unsynced || self.sync_wal().is_ok();
+        if synced && !self.lost_acknowledged && !self.failing {
+            if let Err(e) = self.db.mark_clean_stop(self.durability) {
+                crate::error!("storage: cannot record the clean stop: {e}");
+            }
+        }
+        self.stats
+    }
+
+    /// One group commit; false when there was nothing to do.
+    fn round(&mut self) -> bool {
+        match self.retry_at {
+            Some(at) if Instant::now() < at => return false,
+            Some(_) => {} // an async batch that failed: the same records again
+            None => {
+                if !self.take_records() {
+                    return false;
+                }
+            }
+        }
+        if !self.records.is_empty() {
+            self.commit_records();
+        }
+        true
+    }
+
+    /// Reads what the shards appended (up to `BATCH_BYTES_MAX`) into
+    /// `records`; false when there was nothing at all.
+    fn take_records(&mut self) -> bool {
+        debug_assert!(self.records.is_empty());
+        let mut bytes = 0;
+        let mut read_any = false;
+        for i in 0..self.ports.len() {
+            let port = &mut self.ports[i];
+            port.io.append_rx.clear_doorbell();
+            while bytes < BATCH_BYTES_MAX {
+                let Some((kind, body)) = port.io.append_rx.peek() else {
+                    break;
+                };
+                read_any = true;
+                match kind {
+                    APPEND => {
+                        port.appends_seen += 1;
+                        if !port.failed {
+                            bytes += body.len();
+                            self.records.push((i, body.to_vec()));
+                        }
+                    }
+                    RESUME => port.failed = false,
+                    other => panic!("unknown storage record kind {other}"),
+                }
+                port.io.append_rx.pop();
+            }
+        }
+        read_any
+    }
+
+    /// Writes `records` as one batch and tells the shards how it went.
+    fn commit_records(&mut self) {
+        self.round += 1;
+        let mut batch = WriteBatch::default();
+        let mut touched: Vec<Box<[u8]>> = Vec::new();
+        let mut contributed = vec![false; self.ports.len()];
+        let records = std::mem::take(&mut self.records);
+        for (port, body) in &records {
+            self.add_event(&mut batch, body, &mut touched);
+            contributed[*port] = true;
+        }
+        for name in &touched {
+            self.db.put_topic(&mut batch, name, self.topics[name].row);
+        }
+        let started = Instant::now();
+        let sync = self.durability == Durability::Sync;
+        let result = self.db.commit(batch, sync);
+        self.unsynced |= !sync && result.is_ok();
+        self.stats.commit_us_max = self
+            .stats
+            .commit_us_max
+            .max(started.elapsed().as_micros() as u64);
+        let Err(e) = result else {
+            self.stats.batches += 1;
+            self.stats.events += records.len() as u64;
+            self.records = records;
+            self.records.clear();
+            self.retry_at = None;
+            let recovered = self.failing;
+            if recovered {
+                crate::info!("storage: writes succeed again");
+                self.failing = false;
+            }
+            // After an async failure every shard was told; now every shard
+            // learns it may publish again.
+            let told = |i: usize| contributed[i] || (recovered && !sync);
+            for i in (0..self.ports.len()).filter(|&i| told(i)) {
+                let port = &mut self.ports[i];
+                port.durable_through = port.appends_seen;
+                let through = port.durable_through;
+                self.notify(i, DURABLE, through, String::new());
+            }
+            return;
+        };
+        self.stats.failed_batches += 1;
+        let first = !self.failing;
+        if first {
+            crate::error!(
+                "storage: writing {} event(s) failed: {e}; publishes are refused until \
+                 writes succeed again",
+                records.len()
+            );
+            self.failing = true;
+        }
+        for name in touched {
+            let row = self.topics.get_mut(&name).expect("touched rows exist");
+            match row.before {
+                Some(before) => row.row = before,
+                None => {
+                    self.topics.remove(&name);
+                }
+            }
+        }
+        if sync {
+            // Nobody has these events yet: the shards fail them and give
+            // their sequences out again.
+            for i in (0..self.ports.len()).filter(|&i| contributed[i]) {
+                self.ports[i].failed = true;
+                let through = self.ports[i].appends_seen;
+                self.notify(i, FAILED, through, e.clone());
+            }
+        } else {
+            // Subscribers already have these events: keep them and try again,
+            // taking nothing new meanwhile (the shards refuse publishes until
+            // the next DURABLE).
+            self.records = records;
+            self.retry_at = Some(Instant::now() + ASYNC_RETRY);
+            if first {
+                for i in 0..self.ports.len() {
+                    let through = self.ports[i].durable_through;
+                    self.notify(i, FAILED, through, e.clone());
+                }
+            }
+        }
+    }
+
+    fn sync_wal(&mut self) -> Result<(), String> {
+        self.last_wal_sync = Instant::now();
+        self.unsynced = false;
+        self.db.sync_wal()
+    }
+
+    fn add_event(&mut self, batch: &mut WriteBatch, body: &[u8], touched: &mut Vec<Box<[u8]>>) {
+        let Ok(Some((Frame::Event(event), _))) = decode(body, &self.limits) else {
+            panic!("a shard appended a malformed event");
+        };
+        let round = self.round;
+        let row = match self.topics.get_mut(event.topic) {
+            Some(row) => {
+                if row.round != round {
+                    row.before = Some(row.row);
+                    row.round = round;
+                    touched.push(event.topic.into());
+                }
+                row
+            }
+            None => {
+                let id = self.next_topic_id;
+                self.next_topic_id += 1;
+                touched.push(event.topic.into());
+                let row = Row {
+                    row: TopicRow {
+                        id,
+                        epoch: event.epoch,
+                        last_seq: 0,
+                    },
+                    round,
+                    before: None,
+                };
+                self.topics.entry(event.topic.into()).or_insert(row)
+            }
+        };
+        assert!(
+            event.seq > row.row.last_seq,
+            "sequence {} of a topic stored up to {} (a reused sequence)",
+            event.seq,
+            row.row.last_seq
+        );
+        row.row.last_seq = event.seq;
+        row.row.epoch = event.epoch;
+        let id = row.row.id;
+        self.db.put_event(batch, id, &event);
+    }
+
+    fn notify(&mut self, i: usize, kind: u8, through: u64, message: String) {
+        let port = &mut self.ports[i];
+        // In sync durability a FAILED notice is never replaced: the port
+        // takes no appends until the shard has seen it and answered RESUME.
+        // In async a later DURABLE says all it would.
+        debug_assert!(
+            self.durability == Durability::Async || !matches!(port.owed, Some((FAILED, _, _))),
+            "a FAILED notice still owed"
+        );
+        port.owed = Some((kind, through, message));
+        self.send_owed_notices();
+    }
+
+    fn send_owed_notices(&mut self) {
+        for port in &mut self.ports {
+            let Some((kind, through, message)) = &port.owed else {
+                continue;
+            };
+            if port
+                .io
+                .notice_tx
+                .push(*kind, &[&through.to_be_bytes(), message.as_bytes()])
+            {
+                port.owed = None;
+                if port.io.notice_tx.ring_doorbell() {
+                    self.doorbell.ring(port.io.ring_fd);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The durable log with real processes: kill -9 under publish load loses
+//! nothing acknowledged, sequences continue without gap or reuse, and
+//! subscribers resume from disk; history older than memory is served from
+//! disk; a newer data directory is refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
+use cluecast_proto::{SubscribeStatus, ACK_FLAG_DURABLE};
+use common::{Server, TempDir};
+
+const TOPICS: [&str; 3] = ["hunt-1", "hunt-2", "hunt-3"];
+
+/// Acknowledged events: (topic index, seq) -> payload.
+type Acked = BTreeMap<(usize, u64), Vec<u8>>;
+
+fn client(server: &Server) -> Client {
+    let mut config = ClientConfig::new(server.addr.to_string());
+    config.reconnect = false;
+    Client::connect(config).expect("connect")
+}
+
+/// Every event of `topic` from sequence 1 to the newest, by sequence.
+fn read_all(server: &Server, topic: &str) -> (u64, BTreeMap<u64, Vec<u8>>) {
+    let mut c = client(server);
+    let subscribed = c.subscribe(topic, Start::From(1)).expect("subscribe");
+    assert_eq!(
+        subscribed.status,
+        SubscribeStatus::Ok,
+        "{topic}: {subscribed:?}"
+    );
+    let mut events = BTreeMap::new();
+    while events.len() < subscribed.last_seq as usize {
+        match c.next_timeout(Duration::from_secs(10)).expect("read") {
+            Some(Delivery::Event(e)) => {
+                assert_eq!(e.epoch, subscribed.epoch, "{topic}: one epoch");
+                let previous = events.insert(e.seq, e.payload);
+                assert!(previous.is_none(), "{topic}: seq {} twice", e.seq);
+            }
+            Some(other) => panic!("{topic}: unexpected {other:?}"),
+            None => panic!(
+                "{topic}: stalled at {} of {} events",
+                events.len(),
+                subscribed.last_seq
+            ),
+        }
+    }
+    (subscribed.epoch, events)
+}
+
+#[test]
+fn kill_9_under_publish_load_loses_no_acknowledged_event() {
+    let data = TempDir::new("kill9");
+    let args = ["--data-dir", data.path_str(), "--durability", "sync"];
+    let server = Server::start(&args);
+
+    // Four publishers, acks recorded as they come.
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let epochs: Arc<Mutex<BTreeMap<usize, u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let (acked, epochs, stop) = (acked.clone(), epochs.clone(), stop.clone());
+            let addr = server.addr.to_string();
+            std::thread::spawn(move || {
+                let mut config = ClientConfig::new(addr);
+                config.reconnect = false;
+                let mut c = Client::connect(config).expect("connect");
+                for i in 0u64.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let t = (i as usize + p) % TOPICS.len();
+                    let payload = format!("publisher {p} event {i}").into_bytes();
+                    let Ok(ack) = c.publish(TOPICS[t], &payload) else {
+                        return; // the server died under us
+                    };
+                    assert_eq!(ack.status, 0, "publish refused: {ack:?}");
+                    assert_eq!(ack.flags & ACK_FLAG_DURABLE, ACK_FLAG_DURABLE, "{ack:?}");
+                    epochs.lock().unwrap().insert(t, ack.epoch);
+                    acked.lock().unwrap().insert((t, ack.seq), payload);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 600 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut server = server;
+    server.signal(libc::SIGKILL);
+    server.wait_exit(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        p.join().expect("publisher");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 600,
+        "only {} acks before the kill",
+        acked.len()
+    );
+
+    let server = Server::start(&args);
+    let epochs = epochs.lock().unwrap().clone();
+    for (t, topic) in TOPICS.iter().enumerate() {
+        let (epoch, events) = read_all(&server, topic);
+        assert_eq!(
+            Some(&epoch),
+            epochs.get(&t),
+            "{topic}: sync keeps the epoch"
+        );
+        let newest = *events.keys().last().unwrap();
+        assert_eq!(
+            events.len() as u64,
+            newest,
+            "{topic}: sequences 1..={newest} without gap"
+        );
+        for ((_, seq), payload) in acked.iter().filter(|((at, _), _)| *at == t) {
+            assert_eq!(events.get(seq), Some(payload), "{topic}: acked seq {seq}");
+        }
+        // Sequencing continues after the newest stored event: no reuse.
+        let ack = client(&server).publish(topic, b"after the crash").unwrap();
+        assert_eq!((ack.status, ack.epoch, ack.seq), (0, epoch, newest + 1));
+    }
+}
+
+#[test]
+fn a_subscriber_resumes_from_disk_after_a_restart_and_past_memory_history() {
+    let data = TempDir::new("resume");
+    // Memory history of 16 events: most of what a resume needs is on disk.
+    let args = ["--data-dir", data.path_str(), "--history-events-max", "16"];
+    let mut server = Server::start(&args);
+    let mut publisher = client(&server);
+    for i in 1..=500u64 {
+        let ack = publisher
+            .publish("hunt-9", format!("e{i}").as_bytes())
+            .unwrap();
+        assert_eq!(ack.seq, i);
+    }
+    let (epoch, events) = read_all(&server, "hunt-9");
+    assert_eq!(events.len(), 500);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+
+    let server = Server::start(&args);
+    let mut c = client(&server);
+    let subscribed = c
+        .subscribe(
+            "hunt-9",
+            Start::Resume {
+                epoch,
+                last_seq: 120,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            subscribed.status,
+            subscribed.epoch,
+            subscribed.oldest_seq,
+            subscribed.last_seq
+        ),
+        (SubscribeStatus::Ok, epoch, 1, 500)
+    );
+    let mut publisher = client(&server);
+    for seq in 121..=520u64 {
+        if seq == 400 {
+            // Live events published meanwhile follow the replay seamlessly.
+            for i in 501..=520u64 {
+                publisher
+                    .publish("hunt-9", format!("e{i}").as_bytes())
+                    .unwrap();
+            }
+        }
+        match c.next_timeout(Duration::from_secs(10)).unwrap() {
+            Some(Delivery::Event(e)) => {
+                assert_eq!((e.seq, e.epoch), (seq, epoch));
+                assert_eq!(e.payload, format!("e{seq}").into_bytes());
+            }
+            other => panic!("expected seq {seq}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused() {
+    let data = TempDir::new("newer");
+    let mut server = Server::start(&["--data-dir", data.path_str()]);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    {
+        // What a newer cluecast would leave: the format version in `meta`.
+        let families = ["events", "topics", "paths", "meta"];
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &data.0, families).unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"format_version", 2u32.to_be_bytes())
+            .unwrap();
+    }
+    let output = std::process::Command::new(common::BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("newer than this cluecast"), "{stderr}");
+}
