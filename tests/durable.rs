@@ -216,3 +216,106 @@ fn a_data_directory_of_a_newer_format_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("newer than this cluecast"), "{stderr}");
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(TempDir);
+
+impl SmallDisk {
+    fn mount(what: &str, size: &str) -> SmallDisk {
+        let dir = TempDir::new(what);
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs at {:?}", dir.0);
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0 .0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_publishes_clearly_and_recovers_when_space_returns() {
+    // SAFETY-free in spirit: geteuid(2) has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED a_full_disk_refuses_publishes_clearly...: mounting a tmpfs needs root");
+        return;
+    }
+    let disk = SmallDisk::mount("full", "48m");
+    let data = disk.0 .0.join("data");
+    let server = Server::start(&["--data-dir", data.to_str().unwrap()]);
+    let mut subscriber = client(&server);
+    subscriber.subscribe("hunt-f", Start::Live).unwrap();
+    let mut publisher = client(&server);
+    let mut acked = BTreeMap::new();
+    let ack = publisher.publish("hunt-f", b"before").unwrap();
+    acked.insert(ack.seq, b"before".to_vec());
+
+    // Fill the disk to the last byte.
+    let filler = disk.0 .0.join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    // Publishes are refused with StorageFailed (once the space RocksDB had
+    // set aside is used up); what was acked before stays acked.
+    let body = vec![b'x'; 3000];
+    let mut refused = false;
+    for _ in 0..20_000 {
+        match publisher.publish("hunt-f", &body) {
+            Ok(ack) => {
+                acked.insert(ack.seq, body.clone());
+            }
+            Err(cluecast_proto::client::ClientError::Refused(code)) => {
+                assert_eq!(code, cluecast_proto::ErrorCode::StorageFailed as u16);
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("publish failed otherwise: {e}"),
+        }
+    }
+    assert!(refused, "a full disk never refused a publish");
+    // Live traffic goes on: the subscriber got every acked event, and the
+    // connection still answers.
+    for (seq, payload) in &acked {
+        match subscriber.next_timeout(Duration::from_secs(10)).unwrap() {
+            Some(Delivery::Event(e)) => assert_eq!((&e.seq, &e.payload), (seq, payload)),
+            other => panic!("expected seq {seq}, got {other:?}"),
+        }
+    }
+    let log: Vec<String> = server.log_lines();
+    assert!(
+        log.iter().any(|l| l.contains("No space left on device")),
+        "the failure is logged: {log:?}"
+    );
+
+    // Space returns: publishing works again, and sequences continue.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ack = loop {
+        match publisher.publish("hunt-f", b"after") {
+            Ok(ack) => break ack,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("still refused: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("publishes still refused after space returned: {e}"),
+        }
+    };
+    let newest = *acked.keys().last().unwrap();
+    assert_eq!(ack.seq, newest + 1, "no sequence skipped or reused");
+    acked.insert(ack.seq, b"after".to_vec());
+    let (_, events) = read_all(&server, "hunt-f");
+    assert_eq!(events, acked);
+}

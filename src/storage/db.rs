@@ -13,7 +13,8 @@
 //! - `paths`: player paths (see `writer`).
 //! - `meta`: the format version and how the last run ended.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use cluecast_proto::{Event, Frame};
 use rocksdb::{
@@ -46,8 +47,12 @@ const EVENT_VALUE_HEADER_BYTES: usize = 8;
 const TOPIC_VALUE_BYTES: usize = 24;
 
 pub struct Db {
-    db: DB,
+    dir: PathBuf,
+    /// None while closed after a failed reopen (see `reopen`).
+    db: RwLock<Option<DB>>,
 }
+
+const CLOSED: &str = "the data directory is closed after a write failure; reopening it";
 
 /// A topic row as the writer keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +126,26 @@ fn db_error(what: &str, dir: &Path, err: rocksdb::Error) -> String {
     format!("{what} {}: {text}", dir.display())
 }
 
+fn open_rocks(dir: &Path) -> Result<DB, String> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_keep_log_file_num(4);
+    let families = vec![
+        ColumnFamilyDescriptor::new(CF_EVENTS, event_options()),
+        ColumnFamilyDescriptor::new(CF_TOPICS, small_options()),
+        ColumnFamilyDescriptor::new(CF_PATHS, small_options()),
+        ColumnFamilyDescriptor::new(CF_META, small_options()),
+    ];
+    DB::open_cf_descriptors(&opts, dir, families)
+        .map_err(|e| db_error("cannot open data directory", dir, e))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("every column family is opened")
+}
+
 impl Db {
     /// Opens (or creates) the data directory, refuses a newer format, and
     /// recovers the topics. `epoch` is this run's epoch, given to every topic
@@ -128,82 +153,13 @@ impl Db {
     pub fn open(dir: &Path, durability: Durability, epoch: u64) -> Result<Recovered, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_max_background_jobs(2);
-        opts.set_keep_log_file_num(4);
-        let families = vec![
-            ColumnFamilyDescriptor::new(CF_EVENTS, event_options()),
-            ColumnFamilyDescriptor::new(CF_TOPICS, small_options()),
-            ColumnFamilyDescriptor::new(CF_PATHS, small_options()),
-            ColumnFamilyDescriptor::new(CF_META, small_options()),
-        ];
-        let db = DB::open_cf_descriptors(&opts, dir, families)
-            .map_err(|e| db_error("cannot open data directory", dir, e))?;
-        let db = Db { db };
-        let meta = db.cf(CF_META);
-        let read = |key: &[u8]| {
-            db.db
-                .get_cf(meta, key)
-                .map_err(|e| db_error("cannot read", dir, e))
+        let db = Db {
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Some(open_rocks(dir)?)),
         };
-        match read(META_FORMAT)? {
-            None => {}
-            Some(v) if v.len() == 4 => {
-                let found = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
-                if found > FORMAT_VERSION {
-                    return Err(format!(
-                        "data directory {} has format version {found}, newer than this \
-                         cluecast's {FORMAT_VERSION}: run a newer cluecast, or point \
-                         --data-dir elsewhere",
-                        dir.display()
-                    ));
-                }
-            }
-            Some(_) => {
-                return Err(format!(
-                    "data directory {} has an unreadable format version",
-                    dir.display()
-                ))
-            }
-        }
-        let last_run = read(META_RUN)?;
-        let epochs_changed = matches!(last_run.as_deref(), Some([b'a', 0]));
-
-        let mut topics = Vec::new();
-        let mut batch = WriteBatch::default();
-        for item in db.db.iterator_cf(db.cf(CF_TOPICS), IteratorMode::Start) {
-            let (name, value) = item.map_err(|e| db_error("cannot read topics in", dir, e))?;
-            if value.len() != TOPIC_VALUE_BYTES {
-                return Err(format!(
-                    "data directory {}: topic {:?} has a malformed record",
-                    dir.display(),
-                    String::from_utf8_lossy(&name)
-                ));
-            }
-            let mut row = decode_topic(&value);
-            if epochs_changed {
-                row.epoch = epoch;
-                db.put_topic(&mut batch, &name, row);
-            }
-            let oldest_seq = db
-                .oldest_seq(row.id)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            topics.push((
-                row.id,
-                StoredTopic {
-                    name,
-                    epoch: row.epoch,
-                    last_seq: row.last_seq,
-                    oldest_seq,
-                },
-            ));
-        }
-        batch.put_cf(meta, META_FORMAT, FORMAT_VERSION.to_be_bytes());
-        batch.put_cf(meta, META_RUN, [durability.name().as_bytes()[0], 0]);
-        db.commit(batch, true)
-            .map_err(|e| format!("cannot write to data directory {}: {e}", dir.display()))?;
+        let (topics, epochs_changed) = db
+            .recover(durability, epoch)
+            .map_err(|e| format!("data directory {}: {e}", dir.display()))?;
         Ok(Recovered {
             db,
             topics,
@@ -211,66 +167,120 @@ impl Db {
         })
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("every column family is opened")
+    fn recover(
+        &self,
+        durability: Durability,
+        epoch: u64,
+    ) -> Result<(Vec<(u64, StoredTopic)>, bool), String> {
+        let (format, last_run) = self.with_db(|db| {
+            let meta = cf(db, CF_META);
+            let format = db.get_cf(meta, META_FORMAT).map_err(|e| e.to_string())?;
+            let run = db.get_cf(meta, META_RUN).map_err(|e| e.to_string())?;
+            Ok((format, run))
+        })?;
+        match format {
+            None => {}
+            Some(v) if v.len() == 4 => {
+                let found = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
+                if found > FORMAT_VERSION {
+                    return Err(format!(
+                        "format version {found}, newer than this cluecast's {FORMAT_VERSION}: \
+                         run a newer cluecast, or point --data-dir elsewhere"
+                    ));
+                }
+            }
+            Some(_) => return Err("an unreadable format version".into()),
+        }
+        let epochs_changed = matches!(last_run.as_deref(), Some([b'a', 0]));
+        let rows = self.with_db(|db| {
+            let mut rows = Vec::new();
+            for item in db.iterator_cf(cf(db, CF_TOPICS), IteratorMode::Start) {
+                let (name, value) = item.map_err(|e| e.to_string())?;
+                if value.len() != TOPIC_VALUE_BYTES {
+                    return Err(format!(
+                        "topic {:?} has a malformed record",
+                        String::from_utf8_lossy(&name)
+                    ));
+                }
+                rows.push((name, decode_topic(&value)));
+            }
+            Ok(rows)
+        })?;
+        let mut batch = self.batch()?;
+        let mut topics = Vec::with_capacity(rows.len());
+        for (name, mut row) in rows {
+            if epochs_changed {
+                row.epoch = epoch;
+                batch.put_topic(&name, row);
+            }
+            let stored = StoredTopic {
+                epoch: row.epoch,
+                last_seq: row.last_seq,
+                oldest_seq: self.oldest_seq(row.id)?,
+                name,
+            };
+            topics.push((row.id, stored));
+        }
+        batch.put_meta(META_FORMAT, &FORMAT_VERSION.to_be_bytes());
+        batch.put_meta(META_RUN, &[durability.name().as_bytes()[0], 0]);
+        batch.commit(true)?;
+        Ok((topics, epochs_changed))
+    }
+
+    /// Runs `f` on the open database.
+    fn with_db<T>(&self, f: impl FnOnce(&DB) -> Result<T, String>) -> Result<T, String> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(CLOSED.to_string()),
+        }
+    }
+
+    /// A new write batch for the open database.
+    pub fn batch(&self) -> Result<Batch<'_>, String> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        if db.is_none() {
+            return Err(CLOSED.to_string());
+        }
+        Ok(Batch {
+            db,
+            batch: WriteBatch::default(),
+        })
+    }
+
+    /// Closes and opens the database again. After a failed WAL write
+    /// RocksDB refuses every later write until reopened (it cannot resume by
+    /// itself), so this is how the writer recovers once the disk has room.
+    /// Reads wait meanwhile; if opening fails the database stays closed and
+    /// every use fails clearly until a later reopen succeeds.
+    pub fn reopen(&self) -> Result<(), String> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        *db = None; // closes: the lock file is released before opening anew
+        *db = Some(open_rocks(&self.dir)?);
+        Ok(())
     }
 
     /// Records that this run stopped cleanly (nothing acknowledged is lost).
     pub fn mark_clean_stop(&self, durability: Durability) -> Result<(), String> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(CF_META),
-            META_RUN,
-            [durability.name().as_bytes()[0], 1],
-        );
-        self.commit(batch, true)
-    }
-
-    pub fn put_event(&self, batch: &mut WriteBatch, topic_id: u64, event: &Event<'_>) {
-        let mut value = Vec::with_capacity(EVENT_VALUE_HEADER_BYTES + event.payload.len());
-        value.extend_from_slice(&event.publish_ts_ns.to_be_bytes());
-        value.extend_from_slice(event.payload);
-        batch.put_cf(self.cf(CF_EVENTS), event_key(topic_id, event.seq), value);
-    }
-
-    pub fn put_topic(&self, batch: &mut WriteBatch, name: &[u8], row: TopicRow) {
-        let mut value = [0u8; TOPIC_VALUE_BYTES];
-        value[0..8].copy_from_slice(&row.id.to_be_bytes());
-        value[8..16].copy_from_slice(&row.epoch.to_be_bytes());
-        value[16..24].copy_from_slice(&row.last_seq.to_be_bytes());
-        batch.put_cf(self.cf(CF_TOPICS), name, value);
-    }
-
-    pub fn put_path(&self, batch: &mut WriteBatch, key: &[u8], value: &[u8]) {
-        batch.put_cf(self.cf(CF_PATHS), key, value);
-    }
-
-    pub fn delete_path(&self, batch: &mut WriteBatch, key: &[u8]) {
-        batch.delete_cf(self.cf(CF_PATHS), key);
-    }
-
-    /// Writes the batch; `sync` waits for the WAL to reach the disk.
-    pub fn commit(&self, batch: WriteBatch, sync: bool) -> Result<(), String> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        self.db.write_opt(batch, &opts).map_err(|e| e.to_string())
+        let mut batch = self.batch()?;
+        batch.put_meta(META_RUN, &[durability.name().as_bytes()[0], 1]);
+        batch.commit(true)
     }
 
     /// Syncs the WAL (async durability does this periodically).
     pub fn sync_wal(&self) -> Result<(), String> {
-        self.db.flush_wal(true).map_err(|e| e.to_string())
+        self.with_db(|db| db.flush_wal(true).map_err(|e| e.to_string()))
     }
 
     pub fn topic(&self, name: &[u8]) -> Result<Option<TopicRow>, String> {
-        let value = self
-            .db
-            .get_pinned_cf(self.cf(CF_TOPICS), name)
-            .map_err(|e| e.to_string())?;
-        Ok(value
-            .filter(|v| v.len() == TOPIC_VALUE_BYTES)
-            .map(|v| decode_topic(&v)))
+        self.with_db(|db| {
+            let value = db
+                .get_pinned_cf(cf(db, CF_TOPICS), name)
+                .map_err(|e| e.to_string())?;
+            Ok(value
+                .filter(|v| v.len() == TOPIC_VALUE_BYTES)
+                .map(|v| decode_topic(&v)))
+        })
     }
 
     /// The oldest stored sequence of a topic, 0 if none.
@@ -280,21 +290,23 @@ impl Db {
 
     /// The first stored sequence of a topic at or after `from`.
     fn first_seq_from(&self, topic_id: u64, from: u64) -> Result<Option<u64>, String> {
-        let mut opts = ReadOptions::default();
-        opts.set_prefix_same_as_start(true);
-        let start = event_key(topic_id, from);
-        let mut iter = self.db.iterator_cf_opt(
-            self.cf(CF_EVENTS),
-            opts,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        match iter.next() {
-            Some(Ok((key, _))) if key.len() == EVENT_KEY_BYTES && key[..8] == start[..8] => {
-                Ok(Some(be_u64(&key[8..])))
+        self.with_db(|db| {
+            let mut opts = ReadOptions::default();
+            opts.set_prefix_same_as_start(true);
+            let start = event_key(topic_id, from);
+            let mut iter = db.iterator_cf_opt(
+                cf(db, CF_EVENTS),
+                opts,
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            match iter.next() {
+                Some(Ok((key, _))) if key.len() == EVENT_KEY_BYTES && key[..8] == start[..8] => {
+                    Ok(Some(be_u64(&key[8..])))
+                }
+                Some(Err(e)) => Err(e.to_string()),
+                _ => Ok(None),
             }
-            Some(Err(e)) => Err(e.to_string()),
-            _ => Ok(None),
-        }
+        })
     }
 
     /// Appends the EVENT frames of `topic`, sequences `from..=to`, to `out`
@@ -309,38 +321,41 @@ impl Db {
         out: &mut Vec<u8>,
     ) -> Result<(ReadStatus, u64), String> {
         let topic_id = row.id;
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(event_key(topic_id, from).to_vec());
-        opts.set_iterate_upper_bound(event_key(topic_id, to.saturating_add(1)).to_vec());
-        opts.set_prefix_same_as_start(true);
-        let start = event_key(topic_id, from);
-        let iter = self.db.iterator_cf_opt(
-            self.cf(CF_EVENTS),
-            opts,
-            IteratorMode::From(&start, Direction::Forward),
-        );
         let begin = out.len();
-        for (expected, item) in (from..).zip(iter) {
-            let (key, value) = item.map_err(|e| e.to_string())?;
-            if key.len() != EVENT_KEY_BYTES || value.len() < EVENT_VALUE_HEADER_BYTES {
-                return Err(format!("malformed event record at key {key:02x?}"));
+        self.with_db(|db| {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_lower_bound(event_key(topic_id, from).to_vec());
+            opts.set_iterate_upper_bound(event_key(topic_id, to.saturating_add(1)).to_vec());
+            opts.set_prefix_same_as_start(true);
+            let start = event_key(topic_id, from);
+            let iter = db.iterator_cf_opt(
+                cf(db, CF_EVENTS),
+                opts,
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for (expected, item) in (from..).zip(iter) {
+                let (key, value) = item.map_err(|e| e.to_string())?;
+                if key.len() != EVENT_KEY_BYTES || value.len() < EVENT_VALUE_HEADER_BYTES {
+                    return Err(format!("malformed event record at key {key:02x?}"));
+                }
+                let seq = be_u64(&key[8..]);
+                if seq != expected {
+                    break; // a hole: the next read starting here reports it
+                }
+                let frame = Frame::Event(Event {
+                    seq,
+                    epoch: row.epoch,
+                    publish_ts_ns: be_u64(&value[0..]),
+                    topic,
+                    payload: &value[EVENT_VALUE_HEADER_BYTES..],
+                });
+                if out.len() > begin && out.len() - begin + frame.encoded_len() > bytes_max {
+                    break;
+                }
+                frame.encode(out);
             }
-            let seq = be_u64(&key[8..]);
-            if seq != expected {
-                break; // a hole: the next read starting here reports it
-            }
-            let frame = Frame::Event(Event {
-                seq,
-                epoch: row.epoch,
-                publish_ts_ns: be_u64(&value[0..]),
-                topic,
-                payload: &value[EVENT_VALUE_HEADER_BYTES..],
-            });
-            if out.len() > begin && out.len() - begin + frame.encoded_len() > bytes_max {
-                break;
-            }
-            frame.encode(out);
-        }
+            Ok(())
+        })?;
         if out.len() > begin {
             return Ok((ReadStatus::Found, from));
         }
@@ -350,5 +365,52 @@ impl Db {
             Some(next) => Ok((ReadStatus::Gone, next)),
             None => Ok((ReadStatus::NotYet, 0)),
         }
+    }
+}
+
+/// A write batch under construction, holding the open database it is for
+/// (a reopen waits until it is committed or dropped).
+pub struct Batch<'a> {
+    db: RwLockReadGuard<'a, Option<DB>>,
+    batch: WriteBatch,
+}
+
+impl Batch<'_> {
+    fn put(&mut self, family: &str, key: &[u8], value: &[u8]) {
+        let db = self
+            .db
+            .as_ref()
+            .expect("a batch is made for an open database");
+        self.batch.put_cf(cf(db, family), key, value);
+    }
+
+    pub fn put_event(&mut self, topic_id: u64, event: &Event<'_>) {
+        let mut value = Vec::with_capacity(EVENT_VALUE_HEADER_BYTES + event.payload.len());
+        value.extend_from_slice(&event.publish_ts_ns.to_be_bytes());
+        value.extend_from_slice(event.payload);
+        self.put(CF_EVENTS, &event_key(topic_id, event.seq), &value);
+    }
+
+    pub fn put_topic(&mut self, name: &[u8], row: TopicRow) {
+        let mut value = [0u8; TOPIC_VALUE_BYTES];
+        value[0..8].copy_from_slice(&row.id.to_be_bytes());
+        value[8..16].copy_from_slice(&row.epoch.to_be_bytes());
+        value[16..24].copy_from_slice(&row.last_seq.to_be_bytes());
+        self.put(CF_TOPICS, name, &value);
+    }
+
+    fn put_meta(&mut self, key: &[u8], value: &[u8]) {
+        self.put(CF_META, key, value);
+    }
+
+    /// Writes the batch; `sync` waits for the WAL to reach the disk.
+    pub fn commit(self, sync: bool) -> Result<(), String> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        let db = self
+            .db
+            .as_ref()
+            .expect("a batch is made for an open database");
+        db.write_opt(self.batch, &opts).map_err(|e| e.to_string())
     }
 }

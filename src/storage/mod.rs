@@ -14,6 +14,7 @@
 //! step, and the owner's apply step stays the one place sequences are made.
 
 pub mod db;
+pub mod path_block;
 pub mod reader;
 pub mod sim;
 pub mod writer;

@@ -16,13 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{decode, Frame, Limits};
-use cluecast_sys::spsc;
-use rocksdb::WriteBatch;
-
-use super::db::{Db, TopicRow};
+use super::db::{Batch, Db, TopicRow};
 use super::{Durability, APPEND, DURABLE, FAILED, RESUME};
 use crate::ring::uring::Doorbell;
+use cluecast_proto::{decode, Frame, Limits};
+use cluecast_sys::spsc;
 
 /// Most appended bytes one batch takes; the rest waits for the next round.
 const BATCH_BYTES_MAX: usize = 8 << 20;
@@ -32,6 +30,8 @@ const IDLE_WAIT_MS: u32 = 100;
 const ASYNC_WAL_SYNC: Duration = Duration::from_millis(200);
 /// How soon an `async` batch that failed is written again.
 const ASYNC_RETRY: Duration = Duration::from_millis(100);
+/// How often a failing database is closed and opened again.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The writer's ends of one shard's channels.
 pub struct WriterPort {
@@ -82,6 +82,7 @@ pub struct Writer {
     records: Vec<(usize, Vec<u8>)>,
     /// An async batch failed and is written again at this time.
     retry_at: Option<Instant>,
+    last_reopen: Option<Instant>,
     /// An async batch failed after its events were acknowledged: the next
     /// start must change epochs.
     lost_acknowledged: bool,
@@ -131,6 +132,7 @@ impl Writer {
             unsynced: false,
             records: Vec::new(),
             retry_at: None,
+            last_reopen: None,
             lost_acknowledged: false,
             failing: false,
             stats: WriterStats::default(),
@@ -227,20 +229,16 @@ impl Writer {
     /// Writes `records` as one batch and tells the shards how it went.
     fn commit_records(&mut self) {
         self.round += 1;
-        let mut batch = WriteBatch::default();
         let mut touched: Vec<Box<[u8]>> = Vec::new();
         let mut contributed = vec![false; self.ports.len()];
         let records = std::mem::take(&mut self.records);
-        for (port, body) in &records {
-            self.add_event(&mut batch, body, &mut touched);
+        for (port, _) in &records {
             contributed[*port] = true;
-        }
-        for name in &touched {
-            self.db.put_topic(&mut batch, name, self.topics[name].row);
         }
         let started = Instant::now();
         let sync = self.durability == Durability::Sync;
-        let result = self.db.commit(batch, sync);
+        let db = self.db.clone();
+        let result = self.write(&db, &records, &mut touched, sync);
         self.unsynced |= !sync && result.is_ok();
         self.stats.commit_us_max = self
             .stats
@@ -310,13 +308,42 @@ impl Writer {
         }
     }
 
+    /// One batch of `records` and the rows they touch. After a failure the
+    /// database is reopened first (at most once per `REOPEN_INTERVAL`):
+    /// RocksDB takes no writes after a failed WAL write until then.
+    fn write(
+        &mut self,
+        db: &Db,
+        records: &[(usize, Vec<u8>)],
+        touched: &mut Vec<Box<[u8]>>,
+        sync: bool,
+    ) -> Result<(), String> {
+        if self.failing
+            && self
+                .last_reopen
+                .is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL)
+        {
+            self.last_reopen = Some(Instant::now());
+            db.reopen()?;
+            crate::info!("storage: reopened the data directory after the failure");
+        }
+        let mut batch = db.batch()?;
+        for (_, body) in records {
+            self.add_event(&mut batch, body, touched);
+        }
+        for name in touched.iter() {
+            batch.put_topic(name, self.topics[name].row);
+        }
+        batch.commit(sync)
+    }
+
     fn sync_wal(&mut self) -> Result<(), String> {
         self.last_wal_sync = Instant::now();
         self.unsynced = false;
         self.db.sync_wal()
     }
 
-    fn add_event(&mut self, batch: &mut WriteBatch, body: &[u8], touched: &mut Vec<Box<[u8]>>) {
+    fn add_event(&mut self, batch: &mut Batch<'_>, body: &[u8], touched: &mut Vec<Box<[u8]>>) {
         let Ok(Some((Frame::Event(event), _))) = decode(body, &self.limits) else {
             panic!("a shard appended a malformed event");
         };
@@ -355,7 +382,7 @@ impl Writer {
         row.row.last_seq = event.seq;
         row.row.epoch = event.epoch;
         let id = row.row.id;
-        self.db.put_event(batch, id, &event);
+        batch.put_event(id, &event);
     }
 
     fn notify(&mut self, i: usize, kind: u8, through: u64, message: String) {
