@@ -1,12 +1,13 @@
-//! The command line: `run` starts the appliance; `pub` and `sub` are small
-//! clients built on the reference client library, for operators and scripts.
+//! The command line: `run` starts the appliance; `pub`, `sub` and `path` are
+//! small clients built on the reference client library, for operators and
+//! scripts.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
-use cluecast_proto::SubscribeStatus;
+use cluecast_proto::{Position, SubscribeStatus};
 
 use crate::config::RunArgs;
 use crate::log::Level;
@@ -55,6 +56,26 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Print a player's stored path (the positions its phone sent)
+    Path {
+        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
+        server: String,
+        /// The player: the client_id its phone sends in HELLO
+        player: String,
+        /// Only positions taken at or after this time (ms since 1970-01-01 UTC)
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: PathFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PathFormat {
+    /// `client_ts_ms,lat,lon,accuracy_m`, one line per position
+    Csv,
+    /// One GeoJSON Feature: a LineString, with times and accuracies alongside
+    Geojson,
 }
 
 pub fn main() -> ExitCode {
@@ -88,6 +109,12 @@ pub fn main() -> ExitCode {
             from,
             count,
         } => subscribe(&server, &topic, from, count),
+        Command::Path {
+            server,
+            player,
+            since,
+            format,
+        } => print_path(&server, &player, since, format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +164,69 @@ fn subscribe(
     }
     client.close();
     Ok(())
+}
+
+/// Reads the whole path (asking again where a long answer stopped) and
+/// prints it.
+fn print_path(server: &str, player: &str, since: u64, format: PathFormat) -> Result<(), String> {
+    let mut config = ClientConfig::new(server);
+    config.reconnect = false;
+    let mut client = Client::connect(config).map_err(|e| format!("{server}: {e}"))?;
+    let mut positions = Vec::new();
+    let mut from = since;
+    loop {
+        let answer = client.path(player, from).map_err(|e| e.to_string())?;
+        if answer.corrupt {
+            eprintln!("cluecast: part of the path is damaged on the server and is missing here");
+        }
+        positions.extend_from_slice(&answer.positions);
+        match positions.last() {
+            Some(last) if answer.truncated => from = last.client_ts_ms + 1,
+            _ => break,
+        }
+    }
+    client.close();
+    let degrees = |e7: i32| format!("{:.7}", e7 as f64 / 1e7);
+    let mut out = String::new();
+    match format {
+        PathFormat::Csv => {
+            out.push_str("client_ts_ms,lat,lon,accuracy_m\n");
+            for p in &positions {
+                out.push_str(&format!(
+                    "{},{},{},{:.2}\n",
+                    p.client_ts_ms,
+                    degrees(p.lat_e7),
+                    degrees(p.lon_e7),
+                    p.accuracy_cm as f64 / 100.0
+                ));
+            }
+        }
+        PathFormat::Geojson => {
+            let list = |f: &dyn Fn(&Position) -> String| {
+                positions.iter().map(f).collect::<Vec<_>>().join(",")
+            };
+            let player: String = player
+                .chars()
+                .map(|c| match c {
+                    '"' | '\\' => format!("\\{c}"),
+                    c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+                    c => c.to_string(),
+                })
+                .collect();
+            out.push_str(&format!(
+                "{{\"type\":\"Feature\",\"geometry\":{{\"type\":\"LineString\",\
+                 \"coordinates\":[{}]}},\"properties\":{{\"player\":\"{player}\",\
+                 \"client_ts_ms\":[{}],\"accuracy_cm\":[{}]}}}}\n",
+                list(&|p| format!("[{},{}]", degrees(p.lon_e7), degrees(p.lat_e7))),
+                list(&|p| p.client_ts_ms.to_string()),
+                list(&|p| p.accuracy_cm.to_string()),
+            ));
+        }
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 fn report_gap(status: &SubscribeStatus, oldest_seq: u64) {

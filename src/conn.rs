@@ -59,6 +59,11 @@ pub struct Conn {
     pub subs: Vec<SubRef>,
     /// Subscriptions being fed from history.
     pub catching_up: u16,
+    /// The player whose positions this connection sends: HELLO's client_id
+    /// (empty when the client gave none; no allocation then).
+    pub player: Box<[u8]>,
+    /// A PATH_QUERY is being answered (one at a time per connection).
+    pub path_query_in_flight: bool,
 }
 
 impl Conn {
@@ -84,6 +89,8 @@ impl Conn {
             dirty: false,
             subs: Vec::new(),
             catching_up: 0,
+            player: Box::default(),
+            path_query_in_flight: false,
         }
     }
 

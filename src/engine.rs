@@ -264,7 +264,7 @@ fn start_storage(
         rows.into_iter(),
         writer_bell,
     );
-    let reader = Reader::new(db, reader_ports, reader_bell);
+    let reader = Reader::new(db, settings.limits(), reader_ports, reader_bell);
     let writer_stop = stop.clone();
     let reader_stop = stop.clone();
     let threads = vec![

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cluecast_proto::{
-    decode, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits, Publish, PublishAck,
-    ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed, Welcome, ACK_FLAG_DURABLE,
-    PROTOCOL_VERSION,
+    decode, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits, Path, PathQuery,
+    Position, Publish, PublishAck, ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed,
+    Welcome, ACK_FLAG_DURABLE, PATH_FLAG_LAST, PROTOCOL_VERSION,
 };
 use cluecast_sys::spsc;
 use slab::Slab;
@@ -31,8 +31,8 @@ use crate::arena::{Arena, FrameRef, Use};
 use crate::conn::{Conn, ConnState, SubRef};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
 use crate::storage::{
-    Durability, Notice, ReadReply, ReadRequest, ReadStatus, StorageLink, StoredTopic, APPEND, READ,
-    RESUME,
+    decode_path_frames, Durability, Notice, PathRequest, ReadReply, ReadRequest, ReadStatus,
+    StorageLink, StoredTopic, APPEND, EVENTS, PATH_FRAMES, PATH_READ, POSITION, READ, RESUME,
 };
 use crate::timer::TimerWheel;
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
@@ -125,6 +125,10 @@ pub struct ShardStats {
     pub disk_deliveries: u64,
     /// FAILED notices from the storage writer.
     pub storage_failures: u64,
+    /// Positions handed to the writer, and those not stored (no client_id,
+    /// memory-only history, or the writer a whole channel behind).
+    pub positions: u64,
+    pub positions_not_stored: u64,
     pub errors_sent: u64,
     pub recv_no_buffers: u64,
     pub overloaded: u64,
@@ -763,7 +767,9 @@ impl Core {
                     subscriptions_max: self.subscriptions_max as u16,
                     topic_bytes_max: self.limits.topic_bytes_max,
                 });
-                self.conns[index as usize].state = ConnState::Open;
+                let conn = &mut self.conns[index as usize];
+                conn.state = ConnState::Open;
+                conn.player = hello.client_id.into();
                 self.timers
                     .schedule(index, self.now_ms + self.idle_timeout_ms as u64);
                 self.queue_control(index, &welcome);
@@ -784,12 +790,13 @@ impl Core {
             }
             (_, Frame::Publish(publish)) => self.publish(index, publish, raw),
             (_, Frame::Position(position)) => {
-                // Stored by the durable log (a later step); validated now so
-                // clients learn their mistakes early.
                 if let Err(code) = position.validate() {
                     self.error_close(index, code, "position out of range");
+                    return;
                 }
+                self.store_position(index, &position);
             }
+            (_, Frame::PathQuery(query)) => self.path_query(index, &query),
             (_, Frame::Ping { nonce }) => {
                 self.queue_control(index, &Frame::Pong { nonce });
             }
@@ -983,6 +990,98 @@ impl Core {
             // History moved past what this subscriber still needs.
             self.goaway_slow(index);
         }
+    }
+
+    // ---- players' paths ------------------------------------------------
+
+    /// Appends a position to its player's path. Positions of a client that
+    /// gave no client_id have no player to belong to, and with memory-only
+    /// history there is no path; both are counted, not stored.
+    fn store_position(&mut self, index: u32, position: &Position) {
+        let player = &self.conns[index as usize].player;
+        let Some(link) = self.storage.as_ref().filter(|_| !player.is_empty()) else {
+            self.stats.positions_not_stored += 1;
+            return;
+        };
+        let len = [player.len() as u8];
+        if link
+            .append_tx
+            .push(POSITION, &[&len, player, &position.to_bytes()])
+        {
+            self.stats.positions += 1;
+            if link.append_tx.ring_doorbell() {
+                self.ops.push(wake_op(link.writer_ring_fd, self.id));
+            }
+        } else {
+            // The writer is behind by a whole channel: overload, counted.
+            self.stats.positions_not_stored += 1;
+        }
+    }
+
+    /// Passes a PATH_QUERY to the storage reader; the answer comes back as
+    /// whole PATH frames (`on_path_frames`).
+    fn path_query(&mut self, index: u32, query: &PathQuery<'_>) {
+        let refusal = match &self.storage {
+            None => Some(ErrorCode::StorageFailed),
+            Some(_) if self.conns[index as usize].path_query_in_flight => {
+                Some(ErrorCode::Overloaded)
+            }
+            Some(link) => {
+                let request = PathRequest {
+                    conn: index,
+                    generation: self.generations[index as usize],
+                    request_id: query.request_id,
+                    since_ms: query.since_ms,
+                    player: query.player,
+                };
+                if link
+                    .read_tx
+                    .push(PATH_READ, &[&request.encode(), query.player])
+                {
+                    if link.read_tx.ring_doorbell() {
+                        self.ops.push(wake_op(link.reader_ring_fd, self.id));
+                    }
+                    self.conns[index as usize].path_query_in_flight = true;
+                    None
+                } else {
+                    Some(ErrorCode::Overloaded)
+                }
+            }
+        };
+        if let Some(code) = refusal {
+            let answer = Frame::Path(Path {
+                request_id: query.request_id,
+                status: code as u16,
+                flags: PATH_FLAG_LAST,
+                positions: &[],
+            });
+            self.queue_control(index, &answer);
+        }
+    }
+
+    /// The reader's answer to a PATH_QUERY: control frames, outside the
+    /// queue bound (one answer per connection at a time, bounded in size).
+    fn on_path_frames(&mut self, body: &[u8]) {
+        let (index, generation, mut frames) = decode_path_frames(body);
+        let alive = self.conns.get(index as usize).is_some_and(|c| {
+            c.state == ConnState::Open && self.generations[index as usize] == generation
+        });
+        if !alive {
+            return;
+        }
+        self.conns[index as usize].path_query_in_flight = false;
+        while frames.len() >= 4 {
+            let len = 4 + u32::from_be_bytes(frames[..4].try_into().expect("4 bytes")) as usize;
+            let Some(frame) = self.alloc(len, Use::Control) else {
+                crate::warn!("shard {}: no arena memory for a path answer", self.id);
+                self.abort(index);
+                return;
+            };
+            self.arena.bytes_mut(frame).copy_from_slice(&frames[..len]);
+            self.conns[index as usize].push(frame, len);
+            frames = &frames[len..];
+        }
+        self.mark_dirty(index);
     }
 
     // ---- publishing and fan-out ---------------------------------------
@@ -1277,14 +1376,18 @@ impl Core {
             if replies == 0 {
                 link.reply_rx.clear_doorbell();
             }
-            let Some((_, body)) = link.reply_rx.peek() else {
+            let Some((kind, body)) = link.reply_rx.peek() else {
                 break;
             };
             let mut scratch = std::mem::take(&mut self.reply_scratch);
             scratch.clear();
             scratch.extend_from_slice(body);
             link.reply_rx.pop();
-            self.on_read_reply(&scratch);
+            match kind {
+                EVENTS => self.on_read_reply(&scratch),
+                PATH_FRAMES => self.on_path_frames(&scratch),
+                other => panic!("unknown storage reply kind {other}"),
+            }
             self.reply_scratch = scratch;
             replies += 1;
         }

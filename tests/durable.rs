@@ -1,7 +1,8 @@
 //! The durable log with real processes: kill -9 under publish load loses
 //! nothing acknowledged, sequences continue without gap or reuse, and
 //! subscribers resume from disk; history older than memory is served from
-//! disk; a newer data directory is refused.
+//! disk; a full disk refuses publishes clearly; players' paths are kept and
+//! read back; a newer data directory is refused.
 
 mod common;
 
@@ -10,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
-use cluecast_proto::{SubscribeStatus, ACK_FLAG_DURABLE};
+use cluecast::storage::path_block::synthetic_walk;
+use cluecast_proto::client::{Client, ClientConfig, Delivery, PathAnswer, Start};
+use cluecast_proto::{Position, SubscribeStatus, ACK_FLAG_DURABLE};
 use common::{Server, TempDir};
 
 const TOPICS: [&str; 3] = ["hunt-1", "hunt-2", "hunt-3"];
@@ -294,10 +296,9 @@ fn a_full_disk_refuses_publishes_clearly_and_recovers_when_space_returns() {
             other => panic!("expected seq {seq}, got {other:?}"),
         }
     }
-    let log: Vec<String> = server.log_lines();
     assert!(
-        log.iter().any(|l| l.contains("No space left on device")),
-        "the failure is logged: {log:?}"
+        server.logged("No space left on device", Duration::from_secs(5)),
+        "the failure is logged"
     );
 
     // Space returns: publishing works again, and sequences continue.
@@ -318,4 +319,96 @@ fn a_full_disk_refuses_publishes_clearly_and_recovers_when_space_returns() {
     acked.insert(ack.seq, b"after".to_vec());
     let (_, events) = read_all(&server, "hunt-f");
     assert_eq!(events, acked);
+}
+
+/// Every position `path` holds for `player`, waiting until there are `count`.
+fn path_of(server: &Server, player: &str, since_ms: u64, count: usize) -> PathAnswer {
+    let mut c = client(server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = c.path(player, since_ms).expect("path query");
+        if answer.positions.len() >= count || Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_players_path_is_stored_and_read_back_across_restarts_and_damage_is_reported() {
+    let data = TempDir::new("paths");
+    let args = ["--data-dir", data.path_str()];
+    let walk = synthetic_walk(7, 2_010, 1_700_000_000_000);
+    let mut server = Server::start(&args);
+    let mut config = ClientConfig::new(server.addr.to_string());
+    config.client_id = "phone-7".into();
+    config.reconnect = false;
+    let mut phone = Client::connect(config.clone()).unwrap();
+    for p in &walk[..2_000] {
+        phone.send_position(*p).unwrap();
+    }
+    let answer = path_of(&server, "phone-7", 0, 2_000);
+    assert_eq!(answer.positions, walk[..2_000], "the whole path, in order");
+    assert!(!answer.truncated && !answer.corrupt);
+    let since = walk[1_500].client_ts_ms;
+    let tail = path_of(&server, "phone-7", since, 0).positions;
+    let expected: Vec<Position> = walk[..2_000]
+        .iter()
+        .filter(|p| p.client_ts_ms >= since)
+        .copied()
+        .collect();
+    assert_eq!(tail, expected, "--since keeps the later positions");
+    let nobody = path_of(&server, "nobody", 0, 0);
+    assert!(nobody.positions.is_empty() && !nobody.corrupt);
+
+    // A restart keeps the path, and new positions continue it.
+    drop(phone);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let mut server = Server::start(&args);
+    config.server = server.addr.to_string();
+    let mut phone = Client::connect(config).unwrap();
+    for p in &walk[2_000..] {
+        phone.send_position(*p).unwrap();
+    }
+    let answer = path_of(&server, "phone-7", 0, walk.len());
+    assert_eq!(answer.positions, walk);
+    drop(phone);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+
+    // Damage the first block on disk: it is reported, never decoded into
+    // other positions, and the rest of the path is still served.
+    {
+        let families = ["events", "topics", "paths", "meta"];
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &data.0, families).unwrap();
+        let paths = db.cf_handle("paths").unwrap();
+        let mut key = vec![7u8];
+        key.extend_from_slice(b"phone-7");
+        key.extend_from_slice(&0u32.to_be_bytes());
+        let mut block = db.get_cf(paths, &key).unwrap().expect("block 0 is stored");
+        let middle = block.len() / 2;
+        block[middle] ^= 0x10;
+        db.put_cf(paths, &key, block).unwrap();
+    }
+    let server = Server::start(&args);
+    let answer = path_of(&server, "phone-7", 0, 0);
+    assert!(answer.corrupt, "the damaged block is reported");
+    assert!(!answer.positions.is_empty() && answer.positions.len() < walk.len());
+    let suffix = &walk[walk.len() - answer.positions.len()..];
+    assert_eq!(
+        answer.positions, suffix,
+        "only the damaged block's positions are missing"
+    );
+    assert!(
+        server.logged("block 0 of player", Duration::from_secs(5)),
+        "the damage is logged"
+    );
+}
+
+#[test]
+fn without_a_log_a_path_query_is_refused_clearly() {
+    let server = Server::start(&["--durability", "memory"]);
+    let err = client(&server).path("phone-7", 0).unwrap_err();
+    assert!(err.to_string().contains("StorageFailed"), "{err}");
 }

@@ -47,8 +47,9 @@ pub struct ClientConfig {
     pub token: Vec<u8>,
     /// Limit for the TCP connect, and again for the WELCOME that follows.
     pub connect_timeout_ms: u64,
-    /// How long `publish`, `subscribe` and `unsubscribe` wait for their
-    /// answer. On expiry the connection is dropped (its state is unknown).
+    /// How long `publish`, `subscribe`, `unsubscribe` and `path` wait for
+    /// their answer (for `path`: all of its frames). On expiry the
+    /// connection is dropped (its state is unknown).
     pub request_timeout_ms: u64,
     /// Reconnect delay window for the first attempt; doubles per failure.
     pub backoff_min_ms: u64,
@@ -190,6 +191,19 @@ impl From<&GoAway<'_>> for OwnedGoAway {
     }
 }
 
+/// The answer to [`Client::path`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathAnswer {
+    /// In stored order (the order they arrived at the server), which is not
+    /// necessarily `client_ts_ms` order.
+    pub positions: Vec<Position>,
+    /// The server stopped at its limit: call again with `since_ms` = the
+    /// last position's `client_ts_ms + 1` for the rest.
+    pub truncated: bool,
+    /// Some stored positions could not be read and are missing.
+    pub corrupt: bool,
+}
+
 /// What [`Client::next`] hands out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -212,8 +226,8 @@ pub enum ClientError {
     Io(io::Error),
     /// The server sent something protocol v1 does not allow.
     Protocol(String),
-    /// PUBLISH_ACK carried this non-zero status (an [`ErrorCode`] value);
-    /// the connection stays usable.
+    /// PUBLISH_ACK or PATH carried this non-zero status (an [`ErrorCode`]
+    /// value); the connection stays usable.
     Refused(u16),
     /// The server sent ERROR with this code, then closed the connection.
     Server { code: u16, message: String },
@@ -405,6 +419,56 @@ impl Client {
                 }
                 Some(other) => self.handle_unsolicited(other),
                 None => return Err(self.request_timed_out("PUBLISH_ACK")),
+            }
+        }
+    }
+
+    /// Reads the stored path of `player` (the `client_id` its phone sent in
+    /// HELLO): every position with `client_ts_ms >= since_ms` (0: the whole
+    /// path), collected from the PATH frames of the answer. Events that
+    /// arrive meanwhile are kept for [`Client::next`].
+    ///
+    /// A non-zero status is [`ClientError::Refused`] (`StorageFailed`: the
+    /// server keeps no paths or cannot read them; `Overloaded`: a query of
+    /// this connection is still being answered). The whole answer must
+    /// arrive within `request_timeout_ms`. Not retried if the connection
+    /// drops meanwhile; calling again is safe (a query changes nothing).
+    pub fn path(&mut self, player: &str, since_ms: u64) -> Result<PathAnswer, ClientError> {
+        let max = self.config.limits.client_id_bytes_max;
+        if player.is_empty() || player.len() > usize::from(max) {
+            return Err(ClientError::InvalidInput(format!(
+                "player {player:?} must be 1 to {max} bytes"
+            )));
+        }
+        self.ensure_connected(None)?;
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.send(&Frame::PathQuery(PathQuery {
+            request_id,
+            since_ms,
+            player: player.as_bytes(),
+        }))?;
+        let deadline = self.request_deadline();
+        let mut answer = PathAnswer {
+            positions: Vec::new(),
+            truncated: false,
+            corrupt: false,
+        };
+        loop {
+            match self.recv(Some(deadline))? {
+                Some(Inbound::Path(p)) if p.request_id == request_id => {
+                    if p.status != 0 {
+                        return Err(ClientError::Refused(p.status));
+                    }
+                    answer.positions.extend(p.positions);
+                    answer.corrupt |= p.flags & PATH_FLAG_CORRUPT != 0;
+                    if p.flags & PATH_FLAG_LAST != 0 {
+                        answer.truncated = p.flags & PATH_FLAG_TRUNCATED != 0;
+                        return Ok(answer);
+                    }
+                }
+                Some(other) => self.handle_unsolicited(other),
+                None => return Err(self.request_timed_out("PATH")),
             }
         }
     }
@@ -735,7 +799,10 @@ impl Client {
             // Answers to requests that timed out on an earlier connection
             // cannot reach us (we drop the connection on timeout), so these
             // are harmless server quirks: ignore them.
-            Inbound::PublishAck(_) | Inbound::Subscribed(_) | Inbound::Unsubscribed(_) => {}
+            Inbound::PublishAck(_)
+            | Inbound::Subscribed(_)
+            | Inbound::Unsubscribed(_)
+            | Inbound::Path(_) => {}
             // `recv` turns these into errors; listed for completeness.
             Inbound::GoAway(_) | Inbound::Error { .. } => {}
         }
@@ -820,9 +887,29 @@ enum Inbound {
     Subscribed(OwnedSubscribed),
     Unsubscribed(String),
     PublishAck(PublishAck),
+    Path(OwnedPath),
     Event(OwnedEvent),
     GoAway(OwnedGoAway),
     Error { code: u16, message: String },
+}
+
+/// One PATH frame, with its positions decoded.
+struct OwnedPath {
+    request_id: u32,
+    status: u16,
+    flags: u8,
+    positions: Vec<Position>,
+}
+
+impl From<Path<'_>> for OwnedPath {
+    fn from(p: Path<'_>) -> OwnedPath {
+        OwnedPath {
+            request_id: p.request_id,
+            status: p.status,
+            flags: p.flags,
+            positions: p.positions().collect(),
+        }
+    }
 }
 
 /// What one decoded frame means to the connection.
@@ -844,6 +931,7 @@ impl Received {
                 Received::Other(Inbound::Unsubscribed(topic_string(topic)))
             }
             Frame::PublishAck(a) => Received::Other(Inbound::PublishAck(a)),
+            Frame::Path(p) => Received::Other(Inbound::Path(p.into())),
             Frame::Event(e) => Received::Other(Inbound::Event(e.into())),
             Frame::GoAway(g) => Received::Other(Inbound::GoAway((&g).into())),
             Frame::Error(e) => Received::Other(Inbound::Error {
@@ -854,7 +942,8 @@ impl Received {
             | Frame::Subscribe(_)
             | Frame::Unsubscribe { .. }
             | Frame::Publish(_)
-            | Frame::Position(_) => {
+            | Frame::Position(_)
+            | Frame::PathQuery(_) => {
                 return Err(ClientError::Protocol(format!(
                     "the server sent {}, a frame only clients send",
                     frame.frame_type()

@@ -24,7 +24,7 @@ pub struct Limits {
     pub payload_bytes_max: u32,
     /// Longest topic, at least 1 (the wire cannot carry more than 255).
     pub topic_bytes_max: u8,
-    /// Longest HELLO client id.
+    /// Longest HELLO client id (and PATH_QUERY player, which is one).
     pub client_id_bytes_max: u8,
     /// Longest HELLO token.
     pub token_bytes_max: u16,
@@ -38,8 +38,8 @@ const EVENT_OVERHEAD: u32 = 1 + 8 + 8 + 8 + 1 + 255;
 /// the token comes on top.
 const HELLO_OVERHEAD: u32 = 1 + 4 + 2 + 2 + 1 + 255 + 2;
 /// SUBSCRIBED, the largest fixed-size frame: type, status, epoch, oldest_seq,
-/// last_seq, topic str8. (PUBLISH is smaller than EVENT, ERROR and an empty
-/// GOAWAY are smaller than this.)
+/// last_seq, topic str8. (PUBLISH is smaller than EVENT, ERROR, PATH_QUERY
+/// and an empty GOAWAY are smaller than this.)
 const FIXED_FRAME_MAX: u32 = 1 + 1 + 8 + 8 + 8 + 1 + 255;
 
 impl Limits {
@@ -56,7 +56,9 @@ impl Limits {
     /// Smallest frame limit that still carries a payload (resp. token) of the
     /// given size in any frame, with topics and client ids of the wire maximum
     /// of 255 bytes. A GOAWAY resume list is not covered: the server keeps
-    /// GOAWAY within the limit by shortening the list.
+    /// GOAWAY within the limit by shortening the list. Nor are PATH
+    /// positions: the server splits an answer over as many PATH frames as
+    /// the limit needs.
     ///
     /// Saturates at `u32::MAX`; [`Limits::validate`] rejects such sizes.
     pub const fn frame_bytes_for(payload_bytes_max: u32, token_bytes_max: u16) -> u32 {
@@ -296,12 +298,42 @@ fn decode_body<'a>(
             topic: r.topic(limits)?,
             payload: r.payload(limits)?,
         }),
-        FrameType::Position => Frame::Position(Position {
-            lat_e7: r.i32()?,
-            lon_e7: r.i32()?,
-            accuracy_cm: r.u32()?,
-            client_ts_ms: r.u64()?,
-        }),
+        FrameType::Position => Frame::Position(Position::from_bytes(&r.array()?)),
+        FrameType::PathQuery => {
+            let request_id = r.u32()?;
+            let since_ms = r.u64()?;
+            let player = r.str8()?;
+            if player.is_empty() {
+                return Err(DecodeError::Malformed("PATH_QUERY player is empty"));
+            }
+            if player.len() > usize::from(limits.client_id_bytes_max) {
+                return Err(DecodeError::Malformed(
+                    "PATH_QUERY player is over the limit",
+                ));
+            }
+            Frame::PathQuery(PathQuery {
+                request_id,
+                since_ms,
+                player,
+            })
+        }
+        FrameType::Path => {
+            let request_id = r.u32()?;
+            let status = r.u16()?;
+            let flags = r.u8()?;
+            let positions = r.rest();
+            if positions.len() % POSITION_BYTES != 0 {
+                return Err(DecodeError::Malformed(
+                    "PATH positions are not a whole number of 20-byte records",
+                ));
+            }
+            Frame::Path(Path {
+                request_id,
+                status,
+                flags,
+                positions,
+            })
+        }
         FrameType::Ping => Frame::Ping { nonce: r.u64()? },
         FrameType::Pong => Frame::Pong { nonce: r.u64()? },
         FrameType::GoAway => {
@@ -381,10 +413,6 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn i32(&mut self) -> Result<i32, DecodeError> {
-        Ok(i32::from_be_bytes(self.array()?))
-    }
-
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
@@ -408,9 +436,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The rest of the body.
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.body)
+    }
+
     /// The rest of the body, as a payload.
     fn payload(&mut self, limits: &Limits) -> Result<&'a [u8], DecodeError> {
-        let payload = std::mem::take(&mut self.body);
+        let payload = self.rest();
         // u32 -> usize cannot lose anything on the 32/64-bit targets we run on;
         // saturate anyway rather than cast.
         let max = usize::try_from(limits.payload_bytes_max).unwrap_or(usize::MAX);
@@ -444,6 +477,8 @@ fn truncated_message(t: FrameType) -> &'static str {
         FrameType::PublishAck => "PUBLISH_ACK body ends inside a field",
         FrameType::Event => "EVENT body ends inside a field",
         FrameType::Position => "POSITION body ends inside a field",
+        FrameType::PathQuery => "PATH_QUERY body ends inside a field",
+        FrameType::Path => "PATH body ends inside a field",
         FrameType::Ping => "PING body ends inside a field",
         FrameType::Pong => "PONG body ends inside a field",
         FrameType::GoAway => "GOAWAY body ends inside a field",
@@ -463,6 +498,8 @@ fn trailing_message(t: FrameType) -> &'static str {
         FrameType::PublishAck => "PUBLISH_ACK body has bytes after its last field",
         FrameType::Event => "EVENT body has bytes after its last field",
         FrameType::Position => "POSITION body has bytes after its last field",
+        FrameType::PathQuery => "PATH_QUERY body has bytes after its last field",
+        FrameType::Path => "PATH body has bytes after its last field",
         FrameType::Ping => "PING body has bytes after its last field",
         FrameType::Pong => "PONG body has bytes after its last field",
         FrameType::GoAway => "GOAWAY body has bytes after its last field",
@@ -511,9 +548,6 @@ impl<S: Sink> Writer<'_, S> {
     fn u32(&mut self, v: u32) {
         self.0.put(&v.to_be_bytes());
     }
-    fn i32(&mut self, v: i32) {
-        self.0.put(&v.to_be_bytes());
-    }
     fn u64(&mut self, v: u64) {
         self.0.put(&v.to_be_bytes());
     }
@@ -555,6 +589,8 @@ impl Frame<'_> {
             Frame::PublishAck(_) => FrameType::PublishAck,
             Frame::Event(_) => FrameType::Event,
             Frame::Position(_) => FrameType::Position,
+            Frame::PathQuery(_) => FrameType::PathQuery,
+            Frame::Path(_) => FrameType::Path,
             Frame::Ping { .. } => FrameType::Ping,
             Frame::Pong { .. } => FrameType::Pong,
             Frame::GoAway(_) => FrameType::GoAway,
@@ -573,7 +609,9 @@ impl Frame<'_> {
             Frame::Publish(p) => 4 + 1 + p.topic.len() + p.payload.len(),
             Frame::PublishAck(_) => 4 + 2 + 1 + 8 + 8,
             Frame::Event(e) => 8 + 8 + 8 + 1 + e.topic.len() + e.payload.len(),
-            Frame::Position(_) => 4 + 4 + 4 + 8,
+            Frame::Position(_) => POSITION_BYTES,
+            Frame::PathQuery(q) => 4 + 8 + 1 + q.player.len(),
+            Frame::Path(p) => 4 + 2 + 1 + p.positions.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::GoAway(g) => {
                 let entries: usize = g.resume.iter().map(|p| 8 + 8 + 1 + p.topic.len()).sum();
@@ -592,7 +630,9 @@ impl Frame<'_> {
     ///
     /// Panics if a field is too long for its length prefix (str8 over 255
     /// bytes, str16 over 65535, more than 1024 GOAWAY entries, a frame over
-    /// 4 GiB): writing it anyway would desynchronise the stream.
+    /// 4 GiB): writing it anyway would desynchronise the stream. Also panics
+    /// on PATH positions that are not whole 20-byte records, which no peer
+    /// could decode.
     pub fn encode(&self, out: &mut Vec<u8>) {
         self.assert_encodable();
         out.reserve(self.encoded_len());
@@ -648,6 +688,12 @@ impl Frame<'_> {
                 }
             }
             Frame::Error(e) => assert_str8(e.message, "ERROR message"),
+            Frame::PathQuery(q) => assert_str8(q.player, "PATH_QUERY player"),
+            Frame::Path(p) => assert!(
+                p.positions.len() % POSITION_BYTES == 0,
+                "PATH positions are {} bytes, not a multiple of {POSITION_BYTES}",
+                p.positions.len()
+            ),
             Frame::Welcome(_)
             | Frame::PublishAck(_)
             | Frame::Position(_)
@@ -716,11 +762,17 @@ impl Frame<'_> {
                 w.str8(e.topic);
                 w.bytes(e.payload);
             }
-            Frame::Position(p) => {
-                w.i32(p.lat_e7);
-                w.i32(p.lon_e7);
-                w.u32(p.accuracy_cm);
-                w.u64(p.client_ts_ms);
+            Frame::Position(p) => w.bytes(&p.to_bytes()),
+            Frame::PathQuery(q) => {
+                w.u32(q.request_id);
+                w.u64(q.since_ms);
+                w.str8(q.player);
+            }
+            Frame::Path(p) => {
+                w.u32(p.request_id);
+                w.u16(p.status);
+                w.u8(p.flags);
+                w.bytes(p.positions);
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => w.u64(*nonce),
             Frame::GoAway(g) => {
@@ -877,7 +929,16 @@ mod tests {
             .collect();
         assert_eq!(
             client,
-            [Hello, Subscribe, Unsubscribe, Publish, Position, Ping, Pong]
+            [
+                Hello,
+                Subscribe,
+                Unsubscribe,
+                Publish,
+                Position,
+                PathQuery,
+                Ping,
+                Pong
+            ]
         );
         assert_eq!(
             server,
@@ -887,6 +948,7 @@ mod tests {
                 Unsubscribed,
                 PublishAck,
                 Event,
+                Path,
                 Ping,
                 Pong,
                 GoAway,
@@ -933,6 +995,92 @@ mod tests {
         for p in bad {
             assert_eq!(p.validate(), Err(ErrorCode::InvalidPosition), "{p:?}");
         }
+    }
+
+    #[test]
+    fn position_bytes_are_the_position_body() {
+        let p = Position {
+            lat_e7: -338_567_844,
+            lon_e7: 1_512_152_967,
+            accuracy_cm: 500,
+            client_ts_ms: 1_700_000_000_123,
+        };
+        let b = p.to_bytes();
+        assert_eq!(
+            b,
+            [
+                0xeb, 0xd1, 0xdd, 0x5c, 0x5a, 0x21, 0x9f, 0x87, 0, 0, 1, 0xf4, 0, 0, 1, 0x8b, 0xcf,
+                0xe5, 0x68, 0x7b
+            ]
+        );
+        assert_eq!(Position::from_bytes(&b), p);
+        let mut v = Vec::new();
+        Frame::Position(p).encode(&mut v);
+        assert_eq!(&v[HEADER_BYTES..], &b[..]);
+        let extremes = Position {
+            lat_e7: i32::MIN,
+            lon_e7: i32::MAX,
+            accuracy_cm: u32::MAX,
+            client_ts_ms: u64::MAX,
+        };
+        assert_eq!(Position::from_bytes(&extremes.to_bytes()), extremes);
+    }
+
+    #[test]
+    fn path_positions_iterates_the_records() {
+        let a = Position {
+            lat_e7: 1,
+            lon_e7: -2,
+            accuracy_cm: 3,
+            client_ts_ms: 4,
+        };
+        let b = Position {
+            client_ts_ms: 5,
+            ..a
+        };
+        let mut records = a.to_bytes().to_vec();
+        records.extend_from_slice(&b.to_bytes());
+        let path = Path {
+            request_id: 1,
+            status: 0,
+            flags: PATH_FLAG_LAST,
+            positions: &records,
+        };
+        assert_eq!(path.positions().collect::<Vec<_>>(), [a, b]);
+        let empty = Path {
+            positions: &[],
+            ..path
+        };
+        assert_eq!(empty.positions().count(), 0);
+        assert_eq!(
+            Frame::Path(path).encoded_len(),
+            HEADER_BYTES + 7 + 2 * POSITION_BYTES
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not a multiple of 20")]
+    fn encode_refuses_partial_path_record() {
+        let mut v = Vec::new();
+        Frame::Path(Path {
+            request_id: 1,
+            status: 0,
+            flags: PATH_FLAG_LAST,
+            positions: &[0; 21],
+        })
+        .encode(&mut v);
+    }
+
+    #[test]
+    #[should_panic(expected = "PATH_QUERY player")]
+    fn encode_refuses_long_player() {
+        let mut v = Vec::new();
+        Frame::PathQuery(PathQuery {
+            request_id: 1,
+            since_ms: 0,
+            player: &[b'p'; 256],
+        })
+        .encode(&mut v);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum FrameType {
     PublishAck = 0x11,
     Event = 0x12,
     Position = 0x20,
+    PathQuery = 0x21,
+    Path = 0x22,
     Ping = 0x30,
     Pong = 0x31,
     GoAway = 0x40,
@@ -32,7 +34,7 @@ pub enum FrameType {
 
 impl FrameType {
     /// Every frame type, in wire-value order.
-    pub const ALL: [FrameType; 14] = [
+    pub const ALL: [FrameType; 16] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::Subscribe,
@@ -43,6 +45,8 @@ impl FrameType {
         FrameType::PublishAck,
         FrameType::Event,
         FrameType::Position,
+        FrameType::PathQuery,
+        FrameType::Path,
         FrameType::Ping,
         FrameType::Pong,
         FrameType::GoAway,
@@ -62,6 +66,8 @@ impl FrameType {
             0x11 => FrameType::PublishAck,
             0x12 => FrameType::Event,
             0x20 => FrameType::Position,
+            0x21 => FrameType::PathQuery,
+            0x22 => FrameType::Path,
             0x30 => FrameType::Ping,
             0x31 => FrameType::Pong,
             0x40 => FrameType::GoAway,
@@ -83,6 +89,8 @@ impl FrameType {
             FrameType::PublishAck => "PUBLISH_ACK",
             FrameType::Event => "EVENT",
             FrameType::Position => "POSITION",
+            FrameType::PathQuery => "PATH_QUERY",
+            FrameType::Path => "PATH",
             FrameType::Ping => "PING",
             FrameType::Pong => "PONG",
             FrameType::GoAway => "GOAWAY",
@@ -100,6 +108,7 @@ impl FrameType {
                 | FrameType::Unsubscribe
                 | FrameType::Publish
                 | FrameType::Position
+                | FrameType::PathQuery
                 | FrameType::Ping
                 | FrameType::Pong
         )
@@ -118,7 +127,7 @@ impl std::fmt::Display for FrameType {
 }
 
 /// Why a frame or request was refused. Sent in ERROR (then the server closes)
-/// and in PUBLISH_ACK.status (then the connection stays open).
+/// and in PUBLISH_ACK.status and PATH.status (then the connection stays open).
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -140,11 +149,14 @@ pub enum ErrorCode {
     IdleTimeout = 11,
     NotAuthorized = 12,
     /// The server could not take the request now (e.g. its memory for
-    /// in-flight publishes is full); retrying later may succeed.
+    /// in-flight publishes is full, or a PATH_QUERY of the connection is
+    /// still being answered); retrying later may succeed.
     Overloaded = 13,
     NotSubscribed = 14,
     /// The server could not store the event (disk full, unwritable data
-    /// directory); nothing was published. Retrying later may succeed.
+    /// directory); nothing was published. Retrying later may succeed. As a
+    /// PATH status: the server keeps no paths (history in memory only) or
+    /// cannot read them.
     StorageFailed = 15,
 }
 
@@ -344,6 +356,10 @@ pub struct Position {
     pub client_ts_ms: u64,
 }
 
+/// Size of a [`Position`] on the wire: the POSITION body, and one record of
+/// a PATH.
+pub const POSITION_BYTES: usize = 20;
+
 impl Position {
     /// Largest `lat_e7` magnitude: 90 degrees.
     pub const LAT_E7_MAX: i32 = 900_000_000;
@@ -364,6 +380,84 @@ impl Position {
         } else {
             Err(ErrorCode::InvalidPosition)
         }
+    }
+
+    /// The wire encoding: `lat_e7` i32, `lon_e7` i32, `accuracy_cm` u32,
+    /// `client_ts_ms` u64, big-endian. The body of POSITION, and one record
+    /// of PATH.
+    pub fn to_bytes(&self) -> [u8; POSITION_BYTES] {
+        let mut b = [0u8; POSITION_BYTES];
+        b[0..4].copy_from_slice(&self.lat_e7.to_be_bytes());
+        b[4..8].copy_from_slice(&self.lon_e7.to_be_bytes());
+        b[8..12].copy_from_slice(&self.accuracy_cm.to_be_bytes());
+        b[12..20].copy_from_slice(&self.client_ts_ms.to_be_bytes());
+        b
+    }
+
+    /// Reads what [`Position::to_bytes`] writes. Every 20 bytes are some
+    /// position; ranges are not checked (see [`Position::validate`]).
+    pub fn from_bytes(b: &[u8; POSITION_BYTES]) -> Position {
+        Position {
+            lat_e7: i32::from_be_bytes(field(b, 0)),
+            lon_e7: i32::from_be_bytes(field(b, 4)),
+            accuracy_cm: u32::from_be_bytes(field(b, 8)),
+            client_ts_ms: u64::from_be_bytes(field(b, 12)),
+        }
+    }
+}
+
+/// The `N` bytes of an encoded position that start at `at`.
+fn field<const N: usize>(b: &[u8; POSITION_BYTES], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[at..at + N]);
+    a
+}
+
+/// A request for the stored path of one player.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathQuery<'a> {
+    /// Chosen by the client, echoed in every PATH frame of the answer.
+    pub request_id: u32,
+    /// Only positions whose `client_ts_ms` is at least this; 0 for the
+    /// whole path.
+    pub since_ms: u64,
+    /// The player: the HELLO `client_id` its phone sent, 1 to
+    /// `Limits::client_id_bytes_max` bytes.
+    pub player: &'a [u8],
+}
+
+/// `Path::flags` bit: the final frame of the answer.
+pub const PATH_FLAG_LAST: u8 = 0x01;
+/// `Path::flags` bit (only with LAST): the answer stopped at the server's
+/// limit; query again with `since_ms` = the last position's `client_ts_ms + 1`.
+pub const PATH_FLAG_TRUNCATED: u8 = 0x02;
+/// `Path::flags` bit: some stored positions could not be read and are
+/// missing from the answer.
+pub const PATH_FLAG_CORRUPT: u8 = 0x04;
+
+/// One frame of the answer to a [`PathQuery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Path<'a> {
+    /// The PATH_QUERY's.
+    pub request_id: u32,
+    /// 0 = ok, else an [`ErrorCode`] value; then there are no positions and
+    /// LAST is set.
+    pub status: u16,
+    /// `PATH_FLAG_*` bits.
+    pub flags: u8,
+    /// The positions as on the wire: [`POSITION_BYTES`]-byte records, in
+    /// arrival order; read them with [`Path::positions`].
+    pub positions: &'a [u8],
+}
+
+impl Path<'_> {
+    /// The positions, decoded. (A length that is not a multiple of
+    /// [`POSITION_BYTES`] cannot be decoded nor encoded; a trailing partial
+    /// record would be skipped.)
+    pub fn positions(&self) -> impl Iterator<Item = Position> + '_ {
+        self.positions
+            .chunks_exact(POSITION_BYTES)
+            .filter_map(|record| record.first_chunk().map(Position::from_bytes))
     }
 }
 
@@ -427,6 +521,8 @@ pub enum Frame<'a> {
     PublishAck(PublishAck),
     Event(Event<'a>),
     Position(Position),
+    PathQuery(PathQuery<'a>),
+    Path(Path<'a>),
     Ping { nonce: u64 },
     Pong { nonce: u64 },
     GoAway(GoAway<'a>),

@@ -827,6 +827,198 @@ fn positions_and_local_checks() {
     server.join().unwrap();
 }
 
+fn fix(client_ts_ms: u64) -> Position {
+    Position {
+        lat_e7: 488_583_701,
+        lon_e7: 22_944_813,
+        accuracy_cm: 500,
+        client_ts_ms,
+    }
+}
+
+fn records(positions: &[Position]) -> Vec<u8> {
+    positions.iter().flat_map(Position::to_bytes).collect()
+}
+
+/// Expects PATH_QUERY for `player` from `since_ms`; returns its request id.
+fn expect_path_query(p: &mut Peer, player: &str, since_ms: u64) -> u32 {
+    p.expect(|f| match f {
+        Frame::PathQuery(q) => {
+            assert_eq!((q.player, q.since_ms), (player.as_bytes(), since_ms));
+            q.request_id
+        }
+        other => panic!("expected PATH_QUERY, got {other:?}"),
+    })
+}
+
+#[test]
+fn path_answer_over_two_frames_with_events_in_between() {
+    let (addr, server) = serve(|l| {
+        let mut p = accept(&l);
+        p.handshake(30_000);
+        p.subscribe(
+            StartMode::Live,
+            0,
+            0,
+            "room",
+            subscribed(SubscribeStatus::Ok, 5, 0, 0, "room"),
+        );
+        let id = expect_path_query(&mut p, "phone-1", 0);
+        // Out of client_ts_ms order on purpose: arrival order is kept.
+        let first = records(&[fix(30), fix(10)]);
+        let second = records(&[fix(20)]);
+        p.event("room", 5, 1);
+        p.send(Frame::Path(Path {
+            request_id: id,
+            status: 0,
+            flags: 0,
+            positions: &first,
+        }));
+        p.event("room", 5, 2);
+        // An answer to some other request is not ours.
+        p.send(Frame::Path(Path {
+            request_id: id.wrapping_add(1000),
+            status: 0,
+            flags: PATH_FLAG_LAST,
+            positions: &records(&[fix(99)]),
+        }));
+        p.send(Frame::Ping { nonce: 3 });
+        p.send(Frame::Path(Path {
+            request_id: id,
+            status: 0,
+            flags: PATH_FLAG_LAST | PATH_FLAG_CORRUPT,
+            positions: &second,
+        }));
+        p.event("room", 5, 3);
+        p.expect(|f| assert_eq!(f, Frame::Pong { nonce: 3 }));
+
+        // A truncated answer, then an empty path, in one frame each.
+        let id2 = expect_path_query(&mut p, "phone-2", 1_700_000_000_000);
+        assert_ne!(id, id2);
+        p.send(Frame::Path(Path {
+            request_id: id2,
+            status: 0,
+            flags: PATH_FLAG_LAST | PATH_FLAG_TRUNCATED,
+            positions: &records(&[fix(1_700_000_000_001)]),
+        }));
+        let id3 = expect_path_query(&mut p, "nobody", 0);
+        p.send(Frame::Path(Path {
+            request_id: id3,
+            status: 0,
+            flags: PATH_FLAG_LAST,
+            positions: &[],
+        }));
+        p.expect_closed();
+    });
+    let mut c = Client::connect(config(&addr)).unwrap();
+    c.subscribe("room", Start::Live).unwrap();
+
+    let answer = c.path("phone-1", 0).unwrap();
+    assert_eq!(
+        answer,
+        PathAnswer {
+            positions: vec![fix(30), fix(10), fix(20)],
+            truncated: false,
+            corrupt: true,
+        }
+    );
+    // The events that came meanwhile are all delivered, in order.
+    assert_eq!(next_event(&mut c, "room"), (5, 1));
+    assert_eq!(next_event(&mut c, "room"), (5, 2));
+    assert_eq!(next_event(&mut c, "room"), (5, 3));
+
+    let answer = c.path("phone-2", 1_700_000_000_000).unwrap();
+    assert_eq!(answer.positions, [fix(1_700_000_000_001)]);
+    assert!(answer.truncated && !answer.corrupt);
+    let answer = c.path("nobody", 0).unwrap();
+    assert!(answer.positions.is_empty() && !answer.truncated && !answer.corrupt);
+    assert!(c.is_connected());
+    c.close();
+    server.join().unwrap();
+}
+
+#[test]
+fn path_refused_status_is_an_error_and_the_connection_stays() {
+    let (addr, server) = serve(|l| {
+        let mut p = accept(&l);
+        p.handshake(30_000);
+        let id = expect_path_query(&mut p, "phone-1", 0);
+        p.send(Frame::Path(Path {
+            request_id: id,
+            status: ErrorCode::StorageFailed as u16,
+            flags: PATH_FLAG_LAST,
+            positions: &[],
+        }));
+        let id = expect_path_query(&mut p, "phone-1", 0);
+        p.send(Frame::Path(Path {
+            request_id: id,
+            status: ErrorCode::Overloaded as u16,
+            flags: PATH_FLAG_LAST,
+            positions: &[],
+        }));
+        // Still usable.
+        let id = expect_path_query(&mut p, "phone-1", 7);
+        p.send(Frame::Path(Path {
+            request_id: id,
+            status: 0,
+            flags: PATH_FLAG_LAST,
+            positions: &records(&[fix(7)]),
+        }));
+        p.expect_closed();
+    });
+    let mut c = Client::connect(config(&addr)).unwrap();
+    match c.path("phone-1", 0) {
+        Err(e @ ClientError::Refused(15)) => {
+            assert_eq!(e.to_string(), "refused by the server: StorageFailed (15)")
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.path("phone-1", 0) {
+        Err(e @ ClientError::Refused(13)) => assert!(e.to_string().contains("Overloaded")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.path("phone-1", 7).unwrap().positions, [fix(7)]);
+    assert!(c.is_connected());
+    c.close();
+    server.join().unwrap();
+}
+
+#[test]
+fn path_checks_the_player_and_times_out() {
+    let (addr, server) = serve(|l| {
+        let mut p = accept(&l);
+        p.handshake(30_000);
+        // Half an answer, then silence.
+        let id = expect_path_query(&mut p, "phone-1", 0);
+        p.send(Frame::Path(Path {
+            request_id: id,
+            status: 0,
+            flags: 0,
+            positions: &records(&[fix(1)]),
+        }));
+        p.expect_closed();
+    });
+    let mut c = Client::connect(no_reconnect(&addr)).unwrap();
+    // Refused locally, nothing sent (the server would close the connection).
+    for player in [String::new(), "p".repeat(65)] {
+        assert!(matches!(
+            c.path(&player, 0),
+            Err(ClientError::InvalidInput(_))
+        ));
+    }
+    let start = Instant::now();
+    assert!(matches!(
+        c.path("phone-1", 0),
+        Err(ClientError::Timeout("PATH"))
+    ));
+    // request_timeout_ms is 2 s.
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(1_900), "{took:?}");
+    assert!(took < STEP, "{took:?}");
+    assert!(!c.is_connected());
+    server.join().unwrap();
+}
+
 #[test]
 fn connect_to_nothing_fails_fast() {
     // Bind then drop: nothing listens on that port now.

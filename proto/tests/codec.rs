@@ -46,6 +46,17 @@ enum Model {
         payload: Vec<u8>,
     },
     Position(Position),
+    PathQuery {
+        request_id: u32,
+        since_ms: u64,
+        player: Vec<u8>,
+    },
+    Path {
+        request_id: u32,
+        status: u16,
+        flags: u8,
+        positions: Vec<u8>,
+    },
     Ping(u64),
     Pong(u64),
     GoAway {
@@ -125,6 +136,26 @@ impl Model {
                 payload,
             }),
             Model::Position(p) => Frame::Position(*p),
+            Model::PathQuery {
+                request_id,
+                since_ms,
+                player,
+            } => Frame::PathQuery(PathQuery {
+                request_id: *request_id,
+                since_ms: *since_ms,
+                player,
+            }),
+            Model::Path {
+                request_id,
+                status,
+                flags,
+                positions,
+            } => Frame::Path(Path {
+                request_id: *request_id,
+                status: *status,
+                flags: *flags,
+                positions,
+            }),
             Model::Ping(nonce) => Frame::Ping { nonce: *nonce },
             Model::Pong(nonce) => Frame::Pong { nonce: *nonce },
             Model::GoAway {
@@ -161,6 +192,15 @@ fn topic() -> impl Strategy<Value = Vec<u8>> {
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..=max)
+}
+
+fn position() -> impl Strategy<Value = Position> {
+    any::<(i32, i32, u32, u64)>().prop_map(|(lat_e7, lon_e7, accuracy_cm, client_ts_ms)| Position {
+        lat_e7,
+        lon_e7,
+        accuracy_cm,
+        client_ts_ms,
+    })
 }
 
 fn model() -> impl Strategy<Value = Model> {
@@ -241,14 +281,27 @@ fn model() -> impl Strategy<Value = Model> {
                 payload
             }
         ),
-        any::<(i32, i32, u32, u64)>().prop_map(|(lat_e7, lon_e7, accuracy_cm, client_ts_ms)| {
-            Model::Position(Position {
-                lat_e7,
-                lon_e7,
-                accuracy_cm,
-                client_ts_ms,
-            })
-        }),
+        position().prop_map(Model::Position),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            prop::collection::vec(any::<u8>(), 1..=64)
+        )
+            .prop_map(|(request_id, since_ms, player)| Model::PathQuery {
+                request_id,
+                since_ms,
+                player
+            }),
+        (
+            any::<(u32, u16, u8)>(),
+            prop::collection::vec(position(), 0..8)
+        )
+            .prop_map(|((request_id, status, flags), positions)| Model::Path {
+                request_id,
+                status,
+                flags,
+                positions: positions.iter().flat_map(Position::to_bytes).collect(),
+            }),
         any::<u64>().prop_map(Model::Ping),
         any::<u64>().prop_map(Model::Pong),
         (
@@ -828,4 +881,157 @@ fn decode_error_is_std_error() {
     assert!(DecodeError::InvalidTopic
         .to_string()
         .contains("invalid topic"));
+}
+
+fn path_query(player: &[u8]) -> Vec<u8> {
+    encode(&Frame::PathQuery(PathQuery {
+        request_id: 9,
+        since_ms: 0,
+        player,
+    }))
+}
+
+#[test]
+fn path_query_round_trip_and_player_limits() {
+    let buf = path_query(b"phone-1");
+    assert_eq!(buf.len(), 4 + 14 + 7);
+    let (f, used) = decode(&buf, &L).unwrap().unwrap();
+    assert_eq!(used, buf.len());
+    assert_eq!(
+        f,
+        Frame::PathQuery(PathQuery {
+            request_id: 9,
+            since_ms: 0,
+            player: b"phone-1"
+        })
+    );
+    // 1 and 64 bytes (the default client_id_bytes_max) are fine.
+    assert!(decode(&path_query(b"p"), &L).unwrap().is_some());
+    assert!(decode(&path_query(&[b'p'; 64]), &L).unwrap().is_some());
+    // Empty or over the limit: Malformed.
+    assert_eq!(malformed(&path_query(b"")), "PATH_QUERY player is empty");
+    assert_eq!(
+        malformed(&path_query(&[b'p'; 65])),
+        "PATH_QUERY player is over the limit"
+    );
+    assert_eq!(
+        DecodeError::Malformed("PATH_QUERY player is empty").code(),
+        ErrorCode::Malformed
+    );
+    // The limit is the configured client_id one.
+    let narrow = Limits {
+        client_id_bytes_max: 3,
+        ..L
+    };
+    assert!(decode(&path_query(b"abc"), &narrow).unwrap().is_some());
+    assert!(matches!(
+        decode(&path_query(b"abcd"), &narrow),
+        Err(DecodeError::Malformed(
+            "PATH_QUERY player is over the limit"
+        ))
+    ));
+    let wide = Limits {
+        client_id_bytes_max: 255,
+        ..L
+    };
+    assert!(decode(&path_query(&[b'p'; 255]), &wide).unwrap().is_some());
+}
+
+#[test]
+fn path_query_lengths() {
+    let buf = path_query(b"ab");
+    // Cut inside since_ms, inside the player, or one byte too many.
+    assert_eq!(
+        malformed(&raw(0x21, &buf[5..12])),
+        "PATH_QUERY body ends inside a field"
+    );
+    assert_eq!(
+        malformed(&raw(0x21, &buf[5..buf.len() - 1])),
+        "PATH_QUERY body ends inside a field"
+    );
+    let mut long = buf[5..].to_vec();
+    long.push(b'x');
+    assert_eq!(
+        malformed(&raw(0x21, &long)),
+        "PATH_QUERY body has bytes after its last field"
+    );
+}
+
+#[test]
+fn path_round_trip_and_lengths() {
+    let a = Position {
+        lat_e7: -338_567_844,
+        lon_e7: 1_512_152_967,
+        accuracy_cm: 500,
+        client_ts_ms: 1_700_000_000_123,
+    };
+    let b = Position {
+        lat_e7: 488_583_701,
+        lon_e7: 22_944_813,
+        accuracy_cm: 0,
+        client_ts_ms: 1,
+    };
+    let records: Vec<u8> = [a, b, a].iter().flat_map(Position::to_bytes).collect();
+    let path = Path {
+        request_id: 9,
+        status: 0,
+        flags: PATH_FLAG_LAST | PATH_FLAG_TRUNCATED | PATH_FLAG_CORRUPT,
+        positions: &records,
+    };
+    let buf = encode(&Frame::Path(path));
+    // Length 8 + 20 x n.
+    assert_eq!(&buf[..4], &(8u32 + 20 * 3).to_be_bytes());
+    let Frame::Path(got) = decode(&buf, &L).unwrap().unwrap().0 else {
+        panic!("not a PATH")
+    };
+    assert_eq!(got, path);
+    assert_eq!(got.positions().collect::<Vec<_>>(), [a, b, a]);
+
+    // No positions at all: an empty path, or a refusal.
+    for status in [0, ErrorCode::StorageFailed as u16] {
+        let empty = Path {
+            request_id: 1,
+            status,
+            flags: PATH_FLAG_LAST,
+            positions: &[],
+        };
+        let buf = encode(&Frame::Path(empty));
+        assert_eq!(&buf[..4], &8u32.to_be_bytes());
+        assert_eq!(decode(&buf, &L).unwrap().unwrap().0, Frame::Path(empty));
+    }
+
+    // Anything but 8 + a multiple of 20 is malformed.
+    let header = &buf[5..12];
+    for extra in [1, 19, 21, 39, 41] {
+        let mut body = header.to_vec();
+        body.resize(7 + extra, 0);
+        assert_eq!(
+            malformed(&raw(0x22, &body)),
+            "PATH positions are not a whole number of 20-byte records",
+            "{extra} bytes of positions"
+        );
+    }
+    for n in [0, 1, 2, 40] {
+        let mut body = header.to_vec();
+        body.resize(7 + 20 * n, 0);
+        assert!(decode(&raw(0x22, &body), &L).unwrap().is_some(), "{n}");
+    }
+    // Cut before the flags.
+    assert_eq!(
+        malformed(&raw(0x22, &header[..6])),
+        "PATH body ends inside a field"
+    );
+}
+
+#[test]
+fn position_body_is_position_to_bytes() {
+    let p = Position {
+        lat_e7: -1,
+        lon_e7: 2,
+        accuracy_cm: 3,
+        client_ts_ms: 4,
+    };
+    let buf = encode(&Frame::Position(p));
+    assert_eq!(&buf[5..], &p.to_bytes()[..]);
+    assert_eq!(buf.len(), 5 + POSITION_BYTES);
 }

@@ -23,11 +23,37 @@ const NAMES: &[&str] = &[
     "publish_ack_refused",
     "event",
     "position",
+    "path_query",
+    "path",
     "ping",
     "pong",
     "goaway",
     "error",
 ];
+
+/// The fix of the `position` vector (Sydney Opera House).
+const OPERA_HOUSE: Position = Position {
+    lat_e7: -338_567_844,
+    lon_e7: 1_512_152_967,
+    accuracy_cm: 500,
+    client_ts_ms: 1_700_000_000_123,
+};
+
+/// A second fix, 5 s later (Sydney Harbour Bridge).
+const HARBOUR_BRIDGE: Position = Position {
+    lat_e7: -338_523_063,
+    lon_e7: 1_512_107_871,
+    accuracy_cm: 800,
+    client_ts_ms: 1_700_000_005_123,
+};
+
+/// The positions of the `path` vector, as PATH carries them.
+static PATH_POSITIONS: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    [OPERA_HOUSE, HARBOUR_BRIDGE]
+        .iter()
+        .flat_map(Position::to_bytes)
+        .collect()
+});
 
 /// The frame each vector encodes.
 fn expected(name: &str) -> Option<Frame<'static>> {
@@ -101,11 +127,17 @@ fn expected(name: &str) -> Option<Frame<'static>> {
             topic: b"game:42",
             payload: b"hi!",
         }),
-        "position" => Frame::Position(Position {
-            lat_e7: -338_567_844,
-            lon_e7: 1_512_152_967,
-            accuracy_cm: 500,
-            client_ts_ms: 1_700_000_000_123,
+        "position" => Frame::Position(OPERA_HOUSE),
+        "path_query" => Frame::PathQuery(PathQuery {
+            request_id: 9,
+            since_ms: 1_700_000_000_000,
+            player: b"phone-1",
+        }),
+        "path" => Frame::Path(Path {
+            request_id: 9,
+            status: 0,
+            flags: PATH_FLAG_LAST,
+            positions: &PATH_POSITIONS,
         }),
         "ping" => Frame::Ping { nonce: 1 },
         "pong" => Frame::Pong { nonce: 1 },
@@ -220,8 +252,8 @@ fn doc() -> String {
 fn document_vectors_match_the_codec() {
     let vectors = parse(&doc());
     // A broken parser must not pass by finding nothing.
-    assert_eq!(vectors.len(), 17, "number of vectors in docs/PROTOCOL.md");
-    assert_eq!(NAMES.len(), 17);
+    assert_eq!(vectors.len(), 19, "number of vectors in docs/PROTOCOL.md");
+    assert_eq!(NAMES.len(), 19);
 
     let found: Vec<&str> = vectors.iter().map(|v| v.name.as_str()).collect();
     for name in NAMES {

@@ -10,7 +10,8 @@
 //!   the topic's current epoch.
 //! - `topics`: topic name -> id (u64), epoch (u64), newest sequence (u64);
 //!   rewritten in the same batch as the topic's events.
-//! - `paths`: player paths (see `writer`).
+//! - `paths`: player (str8), block number (u32) -> one `path_block`: a
+//!   player's positions in arrival order, about 4 KiB before compression.
 //! - `meta`: the format version and how the last run ended.
 
 use std::path::{Path, PathBuf};
@@ -76,6 +77,16 @@ pub fn event_key(topic_id: u64, seq: u64) -> [u8; EVENT_KEY_BYTES] {
     let mut key = [0u8; EVENT_KEY_BYTES];
     key[..8].copy_from_slice(&topic_id.to_be_bytes());
     key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// A path block's key: the player (str8, so one player's keys are never a
+/// prefix of another's) and the block's number, big-endian.
+pub fn path_key(player: &[u8], block: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + player.len() + 4);
+    key.push(player.len() as u8);
+    key.extend_from_slice(player);
+    key.extend_from_slice(&block.to_be_bytes());
     key
 }
 
@@ -267,6 +278,54 @@ impl Db {
         batch.commit(true)
     }
 
+    /// The newest block of a player's path: its number and bytes.
+    pub fn last_path_block(&self, player: &[u8]) -> Result<Option<(u32, Vec<u8>)>, String> {
+        let last = path_key(player, u32::MAX);
+        let prefix = &last[..last.len() - 4];
+        self.with_db(|db| {
+            let mut iter = db.iterator_cf(
+                cf(db, CF_PATHS),
+                IteratorMode::From(&last, Direction::Reverse),
+            );
+            match iter.next() {
+                Some(Ok((key, value))) if key.len() == last.len() && key.starts_with(prefix) => {
+                    let block = u32::from_be_bytes(key[prefix.len()..].try_into().expect("4"));
+                    Ok(Some((block, value.into_vec())))
+                }
+                Some(Err(e)) => Err(e.to_string()),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// Calls `f` with each block of a player's path, oldest first, while it
+    /// returns true.
+    pub fn for_each_path_block(
+        &self,
+        player: &[u8],
+        mut f: impl FnMut(u32, &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let first = path_key(player, 0);
+        let prefix = &first[..first.len() - 4];
+        self.with_db(|db| {
+            let iter = db.iterator_cf(
+                cf(db, CF_PATHS),
+                IteratorMode::From(&first, Direction::Forward),
+            );
+            for item in iter {
+                let (key, value) = item.map_err(|e| e.to_string())?;
+                if key.len() != first.len() || !key.starts_with(prefix) {
+                    break;
+                }
+                let block = u32::from_be_bytes(key[prefix.len()..].try_into().expect("4"));
+                if !f(block, &value) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Syncs the WAL (async durability does this periodically).
     pub fn sync_wal(&self) -> Result<(), String> {
         self.with_db(|db| db.flush_wal(true).map_err(|e| e.to_string()))
@@ -397,6 +456,10 @@ impl Batch<'_> {
         value[8..16].copy_from_slice(&row.epoch.to_be_bytes());
         value[16..24].copy_from_slice(&row.last_seq.to_be_bytes());
         self.put(CF_TOPICS, name, &value);
+    }
+
+    pub fn put_path(&mut self, player: &[u8], block: u32, value: &[u8]) {
+        self.put(CF_PATHS, &path_key(player, block), value);
     }
 
     fn put_meta(&mut self, key: &[u8], value: &[u8]) {

@@ -57,6 +57,8 @@ impl Durability {
 pub const APPEND: u8 = 1;
 /// The shard has failed every append after a FAILED notice and starts anew.
 pub const RESUME: u8 = 2;
+/// A player's position: str8 player, then the 20-byte POSITION body.
+pub const POSITION: u8 = 3;
 
 // ---- writer -> shard records ----------------------------------------------
 
@@ -70,9 +72,59 @@ pub const FAILED: u8 = 2;
 
 /// Shard -> reader: a `ReadRequest`.
 pub const READ: u8 = 1;
+/// Shard -> reader: a `PathRequest`.
+pub const PATH_READ: u8 = 2;
 /// Reader -> shard: a `ReadReply` header, the topic (str8), then whole
 /// EVENT frames.
 pub const EVENTS: u8 = 1;
+/// Reader -> shard: connection (u32) and generation (u32), then the whole
+/// PATH frames answering its query.
+pub const PATH_FRAMES: u8 = 2;
+
+/// A PATH_QUERY passed on to the reader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRequest<'a> {
+    pub conn: u32,
+    pub generation: u32,
+    pub request_id: u32,
+    pub since_ms: u64,
+    pub player: &'a [u8],
+}
+
+const PATH_REQUEST_HEADER_BYTES: usize = 4 + 4 + 4 + 8;
+
+impl<'a> PathRequest<'a> {
+    pub fn encode(&self) -> [u8; PATH_REQUEST_HEADER_BYTES] {
+        let mut out = [0u8; PATH_REQUEST_HEADER_BYTES];
+        out[0..4].copy_from_slice(&self.conn.to_be_bytes());
+        out[4..8].copy_from_slice(&self.generation.to_be_bytes());
+        out[8..12].copy_from_slice(&self.request_id.to_be_bytes());
+        out[12..20].copy_from_slice(&self.since_ms.to_be_bytes());
+        out
+    }
+
+    /// The header as encoded, then the player (the record's remaining bytes).
+    pub fn decode(body: &'a [u8]) -> PathRequest<'a> {
+        assert!(
+            body.len() > PATH_REQUEST_HEADER_BYTES,
+            "a shard sent a short path read"
+        );
+        PathRequest {
+            conn: be_u32(&body[0..]),
+            generation: be_u32(&body[4..]),
+            request_id: be_u32(&body[8..]),
+            since_ms: be_u64(&body[12..]),
+            player: &body[PATH_REQUEST_HEADER_BYTES..],
+        }
+    }
+}
+
+/// The connection and generation at the front of a PATH_FRAMES reply, and
+/// the frames after them.
+pub fn decode_path_frames(body: &[u8]) -> (u32, u32, &[u8]) {
+    assert!(body.len() >= 8, "a short path reply");
+    (be_u32(&body[0..]), be_u32(&body[4..]), &body[8..])
+}
 
 /// Events of one topic a subscriber still needs, `from..=to`, at most
 /// `bytes_max` of frames.

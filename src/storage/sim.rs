@@ -13,7 +13,7 @@ use cluecast_proto::{decode, Frame, Limits};
 
 use super::{
     Durability, ReadRequest, ReadStatus, ReaderPort, WriterPort, APPEND, DURABLE, EVENTS, FAILED,
-    READ_REPLY_BYTES_MAX, RESUME,
+    POSITION, READ_REPLY_BYTES_MAX, RESUME,
 };
 use crate::ring::sim::Rng;
 
@@ -137,6 +137,7 @@ impl SimStorage {
                     }
                 }
                 RESUME => port.failed = false,
+                POSITION => {} // paths are not simulated
                 other => panic!("unknown storage record kind {other}"),
             }
             port.writer.append_rx.pop();

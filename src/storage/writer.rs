@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
-use super::{Durability, APPEND, DURABLE, FAILED, RESUME};
+use super::path_block::{decode_block, BlockBuilder};
+use super::{Durability, APPEND, DURABLE, FAILED, POSITION, RESUME};
 use crate::ring::uring::Doorbell;
-use cluecast_proto::{decode, Frame, Limits};
+use cluecast_proto::{decode, Frame, Limits, Position, POSITION_BYTES};
 use cluecast_sys::spsc;
 
 /// Most appended bytes one batch takes; the rest waits for the next round.
@@ -32,6 +33,11 @@ const ASYNC_WAL_SYNC: Duration = Duration::from_millis(200);
 const ASYNC_RETRY: Duration = Duration::from_millis(100);
 /// How often a failing database is closed and opened again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// Players whose open path block is kept in memory; past it, those idle
+/// for `PATH_IDLE` are let go (their block is on disk and is read back when
+/// they move again).
+const OPEN_PATHS_MAX: usize = 100_000;
+const PATH_IDLE: Duration = Duration::from_secs(60);
 
 /// The writer's ends of one shard's channels.
 pub struct WriterPort {
@@ -49,6 +55,16 @@ struct Port {
     failed: bool,
     /// A notice the channel had no room for; a newer DURABLE replaces it.
     owed: Option<(u8, u64, String)>,
+}
+
+/// A player's path block being filled, rewritten whole in every batch that
+/// adds to it and sealed once full.
+struct OpenPath {
+    block: u32,
+    builder: BlockBuilder,
+    /// Changed since the last successful batch.
+    dirty: bool,
+    last_used: Instant,
 }
 
 struct Row {
@@ -80,6 +96,11 @@ pub struct Writer {
     unsynced: bool,
     /// The batch being written: (port, APPEND body).
     records: Vec<(usize, Vec<u8>)>,
+    paths: HashMap<Box<[u8]>, OpenPath>,
+    /// Some open path changed since the last successful batch.
+    paths_dirty: bool,
+    /// Blocks filled and not yet written: (player, block, bytes).
+    sealed: Vec<(Box<[u8]>, u32, Vec<u8>)>,
     /// An async batch failed and is written again at this time.
     retry_at: Option<Instant>,
     last_reopen: Option<Instant>,
@@ -131,6 +152,9 @@ impl Writer {
             last_wal_sync: Instant::now(),
             unsynced: false,
             records: Vec::new(),
+            paths: HashMap::new(),
+            paths_dirty: false,
+            sealed: Vec::new(),
             retry_at: None,
             last_reopen: None,
             lost_acknowledged: false,
@@ -189,7 +213,7 @@ impl Writer {
                 }
             }
         }
-        if !self.records.is_empty() {
+        if !self.records.is_empty() || self.paths_dirty {
             self.commit_records();
         }
         true
@@ -202,9 +226,9 @@ impl Writer {
         let mut bytes = 0;
         let mut read_any = false;
         for i in 0..self.ports.len() {
-            let port = &mut self.ports[i];
-            port.io.append_rx.clear_doorbell();
+            self.ports[i].io.append_rx.clear_doorbell();
             while bytes < BATCH_BYTES_MAX {
+                let port = &mut self.ports[i];
                 let Some((kind, body)) = port.io.append_rx.peek() else {
                     break;
                 };
@@ -218,9 +242,14 @@ impl Writer {
                         }
                     }
                     RESUME => port.failed = false,
+                    POSITION => {
+                        bytes += body.len();
+                        let body = body.to_vec();
+                        self.add_position(&body);
+                    }
                     other => panic!("unknown storage record kind {other}"),
                 }
-                port.io.append_rx.pop();
+                self.ports[i].io.append_rx.pop();
             }
         }
         read_any
@@ -249,6 +278,7 @@ impl Writer {
             self.stats.events += records.len() as u64;
             self.records = records;
             self.records.clear();
+            self.paths_written();
             self.retry_at = None;
             let recovered = self.failing;
             if recovered {
@@ -334,7 +364,97 @@ impl Writer {
         for name in touched.iter() {
             batch.put_topic(name, self.topics[name].row);
         }
+        for (player, block, bytes) in &self.sealed {
+            batch.put_path(player, *block, bytes);
+        }
+        for (player, path) in &self.paths {
+            if path.dirty && !path.builder.is_empty() {
+                batch.put_path(player, path.block, &path.builder.finish());
+            }
+        }
         batch.commit(sync)
+    }
+
+    /// Adds a POSITION record to its player's open block, sealing it once
+    /// full. Kept in memory until a batch writes it (failed batches too).
+    fn add_position(&mut self, body: &[u8]) {
+        let player_len = body[0] as usize;
+        let (player, fix) = body[1..].split_at(player_len);
+        let fix: &[u8; POSITION_BYTES] = fix.try_into().expect("a whole position");
+        let position = Position::from_bytes(fix);
+        if !self.paths.contains_key(player) {
+            match self.load_path(player) {
+                Ok(path) => {
+                    self.paths.insert(player.into(), path);
+                }
+                Err(e) => {
+                    crate::error!(
+                        "storage: cannot read the path of player {:?}: {e}; a position is lost",
+                        String::from_utf8_lossy(player)
+                    );
+                    return;
+                }
+            }
+        }
+        let path = self.paths.get_mut(player).expect("inserted above");
+        path.builder.push(&position);
+        path.dirty = true;
+        path.last_used = Instant::now();
+        self.paths_dirty = true;
+        if path.builder.is_full() {
+            self.sealed
+                .push((player.into(), path.block, path.builder.finish()));
+            path.block += 1;
+            path.builder.clear();
+        }
+    }
+
+    /// A player's open block as stored: the newest block if it has room,
+    /// else a new one after it. A damaged newest block is left as it is
+    /// (and reported): the path continues in the next block.
+    fn load_path(&self, player: &[u8]) -> Result<OpenPath, String> {
+        let mut path = OpenPath {
+            block: 0,
+            builder: BlockBuilder::new(),
+            dirty: false,
+            last_used: Instant::now(),
+        };
+        let Some((block, bytes)) = self.db.last_path_block(player)? else {
+            return Ok(path);
+        };
+        path.block = block + 1;
+        match decode_block(&bytes) {
+            Ok(positions) => {
+                for p in &positions {
+                    path.builder.push(p);
+                }
+                if !path.builder.is_full() {
+                    path.block = block;
+                } else {
+                    path.builder.clear();
+                }
+            }
+            Err(e) => crate::error!(
+                "storage: block {block} of player {:?}'s path is damaged ({e}); it is kept \
+                 as it is and the path continues in block {}",
+                String::from_utf8_lossy(player),
+                block + 1
+            ),
+        }
+        Ok(path)
+    }
+
+    /// After a successful batch: nothing of the paths waits any more; idle
+    /// players are let go when too many are open.
+    fn paths_written(&mut self) {
+        self.sealed.clear();
+        self.paths_dirty = false;
+        for path in self.paths.values_mut() {
+            path.dirty = false;
+        }
+        if self.paths.len() > OPEN_PATHS_MAX {
+            self.paths.retain(|_, p| p.last_used.elapsed() < PATH_IDLE);
+        }
     }
 
     fn sync_wal(&mut self) -> Result<(), String> {

@@ -126,6 +126,21 @@ impl Server {
         self.log.try_iter().collect()
     }
 
+    /// Waits until a log line contains `needle` (lines read on the way are
+    /// consumed); false if none does within `within`.
+    pub fn logged(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while let Ok(line) = self
+            .log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    }
+
     pub fn rss_bytes(&self) -> u64 {
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).unwrap();
         let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
