@@ -90,6 +90,10 @@ settings! {
     durability: Durability = Durability::Sync, "CLUECAST_DURABILITY";
     /// Bytes of events per shard waiting for the storage writer; past it, publishes get Overloaded
     storage_queue_bytes: usize = 8 << 20, "CLUECAST_STORAGE_QUEUE_BYTES";
+    /// Events each topic keeps on disk (the oldest go first); 0 keeps all
+    retention_events_max: u64 = 1_000_000, "CLUECAST_RETENTION_EVENTS_MAX";
+    /// Seconds an event is kept on disk; 0 keeps events forever
+    retention_age_s: u64 = 7 * 24 * 3600, "CLUECAST_RETENTION_AGE_S";
 }
 
 /// 60% of the CPUs this process may use, rounded, at least one: the share

@@ -16,7 +16,7 @@ use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
 use crate::shard::{Shard, ShardSetup, ShardStats};
 use crate::storage::db::{Db, TopicRow};
-use crate::storage::{self, Durability, Reader, StorageLink, StoredTopic, Writer};
+use crate::storage::{self, Durability, Reader, Retention, StorageLink, StoredTopic, Writer};
 use crate::topics::TopicLimits;
 
 /// Descriptors kept back from the connection budget: rings, listeners,
@@ -243,7 +243,7 @@ fn start_storage(
         reader_bell.fd(),
     );
     let db = Arc::new(store.db);
-    let rows: Vec<(Box<[u8]>, TopicRow)> = store
+    let rows: Vec<(Box<[u8]>, TopicRow, u64)> = store
         .topics
         .iter()
         .map(|(id, t)| {
@@ -252,7 +252,7 @@ fn start_storage(
                 epoch: t.epoch,
                 last_seq: t.last_seq,
             };
-            (t.name.clone(), row)
+            (t.name.clone(), row, t.oldest_seq)
         })
         .collect();
     let stored: Arc<[StoredTopic]> = store.topics.into_iter().map(|(_, t)| t).collect();
@@ -262,6 +262,10 @@ fn start_storage(
         settings.limits(),
         writer_ports,
         rows.into_iter(),
+        Retention {
+            events_max: settings.retention_events_max,
+            age_ms: settings.retention_age_s.saturating_mul(1000),
+        },
         writer_bell,
     );
     let reader = Reader::new(db, settings.limits(), reader_ports, reader_bell);

@@ -1363,6 +1363,13 @@ impl Core {
                 Notice::Failed { message, .. } => {
                     Some(String::from_utf8_lossy(message).into_owned())
                 }
+                Notice::Floor { oldest, topic } => {
+                    if let Some(t) = self.topics.find(topic) {
+                        let topic = self.topics.get_mut(t);
+                        topic.stored_oldest_seq = topic.stored_oldest_seq.max(oldest);
+                    }
+                    None
+                }
             };
             link.notice_rx.pop();
             if let Some(message) = failure {

@@ -412,3 +412,53 @@ fn without_a_log_a_path_query_is_refused_clearly() {
     let err = client(&server).path("phone-7", 0).unwrap_err();
     assert!(err.to_string().contains("StorageFailed"), "{err}");
 }
+
+/// Subscribes from sequence 1 until SUBSCRIBED names `oldest` (retention
+/// runs after the commit that acks the publisher), then reads up to `last`.
+fn retained(server: &Server, topic: &str, oldest: u64, last: u64) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        let mut c = client(server);
+        let s = c.subscribe(topic, Start::From(1)).unwrap();
+        if s.oldest_seq == oldest {
+            assert_eq!(s.status, SubscribeStatus::NotRecovered);
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "oldest stayed {} (want {oldest})",
+            s.oldest_seq
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&last) {
+        match c.next_timeout(Duration::from_secs(10)).unwrap() {
+            Some(Delivery::Event(e)) => seqs.push(e.seq),
+            other => panic!("{topic}: expected events, got {other:?}"),
+        }
+    }
+    seqs
+}
+
+#[test]
+fn retention_keeps_the_newest_events_by_count_and_by_age() {
+    let server = Server::start(&["--retention-events-max", "100", "--history-events-max", "1"]);
+    let mut publisher = client(&server);
+    for i in 1..=300u64 {
+        assert_eq!(publisher.publish("hunt-r", b"x").unwrap().seq, i);
+    }
+    assert_eq!(
+        retained(&server, "hunt-r", 201, 300),
+        (201..=300).collect::<Vec<_>>()
+    );
+
+    let server = Server::start(&["--retention-age-s", "1", "--history-events-max", "1"]);
+    let mut publisher = client(&server);
+    for _ in 0..50 {
+        publisher.publish("hunt-a", b"old").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(publisher.publish("hunt-a", b"new").unwrap().seq, 51);
+    assert_eq!(retained(&server, "hunt-a", 51, 51), vec![51]);
+}

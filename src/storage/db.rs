@@ -342,6 +342,18 @@ impl Db {
         })
     }
 
+    /// When event `seq` of a topic was published (ns since 1970), if stored.
+    pub fn event_time(&self, topic_id: u64, seq: u64) -> Result<Option<u64>, String> {
+        self.with_db(|db| {
+            let value = db
+                .get_pinned_cf(cf(db, CF_EVENTS), event_key(topic_id, seq))
+                .map_err(|e| e.to_string())?;
+            Ok(value
+                .filter(|v| v.len() >= EVENT_VALUE_HEADER_BYTES)
+                .map(|v| be_u64(&v)))
+        })
+    }
+
     /// The oldest stored sequence of a topic, 0 if none.
     pub fn oldest_seq(&self, topic_id: u64) -> Result<u64, String> {
         Ok(self.first_seq_from(topic_id, 0)?.unwrap_or(0))
@@ -456,6 +468,19 @@ impl Batch<'_> {
         value[8..16].copy_from_slice(&row.epoch.to_be_bytes());
         value[16..24].copy_from_slice(&row.last_seq.to_be_bytes());
         self.put(CF_TOPICS, name, &value);
+    }
+
+    /// Deletes a topic's events `from..to` (one range tombstone).
+    pub fn delete_events(&mut self, topic_id: u64, from: u64, to: u64) {
+        let db = self
+            .db
+            .as_ref()
+            .expect("a batch is made for an open database");
+        self.batch.delete_range_cf(
+            cf(db, CF_EVENTS),
+            event_key(topic_id, from),
+            event_key(topic_id, to),
+        );
     }
 
     pub fn put_path(&mut self, player: &[u8], block: u32, value: &[u8]) {

@@ -24,7 +24,7 @@ use std::os::fd::RawFd;
 use cluecast_sys::spsc;
 
 pub use reader::{Reader, ReaderPort};
-pub use writer::{Writer, WriterPort};
+pub use writer::{Retention, Writer, WriterPort};
 
 /// How an acknowledged publish survives a crash.
 #[derive(
@@ -67,6 +67,9 @@ pub const DURABLE: u8 = 1;
 /// u64 then text: the appends after the last DURABLE failed, up to this
 /// one, and every later one until the shard sends RESUME.
 pub const FAILED: u8 = 2;
+/// u64 then the topic: retention deleted the topic's events before this
+/// sequence.
+pub const FLOOR: u8 = 3;
 
 // ---- shard <-> reader records -----------------------------------------------
 
@@ -262,6 +265,7 @@ impl ReadReply {
 pub enum Notice<'a> {
     Durable { through: u64 },
     Failed { through: u64, message: &'a [u8] },
+    Floor { oldest: u64, topic: &'a [u8] },
 }
 
 impl<'a> Notice<'a> {
@@ -272,6 +276,10 @@ impl<'a> Notice<'a> {
             FAILED => Notice::Failed {
                 through,
                 message: &body[8..],
+            },
+            FLOOR => Notice::Floor {
+                oldest: through,
+                topic: &body[8..],
             },
             other => panic!("unknown storage notice kind {other}"),
         }

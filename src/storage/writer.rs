@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
 use super::path_block::{decode_block, BlockBuilder};
-use super::{Durability, APPEND, DURABLE, FAILED, POSITION, RESUME};
+use super::{Durability, APPEND, DURABLE, FAILED, FLOOR, POSITION, RESUME};
 use crate::ring::uring::Doorbell;
 use cluecast_proto::{decode, Frame, Limits, Position, POSITION_BYTES};
 use cluecast_sys::spsc;
@@ -38,6 +38,10 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// they move again).
 const OPEN_PATHS_MAX: usize = 100_000;
 const PATH_IDLE: Duration = Duration::from_secs(60);
+/// How often topics are checked for events past the retention age: a
+/// quarter of the age, within these bounds.
+const AGE_CHECK_MIN: Duration = Duration::from_millis(100);
+const AGE_CHECK_MAX: Duration = Duration::from_secs(10);
 
 /// The writer's ends of one shard's channels.
 pub struct WriterPort {
@@ -55,6 +59,8 @@ struct Port {
     failed: bool,
     /// A notice the channel had no room for; a newer DURABLE replaces it.
     owed: Option<(u8, u64, String)>,
+    /// New retention floors not yet told: (topic, oldest sequence kept).
+    floors: Vec<(Box<[u8]>, u64)>,
 }
 
 /// A player's path block being filled, rewritten whole in every batch that
@@ -72,6 +78,17 @@ struct Row {
     /// The round that last changed it, and how it was before that round.
     round: u64,
     before: Option<TopicRow>,
+    /// The oldest stored sequence, once known (looked up when needed).
+    oldest_seq: Option<u64>,
+}
+
+/// How long and how much history each topic keeps on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Events per topic; 0 keeps all.
+    pub events_max: u64,
+    /// Age of the oldest event kept; 0 keeps all.
+    pub age_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,6 +121,8 @@ pub struct Writer {
     /// An async batch failed and is written again at this time.
     retry_at: Option<Instant>,
     last_reopen: Option<Instant>,
+    retention: Retention,
+    last_age_check: Instant,
     /// An async batch failed after its events were acknowledged: the next
     /// start must change epochs.
     lost_acknowledged: bool,
@@ -117,15 +136,17 @@ impl Writer {
         durability: Durability,
         limits: Limits,
         ports: Vec<WriterPort>,
-        topics: impl Iterator<Item = (Box<[u8]>, TopicRow)>,
+        topics: impl Iterator<Item = (Box<[u8]>, TopicRow, u64)>,
+        retention: Retention,
         doorbell: Doorbell,
     ) -> Writer {
         let topics: HashMap<Box<[u8]>, Row> = topics
-            .map(|(name, row)| {
+            .map(|(name, row, oldest_seq)| {
                 let row = Row {
                     row,
                     round: 0,
                     before: None,
+                    oldest_seq: (oldest_seq != 0).then_some(oldest_seq),
                 };
                 (name, row)
             })
@@ -143,6 +164,7 @@ impl Writer {
                     durable_through: 0,
                     failed: false,
                     owed: None,
+                    floors: Vec::new(),
                 })
                 .collect(),
             topics,
@@ -157,6 +179,8 @@ impl Writer {
             sealed: Vec::new(),
             retry_at: None,
             last_reopen: None,
+            retention,
+            last_age_check: Instant::now(),
             lost_acknowledged: false,
             failing: false,
             stats: WriterStats::default(),
@@ -170,6 +194,12 @@ impl Writer {
         loop {
             let worked = self.round();
             self.send_owed_notices();
+            let age_check = Duration::from_millis(self.retention.age_ms / 4)
+                .clamp(AGE_CHECK_MIN, AGE_CHECK_MAX);
+            if self.retention.age_ms > 0 && self.last_age_check.elapsed() >= age_check {
+                self.last_age_check = Instant::now();
+                self.expire_by_age();
+            }
             if self.unsynced && self.last_wal_sync.elapsed() >= ASYNC_WAL_SYNC {
                 if let Err(e) = self.sync_wal() {
                     crate::error!("storage: syncing the WAL failed: {e}");
@@ -280,6 +310,7 @@ impl Writer {
             self.records.clear();
             self.paths_written();
             self.retry_at = None;
+            self.enforce_retention(&touched);
             let recovered = self.failing;
             if recovered {
                 crate::info!("storage: writes succeed again");
@@ -457,6 +488,109 @@ impl Writer {
         }
     }
 
+    /// Trims the topics a batch added to down to `events_max` events.
+    fn enforce_retention(&mut self, touched: &[Box<[u8]>]) {
+        if self.retention.events_max == 0 {
+            return;
+        }
+        let mut trims = Vec::new();
+        for name in touched {
+            let Some(oldest) = self.oldest_seq(name) else {
+                continue;
+            };
+            let row = &self.topics[name].row;
+            if row.last_seq - oldest + 1 > self.retention.events_max {
+                trims.push((name.clone(), row.last_seq - self.retention.events_max + 1));
+            }
+        }
+        self.trim(trims);
+    }
+
+    /// Trims every topic whose oldest event is older than `age_ms`. The
+    /// first event young enough is found by bisection (publish times rise
+    /// with the sequence).
+    fn expire_by_age(&mut self) {
+        let cutoff_ns =
+            cluecast_sys::realtime_ns().saturating_sub(self.retention.age_ms * 1_000_000);
+        let names: Vec<Box<[u8]>> = self.topics.keys().cloned().collect();
+        let mut trims = Vec::new();
+        for name in names {
+            let Some(oldest) = self.oldest_seq(&name) else {
+                continue;
+            };
+            let row = self.topics[&name].row;
+            let time = |seq| self.db.event_time(row.id, seq);
+            match time(oldest) {
+                Ok(Some(t)) if t < cutoff_ns => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    crate::error!("storage: retention check failed: {e}");
+                    return;
+                }
+            }
+            // Invariant: `low` is too old; `high` is young enough, or one
+            // past the newest (everything is too old).
+            let (mut low, mut high) = (oldest, row.last_seq + 1);
+            while high - low > 1 {
+                let middle = low + (high - low) / 2;
+                match time(middle) {
+                    Ok(Some(t)) if t < cutoff_ns => low = middle,
+                    Ok(_) => high = middle,
+                    Err(e) => {
+                        crate::error!("storage: retention check failed: {e}");
+                        return;
+                    }
+                }
+            }
+            trims.push((name, high));
+        }
+        self.trim(trims);
+    }
+
+    /// The oldest stored sequence of a topic, looked up once.
+    fn oldest_seq(&mut self, name: &[u8]) -> Option<u64> {
+        let row = self.topics.get_mut(name)?;
+        if row.oldest_seq.is_none() {
+            match self.db.oldest_seq(row.row.id) {
+                Ok(0) => {}
+                Ok(oldest) => row.oldest_seq = Some(oldest),
+                Err(e) => crate::error!("storage: cannot read a topic's oldest event: {e}"),
+            }
+        }
+        row.oldest_seq
+    }
+
+    /// Deletes each topic's events before its new floor (one range delete
+    /// each, no sync: a trim lost to a crash is simply done again) and tells
+    /// every shard the new floor.
+    fn trim(&mut self, trims: Vec<(Box<[u8]>, u64)>) {
+        if trims.is_empty() {
+            return;
+        }
+        let result = self.db.batch().and_then(|mut batch| {
+            for (name, floor) in &trims {
+                let row = &self.topics[name];
+                batch.delete_events(row.row.id, row.oldest_seq.unwrap_or(0), *floor);
+            }
+            batch.commit(false)
+        });
+        if let Err(e) = result {
+            crate::error!("storage: deleting events past retention failed: {e}");
+            return;
+        }
+        for (name, floor) in trims {
+            self.topics
+                .get_mut(&name)
+                .expect("trimmed rows exist")
+                .oldest_seq = Some(floor);
+            for port in &mut self.ports {
+                port.floors.retain(|(topic, _)| *topic != name);
+                port.floors.push((name.clone(), floor));
+            }
+        }
+        self.send_owed_notices();
+    }
+
     fn sync_wal(&mut self) -> Result<(), String> {
         self.last_wal_sync = Instant::now();
         self.unsynced = false;
@@ -489,6 +623,7 @@ impl Writer {
                     },
                     round,
                     before: None,
+                    oldest_seq: None,
                 };
                 self.topics.entry(event.topic.into()).or_insert(row)
             }
@@ -520,18 +655,30 @@ impl Writer {
 
     fn send_owed_notices(&mut self) {
         for port in &mut self.ports {
-            let Some((kind, through, message)) = &port.owed else {
-                continue;
-            };
-            if port
-                .io
-                .notice_tx
-                .push(*kind, &[&through.to_be_bytes(), message.as_bytes()])
-            {
-                port.owed = None;
-                if port.io.notice_tx.ring_doorbell() {
-                    self.doorbell.ring(port.io.ring_fd);
+            let mut pushed = false;
+            if let Some((kind, through, message)) = &port.owed {
+                if port
+                    .io
+                    .notice_tx
+                    .push(*kind, &[&through.to_be_bytes(), message.as_bytes()])
+                {
+                    port.owed = None;
+                    pushed = true;
                 }
+            }
+            while let Some((topic, floor)) = port.floors.last() {
+                if !port
+                    .io
+                    .notice_tx
+                    .push(FLOOR, &[&floor.to_be_bytes(), topic])
+                {
+                    break;
+                }
+                port.floors.pop();
+                pushed = true;
+            }
+            if pushed && port.io.notice_tx.ring_doorbell() {
+                self.doorbell.ring(port.io.ring_fd);
             }
         }
     }
