@@ -88,7 +88,7 @@ settings! {
     data_dir: PathBuf = PathBuf::from("data"), "CLUECAST_DATA_DIR";
     /// sync: acked and delivered once the WAL is synced; async: at once, synced within 200 ms; memory: no log
     durability: Durability = Durability::Sync, "CLUECAST_DURABILITY";
-    /// Bytes of events per shard waiting for the storage writer; past it, publishes get Overloaded
+    /// Bytes of events per shard waiting for the storage writer (in sync, until their WAL sync); past it, publishes get Overloaded
     storage_queue_bytes: usize = 8 << 20, "CLUECAST_STORAGE_QUEUE_BYTES";
     /// Events each topic keeps on disk (the oldest go first); 0 keeps all
     retention_events_max: u64 = 1_000_000, "CLUECAST_RETENTION_EVENTS_MAX";

@@ -257,8 +257,9 @@ struct Core {
     /// APPEND records pushed to the writer, ever (the writer counts alike).
     appends: u64,
     durable_through: u64,
-    /// Events waiting for durability, in append order.
+    /// Events waiting for durability, in append order, and their bytes.
     pending: VecDeque<PendingEvent>,
+    pending_bytes: usize,
     /// A write failed: publishes are refused until RESUME reaches the writer.
     resume_owed: bool,
     /// An async write failed and the writer retries it: publishes are
@@ -360,6 +361,7 @@ impl<R: Ring> Shard<R> {
             appends: 0,
             durable_through: 0,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             resume_owed: false,
             storage_stalled: false,
             disk_retry: Vec::new(),
@@ -1237,10 +1239,12 @@ impl Core {
         let len = event.encoded_len();
         let durability = self.storage.as_ref().map(|s| s.durability);
         let wait_for_sync = durability == Some(Durability::Sync);
-        let storage_has_room = self
-            .storage
-            .as_ref()
-            .is_none_or(|s| s.append_tx.has_room(len));
+        // In sync durability the events held until durable are bounded too
+        // (a peer that stops draining must not make them pile up).
+        let storage_has_room = self.storage.as_ref().is_none_or(|s| {
+            s.append_tx.has_room(len)
+                && (!wait_for_sync || self.pending_bytes + len <= s.pending_bytes_max)
+        });
         // Synced events reach the peers later, when durable.
         let room = storage_has_room && (wait_for_sync || self.peers_have_room(len, ack.peer()));
         let frame = if room {
@@ -1262,6 +1266,7 @@ impl Core {
             }
         }
         if wait_for_sync {
+            self.pending_bytes += len;
             self.topics.get_mut(t).assigned_seq = seq;
             self.pending.push_back(PendingEvent {
                 append: self.appends,
@@ -1291,6 +1296,7 @@ impl Core {
                     return;
                 }
                 let pending = self.pending.pop_front().expect("front exists");
+                self.pending_bytes -= self.arena.len(pending.frame);
                 self.arena.release(pending.frame);
                 continue;
             }
@@ -1303,6 +1309,7 @@ impl Core {
                 return;
             }
             let pending = self.pending.pop_front().expect("front exists");
+            self.pending_bytes -= len;
             self.send_to_peers(pending.frame);
             self.stats.published += 1;
             self.deliver(pending.topic, pending.seq, pending.frame);

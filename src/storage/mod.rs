@@ -300,6 +300,9 @@ pub struct StoredTopic {
 /// One shard's ends of its channels to the storage threads.
 pub struct StorageLink {
     pub durability: Durability,
+    /// Bytes of sequenced events a shard may hold while they wait for their
+    /// WAL sync (and the appends channel's capacity).
+    pub pending_bytes_max: usize,
     pub append_tx: spsc::Sender,
     pub notice_rx: spsc::Receiver,
     pub read_tx: spsc::Sender,
@@ -336,6 +339,7 @@ pub fn links(
         let (reply_tx, reply_rx) = spsc::channel(REPLY_CHANNEL_BYTES);
         let link = StorageLink {
             durability,
+            pending_bytes_max: append_bytes,
             append_tx,
             notice_rx,
             read_tx,
