@@ -263,6 +263,11 @@ impl Server {
         self.scratch = dir;
     }
 
+    /// Bytes in the data directory made for it; None without one.
+    pub fn data_dir_bytes(&self) -> Option<u64> {
+        self.scratch.as_ref().map(ScratchDir::size_bytes)
+    }
+
     /// Why the process id might not be the server's, which the CPU and
     /// memory figures assume (a `via` command that forks would break that).
     pub fn identity_problem(&self) -> Option<String> {
