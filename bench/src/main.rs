@@ -35,6 +35,7 @@ mod plot;
 mod procfs;
 mod report;
 mod resp;
+mod resume;
 mod server;
 mod stats;
 mod summary;
@@ -94,6 +95,11 @@ enum Cmd {
     /// mode (memory, async, sync) side by side, and the durable flag of
     /// every ack checked; the appliance only
     Durable(durable::Args),
+    /// Clients resuming far behind at once, served from disk: time until
+    /// all have caught up (gap- and duplicate-free), resume throughput,
+    /// and live latency meanwhile against the same live load without
+    /// them; the appliance only
+    Resume(resume::Args),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
         Cmd::Summary(args) => summary::main(args),
         Cmd::Conns(args) => conns::main(args),
         Cmd::Durable(args) => durable::main(args),
+        Cmd::Resume(args) => resume::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -233,3 +233,49 @@ fn durable_acks_carry_the_flag_their_mode_promises() {
     assert!(v["acks_per_s"].as_f64().unwrap() > 300.0, "{v}");
     assert_eq!(v["durable_fraction"].as_f64(), Some(1.0), "{v}");
 }
+
+#[test]
+fn resume_from_disk_brings_every_client_exactly_up_to_date() {
+    let v = median_line(&[
+        "resume",
+        "--clients",
+        "300",
+        "--processes",
+        "2",
+        "--behind",
+        "150",
+        "--topics",
+        "3",
+        "--live",
+        "12",
+        "--rate",
+        "100",
+        "--baseline",
+        "1",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(v["scenario"], "resume", "{v}");
+    assert_eq!(v["durability"], "sync", "{v}");
+    assert_eq!(
+        (&v["measured"], &v["failed"]),
+        (&true.into(), &false.into()),
+        "{v}"
+    );
+    for key in ["connected", "resumed", "caught_up", "exact"] {
+        assert_eq!(v[key], 300, "{key}: {v}");
+    }
+    for key in [
+        "gaps",
+        "duplicates",
+        "not_recovered",
+        "live_lost",
+        "live_seq_errors",
+    ] {
+        assert_eq!(v[key], 0, "{key}: {v}");
+    }
+    assert!(v["caught_up_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Each client got at least its 150 events before catching up.
+    assert!(v["catch_up_events"].as_u64().unwrap() >= 300 * 150, "{v}");
+    assert!(v["live_baseline_ms"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+}
