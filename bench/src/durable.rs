@@ -612,6 +612,9 @@ struct Run {
     seq_errors: u64,
     send_lag: [f64; 2],
     server_cpu_pct: f64,
+    /// The server's core busy with anything (the appliance, the kernel's
+    /// work for it such as writeback, and any other tenant), % of it.
+    server_core_pct: f64,
     server_rss_bytes: f64,
     data_dir_bytes: f64,
     generator_cpu_pct: f64,
@@ -642,6 +645,7 @@ impl Run {
             seq_errors: 0,
             send_lag: [nan; 2],
             server_cpu_pct: nan,
+            server_core_pct: nan,
             server_rss_bytes: nan,
             data_dir_bytes: nan,
             generator_cpu_pct: nan,
@@ -862,6 +866,9 @@ fn fill_figures(run: &mut Run, o: &Outcome, w: &child::Window) {
         Durability::Async | Durability::Memory => o.durable,
     };
     run.server_cpu_pct = 100.0 * w.server_cpu_secs / w.wall_secs;
+    run.server_core_pct = w
+        .server_core
+        .map_or(f64::NAN, |c| 100.0 * c.busy / w.wall_secs);
     run.server_rss_bytes = w.server_rss_bytes.map_or(f64::NAN, |b| b as f64);
     run.generator_cpu_pct = 100.0 * o.generator_cpu_secs / secs;
     run.generator_bound = run.generator_cpu_pct > GENERATOR_BOUND_PCT;
@@ -982,6 +989,7 @@ fn medians(args: &Args, runs: &[Run]) -> Vec<Median> {
                 seq_errors: all.iter().map(|r| r.seq_errors).sum(),
                 send_lag: std::array::from_fn(|i| med(&|r| r.send_lag[i])),
                 server_cpu_pct: med(&|r| r.server_cpu_pct),
+                server_core_pct: med(&|r| r.server_core_pct),
                 server_rss_bytes: med(&|r| r.server_rss_bytes),
                 data_dir_bytes: med(&|r| r.data_dir_bytes),
                 generator_cpu_pct: med(&|r| r.generator_cpu_pct),
@@ -1180,6 +1188,36 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     for m in &meds {
         row(&mut s, "**median**", &m.run);
     }
+    let _ = writeln!(
+        s,
+        "\nDiagnostics. *server core*: the server's CPU busy with anything (the appliance, \
+         kernel work done there for it, any other tenant), % of it; *foreign*: share of the \
+         server's / the generator's core taken by anything but the appliance / the generator \
+         (other processes, kernel threads such as writeback, hypervisor steal); *redone*: \
+         attempts thrown away as disturbed before this one.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | mode | server core | foreign srv / gen | redone |\n|---|---|---:|---:|---:|"
+    );
+    let mut rounds = vec![0usize; Durability::ALL.len()];
+    for r in runs.iter().filter(|r| r.measured) {
+        let k = Durability::ALL
+            .iter()
+            .position(|&m| m == r.mode)
+            .unwrap_or(0);
+        rounds[k] += 1;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} / {} | {} |",
+            rounds[k],
+            r.mode.name(),
+            pct(r.server_core_pct / 100.0),
+            pct(r.foreign_server_pct / 100.0),
+            pct(r.foreign_client_pct / 100.0),
+            r.redone
+        );
+    }
     if args.modes.contains(&Durability::Memory) {
         let _ = writeln!(
             s,
@@ -1243,7 +1281,8 @@ fn json_run(args: &Args, run_label: &str, r: &Run, vs_memory: Option<[f64; 2]>) 
          \"latency_ms\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\
          \"acks\":{},\"durable_acks\":{},\"durable_fraction\":{},\"flag_violations\":{},\
          \"refused\":{},\"unsent\":{},\"unacked\":{},\"seq_errors\":{},\
-         \"send_lag_ms\":{{\"p99\":{},\"max\":{}}},\"server_cpu_pct\":{},\"server_rss_bytes\":{},\
+         \"send_lag_ms\":{{\"p99\":{},\"max\":{}}},\"server_cpu_pct\":{},\"server_core_pct\":{},\
+         \"server_rss_bytes\":{},\
          \"data_dir_bytes\":{},\"generator_cpu_pct\":{},\"generator_bound\":{},\
          \"foreign_server_pct\":{},\"foreign_generator_pct\":{},\"measured\":{},\"failed\":{},\
          \"redone\":{}{vs},\"problems\":[{}]}}\n",
@@ -1273,6 +1312,7 @@ fn json_run(args: &Args, run_label: &str, r: &Run, vs_memory: Option<[f64; 2]>) 
         json_num(r.send_lag[0]),
         json_num(r.send_lag[1]),
         json_num(r.server_cpu_pct),
+        json_num(r.server_core_pct),
         json_num(r.server_rss_bytes),
         json_num(r.data_dir_bytes),
         json_num(r.generator_cpu_pct),
