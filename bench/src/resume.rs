@@ -199,6 +199,12 @@ result_struct! {
         pub storm_p99: u64,
         pub storm_p999: u64,
         pub storm_max: u64,
+        /// The server's part of it: receive − the EVENT's publish_ts_ns
+        /// (when the server sequenced it), baseline and storm.
+        pub base_srv_p50: u64,
+        pub base_srv_p99: u64,
+        pub storm_srv_p50: u64,
+        pub storm_srv_p99: u64,
         /// Live events published (acked with status 0), refused, unanswered.
         pub published: u64,
         pub refused: u64,
@@ -651,6 +657,7 @@ fn live_run(
     let mut payload = vec![0u8; PAYLOAD_BYTES];
     let mut base = latency_histogram();
     let mut storm = latency_histogram();
+    let mut srv = [latency_histogram(), latency_histogram()];
     let mut note = String::new();
     let ping_every = (heartbeat_ms > 0).then(|| Duration::from_millis(u64::from(heartbeat_ms) / 2));
     let mut next_ping = ping_every.map(|p| t0 + p);
@@ -781,7 +788,8 @@ fn live_run(
                         ns => real0 + ns,
                     };
                     let windows = [real0 + base_lo, real0 + base_hi, stop_real];
-                    if let Err(why) = read_live(s, &limits, windows, &mut base, &mut storm) {
+                    let hists = [&mut base, &mut storm];
+                    if let Err(why) = read_live(s, &limits, windows, hists, &mut srv) {
                         s.alive = false;
                         let _ = epoll.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), i, 0);
                         set_note(&mut note, format!("live subscriber {i}: {why}"));
@@ -797,6 +805,13 @@ fn live_run(
         let want = last_seq[s.topic].saturating_sub(s.start_after);
         o.lost += want.saturating_sub(s.order.received);
     }
+    let [b, st] = [&srv[0], &srv[1]].map(Percentiles::of);
+    (
+        o.base_srv_p50,
+        o.base_srv_p99,
+        o.storm_srv_p50,
+        o.storm_srv_p99,
+    ) = (b.p50, b.p99, st.p50, st.p99);
     o.last_seqs = last_seq
         .iter()
         .map(u64::to_string)
@@ -860,13 +875,14 @@ fn live_run(
 }
 
 /// Reads a live subscriber's socket: order, and latency (receive − due)
-/// into `base` for events due in [w0, w1), `storm` for [w1, w2).
+/// into `base` for events due in [w0, w1), `storm` for [w1, w2); the
+/// server's part (receive − publish_ts_ns) into `srv` likewise.
 fn read_live(
     s: &mut LiveSub,
     limits: &Limits,
     [w0, w1, w2]: [u64; 3],
-    base: &mut Histogram<u64>,
-    storm: &mut Histogram<u64>,
+    [base, storm]: [&mut Histogram<u64>; 2],
+    srv: &mut [Histogram<u64>; 2],
 ) -> Result<(), String> {
     for _ in 0..READS_PER_TURN {
         let (n, stamp) = match wire::turn(s.inbox.fill_stamped(&s.stream), |r| r.0)? {
@@ -881,18 +897,20 @@ fn read_live(
             limits,
             |head, _| {
                 order.see(event_seq(head));
-                let Some(due) = event_ts_and_payload(head)
-                    .and_then(|(_, p)| Stamp::read(p))
-                    .map(|st| st.scheduled_ns)
+                let Some((ts, due)) = event_ts_and_payload(head)
+                    .and_then(|(ts, p)| Some((ts, Stamp::read(p)?.scheduled_ns)))
                 else {
                     bad = Some("an EVENT without a stamp");
                     return;
                 };
                 let latency = recv_ns.saturating_sub(due);
+                let server_part = recv_ns.saturating_sub(ts);
                 if (w0..w1).contains(&due) {
                     base.saturating_record(latency);
+                    srv[0].saturating_record(server_part);
                 } else if (w1..w2).contains(&due) {
                     storm.saturating_record(latency);
+                    srv[1].saturating_record(server_part);
                 }
             },
             |f| match refusal(f) {
@@ -1309,6 +1327,12 @@ struct Run {
     /// Live latency: baseline and storm, p50, p90, p99, p99.9, max.
     base: [f64; 5],
     storm: [f64; 5],
+    /// The server's part of live latency: p50, p99 in the baseline and in
+    /// the storm.
+    srv_part: [f64; 4],
+    /// The server's and the generator's cores busy with anything in the
+    /// storm, %.
+    core_busy_pct: [f64; 2],
     live_lost: u64,
     live_seq_errors: u64,
     live_published: u64,
@@ -1347,6 +1371,8 @@ impl Default for Run {
             catch_up_events: 0,
             base: [nan; 5],
             storm: [nan; 5],
+            srv_part: [nan; 4],
+            core_busy_pct: [nan; 2],
             live_lost: 0,
             live_seq_errors: 0,
             live_published: 0,
@@ -1765,6 +1791,7 @@ fn storm(
     for i in 0..2 {
         if let (Some(a), Some(b)) = (core0[i], core1[i]) {
             run.foreign_pct[i] = 100.0 * b.since(a).foreign(ours[i], wall);
+            run.core_busy_pct[i] = 100.0 * b.since(a).busy / wall;
         }
     }
     procs.tell(0, "stop")?;
@@ -1834,6 +1861,13 @@ fn fill_figures(args: &Args, run: &mut Run, live: &LiveOutcome, resumes: &[Resum
         live.storm_max,
     ]
     .map(ms);
+    run.srv_part = [
+        live.base_srv_p50,
+        live.base_srv_p99,
+        live.storm_srv_p50,
+        live.storm_srv_p99,
+    ]
+    .map(ms);
     run.live_lost = live.lost;
     run.live_seq_errors = live.seq_errors;
     run.live_published = live.published;
@@ -1843,6 +1877,7 @@ fn fill_figures(args: &Args, run: &mut Run, live: &LiveOutcome, resumes: &[Resum
     run.measured = run.catch_up_secs.is_finite() && live.base_count > 0;
     if live.storm_count == 0 {
         run.storm = [f64::NAN; 5];
+        run.srv_part[2..].fill(f64::NAN);
     }
     for note in std::iter::once(&live.note).chain(resumes.iter().map(|o| &o.note)) {
         if !note.is_empty() {
@@ -1926,6 +1961,8 @@ fn median_run(runs: &[Run]) -> Run {
         catch_up_events: c(|r| r.catch_up_events),
         base: std::array::from_fn(|i| med(&|r| r.base[i])),
         storm: std::array::from_fn(|i| med(&|r| r.storm[i])),
+        srv_part: std::array::from_fn(|i| med(&|r| r.srv_part[i])),
+        core_busy_pct: std::array::from_fn(|i| med(&|r| r.core_busy_pct[i])),
         live_lost: c(|r| r.live_lost),
         live_seq_errors: c(|r| r.live_seq_errors),
         live_published: c(|r| r.live_published),
@@ -2101,24 +2138,34 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     let _ = writeln!(
         s,
         "\nDiagnostics: *preload*: seconds to publish the preload; *connect*: seconds the \
-         slowest resume process took to connect its share; *foreign*: share of the server's / \
-         the generator's core taken by anything else in the storm; *data*: the data directory \
-         at the end.\n"
+         slowest resume process took to connect its share; *server part*: of the live \
+         latency, receive − the EVENT's publish_ts_ns (the server's clock when it sequenced \
+         the event; the rest is the publish's way in), p50 / p99, baseline → storm, ms; *core \
+         busy*: the server's / the generator's CPU busy with anything in the storm; *foreign*: \
+         share of it taken by anything but the appliance / the client processes; *data*: the \
+         data directory at the end.\n"
     );
     let _ = writeln!(
         s,
-        "| run | catch-up events | live published | preload s | connect s | foreign srv / gen | \
-         data MiB |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| run | catch-up events | live published | preload s | connect s | server part base | \
+         server part storm | core busy srv / gen | foreign srv / gen | data MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.measured) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} / {} | {} |",
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} |",
             i + 1,
             thousands(r.catch_up_events as f64),
             thousands(r.live_published as f64),
             num(r.preload_secs, 1),
             num(r.connect_secs, 1),
+            num(r.srv_part[0], 3),
+            num(r.srv_part[1], 3),
+            num(r.srv_part[2], 3),
+            num(r.srv_part[3], 3),
+            report::pct(r.core_busy_pct[0] / 100.0),
+            report::pct(r.core_busy_pct[1] / 100.0),
             report::pct(r.foreign_pct[0] / 100.0),
             report::pct(r.foreign_pct[1] / 100.0),
             mib(r.data_dir_bytes, 1),
@@ -2165,7 +2212,9 @@ fn json_run(args: &Args, label: &str, r: &Run) -> String {
          \"caught_up\":{},\"exact\":{},\"gaps\":{},\"duplicates\":{},\"not_recovered\":{},\
          \"caught_up_s\":{},\"resume_events_per_s\":{},\"catch_up_events\":{},\
          \"live_baseline_ms\":{},\"live_storm_ms\":{},\"storm_vs_baseline_p99\":{},\
-         \"live_lost\":{},\"live_seq_errors\":{},\"server_cpu_pct\":{{\"baseline\":{},\
+         \"live_server_part_ms\":{{\"baseline\":{{\"p50\":{},\"p99\":{}}},\
+         \"storm\":{{\"p50\":{},\"p99\":{}}}}},\"core_busy_pct\":{{\"server\":{},\
+         \"generator\":{}}},\"live_lost\":{},\"live_seq_errors\":{},\"server_cpu_pct\":{{\"baseline\":{},\
          \"storm\":{}}},\"server_rss_bytes\":{{\"baseline\":{},\"storm_max\":{}}},\
          \"generator_cpu_pct\":{},\"data_dir_bytes\":{},\"measured\":{},\"failed\":{},\
          \"problems\":[{}]}}\n",
@@ -2190,6 +2239,12 @@ fn json_run(args: &Args, label: &str, r: &Run) -> String {
         lat(&r.base),
         lat(&r.storm),
         json_num(r.storm[2] / r.base[2]),
+        json_num(r.srv_part[0]),
+        json_num(r.srv_part[1]),
+        json_num(r.srv_part[2]),
+        json_num(r.srv_part[3]),
+        json_num(r.core_busy_pct[0]),
+        json_num(r.core_busy_pct[1]),
         r.live_lost,
         r.live_seq_errors,
         json_num(r.server_cpu_pct[0]),
