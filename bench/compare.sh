@@ -5,6 +5,7 @@
 #
 #   bench/compare.sh [--repeat N] [--duration S] [--cases "..."]
 #                    [--targets "..."] [--no-allocators] [--out DIR]
+#                    [--cluecast-cases "durable resume"]
 #
 # Installs redis-server, nats-server and mosquitto from Debian if missing
 # (root; a unit apt starts is stopped again: each run starts its own server
@@ -16,7 +17,10 @@
 # JSON line and each invocation's median), summary.md (host, commands, a
 # table per case, ratios), CASE-TARGET.md (each invocation's full report),
 # CASE.svg (percentile plot, a curve per target, from hgrm/CASE/*.hgrm), and
-# log.txt (progress). With the defaults it takes about 45 minutes.
+# log.txt (progress). Then the cases only the appliance has (durable:
+# each --durability mode side by side; resume: a storm of clients resuming
+# from disk), into cluecast-only.json, CASE.md and CASE.svg. With the
+# defaults it takes about an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -27,6 +31,7 @@ duration=10
 cases="fanout-2500 fanout-10k-20 fanout-10k-100 conns hunt spike storm"
 targets="cluecast ceiling redis nats mqtt"
 allocators=1
+cluecast_cases="durable resume"
 out=bench/results/compare
 while (($#)); do
   case $1 in
@@ -36,6 +41,7 @@ while (($#)); do
   --targets) targets=$2; shift 2 ;;
   --no-allocators) allocators=0; shift ;;
   --out) out=$2; shift 2 ;;
+  --cluecast-cases) cluecast_cases=$2; shift 2 ;;
   *) echo "compare: unknown argument $1 (see the head of $0)" >&2; exit 2 ;;
   esac
 done
@@ -80,7 +86,7 @@ bench_copy
 bench=$work/cluecast-bench
 
 mkdir -p "$out"
-rm -rf "${out:?}"/hgrm "$out"/*.md "$out"/*.svg "$out"/runs.json
+rm -rf "${out:?}"/hgrm "$out"/*.md "$out"/*.svg "$out"/runs.json "$out"/cluecast-only.json
 : >"$out/runs.json"
 log=$out/log.txt
 : >"$log"
@@ -119,6 +125,32 @@ if ((allocators)); then
   done
 fi
 
+# The appliance's own cases: no peer has durability modes or resume, so
+# they are a block apart, their JSON lines in cluecast-only.json (the
+# summary's tables are of runs.json).
+for c in $cluecast_cases; do
+  case $c in
+  durable) words=(durable --duration "$duration") ;;
+  resume) words=(resume) ;;
+  *) echo "compare: unknown cluecast-only case $c" >&2; exit 2 ;;
+  esac
+  echo "compare: $c" >&2
+  cmd=("$bench" "${words[@]}" --repeat "$repeat" --json --cluecast "$work/cluecast"
+    --report "$out/$c.md" --hgrm-dir "$out/hgrm/$c")
+  echo "\$ ${cmd[*]#"$work/"}" >>"$log"
+  "${cmd[@]}" >>"$out/cluecast-only.json" 2>>"$log" || echo "compare: $c reported failures (see $out/$c.md)" >&2
+  curves=()
+  for f in "$out/hgrm/$c"/*-median.hgrm; do
+    [[ -e $f ]] || continue
+    label=$(basename "$f" -median.hgrm)
+    curves+=("${label#*-}=$f")
+  done
+  ((${#curves[@]})) || continue
+  "$bench" plot --out "$out/$c.svg" --title "$c: latency by percentile" \
+    --subtitle "$(nproc) CPUs, $(uname -r); server on CPU 0, generator on CPU 1; median run of $repeat" \
+    "${curves[@]}"
+done
+
 # One plot per case: a curve per target (and allocator) with figures.
 for c in $cases; do
   curves=()
@@ -145,5 +177,8 @@ done
   echo "- commands: see log.txt"
   echo
   "$bench" summary "$out/runs.json"
+  for c in $cluecast_cases; do
+    [[ -e $out/$c.md ]] && echo "- cluecast only: [$c]($c.md)"
+  done
 } >"$out/summary.md"
 echo "wrote $out/summary.md" >&2

@@ -140,7 +140,7 @@ macro_rules! result_struct {
             /// The `result ...` line for the driver.
             pub fn to_line(&self) -> String {
                 let mut r = $crate::child::ResultLine::new(&self.note);
-                $(r.put(stringify!($field), self.$field);)*
+                $(r.put(stringify!($field), &self.$field);)*
                 r.to_line()
             }
 

@@ -46,6 +46,13 @@ pub struct Common {
     /// Extra argument for `cluecast run` (repeat for several)
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// The appliance's --durability (cluecast target). Default memory:
+    /// Redis, NATS and Mosquitto run without persistence here, so the
+    /// comparison does too. Other than memory, each run gets a fresh
+    /// temporary --data-dir, removed after it. A --server-arg --durability
+    /// overrides this
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
 
     /// Measure a server already running at this address instead of
     /// starting one (it is not stopped; the client role gets it too)
@@ -56,7 +63,39 @@ pub struct Common {
     pub server_pid: Option<u32>,
 }
 
+/// The appliance's `--durability` (docs/STORAGE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// No log: history in memory only (what the peers do here)
+    Memory,
+    /// Acked and delivered at once, written behind
+    Async,
+    /// Acked (flag durable) and delivered after the WAL sync that covers it
+    Sync,
+}
+
+impl Durability {
+    pub const ALL: [Durability; 3] = [Durability::Memory, Durability::Async, Durability::Sync];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Memory => "memory",
+            Durability::Async => "async",
+            Durability::Sync => "sync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Durability> {
+        Durability::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
 impl Common {
+    /// The durability asked for, or the scenario's default.
+    pub fn durability_or(&self, default: Durability) -> Durability {
+        self.durability.unwrap_or(default)
+    }
+
     /// The start of a client process (`--role NAME`): the server to
     /// measure against, this thread pinned, and a fresh nonce for topic
     /// names (nobody else's events, sequences from 1).

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use cluecast_proto::Limits;
 
 use crate::child::{self, result_struct, Mark, ResultLine, Role};
-use crate::cli::Common;
+use crate::cli::{Common, Durability};
 use crate::fanload;
 use crate::procfs;
 use crate::report::{self, command_line, json_num, json_str, mib, num, thousands};
@@ -373,6 +373,7 @@ fn launch(args: &Args) -> Launch {
         cpu: args.common.server_pin(),
         appliance_args: server_args(args),
         payload_bytes: 0,
+        durability: args.common.durability_or(Durability::Memory),
     }
 }
 

@@ -299,14 +299,14 @@ result_struct! {
 // epoll
 
 /// An epoll instance; tokens are the connection indices.
-struct Epoll {
+pub struct Epoll {
     fd: i32,
     /// epoll_pwait2 (ns timeouts) is missing: fall back to epoll_wait.
     ms_only: bool,
 }
 
 impl Epoll {
-    fn new() -> Result<Epoll, String> {
+    pub fn new() -> Result<Epoll, String> {
         // SAFETY: plain system call.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -315,7 +315,7 @@ impl Epoll {
         Ok(Epoll { fd, ms_only: false })
     }
 
-    fn ctl(&self, op: i32, fd: i32, token: usize, events: u32) -> Result<(), String> {
+    pub fn ctl(&self, op: i32, fd: i32, token: usize, events: u32) -> Result<(), String> {
         let mut ev = libc::epoll_event {
             events,
             u64: token as u64,
@@ -329,7 +329,11 @@ impl Epoll {
 
     /// Waits up to `timeout` for readiness; fills `events`, returns how
     /// many.
-    fn wait(&mut self, events: &mut [libc::epoll_event], timeout: Duration) -> io::Result<usize> {
+    pub fn wait(
+        &mut self,
+        events: &mut [libc::epoll_event],
+        timeout: Duration,
+    ) -> io::Result<usize> {
         let max = events.len().min(i32::MAX as usize) as i32;
         if !self.ms_only {
             let ts = libc::timespec {
@@ -377,7 +381,7 @@ impl Drop for Epoll {
     }
 }
 
-const READABLE: u32 = libc::EPOLLIN as u32;
+pub const READABLE: u32 = libc::EPOLLIN as u32;
 const WRITABLE: u32 = libc::EPOLLOUT as u32;
 
 // ---------------------------------------------------------------------------

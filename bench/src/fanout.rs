@@ -27,7 +27,7 @@ use std::time::Duration;
 use cluecast_proto::Limits;
 
 use crate::child::{self, Followed, Role};
-use crate::cli::Common;
+use crate::cli::{Common, Durability};
 use crate::fanload::{self, Outcome, Plan, Protocol, Scenario};
 use crate::jitter;
 use crate::plot;
@@ -484,6 +484,7 @@ fn launch(args: &Args) -> Launch {
         cpu: args.common.server_pin(),
         appliance_args: server_args(args),
         payload_bytes: args.payload,
+        durability: args.common.durability_or(Durability::Memory),
     }
 }
 

@@ -8,6 +8,9 @@
 //! (`cluecast run --zerocopy-bytes-min`) pay for fan-out on this host; see
 //! docs/ZEROCOPY.md.
 //!
+//! `cluecast-bench durable` measures what each `--durability` mode costs a
+//! publisher: throughput and publish → ack latency.
+//!
 //! `cluecast-bench ceiling` is a trivial server (one send(2) per delivery)
 //! that `fanout --target ceiling` measures as the host's practical ceiling.
 //!
@@ -21,6 +24,7 @@ mod cli;
 mod clients;
 mod conns;
 mod delivery;
+mod durable;
 mod fanload;
 mod fanout;
 mod jitter;
@@ -31,6 +35,7 @@ mod plot;
 mod procfs;
 mod report;
 mod resp;
+mod resume;
 mod server;
 mod stats;
 mod summary;
@@ -86,6 +91,15 @@ enum Cmd {
     /// memory per connection and connect rate; markdown (or --json) on
     /// stdout, progress on stderr
     Conns(conns::Args),
+    /// Publish throughput and publish → ack latency in each durability
+    /// mode (memory, async, sync) side by side, and the durable flag of
+    /// every ack checked; the appliance only
+    Durable(durable::Args),
+    /// Clients resuming far behind at once, served from disk: time until
+    /// all have caught up (gap- and duplicate-free), resume throughput,
+    /// and live latency meanwhile against the same live load without
+    /// them; the appliance only
+    Resume(resume::Args),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +123,8 @@ fn main() -> ExitCode {
         Cmd::Plot(args) => plot::main(args),
         Cmd::Summary(args) => summary::main(args),
         Cmd::Conns(args) => conns::main(args),
+        Cmd::Durable(args) => durable::main(args),
+        Cmd::Resume(args) => resume::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
@@ -47,6 +47,56 @@ pub struct Server {
     /// Stderr lines seen so far (the first LOG_LINES_KEPT).
     log: Vec<String>,
     stderr_closed: bool,
+    /// Its data directory, made for this run: removed once the process
+    /// is gone (fields drop after [`Drop::drop`] has killed it).
+    scratch: Option<ScratchDir>,
+}
+
+/// A directory made for one run (the appliance's `--data-dir`), removed
+/// with everything in it when dropped.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// A fresh, empty directory under the temporary directory ($TMPDIR or
+    /// /tmp), named after `what`, this process and the time.
+    pub fn new(what: &str) -> Result<ScratchDir, String> {
+        let path = std::env::temp_dir().join(format!(
+            "cluecast-bench-{what}-{}-{}",
+            std::process::id(),
+            cluecast_sys::realtime_ns()
+        ));
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Bytes of the files under it, now.
+    pub fn size_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.0)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How the server ended.
@@ -149,6 +199,7 @@ impl Server {
             reader: Some(reader),
             log: Vec::new(),
             stderr_closed: false,
+            scratch: None,
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -199,11 +250,22 @@ impl Server {
             reader: None,
             log: Vec::new(),
             stderr_closed: true,
+            scratch: None,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Makes `dir` this server's: removed once the server is stopped.
+    pub fn own_dir(&mut self, dir: Option<ScratchDir>) {
+        self.scratch = dir;
+    }
+
+    /// Bytes in the data directory made for it; None without one.
+    pub fn data_dir_bytes(&self) -> Option<u64> {
+        self.scratch.as_ref().map(ScratchDir::size_bytes)
     }
 
     /// Why the process id might not be the server's, which the CPU and

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use cluecast_proto::Limits;
 
+use crate::cli::Durability;
 use crate::fanload::Protocol;
 use crate::peers::Peer;
-use crate::server::{Server, ServerCommand};
+use crate::server::{ScratchDir, Server, ServerCommand};
 use crate::{mqtt, nats};
 
 /// What is measured.
@@ -80,6 +81,56 @@ pub struct Launch {
     pub appliance_args: Vec<String>,
     /// Largest payload the load sends (the ceiling's limit).
     pub payload_bytes: usize,
+    /// The appliance's --durability, unless `appliance_args` name one.
+    pub durability: Durability,
+}
+
+/// The `--data-dir` word of a command until a run's directory is made
+/// (and in descriptions).
+pub const FRESH_DATA_DIR: &str = "FRESH_TEMP_DIR";
+
+/// The value of `flag` in `args` (`--flag V` or `--flag=V`; the last one
+/// given wins, as with the appliance's parser).
+pub fn arg_value(args: &[String], flag: &str) -> Option<String> {
+    let mut found = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == flag {
+            found = args.get(i + 1).cloned();
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+/// Adds the appliance's storage to its `cluecast run` arguments:
+/// `--durability` (unless `args` already name one, as a `--server-arg`
+/// may) and, for anything but memory, `--data-dir` [`FRESH_DATA_DIR`]
+/// (unless given), which [`fresh_data_dir`] makes real per run.
+pub fn appliance_storage(args: &mut Vec<String>, durability: Durability) {
+    let effective = match arg_value(args, "--durability") {
+        // Unparsable: the appliance says why; a directory hurts nothing.
+        Some(v) => Durability::parse(&v).unwrap_or(Durability::Sync),
+        None => {
+            args.extend(["--durability".into(), durability.name().into()]);
+            durability
+        }
+    };
+    if effective != Durability::Memory && arg_value(args, "--data-dir").is_none() {
+        args.extend(["--data-dir".into(), FRESH_DATA_DIR.into()]);
+    }
+}
+
+/// Makes the fresh data directory `cmd` asks for, if any, and puts its
+/// path in the command; the caller hands it to the started server
+/// ([`Server::own_dir`]), which removes it after the run.
+pub fn fresh_data_dir(cmd: &mut ServerCommand) -> Result<Option<ScratchDir>, String> {
+    let Some(word) = cmd.args.iter_mut().find(|a| *a == FRESH_DATA_DIR) else {
+        return Ok(None);
+    };
+    let dir = ScratchDir::new("data")?;
+    *word = dir.path().display().to_string();
+    Ok(Some(dir))
 }
 
 /// The program that serves `target`: the appliance binary, this binary
@@ -145,7 +196,10 @@ fn start_with(
     let mut cmd = command(launch, program, port);
     cmd.args.extend(extra.iter().map(|a| a.to_string()));
     let Some(port) = port.filter(|_| launch.target == Target::Mqtt) else {
-        return Server::start(&cmd, timeout);
+        let scratch = fresh_data_dir(&mut cmd)?;
+        let mut server = Server::start(&cmd, timeout)?;
+        server.own_dir(scratch);
+        return Ok(server);
     };
     let path = mosquitto_config_path(port);
     let config = mqtt::mosquitto_config(SocketAddr::new(launch.listen.ip(), port));
@@ -173,6 +227,7 @@ pub fn start_peer_for_test(target: Target, extra: &[&str]) -> Option<Server> {
         cpu: None,
         appliance_args: Vec::new(),
         payload_bytes: 0,
+        durability: Durability::Memory,
     };
     match start_with(&launch, &program, Duration::from_secs(10), extra) {
         Ok(server) => Some(server),
@@ -208,11 +263,7 @@ pub fn command(launch: &Launch, program: &Path, port: Option<u16>) -> ServerComm
     match launch.target {
         Target::Cluecast => {
             cmd.args = launch.appliance_args.clone();
-            // Like the peers (run without persistence), history in memory
-            // unless a --server-arg asks otherwise.
-            if !cmd.args.iter().any(|a| a.starts_with("--durability")) {
-                cmd.args.extend(["--durability".into(), "memory".into()]);
-            }
+            appliance_storage(&mut cmd.args, launch.durability);
         }
         Target::Ceiling => {
             let limit = launch
@@ -293,6 +344,7 @@ mod tests {
             cpu: Some(0),
             appliance_args: vec!["run".into(), "--shards".into(), "1".into()],
             payload_bytes: 100_000,
+            durability: Durability::Memory,
         }
     }
 
@@ -361,8 +413,52 @@ mod tests {
         assert_eq!(cmd.args.join(" "), "run --shards 1 --durability memory");
         l.appliance_args.push("--durability=sync".into());
         let cmd = command(&l, Path::new("/x/cluecast"), None);
-        assert_eq!(cmd.args.join(" "), "run --shards 1 --durability=sync");
+        assert_eq!(
+            cmd.args.join(" "),
+            "run --shards 1 --durability=sync --data-dir FRESH_TEMP_DIR"
+        );
         assert!(Target::Cluecast.has_shard_stats() && !Target::Redis.has_shard_stats());
+    }
+
+    #[test]
+    fn durability_other_than_memory_gets_a_fresh_data_dir() {
+        let mut l = launch(Target::Cluecast);
+        l.durability = Durability::Async;
+        let mut cmd = command(&l, Path::new("/x/cluecast"), None);
+        assert_eq!(
+            cmd.args.join(" "),
+            "run --shards 1 --durability async --data-dir FRESH_TEMP_DIR"
+        );
+        let dir = fresh_data_dir(&mut cmd).unwrap().expect("a directory");
+        assert!(dir.path().is_dir());
+        assert_eq!(cmd.args[6], dir.path().display().to_string());
+        let path = dir.path().to_path_buf();
+        std::fs::write(path.join("x"), b"12345").unwrap();
+        assert_eq!(dir.size_bytes(), 5);
+        drop(dir);
+        assert!(!path.exists(), "removed with its contents");
+        // A --server-arg names either or both: it wins.
+        l.appliance_args
+            .extend(["--durability".into(), "memory".into()]);
+        let mut cmd = command(&l, Path::new("/x/cluecast"), None);
+        assert_eq!(cmd.args.join(" "), "run --shards 1 --durability memory");
+        assert!(fresh_data_dir(&mut cmd).unwrap().is_none());
+        l.appliance_args = vec!["run".into(), "--data-dir=/srv/d".into()];
+        l.durability = Durability::Sync;
+        let cmd = command(&l, Path::new("/x/cluecast"), None);
+        assert_eq!(
+            cmd.args.join(" "),
+            "run --data-dir=/srv/d --durability sync"
+        );
+        assert_eq!(
+            arg_value(&cmd.args, "--data-dir").as_deref(),
+            Some("/srv/d")
+        );
+        assert_eq!(
+            arg_value(&cmd.args, "--durability").as_deref(),
+            Some("sync")
+        );
+        assert_eq!(arg_value(&cmd.args, "--shards"), None);
     }
 
     #[test]

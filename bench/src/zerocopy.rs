@@ -20,12 +20,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::child::{self, Followed, Role, Window};
-use crate::cli::Common;
+use crate::cli::{Common, Durability};
 use crate::clients::{self, Outcome, Plan};
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_list, json_num, json_str, num, pct, thousands};
 use crate::server::{Server, ServerCommand, Stopped};
 use crate::stats::{format_size, least_disturbed, median, paired_ratio, parse_size};
+use crate::targets;
 
 /// Time allowed for the client process to connect and subscribe everyone,
 /// and for it to exit after reporting, on top of the plan's own phases.
@@ -309,6 +310,7 @@ fn server_args(args: &Args, mode: Mode) -> Vec<String> {
     ]
     .into();
     v.extend(args.common.server_args.iter().cloned());
+    targets::appliance_storage(&mut v, args.common.durability_or(Durability::Memory));
     v
 }
 
@@ -436,7 +438,7 @@ fn summary(run: &Run) -> String {
 /// One measurement: a fresh server, a client process, the figures.
 fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores: Cores) -> Run {
     let mut run = Run::default();
-    let cmd = ServerCommand {
+    let mut cmd = ServerCommand {
         binary: args.common.cluecast.clone(),
         via: child::words(&args.server_via),
         cpu: args.common.server_pin(),
@@ -444,7 +446,12 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
         ready: None,
         stop_signal: libc::SIGTERM,
     };
-    let mut server = match Server::start(&cmd, SERVER_START_TIMEOUT) {
+    let started = targets::fresh_data_dir(&mut cmd).and_then(|dir| {
+        let mut server = Server::start(&cmd, SERVER_START_TIMEOUT)?;
+        server.own_dir(dir);
+        Ok(server)
+    });
+    let mut server = match started {
         Ok(s) => s,
         Err(e) => {
             run.problems.push(e);

@@ -25,9 +25,9 @@ fn appliance() -> Result<PathBuf, String> {
     }
 }
 
-/// Runs cluecast-bench with `args` (its JSON output) against the appliance
-/// and returns the median line.
-fn median_line(args: &[&str]) -> Value {
+/// Runs cluecast-bench with `args` (one run, JSON output) against the
+/// appliance, asserts it succeeded, and returns its median lines.
+fn median_lines(args: &[&str]) -> Vec<Value> {
     let cluecast =
         appliance().unwrap_or_else(|why| panic!("smoke test needs the appliance: {why}"));
     let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
@@ -40,13 +40,21 @@ fn median_line(args: &[&str]) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
-    let median = stdout
+    let medians: Vec<Value> = stdout
         .lines()
-        .find(|l| l.contains("\"run\":\"median\""))
-        .unwrap_or_else(|| panic!("{args:?}: no median line in {stdout}"));
-    let v: Value = serde_json::from_str(median).expect("the median line is JSON");
-    assert_eq!(v["target"], "cluecast", "{median}");
-    v
+        .filter(|l| l.contains("\"run\":\"median\""))
+        .map(|l| serde_json::from_str(l).expect("the median line is JSON"))
+        .collect();
+    assert!(!medians.is_empty(), "{args:?}: no median line in {stdout}");
+    for v in &medians {
+        assert_eq!(v["target"], "cluecast", "{v}");
+    }
+    medians
+}
+
+/// [`median_lines`] of a scenario with one median.
+fn median_line(args: &[&str]) -> Value {
+    median_lines(args).remove(0)
 }
 
 /// Runs a scenario with a small load and returns its median JSON line.
@@ -174,4 +182,100 @@ fn conns_holds_every_connection_on_the_appliance() {
     assert_eq!(v["connections"], 300, "{v}");
     assert_eq!(v["failures"], 0, "{v}");
     assert!(v["rss_per_conn_bytes"].as_f64().is_some(), "{v}");
+}
+
+#[test]
+fn durable_acks_carry_the_flag_their_mode_promises() {
+    let load = ["--publishers", "2", "--window", "4", "--topics", "3"];
+    let short = ["--duration", "1", "--warmup", "0.3", "--retries", "0"];
+    let args: Vec<&str> = ["durable"].into_iter().chain(load).chain(short).collect();
+    let medians = median_lines(&args);
+    let modes: Vec<&str> = medians
+        .iter()
+        .map(|v| v["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["memory", "async", "sync"]);
+    for v in &medians {
+        assert_eq!(v["scenario"], "durable", "{v}");
+        assert_eq!(
+            (&v["measured"], &v["failed"]),
+            (&true.into(), &false.into()),
+            "{v}"
+        );
+        for key in ["flag_violations", "seq_errors", "unacked", "refused"] {
+            assert_eq!(v[key], 0, "{key}: {v}");
+        }
+        assert!(v["acks_per_s"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+        let durable = if v["mode"] == "sync" { 1.0 } else { 0.0 };
+        assert_eq!(v["durable_fraction"].as_f64(), Some(durable), "{v}");
+        assert!(v["vs_memory"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    assert!(
+        medians[1]["data_dir_bytes"].as_f64().unwrap() > 0.0,
+        "async writes a log"
+    );
+    assert!(
+        medians[0]["data_dir_bytes"].is_null(),
+        "memory has no data dir"
+    );
+
+    // Open loop: what is offered is acked.
+    let args: Vec<&str> = ["durable", "--modes", "sync", "--rate", "400"]
+        .into_iter()
+        .chain(load)
+        .chain(short)
+        .collect();
+    let v = median_line(&args);
+    assert_eq!(v["mode"], "sync", "{v}");
+    let offered = v["offered_per_s"].as_f64().unwrap();
+    assert!((360.0..=440.0).contains(&offered), "{v}");
+    assert!(v["acks_per_s"].as_f64().unwrap() > 300.0, "{v}");
+    assert_eq!(v["durable_fraction"].as_f64(), Some(1.0), "{v}");
+}
+
+#[test]
+fn resume_from_disk_brings_every_client_exactly_up_to_date() {
+    let v = median_line(&[
+        "resume",
+        "--clients",
+        "300",
+        "--processes",
+        "2",
+        "--behind",
+        "150",
+        "--topics",
+        "3",
+        "--live",
+        "12",
+        "--rate",
+        "100",
+        "--baseline",
+        "1",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(v["scenario"], "resume", "{v}");
+    assert_eq!(v["durability"], "sync", "{v}");
+    assert_eq!(
+        (&v["measured"], &v["failed"]),
+        (&true.into(), &false.into()),
+        "{v}"
+    );
+    for key in ["connected", "resumed", "caught_up", "exact"] {
+        assert_eq!(v[key], 300, "{key}: {v}");
+    }
+    for key in [
+        "gaps",
+        "duplicates",
+        "not_recovered",
+        "live_lost",
+        "live_seq_errors",
+    ] {
+        assert_eq!(v[key], 0, "{key}: {v}");
+    }
+    assert!(v["caught_up_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Each client got at least its 150 events before catching up.
+    assert!(v["catch_up_events"].as_u64().unwrap() >= 300 * 150, "{v}");
+    assert!(v["live_baseline_ms"]["p99"].as_f64().unwrap() > 0.0, "{v}");
 }

@@ -1,0 +1,1476 @@
+//! `cluecast-bench durable`: what each `--durability` mode costs a
+//! publisher. The appliance only.
+//!
+//! P publisher connections publish `--payload`-byte events round-robin
+//! over T topics, each keeping W publishes in flight (closed loop: the
+//! most the appliance acknowledges), or, with `--rate`, on a fixed
+//! schedule whatever became of the earlier ones (open loop: latency at a
+//! given load, from the time each publish was due). Every PUBLISH_ACK is
+//! timed (publish → ack, the kernel's receive timestamp of the ack) and
+//! checked: status, the durable flag (set on every ack in `sync`, on none
+//! otherwise: docs/STORAGE.md), and the sequences acked per topic (1, 2,
+//! 3, … each once, one epoch).
+//!
+//! The driver measures every mode of `--modes` in turn, `--repeat` rounds
+//! of them (memory, async, sync, memory, …), each run against a fresh
+//! appliance (and a fresh temporary data directory), and reports each run,
+//! each mode's median, and each mode's throughput and p99 against
+//! memory's (the median of the ratios of runs of the same round).
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cluecast_proto::{Frame, Limits, Publish, ACK_FLAG_DURABLE};
+
+use crate::child::{self, result_struct, Followed, Mark, Role};
+use crate::cli::{Common, Durability};
+use crate::plot;
+use crate::procfs::{self, Cores};
+use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
+use crate::stats::{latency_histogram, least_disturbed, median, paired_ratio, Percentiles};
+use crate::targets::{self, Launch, Target};
+use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn, EVENT_SEQ_END};
+
+/// Time for the server to print `listening on`.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the server to drain and exit after SIGTERM.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time allowed on top of the run's own phases for the client process.
+const CLIENT_SLACK: Duration = Duration::from_secs(30);
+/// Most runs per mode.
+const REPEAT_MAX: usize = 100;
+/// A publisher's receive buffer (acks only).
+const INBOX_BYTES: usize = 64 << 10;
+/// Reads per ready socket per turn.
+const READS_PER_TURN: usize = 4;
+/// Open loop: unwritten bytes per publisher past which due publishes are
+/// not sent (counted `unsent`): the server has stopped reading.
+const BACKLOG_MAX: usize = 16 << 20;
+/// Longest wait, so phase changes are seen promptly.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+/// Share of its core (%) past which the generator may be the limit.
+const GENERATOR_BOUND_PCT: f64 = 90.0;
+
+#[derive(clap::Args, Clone, Debug)]
+#[command(mut_arg("durability", |a| a.hide(true)))]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// The durability modes measured, in this order in every round
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "memory,async,sync"
+    )]
+    pub modes: Vec<Durability>,
+    /// Publisher connections
+    #[arg(long, default_value_t = 8)]
+    pub publishers: usize,
+    /// Publishes each publisher keeps in flight (closed loop; not with
+    /// --rate)
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Topics the publishes go to, round-robin
+    #[arg(long, default_value_t = 8)]
+    pub topics: usize,
+    /// Payload bytes per publish
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Open loop: publishes per second in all, on a fixed schedule spread
+    /// over the publishers; latency counts from the time each was due
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of publishing in the measured window
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of publishing before the window
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// After publishing stops, longest wait (s) for the last acks
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_timeout: f64,
+    /// Rounds: each mode is measured this many times (a fresh server
+    /// each), the report gives every run and each mode's median
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Emit one JSON object per run, then one per mode for its median
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the markdown report to this file (with --json, both)
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Free text naming this configuration in the report and JSON
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Write each run's publish → ack latency distribution here:
+    /// durable-MODE-N.hgrm, and durable-MODE-median.hgrm (the run with its
+    /// mode's median p99), for `cluecast-bench plot`
+    #[arg(long)]
+    pub hgrm_dir: Option<PathBuf>,
+    /// Server --shards
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+
+    // ---- client process ----
+    /// The mode this client process's server runs in (set by the driver)
+    #[arg(long, value_enum, hide = true, default_value = "memory")]
+    pub mode: Durability,
+    /// Where the client process writes its latency distribution (set by
+    /// the driver)
+    #[arg(long, hide = true)]
+    pub hgrm_out: Option<PathBuf>,
+}
+
+result_struct! {
+    /// What the client process saw. Times in nanoseconds.
+    pub struct Outcome {
+        /// Wall time of the measured window.
+        pub window_secs: f64,
+        /// PUBLISHes written (open loop: due) inside the window.
+        pub window_sent: u64,
+        /// Acks (status 0) received inside the window.
+        pub window_acks: u64,
+        /// Publish → ack of the publishes sent (due) inside the window.
+        pub lat_count: u64,
+        pub lat_p50: u64,
+        pub lat_p90: u64,
+        pub lat_p99: u64,
+        pub lat_p999: u64,
+        pub lat_max: u64,
+        /// Whole run: PUBLISHes written.
+        pub sent: u64,
+        /// Acks with status 0, and of those, with the durable flag.
+        pub acked: u64,
+        pub durable: u64,
+        /// Acks with a non-zero status.
+        pub refused: u64,
+        /// Open loop: due and never sent (backlog full).
+        pub unsent: u64,
+        /// Sent and never answered.
+        pub unacked: u64,
+        /// Acked sequences that were not 1, 2, 3, … once each per topic, or
+        /// acks of a topic in more than one epoch.
+        pub seq_errors: u64,
+        /// Open loop: how late publishes were written.
+        pub send_lag_p99: u64,
+        pub send_lag_max: u64,
+        /// CPU seconds of this process inside the window.
+        pub generator_cpu_secs: f64,
+    }
+}
+
+pub fn main(args: &Args) -> Result<(), String> {
+    check(args)?;
+    match args.common.role {
+        Role::Driver => {
+            args.common.starts_its_own_server("durable")?;
+            drive(args)
+        }
+        Role::Subscribers => clients(args),
+    }
+}
+
+fn check(args: &Args) -> Result<(), String> {
+    let secs_ok = |x: f64| (0.0..86_400.0).contains(&x);
+    if !(args.duration > 0.0
+        && secs_ok(args.duration)
+        && secs_ok(args.warmup)
+        && secs_ok(args.drain_timeout))
+    {
+        return Err(
+            "--duration must be in (0, 86400) s, --warmup and --drain-timeout in [0, 86400) s"
+                .into(),
+        );
+    }
+    if args.publishers == 0 || args.topics == 0 || args.window == 0 {
+        return Err("--publishers, --topics and --window must be at least 1".into());
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err("--rate must be positive".into());
+        }
+    }
+    if args.common.role == Role::Driver {
+        if args.modes.is_empty() {
+            return Err("--modes names no mode".into());
+        }
+        if !(1..=REPEAT_MAX).contains(&args.repeat) {
+            return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
+        }
+        if args.common.durability.is_some()
+            || targets::arg_value(&args.common.server_args, "--durability").is_some()
+        {
+            return Err("durable measures each of --modes: give no --durability".into());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The client side
+
+struct Pub {
+    stream: TcpStream,
+    inbox: Inbox,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Request id → (start ns, topic index), for publishes not yet answered.
+    in_flight: std::collections::HashMap<u32, (u64, usize)>,
+    /// Publishes made so far (its request ids are their low 32 bits).
+    next: u64,
+    alive: bool,
+}
+
+impl Pub {
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Writes what the socket takes.
+    fn flush(&mut self) -> Result<(), String> {
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err("writing: the socket took nothing".into()),
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("writing: {e}")),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos >= BACKLOG_MAX / 4 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+}
+
+/// The acked sequences of one topic: each must come once, in one epoch,
+/// and together they must be 1..=n.
+#[derive(Default)]
+struct Acked {
+    epoch: Option<u64>,
+    seqs: Vec<u64>,
+    epoch_changes: u64,
+}
+
+impl Acked {
+    fn see(&mut self, epoch: u64, seq: u64) {
+        match self.epoch {
+            None => self.epoch = Some(epoch),
+            Some(e) if e != epoch => self.epoch_changes += 1,
+            Some(_) => {}
+        }
+        self.seqs.push(seq);
+    }
+
+    /// Sequences missing from 1..=n or given twice, plus epoch changes.
+    fn errors(&mut self) -> u64 {
+        self.seqs.sort_unstable();
+        let mut errors = self.epoch_changes;
+        let mut want = 1;
+        for &s in &self.seqs {
+            if s == want {
+                want += 1;
+            } else if s < want {
+                errors += 1; // a repeat
+            } else {
+                errors += s - want; // a gap
+                want = s + 1;
+            }
+        }
+        errors
+    }
+}
+
+/// `--role clients`: one run against a running server.
+fn clients(args: &Args) -> Result<(), String> {
+    let (server, nonce) = args.common.client_start("clients")?;
+    let result = run_clients(args, server, nonce);
+    match result {
+        Ok(o) => {
+            eprintln!(
+                "durable clients ({}): {:.0} acks/s, p99 {:.3} ms, {} of {} acks durable{}",
+                args.mode.name(),
+                o.window_acks as f64 / o.window_secs,
+                o.lat_p99 as f64 / 1e6,
+                o.durable,
+                o.acked,
+                report::parenthesised(&o.note)
+            );
+            child::say(&o.to_line());
+            Ok(())
+        }
+        Err(e) => {
+            child::say_error(&e);
+            Err(e)
+        }
+    }
+}
+
+fn run_clients(args: &Args, server: std::net::SocketAddr, nonce: u64) -> Result<Outcome, String> {
+    let timeout = Duration::from_millis(args.common.connect_timeout_ms);
+    let topics: Vec<String> = (0..args.topics)
+        .map(|k| format!("durable.{nonce:08x}.{k}"))
+        .collect();
+    let payload: Vec<u8> = (0..args.payload).map(|i| (i % 251) as u8).collect();
+    let mut limits = Limits::DEFAULT;
+    let mut pubs = Vec::with_capacity(args.publishers);
+    for p in 0..args.publishers {
+        let c = wire::connect(server, &format!("durable-{nonce:08x}-p{p}"), timeout)
+            .map_err(|e| format!("publisher {p}: {e}"))?;
+        limits = c.limits;
+        wire::check_payload(args.payload, &limits)?;
+        c.stream
+            .set_nonblocking(true)
+            .and_then(|_| wire::enable_rx_timestamps(&c.stream))
+            .map_err(|e| format!("socket options: {e}"))?;
+        pubs.push(Pub {
+            inbox: Inbox::new(&c.buf, INBOX_BYTES, EVENT_SEQ_END)?,
+            stream: c.stream,
+            out: Vec::with_capacity(64 << 10),
+            out_pos: 0,
+            in_flight: Default::default(),
+            next: 0,
+            alive: true,
+        });
+    }
+    // Wake-ups within 1 µs of the schedule.
+    // SAFETY: prctl with an integer argument.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+    }
+    let n_pubs = args.publishers as u64;
+    let warm = Duration::from_secs_f64(args.warmup);
+    let end = warm + Duration::from_secs_f64(args.duration);
+    let t0 = Instant::now();
+    let real0 = cluecast_sys::realtime_ns();
+    let (win_lo, win_hi) = (
+        real0 + warm.as_nanos() as u64,
+        real0 + end.as_nanos() as u64,
+    );
+    // Open loop: publish g (of all) is due at g / rate, from publisher
+    // g % P; publisher p's k-th is g = k·P + p.
+    let due_ns = |g: u64| -> u64 { (g as f64 * 1e9 / args.rate.unwrap_or(1.0)) as u64 };
+    let mut latency = latency_histogram();
+    let mut send_lag = latency_histogram();
+    let mut acked: Vec<Acked> = (0..args.topics).map(|_| Acked::default()).collect();
+    let mut o = Outcome::default();
+    let mut note = String::new();
+    let mut draining = false;
+    let mut marked = 0;
+    let (mut cpu0, mut window_start) = (f64::NAN, t0);
+    let mut pollfds: Vec<libc::pollfd> = Vec::with_capacity(args.publishers);
+    let drain_deadline = t0 + end + Duration::from_secs_f64(args.drain_timeout);
+    loop {
+        let now = Instant::now();
+        let el = now.duration_since(t0);
+        if marked == 0 && el >= warm {
+            child::say_mark(Mark::WindowStart);
+            cpu0 = procfs::self_cpu_secs().unwrap_or(f64::NAN);
+            window_start = Instant::now();
+            marked = 1;
+        }
+        if marked == 1 && el >= end {
+            child::say_mark(Mark::WindowEnd);
+            o.generator_cpu_secs = procfs::self_cpu_secs().unwrap_or(f64::NAN) - cpu0;
+            o.window_secs = now.duration_since(window_start).as_secs_f64();
+            marked = 2;
+            draining = true;
+        }
+        let pending: usize = pubs
+            .iter()
+            .filter(|p| p.alive)
+            .map(|p| p.in_flight.len())
+            .sum();
+        if draining && (pending == 0 || now >= drain_deadline) {
+            break;
+        }
+        if pubs.iter().all(|p| !p.alive) {
+            break;
+        }
+        // Publish what the loop or the schedule allows.
+        let el_ns = el.as_nanos() as u64;
+        let mut next_due = u64::MAX;
+        for (p, pb) in pubs.iter_mut().enumerate() {
+            if !pb.alive || draining {
+                continue;
+            }
+            loop {
+                let g = pb.next * n_pubs + p as u64;
+                let start = match args.rate {
+                    None if pb.in_flight.len() >= args.window => break,
+                    None => cluecast_sys::realtime_ns(),
+                    Some(_) => {
+                        let due = due_ns(g);
+                        if due > el_ns || due >= end.as_nanos() as u64 {
+                            if due < end.as_nanos() as u64 {
+                                next_due = next_due.min(due);
+                            }
+                            break;
+                        }
+                        if (win_lo..win_hi).contains(&(real0 + due)) {
+                            send_lag.saturating_record(el_ns - due);
+                        }
+                        real0 + due
+                    }
+                };
+                let request_id = pb.next as u32;
+                pb.next += 1;
+                if (win_lo..win_hi).contains(&start) {
+                    o.window_sent += 1;
+                }
+                if pb.backlog() >= BACKLOG_MAX {
+                    o.unsent += 1;
+                    continue;
+                }
+                let topic = (g % args.topics as u64) as usize;
+                Frame::Publish(Publish {
+                    request_id,
+                    topic: topics[topic].as_bytes(),
+                    payload: &payload,
+                })
+                .encode(&mut pb.out);
+                pb.in_flight.insert(request_id, (start, topic));
+                o.sent += 1;
+            }
+            if let Err(e) = pb.flush() {
+                pb.alive = false;
+                set_note(&mut note, format!("publisher {p}: {e}"));
+            }
+        }
+        // Wait for acks, at most until the next publish is due.
+        pollfds.clear();
+        for pb in &pubs {
+            let mut events = libc::POLLIN;
+            if pb.backlog() > 0 {
+                events |= libc::POLLOUT;
+            }
+            // A dead publisher's slot is kept (index = publisher) but
+            // ignored by the kernel.
+            let fd = if pb.alive { pb.stream.as_raw_fd() } else { -1 };
+            pollfds.push(pollfd(fd, events));
+        }
+        let wake = match next_due {
+            u64::MAX => WAIT_SLICE,
+            d => Duration::from_nanos(d.saturating_sub(el_ns)).min(WAIT_SLICE),
+        };
+        let ts = libc::timespec {
+            tv_sec: wake.as_secs() as libc::time_t,
+            tv_nsec: wake.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: pollfds is a valid array of its length; ts lives through
+        // the call; no signal mask.
+        let ready = unsafe {
+            libc::ppoll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        if ready < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(format!("ppoll: {e}"));
+            }
+            continue;
+        }
+        for (p, fd) in pollfds.iter().enumerate() {
+            if fd.revents == 0 || !pubs[p].alive {
+                continue;
+            }
+            let pb = &mut pubs[p];
+            let mut result = Ok(());
+            if fd.revents & libc::POLLOUT != 0 {
+                result = pb.flush();
+            }
+            if result.is_ok() && fd.revents & !libc::POLLOUT != 0 {
+                result = read_acks(pb, &limits, &mut |ack, start, topic, recv_ns| {
+                    if ack.status != 0 {
+                        o.refused += 1;
+                        return;
+                    }
+                    o.acked += 1;
+                    o.durable += u64::from(ack.flags & ACK_FLAG_DURABLE != 0);
+                    acked[topic].see(ack.epoch, ack.seq);
+                    if (win_lo..win_hi).contains(&recv_ns) {
+                        o.window_acks += 1;
+                    }
+                    if (win_lo..win_hi).contains(&start) {
+                        latency.saturating_record(recv_ns.saturating_sub(start));
+                    }
+                });
+            }
+            if let Err(e) = result {
+                pb.alive = false;
+                set_note(&mut note, format!("publisher {p}: {e}"));
+            }
+        }
+    }
+    if marked == 0 {
+        child::say_mark(Mark::WindowStart);
+    }
+    if marked < 2 {
+        child::say_mark(Mark::WindowEnd);
+        o.window_secs = window_start.elapsed().as_secs_f64();
+    }
+    o.unacked = pubs.iter().map(|p| p.in_flight.len() as u64).sum();
+    if o.unacked > 0 {
+        set_note(
+            &mut note,
+            format!(
+                "{} publishes unanswered {} s after publishing stopped",
+                o.unacked, args.drain_timeout
+            ),
+        );
+    }
+    o.seq_errors = acked.iter_mut().map(Acked::errors).sum();
+    let lat = Percentiles::of(&latency);
+    (
+        o.lat_count,
+        o.lat_p50,
+        o.lat_p90,
+        o.lat_p99,
+        o.lat_p999,
+        o.lat_max,
+    ) = (lat.count, lat.p50, lat.p90, lat.p99, lat.p999, lat.max);
+    let lag = Percentiles::of(&send_lag);
+    (o.send_lag_p99, o.send_lag_max) = (lag.p99, lag.max);
+    o.note = note;
+    if let Some(path) = &args.hgrm_out {
+        std::fs::write(path, plot::hgrm(&latency, 1e6))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(o)
+}
+
+/// Reads what a publisher's socket holds; `on_ack(ack, start_ns, topic,
+/// recv_ns)` per PUBLISH_ACK of a publish in flight.
+fn read_acks(
+    pb: &mut Pub,
+    limits: &Limits,
+    on_ack: &mut impl FnMut(&cluecast_proto::PublishAck, u64, usize, u64),
+) -> Result<(), String> {
+    for _ in 0..READS_PER_TURN {
+        let (n, stamp) = match wire::turn(pb.inbox.fill_stamped(&pb.stream), |r| r.0)? {
+            Turn::Read(r) => r,
+            Turn::Again => continue,
+            Turn::Empty => return Ok(()),
+        };
+        let recv_ns = stamp.unwrap_or_else(cluecast_sys::realtime_ns);
+        let in_flight = &mut pb.in_flight;
+        pb.inbox.drain(
+            limits,
+            |_, _| {}, // not subscribed: no events come here
+            |frame| {
+                if let Some(why) = refusal(frame) {
+                    return Err(why);
+                }
+                if let Frame::PublishAck(ack) = frame {
+                    let (start, topic) = in_flight.remove(&ack.request_id).ok_or_else(|| {
+                        format!("PUBLISH_ACK for no PUBLISH ({})", ack.request_id)
+                    })?;
+                    on_ack(ack, start, topic, recv_ns);
+                }
+                Ok(())
+            },
+        )?;
+        if n < pb.inbox.free_min() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The driver
+
+/// Figures of one run. Latencies in ms.
+#[derive(Clone, Debug)]
+struct Run {
+    mode: Durability,
+    measured: bool,
+    offered_per_s: f64,
+    acks_per_s: f64,
+    /// p50, p90, p99, p99.9, max.
+    latency: [f64; 5],
+    acked: u64,
+    durable: u64,
+    /// Acks whose durable flag is not what the mode promises.
+    flag_violations: u64,
+    refused: u64,
+    unsent: u64,
+    unacked: u64,
+    seq_errors: u64,
+    send_lag: [f64; 2],
+    server_cpu_pct: f64,
+    /// The server's core busy with anything (the appliance, the kernel's
+    /// work for it such as writeback, and any other tenant), % of it.
+    server_core_pct: f64,
+    server_rss_bytes: f64,
+    data_dir_bytes: f64,
+    generator_cpu_pct: f64,
+    generator_bound: bool,
+    foreign_server_pct: f64,
+    foreign_client_pct: f64,
+    hgrm: String,
+    failed: bool,
+    problems: Vec<String>,
+    redone: usize,
+}
+
+impl Run {
+    fn new(mode: Durability) -> Run {
+        let nan = f64::NAN;
+        Run {
+            mode,
+            measured: false,
+            offered_per_s: nan,
+            acks_per_s: nan,
+            latency: [nan; 5],
+            acked: 0,
+            durable: 0,
+            flag_violations: 0,
+            refused: 0,
+            unsent: 0,
+            unacked: 0,
+            seq_errors: 0,
+            send_lag: [nan; 2],
+            server_cpu_pct: nan,
+            server_core_pct: nan,
+            server_rss_bytes: nan,
+            data_dir_bytes: nan,
+            generator_cpu_pct: nan,
+            generator_bound: false,
+            foreign_server_pct: nan,
+            foreign_client_pct: nan,
+            hgrm: String::new(),
+            failed: false,
+            problems: Vec::new(),
+            redone: 0,
+        }
+    }
+
+    fn durable_fraction(&self) -> f64 {
+        if self.acked == 0 {
+            f64::NAN
+        } else {
+            self.durable as f64 / self.acked as f64
+        }
+    }
+
+    /// Share of a measured core that went elsewhere; infinite without
+    /// figures.
+    fn disturbance(&self) -> f64 {
+        if !self.measured {
+            return f64::INFINITY;
+        }
+        [self.foreign_server_pct, self.foreign_client_pct]
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max)
+            / 100.0
+    }
+}
+
+fn server_args(args: &Args) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "run".into(),
+        "--shards".into(),
+        args.shards.to_string(),
+        "--listen".into(),
+        args.common.listen.to_string(),
+    ];
+    if args.payload > Limits::DEFAULT.payload_bytes_max as usize {
+        v.extend(["--payload-bytes-max".into(), args.payload.to_string()]);
+    }
+    v.extend(args.common.server_args.iter().cloned());
+    v
+}
+
+fn launch(args: &Args, mode: Durability) -> Launch {
+    Launch {
+        target: Target::Cluecast,
+        listen: args.common.listen,
+        cpu: args.common.server_pin(),
+        appliance_args: server_args(args),
+        payload_bytes: args.payload,
+        durability: mode,
+    }
+}
+
+fn drive(args: &Args) -> Result<(), String> {
+    let program = targets::program(Target::Cluecast, &args.common.cluecast)?;
+    let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
+    let host = procfs::host();
+    let cores = args.common.cores(true);
+    eprintln!(
+        "durable: {} rounds of {} ({} s each, +{} s warm-up): {} publishers × {} over {} \
+         topics, {} B payloads; host: {} CPUs, {}, kernel {}",
+        args.repeat,
+        mode_list(args),
+        args.duration,
+        args.warmup,
+        args.publishers,
+        match args.rate {
+            Some(r) => format!("{} publishes/s in all (open loop)", thousands(r)),
+            None => format!("{} in flight", args.window),
+        },
+        args.topics,
+        args.payload,
+        host.cpus,
+        host.cpu_model,
+        host.kernel
+    );
+    let mut runs = Vec::new();
+    for round in 0..args.repeat {
+        for &mode in &args.modes {
+            let (mut run, thrown) =
+                least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
+                    let run = run_once(args, &bench, &program, mode, cores);
+                    eprintln!(
+                        "[{}/{}] {}{}: {}",
+                        round + 1,
+                        args.repeat,
+                        mode.name(),
+                        if attempt > 0 {
+                            format!(" (attempt {})", attempt + 1)
+                        } else {
+                            String::new()
+                        },
+                        summary(&run)
+                    );
+                    let score = run.disturbance();
+                    (run, score)
+                });
+            run.redone = thrown.len();
+            for t in thrown {
+                run.problems.push(format!(
+                    "redone ({}% / {}% of the server's / generator's core went elsewhere)",
+                    num(t.foreign_server_pct, 0),
+                    num(t.foreign_client_pct, 0)
+                ));
+            }
+            runs.push(run);
+        }
+    }
+    if let Some(dir) = &args.hgrm_dir {
+        write_hgrms(args, dir, &runs)?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, markdown_report(args, &host, &runs))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let text = if args.json {
+        json_report(args, &runs)
+    } else {
+        markdown_report(args, &host, &runs)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing the report: {e}"))?;
+    if runs.iter().any(|r| !r.measured || r.failed) {
+        return Err(
+            "some runs failed: no figures, a durable flag not as the mode promises, acked \
+             sequences out of order, unanswered publishes, or a server that did not exit 0 \
+             (see the report)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn mode_list(args: &Args) -> String {
+    let names: Vec<&str> = args.modes.iter().map(|m| m.name()).collect();
+    names.join(", ")
+}
+
+fn run_once(args: &Args, bench: &Path, program: &Path, mode: Durability, cores: Cores) -> Run {
+    let mut run = Run::new(mode);
+    let mut server = match targets::start(&launch(args, mode), program, SERVER_START_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            run.problems.push(e);
+            run.failed = true;
+            return run;
+        }
+    };
+    run.problems.extend(server.identity_problem());
+    let mut cmd = std::process::Command::new(bench);
+    cmd.args(["durable", "--role", "clients"])
+        .args(["--server", &server.addr().to_string()])
+        .args(["--mode", mode.name()])
+        .args(["--publishers", &args.publishers.to_string()])
+        .args(["--window", &args.window.to_string()])
+        .args(["--topics", &args.topics.to_string()])
+        .args(["--payload", &args.payload.to_string()])
+        .args(["--duration", &args.duration.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--drain-timeout", &args.drain_timeout.to_string()]);
+    if let Some(rate) = args.rate {
+        cmd.args(["--rate", &rate.to_string()]);
+    }
+    let hgrm_path = std::env::temp_dir().join(format!(
+        "cluecast-bench-durable-{}-{}.hgrm",
+        std::process::id(),
+        cluecast_sys::realtime_ns()
+    ));
+    cmd.arg("--hgrm-out").arg(&hgrm_path);
+    args.common.pass_to_client(&mut cmd);
+    let budget =
+        CLIENT_SLACK + Duration::from_secs_f64(args.warmup + args.duration + args.drain_timeout);
+    let Followed {
+        result,
+        window,
+        problems,
+    } = child::follow(cmd, budget, &mut server, cores);
+    run.problems.extend(problems);
+    run.data_dir_bytes = server.data_dir_bytes().map_or(f64::NAN, |b| b as f64);
+    let stopped = server.stop(SERVER_STOP_TIMEOUT);
+    run.failed |= stopped.problem.is_some();
+    run.problems.extend(stopped.problems());
+    run.hgrm = std::fs::read_to_string(&hgrm_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&hgrm_path);
+    match (result.as_ref().map(Outcome::from_result), window) {
+        (Some(Ok(o)), Some(w)) => fill_figures(&mut run, &o, &w),
+        (Some(Err(e)), _) => {
+            run.failed = true;
+            run.problems.push(e);
+        }
+        _ => run.failed = true,
+    }
+    run
+}
+
+fn fill_figures(run: &mut Run, o: &Outcome, w: &child::Window) {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let secs = o.window_secs;
+    run.measured = secs > 0.0 && w.wall_secs > 0.0 && o.lat_count > 0;
+    run.offered_per_s = o.window_sent as f64 / secs;
+    run.acks_per_s = o.window_acks as f64 / secs;
+    run.latency = [o.lat_p50, o.lat_p90, o.lat_p99, o.lat_p999, o.lat_max].map(ms);
+    run.send_lag = [o.send_lag_p99, o.send_lag_max].map(ms);
+    (run.acked, run.durable, run.refused) = (o.acked, o.durable, o.refused);
+    (run.unsent, run.unacked, run.seq_errors) = (o.unsent, o.unacked, o.seq_errors);
+    run.flag_violations = match run.mode {
+        Durability::Sync => o.acked - o.durable,
+        Durability::Async | Durability::Memory => o.durable,
+    };
+    run.server_cpu_pct = 100.0 * w.server_cpu_secs / w.wall_secs;
+    run.server_core_pct = w
+        .server_core
+        .map_or(f64::NAN, |c| 100.0 * c.busy / w.wall_secs);
+    run.server_rss_bytes = w.server_rss_bytes.map_or(f64::NAN, |b| b as f64);
+    run.generator_cpu_pct = 100.0 * o.generator_cpu_secs / secs;
+    run.generator_bound = run.generator_cpu_pct > GENERATOR_BOUND_PCT;
+    run.foreign_server_pct = w.server_core.map_or(f64::NAN, |c| {
+        100.0 * c.foreign(w.server_cpu_secs, w.wall_secs)
+    });
+    run.foreign_client_pct = w.client_core.map_or(f64::NAN, |c| {
+        100.0 * c.foreign(o.generator_cpu_secs, w.wall_secs)
+    });
+    if !o.note.is_empty() {
+        run.problems.push(format!("clients: {}", o.note));
+    }
+    if run.flag_violations > 0 {
+        run.failed = true;
+        run.problems.push(format!(
+            "{} of {} acks had the durable flag {} in {} mode",
+            run.flag_violations,
+            o.acked,
+            if run.mode == Durability::Sync {
+                "clear"
+            } else {
+                "set"
+            },
+            run.mode.name()
+        ));
+    }
+    if o.seq_errors > 0 {
+        run.failed = true;
+        run.problems.push(format!(
+            "{} acked sequences were missing, repeated or in another epoch",
+            o.seq_errors
+        ));
+    }
+    if o.unacked > 0 {
+        run.failed = true;
+    }
+    if o.refused > 0 {
+        run.problems
+            .push(format!("{} publishes refused (non-zero status)", o.refused));
+    }
+    if o.unsent > 0 {
+        run.problems.push(format!(
+            "{} due publishes not sent: the server stopped reading (backlog over {} MiB)",
+            o.unsent,
+            BACKLOG_MAX >> 20
+        ));
+    }
+    if run.generator_bound {
+        run.problems.push(format!(
+            "generator-bound: the generator's core was {:.0}% busy (over \
+             {GENERATOR_BOUND_PCT}%), so these figures may be its limit rather than the server's",
+            run.generator_cpu_pct
+        ));
+    }
+}
+
+fn summary(run: &Run) -> String {
+    let figures = run.measured.then(|| {
+        format!(
+            "{} acks/s, publish → ack p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms, {} durable, \
+             server {:.0}% CPU {:.0} MiB, generator {:.0}%",
+            thousands(run.acks_per_s),
+            run.latency[0],
+            run.latency[2],
+            run.latency[3],
+            run.latency[4],
+            pct(run.durable_fraction()),
+            run.server_cpu_pct,
+            run.server_rss_bytes / f64::from(1 << 20),
+            run.generator_cpu_pct
+        )
+    });
+    report::summary(figures, &run.problems)
+}
+
+// ---------------------------------------------------------------------------
+// Reports
+
+/// The median run of one mode (each column the median over its measured
+/// runs), and its throughput and p99 against memory's.
+struct Median {
+    run: Run,
+    /// acks/s and p99 as a multiple of memory's (paired by round).
+    vs_memory: [f64; 2],
+}
+
+fn medians(args: &Args, runs: &[Run]) -> Vec<Median> {
+    let of_mode = |m: Durability| -> Vec<&Run> { runs.iter().filter(|r| r.mode == m).collect() };
+    // Paired by round: a missing figure is NaN, which paired_ratio skips.
+    let column = |m: Durability, f: fn(&Run) -> f64| -> Vec<f64> {
+        of_mode(m)
+            .iter()
+            .map(|r| if r.measured { f(r) } else { f64::NAN })
+            .collect()
+    };
+    args.modes
+        .iter()
+        .map(|&m| {
+            let all = of_mode(m);
+            let measured: Vec<&Run> = all.iter().copied().filter(|r| r.measured).collect();
+            let med = |f: &dyn Fn(&Run) -> f64| {
+                let v: Vec<f64> = measured.iter().map(|r| f(r)).collect();
+                median(&v).unwrap_or(f64::NAN)
+            };
+            let c = |f: fn(&Run) -> u64| med(&|r| f(r) as f64).round() as u64;
+            let run = Run {
+                mode: m,
+                measured: !measured.is_empty(),
+                offered_per_s: med(&|r| r.offered_per_s),
+                acks_per_s: med(&|r| r.acks_per_s),
+                latency: std::array::from_fn(|i| med(&|r| r.latency[i])),
+                acked: c(|r| r.acked),
+                durable: c(|r| r.durable),
+                flag_violations: all.iter().map(|r| r.flag_violations).sum(),
+                refused: c(|r| r.refused),
+                unsent: c(|r| r.unsent),
+                unacked: c(|r| r.unacked),
+                seq_errors: all.iter().map(|r| r.seq_errors).sum(),
+                send_lag: std::array::from_fn(|i| med(&|r| r.send_lag[i])),
+                server_cpu_pct: med(&|r| r.server_cpu_pct),
+                server_core_pct: med(&|r| r.server_core_pct),
+                server_rss_bytes: med(&|r| r.server_rss_bytes),
+                data_dir_bytes: med(&|r| r.data_dir_bytes),
+                generator_cpu_pct: med(&|r| r.generator_cpu_pct),
+                generator_bound: measured.iter().any(|r| r.generator_bound),
+                foreign_server_pct: med(&|r| r.foreign_server_pct),
+                foreign_client_pct: med(&|r| r.foreign_client_pct),
+                hgrm: String::new(),
+                failed: all.iter().any(|r| r.failed),
+                problems: Vec::new(),
+                redone: all.iter().map(|r| r.redone).sum(),
+            };
+            let vs_memory = match args.modes.contains(&Durability::Memory) {
+                true => [
+                    paired_ratio(
+                        &column(m, |r| r.acks_per_s),
+                        &column(Durability::Memory, |r| r.acks_per_s),
+                    ),
+                    paired_ratio(
+                        &column(m, |r| r.latency[2]),
+                        &column(Durability::Memory, |r| r.latency[2]),
+                    ),
+                ]
+                .map(|x| x.unwrap_or(f64::NAN)),
+                false => [f64::NAN; 2],
+            };
+            Median { run, vs_memory }
+        })
+        .collect()
+}
+
+/// Each run's distribution, and per mode the run nearest its median p99.
+fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let stem = |mode: Durability| {
+        let mut s = format!("durable-{}", mode.name());
+        if !args.label.is_empty() {
+            let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
+            s = format!("{s}-{}", args.label.chars().map(safe).collect::<String>());
+        }
+        s
+    };
+    let write = |name: String, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
+    for m in medians(args, runs) {
+        let mode = m.run.mode;
+        let mine: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+        for (i, r) in mine.iter().enumerate().filter(|(_, r)| !r.hgrm.is_empty()) {
+            write(format!("{}-{}.hgrm", stem(mode), i + 1), &r.hgrm)?;
+        }
+        let p99 = m.run.latency[2];
+        let middle = mine
+            .iter()
+            .filter(|r| r.measured && !r.hgrm.is_empty())
+            .min_by(|a, b| {
+                (a.latency[2] - p99)
+                    .abs()
+                    .total_cmp(&(b.latency[2] - p99).abs())
+            });
+        if let Some(r) = middle {
+            write(format!("{}-median.hgrm", stem(mode)), &r.hgrm)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_text(args: &Args) -> String {
+    let how = match args.rate {
+        Some(r) => format!(
+            "open loop: {} publishes/s in all on a fixed schedule, spread over the \
+             publishers; latency counts from the time each publish was due",
+            thousands(r)
+        ),
+        None => format!(
+            "closed loop: each keeps {} publishes in flight (a new one as each ack comes); \
+             latency counts from the write of each PUBLISH",
+            args.window
+        ),
+    };
+    format!(
+        "{} publisher connections, publishes of {} B round-robin over {} topics; {how}",
+        args.publishers, args.payload, args.topics
+    )
+}
+
+fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let label = if args.label.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", args.label)
+    };
+    let _ = writeln!(s, "# durable: publish → ack by durability mode{label}\n");
+    let _ = writeln!(s, "- command: `{}`", command_line());
+    let _ = writeln!(
+        s,
+        "- host: {} CPUs, `{}`, kernel `{}`; data directories under `{}`",
+        host.cpus,
+        host.cpu_model,
+        host.kernel,
+        std::env::temp_dir().display()
+    );
+    let shown = match targets::program(Target::Cluecast, &args.common.cluecast) {
+        Ok(p) => targets::describe(&launch(args, Durability::Sync), &p),
+        Err(_) => "cluecast".into(),
+    };
+    let _ = writeln!(
+        s,
+        "- target: `{shown}` (sync shown; `--durability` per mode, and a fresh temporary \
+         `--data-dir` for async and sync, removed after the run){}; a fresh server per run, \
+         stopped with SIGTERM",
+        args.common.pinned(", ", args.common.server_cpu)
+    );
+    let _ = writeln!(
+        s,
+        "- load: {}; one client process, one thread{}",
+        load_text(args),
+        args.common.pinned(", ", args.common.client_cpu)
+    );
+    let _ = writeln!(
+        s,
+        "- each run: {} s warm-up, {} s measured, then up to {} s for the last acks; {} rounds \
+         of {} in that order; a run with more than {:.0}% of a measured core going \
+         elsewhere is measured again (up to {} more times)\n",
+        args.warmup,
+        args.duration,
+        args.drain_timeout,
+        args.repeat,
+        mode_list(args),
+        args.common.foreign_max * 100.0,
+        args.common.retries
+    );
+    let _ = writeln!(
+        s,
+        "*acks/s*: acks with status 0 received in the window, per second; latency: publish → \
+         the kernel's receive timestamp of its PUBLISH_ACK (ms); *durable*: share of acks \
+         with the durable flag (sync must be 100%, the others 0%; *violations* count the \
+         rest); *seq err*: acked sequences of a topic not 1, 2, 3, … once each in one epoch; \
+         *server CPU*: the appliance process (shard, storage writer and reader threads) over \
+         the window, % of one core; *RSS* at the window's end; *data*: bytes in the data \
+         directory when the clients were done.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | mode | offered/s | acks/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | \
+         durable | violations | refused | seq err | server CPU | server RSS MiB | data MiB | \
+         generator CPU |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let meds = medians(args, runs);
+    let mut rounds = vec![0usize; Durability::ALL.len()];
+    let row = |s: &mut String, name: &str, r: &Run| {
+        if !r.measured {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | no figures |||||||||||||||",
+                r.mode.name()
+            );
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} \
+             | {} |",
+            r.mode.name(),
+            thousands(r.offered_per_s),
+            thousands(r.acks_per_s),
+            num(r.latency[0], 3),
+            num(r.latency[1], 3),
+            num(r.latency[2], 3),
+            num(r.latency[3], 3),
+            num(r.latency[4], 3),
+            pct(r.durable_fraction()),
+            r.flag_violations,
+            r.refused,
+            r.seq_errors,
+            pct(r.server_cpu_pct / 100.0),
+            mib(r.server_rss_bytes, 0),
+            mib(r.data_dir_bytes, 1),
+            pct(r.generator_cpu_pct / 100.0),
+        );
+    };
+    for r in runs {
+        let k = Durability::ALL
+            .iter()
+            .position(|&m| m == r.mode)
+            .unwrap_or(0);
+        rounds[k] += 1;
+        row(&mut s, &rounds[k].to_string(), r);
+    }
+    for m in &meds {
+        row(&mut s, "**median**", &m.run);
+    }
+    let _ = writeln!(
+        s,
+        "\nDiagnostics. *server core*: the server's CPU busy with anything (the appliance, \
+         kernel work done there for it, any other tenant), % of it; *foreign*: share of the \
+         server's / the generator's core taken by anything but the appliance / the generator \
+         (other processes, kernel threads such as writeback, hypervisor steal); *redone*: \
+         attempts thrown away as disturbed before this one.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | mode | server core | foreign srv / gen | redone |\n|---|---|---:|---:|---:|"
+    );
+    let mut rounds = vec![0usize; Durability::ALL.len()];
+    for r in runs.iter().filter(|r| r.measured) {
+        let k = Durability::ALL
+            .iter()
+            .position(|&m| m == r.mode)
+            .unwrap_or(0);
+        rounds[k] += 1;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} / {} | {} |",
+            rounds[k],
+            r.mode.name(),
+            pct(r.server_core_pct / 100.0),
+            pct(r.foreign_server_pct / 100.0),
+            pct(r.foreign_client_pct / 100.0),
+            r.redone
+        );
+    }
+    if args.modes.contains(&Durability::Memory) {
+        let _ = writeln!(
+            s,
+            "\nAgainst memory (each the median over rounds of this mode's figure / memory's \
+             in the same round):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| mode | acks/s | acks/s vs memory | p99 ms | p99 vs memory |\n|---|---:|---:|---:|---:|"
+        );
+        for m in &meds {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}× | {} | {}× |",
+                m.run.mode.name(),
+                thousands(m.run.acks_per_s),
+                num(m.vs_memory[0], 2),
+                num(m.run.latency[2], 3),
+                num(m.vs_memory[1], 2),
+            );
+        }
+    }
+    let problems: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.problems
+                .iter()
+                .map(move |p| format!("- {}: {p}", r.mode.name()))
+        })
+        .collect();
+    if problems.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nNo problems: every publish was answered, every ack's durable flag was what its \
+             mode promises, every topic's acked sequences were 1, 2, 3, … in one epoch, and \
+             every server exited 0 when stopped."
+        );
+    } else {
+        let _ = writeln!(s, "\nProblems seen:\n");
+        for p in problems {
+            let _ = writeln!(s, "{p}");
+        }
+    }
+    s
+}
+
+fn json_run(args: &Args, run_label: &str, r: &Run, vs_memory: Option<[f64; 2]>) -> String {
+    let problems: Vec<String> = r.problems.iter().map(|p| json_str(p)).collect();
+    let vs = match vs_memory {
+        Some([acks, p99]) => format!(
+            ",\"vs_memory\":{{\"acks_per_s\":{},\"p99\":{}}}",
+            json_num(acks),
+            json_num(p99)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{{\"scenario\":\"durable\",\"target\":\"cluecast\",\"label\":{},\"mode\":\"{}\",\
+         \"run\":{run_label},\"publishers\":{},\"window\":{},\"topics\":{},\"payload_bytes\":{},\
+         \"rate\":{},\"duration_s\":{},\"offered_per_s\":{},\"acks_per_s\":{},\
+         \"latency_ms\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}},\
+         \"acks\":{},\"durable_acks\":{},\"durable_fraction\":{},\"flag_violations\":{},\
+         \"refused\":{},\"unsent\":{},\"unacked\":{},\"seq_errors\":{},\
+         \"send_lag_ms\":{{\"p99\":{},\"max\":{}}},\"server_cpu_pct\":{},\"server_core_pct\":{},\
+         \"server_rss_bytes\":{},\
+         \"data_dir_bytes\":{},\"generator_cpu_pct\":{},\"generator_bound\":{},\
+         \"foreign_server_pct\":{},\"foreign_generator_pct\":{},\"measured\":{},\"failed\":{},\
+         \"redone\":{}{vs},\"problems\":[{}]}}\n",
+        json_str(&args.label),
+        r.mode.name(),
+        args.publishers,
+        args.window,
+        args.topics,
+        args.payload,
+        args.rate.map_or("null".into(), json_num),
+        json_num(args.duration),
+        json_num(r.offered_per_s),
+        json_num(r.acks_per_s),
+        json_num(r.latency[0]),
+        json_num(r.latency[1]),
+        json_num(r.latency[2]),
+        json_num(r.latency[3]),
+        json_num(r.latency[4]),
+        r.acked,
+        r.durable,
+        json_num(r.durable_fraction()),
+        r.flag_violations,
+        r.refused,
+        r.unsent,
+        r.unacked,
+        r.seq_errors,
+        json_num(r.send_lag[0]),
+        json_num(r.send_lag[1]),
+        json_num(r.server_cpu_pct),
+        json_num(r.server_core_pct),
+        json_num(r.server_rss_bytes),
+        json_num(r.data_dir_bytes),
+        json_num(r.generator_cpu_pct),
+        r.generator_bound,
+        json_num(r.foreign_server_pct),
+        json_num(r.foreign_client_pct),
+        r.measured,
+        r.failed,
+        r.redone,
+        problems.join(",")
+    )
+}
+
+/// One object per run (`"run": N`, N counting that mode's runs), then one
+/// per mode for its median (`"run": "median"`, with `vs_memory`).
+fn json_report(args: &Args, runs: &[Run]) -> String {
+    let mut out = String::new();
+    let mut rounds = vec![0usize; Durability::ALL.len()];
+    for r in runs {
+        let k = Durability::ALL
+            .iter()
+            .position(|&m| m == r.mode)
+            .unwrap_or(0);
+        rounds[k] += 1;
+        out.push_str(&json_run(args, &rounds[k].to_string(), r, None));
+    }
+    for m in medians(args, runs) {
+        out.push_str(&json_run(args, "\"median\"", &m.run, Some(m.vs_memory)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Args {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        Cli::parse_from(std::iter::once("durable").chain(words.iter().copied())).args
+    }
+
+    #[test]
+    fn durable_defaults_and_checks() {
+        let a = parse(&[]);
+        assert_eq!(a.modes, Durability::ALL.to_vec());
+        assert_eq!(
+            (a.publishers, a.window, a.topics, a.payload, a.rate),
+            (8, 16, 8, 128, None)
+        );
+        assert_eq!((a.duration, a.repeat), (10.0, 3));
+        assert_eq!(check(&a), Ok(()));
+        assert_eq!(
+            parse(&["--modes", "sync,memory"]).modes,
+            [Durability::Sync, Durability::Memory]
+        );
+        for bad in [
+            &["--durability", "sync"][..],
+            &["--server-arg=--durability=async"],
+            &["--rate", "0"],
+            &["--window", "0"],
+            &["--repeat", "0"],
+        ] {
+            assert!(check(&parse(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn acked_sequences_are_checked_per_topic() {
+        let mut a = Acked::default();
+        for s in [3, 1, 2, 4] {
+            a.see(7, s);
+        }
+        assert_eq!(a.errors(), 0);
+        let mut a = Acked::default();
+        for s in [1, 2, 2, 5] {
+            a.see(7, s);
+        }
+        assert_eq!(a.errors(), 1 + 2, "a repeat and a gap of two");
+        let mut a = Acked::default();
+        a.see(7, 1);
+        a.see(8, 2);
+        assert_eq!(a.errors(), 1, "an epoch change");
+    }
+
+    fn run(mode: Durability, acks: f64, p99: f64) -> Run {
+        Run {
+            measured: true,
+            acks_per_s: acks,
+            latency: [p99 / 2.0, p99 / 1.5, p99, p99 * 2.0, p99 * 3.0],
+            acked: 100,
+            durable: if mode == Durability::Sync { 100 } else { 0 },
+            ..Run::new(mode)
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios_to_memory_by_round() {
+        let args = parse(&["--modes", "memory,sync"]);
+        let runs = [
+            run(Durability::Memory, 100.0, 1.0),
+            run(Durability::Sync, 50.0, 4.0),
+            run(Durability::Memory, 200.0, 2.0),
+            run(Durability::Sync, 50.0, 4.0),
+            run(Durability::Memory, 100.0, 1.0),
+            run(Durability::Sync, 20.0, 3.0),
+        ];
+        let m = medians(&args, &runs);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].vs_memory, [1.0, 1.0]);
+        assert_eq!(m[1].run.acks_per_s, 50.0);
+        // Ratios 0.5, 0.25, 0.2 → 0.25; p99 4, 2, 3 → 3.
+        assert_eq!(m[1].vs_memory, [0.25, 3.0]);
+        assert_eq!(m[1].run.durable_fraction(), 1.0);
+        let json = json_report(&args, &runs);
+        assert_eq!(json.lines().count(), 8);
+        let last = json.lines().last().unwrap();
+        for key in [
+            "\"scenario\":\"durable\"",
+            "\"mode\":\"sync\"",
+            "\"run\":\"median\"",
+            "\"acks_per_s\":50,",
+            "\"durable_fraction\":1,",
+            "\"flag_violations\":0,",
+            "\"vs_memory\":{\"acks_per_s\":0.25,\"p99\":3}",
+        ] {
+            assert!(last.contains(key), "{key} missing from {last}");
+        }
+        let md = markdown_report(&args, &procfs::host(), &runs);
+        assert!(md.contains("| sync | 50 | 0.25× | 4.000 | 3.00× |"), "{md}");
+    }
+
+    #[test]
+    fn a_wrong_durable_flag_fails_the_run() {
+        let o = Outcome {
+            window_secs: 1.0,
+            window_acks: 10,
+            lat_count: 10,
+            acked: 10,
+            durable: 9,
+            ..Outcome::default()
+        };
+        let w = child::Window {
+            wall_secs: 1.0,
+            ..child::Window::default()
+        };
+        let mut r = Run::new(Durability::Sync);
+        fill_figures(&mut r, &o, &w);
+        assert!(r.failed && r.flag_violations == 1, "{r:?}");
+        let mut r = Run::new(Durability::Async);
+        fill_figures(&mut r, &o, &w);
+        assert_eq!(r.flag_violations, 9);
+        let mut r = Run::new(Durability::Memory);
+        fill_figures(&mut r, &Outcome { durable: 0, ..o }, &w);
+        assert!(!r.failed && r.measured, "{r:?}");
+    }
+}
