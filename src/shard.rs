@@ -73,6 +73,9 @@ const ACK_RECORD_BYTES: usize = ORIGIN_BYTES + 32;
 /// How long a subscriber whose history is not yet on disk (or whose read
 /// failed) waits before asking again.
 const DISK_RETRY_MS: u64 = 50;
+/// Bytes of history read from disk that one turn hands to subscribers; the
+/// rest waits for the next turn, after live events have gone out.
+const DISK_REPLY_BYTES_PER_TURN: usize = 256 << 10;
 
 /// Everything a shard needs, built by the engine (or a test).
 pub struct ShardSetup {
@@ -1384,15 +1387,23 @@ impl Core {
             }
         }
         self.send_resume();
-        let mut replies = 0;
-        while replies < MESH_RECORDS_PER_TURN {
-            let Some(link) = &self.storage else { break };
-            if replies == 0 {
+        // History from disk is taken in slices per turn, so a resume storm
+        // never holds up the turn that carries live events.
+        let mut reply_bytes = 0;
+        let mut first = true;
+        while let Some(link) = &self.storage {
+            if first {
                 link.reply_rx.clear_doorbell();
+                first = false;
             }
             let Some((kind, body)) = link.reply_rx.peek() else {
                 break;
             };
+            if reply_bytes >= DISK_REPLY_BYTES_PER_TURN {
+                self.mesh_backlog = true;
+                break;
+            }
+            reply_bytes += body.len();
             let mut scratch = std::mem::take(&mut self.reply_scratch);
             scratch.clear();
             scratch.extend_from_slice(body);
@@ -1403,7 +1414,6 @@ impl Core {
                 other => panic!("unknown storage reply kind {other}"),
             }
             self.reply_scratch = scratch;
-            replies += 1;
         }
     }
 

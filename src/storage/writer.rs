@@ -10,6 +10,10 @@
 //! In `async` durability subscribers already have the events of a failed
 //! batch, so it is kept and written again until it succeeds, and nothing new
 //! is taken meanwhile: the log never has a hole.
+//!
+//! The writer also owns what changes the log besides appends: players'
+//! open path blocks (positions ride the same channels and batches) and
+//! retention (range deletes, then a FLOOR notice to every shard).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
