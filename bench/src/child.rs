@@ -10,10 +10,10 @@
 
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::str::FromStr;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::procfs::{self, CoreUse, Cores};
@@ -324,6 +324,114 @@ pub fn command_via(via: &[String], program: &std::path::Path) -> Command {
             c
         }
         None => Command::new(program),
+    }
+}
+
+/// Several client processes of one run. Each one's stdout lines arrive on
+/// one channel, tagged with its index (None at the end of its stdout).
+/// Closing their stdins lets them go; any still running when the group is
+/// dropped are killed.
+pub struct Group {
+    pub children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+    pub lines: Receiver<(usize, Option<String>)>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Group {
+    /// Starts every command with piped stdin and stdout. A command that
+    /// cannot start is left out and named in the returned problems.
+    pub fn start(commands: impl IntoIterator<Item = Command>) -> (Group, Vec<String>) {
+        let (tx, lines) = mpsc::channel();
+        let mut group = Group {
+            children: Vec::new(),
+            stdins: Vec::new(),
+            lines,
+            readers: Vec::new(),
+        };
+        let mut problems = Vec::new();
+        for mut cmd in commands {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(format!("cannot start a client process: {e}"));
+                    continue;
+                }
+            };
+            let k = group.children.len();
+            let Some(stdout) = child.stdout.take() else {
+                let _ = child.kill();
+                let _ = child.wait();
+                problems.push(format!("no stdout pipe from client process {k}"));
+                continue;
+            };
+            let tx = tx.clone();
+            group.readers.push(thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((k, Some(line))).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send((k, None));
+            }));
+            group.stdins.push(child.stdin.take());
+            group.children.push(child);
+        }
+        (group, problems)
+    }
+
+    /// Process `k`'s stdin, unless closed.
+    pub fn stdin(&mut self, k: usize) -> Option<&mut ChildStdin> {
+        self.stdins[k].as_mut()
+    }
+
+    /// Closes every stdin, so the processes let go of their connections and
+    /// exit; waits up to `within` for all, kills the rest. Each process that
+    /// did not exit cleanly is a problem.
+    pub fn release(&mut self, within: Duration, problems: &mut Vec<String>) {
+        for stdin in &mut self.stdins {
+            drop(stdin.take());
+        }
+        let deadline = Instant::now() + within;
+        for (k, c) in self.children.iter_mut().enumerate() {
+            let status = loop {
+                match c.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break None,
+                }
+            };
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => problems.push(format!("client process {k} exited {s}")),
+                None => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    problems.push(format!("client process {k} had to be killed"));
+                }
+            }
+        }
+        // Every process is gone, so every pipe is closed: the readers end.
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 }
 

@@ -14,12 +14,12 @@
 //! The resident memory is the server's user-space memory only: the
 //! kernel's socket buffers are not in it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+use std::process::Command;
+use std::sync::mpsc::RecvTimeoutError;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use cluecast_proto::Limits;
@@ -424,19 +424,12 @@ fn drive(args: &Args) -> Result<(), String> {
         eprintln!("[{}/{}] {}", i + 1, args.repeat, summary(&run));
         runs.push(run);
     }
-    if let Some(path) = &args.report {
-        std::fs::write(path, markdown_report(args, &host, nofile, &runs))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
-    let text = if args.json {
-        json_report(args, &runs)
-    } else {
-        markdown_report(args, &host, nofile, &runs)
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("writing the report: {e}"))?;
+    report::emit(
+        args.report.as_deref(),
+        args.json,
+        || markdown_report(args, &host, nofile, &runs),
+        || json_report(args, &runs),
+    )?;
     if runs.iter().any(|r| r.failed) {
         return Err(
             "some runs failed: not every connection was held, or a server that did not exit 0 \
@@ -539,14 +532,9 @@ struct Said {
     last_end: Option<Instant>,
 }
 
-/// The client processes of one run; any still running when dropped are
-/// killed.
+/// The client processes of one run.
 struct Clients {
-    children: Vec<Child>,
-    /// Lines of each child's stdout by its index in `children`; None at the
-    /// end of its stdout.
-    lines: Receiver<(usize, Option<String>)>,
-    readers: Vec<JoinHandle<()>>,
+    group: child::Group,
 }
 
 impl Clients {
@@ -560,13 +548,7 @@ impl Clients {
         plan: &[(usize, usize)],
         problems: &mut Vec<String>,
     ) -> Clients {
-        let (tx, rx) = mpsc::channel();
-        let mut clients = Clients {
-            children: Vec::with_capacity(plan.len()),
-            lines: rx,
-            readers: Vec::with_capacity(plan.len()),
-        };
-        for &(first, count) in plan {
+        let commands = plan.iter().map(|&(first, count)| {
             let mut cmd = Command::new(bench);
             cmd.args(["conns", "--role", "clients"])
                 .args(["--target", args.target.name()])
@@ -576,36 +558,11 @@ impl Clients {
                 .args(["--topics", &args.topics.to_string()])
                 .args(["--nonce", &nonce.to_string()]);
             args.common.pass_to_client(&mut cmd);
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    problems.push(format!("cannot start a client process: {e}"));
-                    continue;
-                }
-            };
-            let k = clients.children.len();
-            let Some(stdout) = child.stdout.take() else {
-                let _ = child.kill();
-                let _ = child.wait();
-                problems.push(format!("no stdout pipe from client process {k}"));
-                continue;
-            };
-            let tx = tx.clone();
-            clients.readers.push(thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send((k, Some(line))).is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send((k, None));
-            }));
-            clients.children.push(child);
-        }
-        clients
+            cmd
+        });
+        let (group, failed) = child::Group::start(commands);
+        problems.extend(failed);
+        Clients { group }
     }
 
     /// Waits up to `budget` for every process's result (or its error, or
@@ -618,7 +575,7 @@ impl Clients {
         problems: &mut Vec<String>,
     ) -> Said {
         let mut said = Said::default();
-        let mut done = vec![false; self.children.len()];
+        let mut done = vec![false; self.group.children.len()];
         let deadline = Instant::now() + budget;
         while done.contains(&false) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -630,6 +587,7 @@ impl Clients {
                 break;
             }
             match self
+                .group
                 .lines
                 .recv_timeout(left.min(Duration::from_millis(200)))
             {
@@ -676,48 +634,10 @@ impl Clients {
         said
     }
 
-    /// Closes every process's stdin, so they let go of their connections
-    /// and exit; waits up to CLIENT_SLACK for all, kills the rest.
+    /// Lets every process go; waits up to CLIENT_SLACK for all, kills the
+    /// rest.
     fn release(mut self, problems: &mut Vec<String>) {
-        for c in &mut self.children {
-            drop(c.stdin.take());
-        }
-        let deadline = Instant::now() + CLIENT_SLACK;
-        for (k, c) in self.children.iter_mut().enumerate() {
-            let status = loop {
-                match c.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => break None,
-                }
-            };
-            match status {
-                Some(s) if s.success() => {}
-                Some(s) => problems.push(format!("client process {k} exited {s}")),
-                None => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    problems.push(format!("client process {k} had to be killed"));
-                }
-            }
-        }
-        // Every process is gone, so every pipe is closed: the readers end.
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.group.release(CLIENT_SLACK, problems);
     }
 }
 

@@ -765,19 +765,12 @@ fn drive(args: &Args) -> Result<(), String> {
     if let Some(dir) = &args.hgrm_dir {
         write_hgrms(args, dir, &runs)?;
     }
-    if let Some(path) = &args.report {
-        std::fs::write(path, markdown_report(args, &host, &runs))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
-    let text = if args.json {
-        json_report(args, &runs)
-    } else {
-        markdown_report(args, &host, &runs)
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("writing the report: {e}"))?;
+    report::emit(
+        args.report.as_deref(),
+        args.json,
+        || markdown_report(args, &host, &runs),
+        || json_report(args, &runs),
+    )?;
     if runs.iter().any(|r| !r.measured || r.failed) {
         return Err(
             "some runs failed: no figures, a durable flag not as the mode promises, acked \

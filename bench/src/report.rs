@@ -119,6 +119,25 @@ pub fn json_list(xs: &[f64]) -> String {
     )
 }
 
+/// Writes a scenario's report: its markdown to `path` (`--report`) if given,
+/// and to stdout the JSON lines (`--json`) or the markdown.
+pub fn emit(
+    path: Option<&std::path::Path>,
+    json: bool,
+    markdown: impl Fn() -> String,
+    json_lines: impl FnOnce() -> String,
+) -> Result<(), String> {
+    use std::io::Write;
+    if let Some(path) = path {
+        std::fs::write(path, markdown()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let text = if json { json_lines() } else { markdown() };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("writing the report: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

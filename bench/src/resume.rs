@@ -31,19 +31,18 @@
 //! `final`, then `result` or `error`).
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+use std::process::Command;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{Frame, Limits, Publish, StartMode, Subscribe, SubscribeStatus};
 use hdrhistogram::Histogram;
 
-use crate::child::{result_struct, ResultLine, Role};
+use crate::child::{self, result_struct, ResultLine, Role};
 use crate::cli::{Common, Durability};
 use crate::delivery::{Stamp, STAMP_BYTES};
 use crate::fanload::{Epoll, READABLE};
@@ -1462,19 +1461,12 @@ fn drive(args: &Args) -> Result<(), String> {
     if let Some(dir) = &args.hgrm_dir {
         write_hgrms(args, dir, &runs)?;
     }
-    if let Some(path) = &args.report {
-        std::fs::write(path, markdown_report(args, &host, &runs))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
-    let text = if args.json {
-        json_report(args, &runs)
-    } else {
-        markdown_report(args, &host, &runs)
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("writing the report: {e}"))?;
+    report::emit(
+        args.report.as_deref(),
+        args.json,
+        || markdown_report(args, &host, &runs),
+        || json_report(args, &runs),
+    )?;
     if runs.iter().any(|r| !r.measured || r.failed) {
         return Err(
             "some runs failed: clients not caught up or not holding exactly their events, live \
@@ -1485,13 +1477,9 @@ fn drive(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The client processes of one run: process 0 is the live one. Any still
-/// running when dropped are killed.
+/// The client processes of one run: process 0 is the live one.
 struct Procs {
-    children: Vec<Child>,
-    stdins: Vec<Option<ChildStdin>>,
-    lines: Receiver<(usize, Option<String>)>,
-    readers: Vec<JoinHandle<()>>,
+    group: child::Group,
     /// Lines that came while waiting for something else.
     results: Vec<Option<String>>,
     ended: Vec<bool>,
@@ -1499,41 +1487,20 @@ struct Procs {
 
 impl Procs {
     fn start(commands: Vec<Command>) -> Result<Procs, String> {
-        let (tx, rx) = mpsc::channel();
-        let mut p = Procs {
-            children: Vec::new(),
-            stdins: Vec::new(),
-            lines: rx,
-            readers: Vec::new(),
-            results: vec![None; commands.len()],
-            ended: vec![false; commands.len()],
-        };
-        for (k, mut cmd) in commands.into_iter().enumerate() {
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| format!("cannot start a client process: {e}"))?;
-            let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-            p.stdins.push(child.stdin.take());
-            p.children.push(child);
-            let tx = tx.clone();
-            p.readers.push(thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send((k, Some(line))).is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send((k, None));
-            }));
+        let count = commands.len();
+        let (group, failed) = child::Group::start(commands);
+        if let Some(e) = failed.into_iter().next() {
+            return Err(e);
         }
-        Ok(p)
+        Ok(Procs {
+            group,
+            results: vec![None; count],
+            ended: vec![false; count],
+        })
     }
 
     fn tell(&mut self, k: usize, word: &str) -> Result<(), String> {
-        let stdin = self.stdins[k].as_mut().ok_or("stdin already closed")?;
+        let stdin = self.group.stdin(k).ok_or("stdin already closed")?;
         writeln!(stdin, "{word}")
             .and_then(|_| stdin.flush())
             .map_err(|e| format!("telling client process {k} `{word}`: {e}"))
@@ -1551,7 +1518,7 @@ impl Procs {
         mut tick: impl FnMut(&Server),
     ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + budget;
-        let mut said: Vec<Option<String>> = vec![None; self.children.len()];
+        let mut said: Vec<Option<String>> = vec![None; self.group.children.len()];
         while who.iter().any(|&k| said[k].is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -1565,7 +1532,7 @@ impl Procs {
                     missing.join(", ")
                 ));
             }
-            match self.lines.recv_timeout(left.min(RSS_EVERY)) {
+            match self.group.lines.recv_timeout(left.min(RSS_EVERY)) {
                 Ok((k, Some(line))) => {
                     if let Some(e) = line.strip_prefix("error ") {
                         return Err(format!("client process {k}: {e}"));
@@ -1599,52 +1566,16 @@ impl Procs {
 
     /// CPU seconds of every client process so far.
     fn cpu_secs(&self) -> f64 {
-        self.children
+        self.group
+            .children
             .iter()
             .map(|c| procfs::process_cpu_secs(c.id()).unwrap_or(f64::NAN))
             .sum()
     }
 
-    /// Closes every stdin, waits briefly for every process, kills the rest.
+    /// Lets every process go, waits briefly for each, kills the rest.
     fn finish(mut self, problems: &mut Vec<String>) {
-        for s in &mut self.stdins {
-            drop(s.take());
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (k, c) in self.children.iter_mut().enumerate() {
-            let status = loop {
-                match c.try_wait() {
-                    Ok(Some(s)) => break Some(s),
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => break None,
-                }
-            };
-            match status {
-                Some(s) if s.success() => {}
-                Some(s) => problems.push(format!("client process {k} exited {s}")),
-                None => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    problems.push(format!("client process {k} had to be killed"));
-                }
-            }
-        }
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.group.release(Duration::from_secs(10), problems);
     }
 }
 

@@ -14,7 +14,6 @@
 //! `--clients-via "ip netns exec NS"`), or another host (`--clients-via
 //! "ssh HOST"`).
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -405,15 +404,12 @@ fn drive(args: &Args) -> Result<(), String> {
         cells.push(plain);
         cells.push(zc);
     }
-    let text = if args.json {
-        json_report(args, &cells)
-    } else {
-        markdown_report(args, &host, &cells)
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .map_err(|e| format!("writing the report: {e}"))
+    report::emit(
+        None,
+        args.json,
+        || markdown_report(args, &host, &cells),
+        || json_report(args, &cells),
+    )
 }
 
 fn summary(run: &Run) -> String {
