@@ -12,6 +12,8 @@
 //!   exponential backoff with full jitter, reconnect, re-SUBSCRIBE every
 //!   topic with Resume, and report each new SUBSCRIBED so the caller sees
 //!   gaps ([`Delivery::Subscribed`]).
+//! * a topic closed by the server (TOPIC_CLOSED notice) ends its
+//!   subscription ([`Delivery::Closed`]) and is not resumed afterwards.
 //!
 //! A publish is never retried on a new connection: the first one may have
 //! been sequenced already, and retrying would publish it twice.
@@ -47,9 +49,9 @@ pub struct ClientConfig {
     pub token: Vec<u8>,
     /// Limit for the TCP connect, and again for the WELCOME that follows.
     pub connect_timeout_ms: u64,
-    /// How long `publish`, `subscribe`, `unsubscribe` and `path` wait for
-    /// their answer (for `path`: all of its frames). On expiry the
-    /// connection is dropped (its state is unknown).
+    /// How long `publish`, `close_topic`, `subscribe`, `unsubscribe` and
+    /// `path` wait for their answer (for `path`: all of its frames). On
+    /// expiry the connection is dropped (its state is unknown).
     pub request_timeout_ms: u64,
     /// Reconnect delay window for the first attempt; doubles per failure.
     pub backoff_min_ms: u64,
@@ -217,6 +219,12 @@ pub enum Delivery {
     /// The connection was lost because of `reason` and a new one is up after
     /// `attempts` connection attempts. One `Subscribed` per topic follows.
     Reconnected { reason: String, attempts: u32 },
+    /// The topic was closed (TOPIC_CLOSED): its history is deleted, the
+    /// subscription has ended and no event of it follows. `last_seq` was
+    /// its last sequence. The client no longer resumes it; events published
+    /// to the same name later start a new history (subscribe again to get
+    /// them).
+    Closed { topic: String, last_seq: u64 },
 }
 
 /// Why a client call failed.
@@ -226,8 +234,8 @@ pub enum ClientError {
     Io(io::Error),
     /// The server sent something protocol v1 does not allow.
     Protocol(String),
-    /// PUBLISH_ACK or PATH carried this non-zero status (an [`ErrorCode`]
-    /// value); the connection stays usable.
+    /// PUBLISH_ACK, TOPIC_CLOSED or PATH carried this non-zero status (an
+    /// [`ErrorCode`] value); the connection stays usable.
     Refused(u16),
     /// The server sent ERROR with this code, then closed the connection.
     Server { code: u16, message: String },
@@ -400,8 +408,7 @@ impl Client {
             )));
         }
         self.ensure_connected(None)?;
-        let request_id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1);
+        let request_id = self.take_request_id();
         self.send(&Frame::Publish(Publish {
             request_id,
             topic: topic.as_bytes(),
@@ -419,6 +426,39 @@ impl Client {
                 }
                 Some(other) => self.handle_unsolicited(other),
                 None => return Err(self.request_timed_out("PUBLISH_ACK")),
+            }
+        }
+    }
+
+    /// Closes `topic` and waits for its TOPIC_CLOSED: the server deletes the
+    /// topic's whole history, and every subscriber (this client too, if
+    /// subscribed) gets [`Delivery::Closed`]. Returns the topic's last
+    /// sequence when it was closed (0 if it had no events). Events that
+    /// arrive meanwhile are kept for [`Client::next`].
+    ///
+    /// A non-zero status is [`ClientError::Refused`] (e.g. `StorageFailed`,
+    /// `Overloaded`). Not retried if the connection drops before the answer;
+    /// calling again is safe (closing a topic with no events answers 0).
+    pub fn close_topic(&mut self, topic: &str) -> Result<u64, ClientError> {
+        self.check_topic(topic)?;
+        self.ensure_connected(None)?;
+        let request_id = self.take_request_id();
+        self.send(&Frame::TopicClose(TopicClose {
+            request_id,
+            topic: topic.as_bytes(),
+        }))?;
+        let deadline = self.request_deadline();
+        loop {
+            match self.recv(Some(deadline))? {
+                Some(Inbound::TopicClosed(c)) if c.request_id == request_id => {
+                    return if c.status == 0 {
+                        Ok(c.last_seq)
+                    } else {
+                        Err(ClientError::Refused(c.status))
+                    };
+                }
+                Some(other) => self.handle_unsolicited(other),
+                None => return Err(self.request_timed_out("TOPIC_CLOSED")),
             }
         }
     }
@@ -441,8 +481,7 @@ impl Client {
             )));
         }
         self.ensure_connected(None)?;
-        let request_id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1);
+        let request_id = self.take_request_id();
         self.send(&Frame::PathQuery(PathQuery {
             request_id,
             since_ms,
@@ -754,6 +793,17 @@ impl Client {
         e
     }
 
+    /// A fresh request id; never 0, which TOPIC_CLOSED reserves for the
+    /// notice to subscribers.
+    fn take_request_id(&mut self) -> u32 {
+        if self.next_request_id == 0 {
+            self.next_request_id = 1;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        request_id
+    }
+
     fn request_deadline(&self) -> Instant {
         Instant::now() + Duration::from_millis(self.config.request_timeout_ms)
     }
@@ -796,12 +846,24 @@ impl Client {
                     self.queue.push_back(Delivery::Event(e));
                 }
             }
+            // The topic was closed: the subscription has ended, and must not
+            // be resumed on a reconnect. Events already queued came before
+            // the close and stay deliverable.
+            Inbound::TopicClosed(c) if c.request_id == 0 => {
+                if self.subs.remove(&c.topic).is_some() {
+                    self.queue.push_back(Delivery::Closed {
+                        topic: c.topic,
+                        last_seq: c.last_seq,
+                    });
+                }
+            }
             // Answers to requests that timed out on an earlier connection
             // cannot reach us (we drop the connection on timeout), so these
             // are harmless server quirks: ignore them.
             Inbound::PublishAck(_)
             | Inbound::Subscribed(_)
             | Inbound::Unsubscribed(_)
+            | Inbound::TopicClosed(_)
             | Inbound::Path(_) => {}
             // `recv` turns these into errors; listed for completeness.
             Inbound::GoAway(_) | Inbound::Error { .. } => {}
@@ -887,10 +949,30 @@ enum Inbound {
     Subscribed(OwnedSubscribed),
     Unsubscribed(String),
     PublishAck(PublishAck),
+    TopicClosed(OwnedTopicClosed),
     Path(OwnedPath),
     Event(OwnedEvent),
     GoAway(OwnedGoAway),
     Error { code: u16, message: String },
+}
+
+/// A TOPIC_CLOSED frame: an answer (`request_id` not 0) or a notice.
+struct OwnedTopicClosed {
+    request_id: u32,
+    status: u16,
+    last_seq: u64,
+    topic: String,
+}
+
+impl From<TopicClosed<'_>> for OwnedTopicClosed {
+    fn from(c: TopicClosed<'_>) -> OwnedTopicClosed {
+        OwnedTopicClosed {
+            request_id: c.request_id,
+            status: c.status,
+            last_seq: c.last_seq,
+            topic: topic_string(c.topic),
+        }
+    }
 }
 
 /// One PATH frame, with its positions decoded.
@@ -931,6 +1013,7 @@ impl Received {
                 Received::Other(Inbound::Unsubscribed(topic_string(topic)))
             }
             Frame::PublishAck(a) => Received::Other(Inbound::PublishAck(a)),
+            Frame::TopicClosed(c) => Received::Other(Inbound::TopicClosed(c.into())),
             Frame::Path(p) => Received::Other(Inbound::Path(p.into())),
             Frame::Event(e) => Received::Other(Inbound::Event(e.into())),
             Frame::GoAway(g) => Received::Other(Inbound::GoAway((&g).into())),
@@ -942,6 +1025,7 @@ impl Received {
             | Frame::Subscribe(_)
             | Frame::Unsubscribe { .. }
             | Frame::Publish(_)
+            | Frame::TopicClose(_)
             | Frame::Position(_)
             | Frame::PathQuery(_) => {
                 return Err(ClientError::Protocol(format!(

@@ -38,8 +38,8 @@ const EVENT_OVERHEAD: u32 = 1 + 8 + 8 + 8 + 1 + 255;
 /// the token comes on top.
 const HELLO_OVERHEAD: u32 = 1 + 4 + 2 + 2 + 1 + 255 + 2;
 /// SUBSCRIBED, the largest fixed-size frame: type, status, epoch, oldest_seq,
-/// last_seq, topic str8. (PUBLISH is smaller than EVENT, ERROR, PATH_QUERY
-/// and an empty GOAWAY are smaller than this.)
+/// last_seq, topic str8. (PUBLISH is smaller than EVENT, ERROR, PATH_QUERY,
+/// TOPIC_CLOSE, TOPIC_CLOSED and an empty GOAWAY are smaller than this.)
 const FIXED_FRAME_MAX: u32 = 1 + 1 + 8 + 8 + 8 + 1 + 255;
 
 impl Limits {
@@ -298,6 +298,16 @@ fn decode_body<'a>(
             topic: r.topic(limits)?,
             payload: r.payload(limits)?,
         }),
+        FrameType::TopicClose => Frame::TopicClose(TopicClose {
+            request_id: r.u32()?,
+            topic: r.topic(limits)?,
+        }),
+        FrameType::TopicClosed => Frame::TopicClosed(TopicClosed {
+            request_id: r.u32()?,
+            status: r.u16()?,
+            last_seq: r.u64()?,
+            topic: r.topic(limits)?,
+        }),
         FrameType::Position => Frame::Position(Position::from_bytes(&r.array()?)),
         FrameType::PathQuery => {
             let request_id = r.u32()?;
@@ -476,6 +486,8 @@ fn truncated_message(t: FrameType) -> &'static str {
         FrameType::Publish => "PUBLISH body ends inside a field",
         FrameType::PublishAck => "PUBLISH_ACK body ends inside a field",
         FrameType::Event => "EVENT body ends inside a field",
+        FrameType::TopicClose => "TOPIC_CLOSE body ends inside a field",
+        FrameType::TopicClosed => "TOPIC_CLOSED body ends inside a field",
         FrameType::Position => "POSITION body ends inside a field",
         FrameType::PathQuery => "PATH_QUERY body ends inside a field",
         FrameType::Path => "PATH body ends inside a field",
@@ -497,6 +509,8 @@ fn trailing_message(t: FrameType) -> &'static str {
         FrameType::Publish => "PUBLISH body has bytes after its last field",
         FrameType::PublishAck => "PUBLISH_ACK body has bytes after its last field",
         FrameType::Event => "EVENT body has bytes after its last field",
+        FrameType::TopicClose => "TOPIC_CLOSE body has bytes after its last field",
+        FrameType::TopicClosed => "TOPIC_CLOSED body has bytes after its last field",
         FrameType::Position => "POSITION body has bytes after its last field",
         FrameType::PathQuery => "PATH_QUERY body has bytes after its last field",
         FrameType::Path => "PATH body has bytes after its last field",
@@ -588,6 +602,8 @@ impl Frame<'_> {
             Frame::Publish(_) => FrameType::Publish,
             Frame::PublishAck(_) => FrameType::PublishAck,
             Frame::Event(_) => FrameType::Event,
+            Frame::TopicClose(_) => FrameType::TopicClose,
+            Frame::TopicClosed(_) => FrameType::TopicClosed,
             Frame::Position(_) => FrameType::Position,
             Frame::PathQuery(_) => FrameType::PathQuery,
             Frame::Path(_) => FrameType::Path,
@@ -609,6 +625,8 @@ impl Frame<'_> {
             Frame::Publish(p) => 4 + 1 + p.topic.len() + p.payload.len(),
             Frame::PublishAck(_) => 4 + 2 + 1 + 8 + 8,
             Frame::Event(e) => 8 + 8 + 8 + 1 + e.topic.len() + e.payload.len(),
+            Frame::TopicClose(c) => 4 + 1 + c.topic.len(),
+            Frame::TopicClosed(c) => 4 + 2 + 8 + 1 + c.topic.len(),
             Frame::Position(_) => POSITION_BYTES,
             Frame::PathQuery(q) => 4 + 8 + 1 + q.player.len(),
             Frame::Path(p) => 4 + 2 + 1 + p.positions.len(),
@@ -675,7 +693,9 @@ impl Frame<'_> {
             | Frame::Unsubscribe { topic }
             | Frame::Unsubscribed { topic }
             | Frame::Publish(Publish { topic, .. })
-            | Frame::Event(Event { topic, .. }) => assert_str8(topic, "topic"),
+            | Frame::Event(Event { topic, .. })
+            | Frame::TopicClose(TopicClose { topic, .. })
+            | Frame::TopicClosed(TopicClosed { topic, .. }) => assert_str8(topic, "topic"),
             Frame::GoAway(g) => {
                 assert_str8(g.reconnect, "GOAWAY reconnect");
                 assert!(
@@ -761,6 +781,16 @@ impl Frame<'_> {
                 w.u64(e.publish_ts_ns);
                 w.str8(e.topic);
                 w.bytes(e.payload);
+            }
+            Frame::TopicClose(c) => {
+                w.u32(c.request_id);
+                w.str8(c.topic);
+            }
+            Frame::TopicClosed(c) => {
+                w.u32(c.request_id);
+                w.u16(c.status);
+                w.u64(c.last_seq);
+                w.str8(c.topic);
             }
             Frame::Position(p) => w.bytes(&p.to_bytes()),
             Frame::PathQuery(q) => {
@@ -934,6 +964,7 @@ mod tests {
                 Subscribe,
                 Unsubscribe,
                 Publish,
+                TopicClose,
                 Position,
                 PathQuery,
                 Ping,
@@ -948,6 +979,7 @@ mod tests {
                 Unsubscribed,
                 PublishAck,
                 Event,
+                TopicClosed,
                 Path,
                 Ping,
                 Pong,
@@ -1067,6 +1099,39 @@ mod tests {
             status: 0,
             flags: PATH_FLAG_LAST,
             positions: &[0; 21],
+        })
+        .encode(&mut v);
+    }
+
+    #[test]
+    fn topic_close_lengths() {
+        let close = Frame::TopicClose(TopicClose {
+            request_id: 1,
+            topic: b"game:42",
+        });
+        assert_eq!(close.encoded_len(), HEADER_BYTES + 4 + 1 + 7);
+        assert_eq!(close.frame_type(), FrameType::TopicClose);
+        let closed = Frame::TopicClosed(TopicClosed {
+            request_id: 1,
+            status: 0,
+            last_seq: 58,
+            topic: b"game:42",
+        });
+        assert_eq!(closed.encoded_len(), HEADER_BYTES + 4 + 2 + 8 + 1 + 7);
+        assert_eq!(closed.frame_type(), FrameType::TopicClosed);
+        assert_eq!(FrameType::TopicClose.name(), "TOPIC_CLOSE");
+        assert_eq!(FrameType::TopicClosed.name(), "TOPIC_CLOSED");
+    }
+
+    #[test]
+    #[should_panic(expected = "str8")]
+    fn encode_refuses_long_topic_closed_topic() {
+        let mut v = Vec::new();
+        Frame::TopicClosed(TopicClosed {
+            request_id: 1,
+            status: 0,
+            last_seq: 0,
+            topic: &[b'a'; 256],
         })
         .encode(&mut v);
     }

@@ -23,6 +23,8 @@ pub enum FrameType {
     Publish = 0x10,
     PublishAck = 0x11,
     Event = 0x12,
+    TopicClose = 0x13,
+    TopicClosed = 0x14,
     Position = 0x20,
     PathQuery = 0x21,
     Path = 0x22,
@@ -34,7 +36,7 @@ pub enum FrameType {
 
 impl FrameType {
     /// Every frame type, in wire-value order.
-    pub const ALL: [FrameType; 16] = [
+    pub const ALL: [FrameType; 18] = [
         FrameType::Hello,
         FrameType::Welcome,
         FrameType::Subscribe,
@@ -44,6 +46,8 @@ impl FrameType {
         FrameType::Publish,
         FrameType::PublishAck,
         FrameType::Event,
+        FrameType::TopicClose,
+        FrameType::TopicClosed,
         FrameType::Position,
         FrameType::PathQuery,
         FrameType::Path,
@@ -65,6 +69,8 @@ impl FrameType {
             0x10 => FrameType::Publish,
             0x11 => FrameType::PublishAck,
             0x12 => FrameType::Event,
+            0x13 => FrameType::TopicClose,
+            0x14 => FrameType::TopicClosed,
             0x20 => FrameType::Position,
             0x21 => FrameType::PathQuery,
             0x22 => FrameType::Path,
@@ -88,6 +94,8 @@ impl FrameType {
             FrameType::Publish => "PUBLISH",
             FrameType::PublishAck => "PUBLISH_ACK",
             FrameType::Event => "EVENT",
+            FrameType::TopicClose => "TOPIC_CLOSE",
+            FrameType::TopicClosed => "TOPIC_CLOSED",
             FrameType::Position => "POSITION",
             FrameType::PathQuery => "PATH_QUERY",
             FrameType::Path => "PATH",
@@ -107,6 +115,7 @@ impl FrameType {
                 | FrameType::Subscribe
                 | FrameType::Unsubscribe
                 | FrameType::Publish
+                | FrameType::TopicClose
                 | FrameType::Position
                 | FrameType::PathQuery
                 | FrameType::Ping
@@ -127,7 +136,8 @@ impl std::fmt::Display for FrameType {
 }
 
 /// Why a frame or request was refused. Sent in ERROR (then the server closes)
-/// and in PUBLISH_ACK.status and PATH.status (then the connection stays open).
+/// and in PUBLISH_ACK.status, TOPIC_CLOSED.status and PATH.status (then the
+/// connection stays open).
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -343,6 +353,29 @@ pub struct Event<'a> {
     pub payload: &'a [u8],
 }
 
+/// A request to end a topic: the server deletes its whole history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicClose<'a> {
+    /// Chosen by the client, echoed in the TOPIC_CLOSED that answers it.
+    pub request_id: u32,
+    pub topic: &'a [u8],
+}
+
+/// The answer to a [`TopicClose`] (its `request_id`), or, with `request_id`
+/// 0, the notice to a subscriber that the topic was closed: its subscription
+/// has ended and must not be resumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicClosed<'a> {
+    /// The TOPIC_CLOSE's; 0 in the notice to subscribers.
+    pub request_id: u32,
+    /// 0 = closed, else an [`ErrorCode`] value (then nothing was deleted).
+    pub status: u16,
+    /// The topic's last sequence when it was closed; 0 if it had none, or
+    /// on refusal.
+    pub last_seq: u64,
+    pub topic: &'a [u8],
+}
+
 /// A position fix, in fixed point so every client encodes it identically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
@@ -520,6 +553,8 @@ pub enum Frame<'a> {
     Publish(Publish<'a>),
     PublishAck(PublishAck),
     Event(Event<'a>),
+    TopicClose(TopicClose<'a>),
+    TopicClosed(TopicClosed<'a>),
     Position(Position),
     PathQuery(PathQuery<'a>),
     Path(Path<'a>),

@@ -45,6 +45,16 @@ enum Model {
         topic: Vec<u8>,
         payload: Vec<u8>,
     },
+    TopicClose {
+        request_id: u32,
+        topic: Vec<u8>,
+    },
+    TopicClosed {
+        request_id: u32,
+        status: u16,
+        last_seq: u64,
+        topic: Vec<u8>,
+    },
     Position(Position),
     PathQuery {
         request_id: u32,
@@ -134,6 +144,21 @@ impl Model {
                 publish_ts_ns: *publish_ts_ns,
                 topic,
                 payload,
+            }),
+            Model::TopicClose { request_id, topic } => Frame::TopicClose(TopicClose {
+                request_id: *request_id,
+                topic,
+            }),
+            Model::TopicClosed {
+                request_id,
+                status,
+                last_seq,
+                topic,
+            } => Frame::TopicClosed(TopicClosed {
+                request_id: *request_id,
+                status: *status,
+                last_seq: *last_seq,
+                topic,
             }),
             Model::Position(p) => Frame::Position(*p),
             Model::PathQuery {
@@ -281,6 +306,16 @@ fn model() -> impl Strategy<Value = Model> {
                 payload
             }
         ),
+        (any::<u32>(), topic())
+            .prop_map(|(request_id, topic)| Model::TopicClose { request_id, topic }),
+        (any::<(u32, u16, u64)>(), topic()).prop_map(|((request_id, status, last_seq), topic)| {
+            Model::TopicClosed {
+                request_id,
+                status,
+                last_seq,
+                topic,
+            }
+        }),
         position().prop_map(Model::Position),
         (
             any::<u32>(),
@@ -636,6 +671,26 @@ fn bad_topics_are_invalid_topic() {
             Err(DecodeError::InvalidTopic),
             "{topic:?}"
         );
+        let buf = encode(&Frame::TopicClose(TopicClose {
+            request_id: 1,
+            topic,
+        }));
+        assert_eq!(
+            decode(&buf, &L),
+            Err(DecodeError::InvalidTopic),
+            "{topic:?}"
+        );
+        let buf = encode(&Frame::TopicClosed(TopicClosed {
+            request_id: 0,
+            status: 0,
+            last_seq: 1,
+            topic,
+        }));
+        assert_eq!(
+            decode(&buf, &L),
+            Err(DecodeError::InvalidTopic),
+            "{topic:?}"
+        );
     }
     assert_eq!(DecodeError::InvalidTopic.code(), ErrorCode::InvalidTopic);
     // The limit is the configured one, up to the wire's 255.
@@ -771,6 +826,12 @@ fn largest_frames_fit_default_limits() {
             status: SubscribeStatus::Ok,
             epoch: 1,
             oldest_seq: 1,
+            last_seq: 1,
+            topic: &topic,
+        }),
+        Frame::TopicClosed(TopicClosed {
+            request_id: 1,
+            status: 0,
             last_seq: 1,
             topic: &topic,
         }),
@@ -1034,4 +1095,78 @@ fn position_body_is_position_to_bytes() {
     let buf = encode(&Frame::Position(p));
     assert_eq!(&buf[5..], &p.to_bytes()[..]);
     assert_eq!(buf.len(), 5 + POSITION_BYTES);
+}
+
+#[test]
+fn topic_close_round_trip_and_lengths() {
+    let close = Frame::TopicClose(TopicClose {
+        request_id: 11,
+        topic: b"game:42",
+    });
+    let buf = encode(&close);
+    // Length 6 + t.
+    assert_eq!(&buf[..4], &(6u32 + 7).to_be_bytes());
+    assert_eq!(buf[4], 0x13);
+    assert_eq!(decode(&buf, &L).unwrap().unwrap(), (close, buf.len()));
+    // Cut inside the request_id or the topic, or one byte too many.
+    assert_eq!(
+        malformed(&raw(0x13, &buf[5..8])),
+        "TOPIC_CLOSE body ends inside a field"
+    );
+    assert_eq!(
+        malformed(&raw(0x13, &buf[5..buf.len() - 1])),
+        "TOPIC_CLOSE body ends inside a field"
+    );
+    let mut long = buf[5..].to_vec();
+    long.push(b'x');
+    assert_eq!(
+        malformed(&raw(0x13, &long)),
+        "TOPIC_CLOSE body has bytes after its last field"
+    );
+}
+
+#[test]
+fn topic_closed_round_trip_and_lengths() {
+    for (request_id, status, last_seq) in [
+        (11, 0, 58),
+        // The notice to subscribers.
+        (0, 0, 58),
+        // Nothing to close.
+        (12, 0, 0),
+        (13, ErrorCode::StorageFailed as u16, 0),
+        (14, ErrorCode::Overloaded as u16, 0),
+    ] {
+        let closed = Frame::TopicClosed(TopicClosed {
+            request_id,
+            status,
+            last_seq,
+            topic: b"game:42",
+        });
+        let buf = encode(&closed);
+        // Length 16 + t.
+        assert_eq!(&buf[..4], &(16u32 + 7).to_be_bytes());
+        assert_eq!(buf[4], 0x14);
+        assert_eq!(decode(&buf, &L).unwrap().unwrap(), (closed, buf.len()));
+    }
+    let buf = encode(&Frame::TopicClosed(TopicClosed {
+        request_id: 1,
+        status: 0,
+        last_seq: 1,
+        topic: b"ab",
+    }));
+    // Cut inside last_seq, inside the topic, or one byte too many.
+    assert_eq!(
+        malformed(&raw(0x14, &buf[5..15])),
+        "TOPIC_CLOSED body ends inside a field"
+    );
+    assert_eq!(
+        malformed(&raw(0x14, &buf[5..buf.len() - 1])),
+        "TOPIC_CLOSED body ends inside a field"
+    );
+    let mut long = buf[5..].to_vec();
+    long.push(b'x');
+    assert_eq!(
+        malformed(&raw(0x14, &long)),
+        "TOPIC_CLOSED body has bytes after its last field"
+    );
 }

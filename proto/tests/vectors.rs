@@ -22,6 +22,8 @@ const NAMES: &[&str] = &[
     "publish_ack",
     "publish_ack_refused",
     "event",
+    "topic_close",
+    "topic_closed",
     "position",
     "path_query",
     "path",
@@ -126,6 +128,16 @@ fn expected(name: &str) -> Option<Frame<'static>> {
             publish_ts_ns: 1_700_000_000_123_456_789,
             topic: b"game:42",
             payload: b"hi!",
+        }),
+        "topic_close" => Frame::TopicClose(TopicClose {
+            request_id: 11,
+            topic: b"game:42",
+        }),
+        "topic_closed" => Frame::TopicClosed(TopicClosed {
+            request_id: 11,
+            status: 0,
+            last_seq: 58,
+            topic: b"game:42",
         }),
         "position" => Frame::Position(OPERA_HOUSE),
         "path_query" => Frame::PathQuery(PathQuery {
@@ -252,8 +264,8 @@ fn doc() -> String {
 fn document_vectors_match_the_codec() {
     let vectors = parse(&doc());
     // A broken parser must not pass by finding nothing.
-    assert_eq!(vectors.len(), 19, "number of vectors in docs/PROTOCOL.md");
-    assert_eq!(NAMES.len(), 19);
+    assert_eq!(vectors.len(), 21, "number of vectors in docs/PROTOCOL.md");
+    assert_eq!(NAMES.len(), 21);
 
     let found: Vec<&str> = vectors.iter().map(|v| v.name.as_str()).collect();
     for name in NAMES {
