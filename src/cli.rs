@@ -1,6 +1,6 @@
-//! The command line: `run` starts the appliance; `pub`, `sub` and `path` are
-//! small clients built on the reference client library, for operators and
-//! scripts.
+//! The command line: `run` starts the appliance; `pub`, `sub`, `path` and
+//! `topic close` are small clients built on the reference client library,
+//! for operators and scripts.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -56,6 +56,11 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Manage topics
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
     /// Print a player's stored path (the positions its phone sent)
     Path {
         #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
@@ -67,6 +72,18 @@ enum Command {
         since: u64,
         #[arg(long, value_enum, default_value = "csv")]
         format: PathFormat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicCommand {
+    /// End a topic (a hunt): delete its whole history, in memory and on
+    /// disk, and print its last sequence. Subscribers are told; events
+    /// published to the name later start a new history (a new epoch).
+    Close {
+        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
+        server: String,
+        topic: String,
     },
 }
 
@@ -109,6 +126,9 @@ pub fn main() -> ExitCode {
             from,
             count,
         } => subscribe(&server, &topic, from, count),
+        Command::Topic {
+            command: TopicCommand::Close { server, topic },
+        } => close_topic(&server, &topic),
         Command::Path {
             server,
             player,
@@ -125,12 +145,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn publish(server: &str, topic: &str, payload: &[u8]) -> Result<(), String> {
+/// A connection for one request: a failure is reported, not retried.
+fn connect_once(server: &str) -> Result<Client, String> {
     let mut config = ClientConfig::new(server);
     config.reconnect = false;
-    let mut client = Client::connect(config).map_err(|e| format!("{server}: {e}"))?;
+    Client::connect(config).map_err(|e| format!("{server}: {e}"))
+}
+
+fn publish(server: &str, topic: &str, payload: &[u8]) -> Result<(), String> {
+    let mut client = connect_once(server)?;
     let ack = client.publish(topic, payload).map_err(|e| e.to_string())?;
     println!("{}", ack.seq);
+    client.close();
+    Ok(())
+}
+
+fn close_topic(server: &str, topic: &str) -> Result<(), String> {
+    let mut client = connect_once(server)?;
+    let last_seq = client.close_topic(topic).map_err(|e| e.to_string())?;
+    println!("{last_seq}");
     client.close();
     Ok(())
 }
@@ -160,6 +193,10 @@ fn subscribe(
             Delivery::Reconnected { reason, attempts } => {
                 eprintln!("cluecast: reconnected after {attempts} attempt(s) ({reason})");
             }
+            Delivery::Closed { last_seq, .. } => {
+                eprintln!("cluecast: the topic was closed after sequence {last_seq}");
+                break;
+            }
         }
     }
     client.close();
@@ -169,9 +206,7 @@ fn subscribe(
 /// Reads the whole path (asking again where a long answer stopped) and
 /// prints it.
 fn print_path(server: &str, player: &str, since: u64, format: PathFormat) -> Result<(), String> {
-    let mut config = ClientConfig::new(server);
-    config.reconnect = false;
-    let mut client = Client::connect(config).map_err(|e| format!("{server}: {e}"))?;
+    let mut client = connect_once(server)?;
     let mut positions = Vec::new();
     let mut from = since;
     loop {

@@ -10,7 +10,10 @@
 //! A topic is sequenced by exactly one shard, its owner (a hash of the name).
 //! A publish arriving elsewhere is forwarded to the owner; the owner assigns
 //! the sequence, fans out to its own subscribers, and hands the encoded event
-//! to every other shard, which fans it out to theirs. Later, the owner's
+//! to every other shard, which fans it out to theirs. Closing a topic takes
+//! the same road: the owner orders the close after the topic's last event
+//! (and, in sync durability, after the writer has deleted it), then tells
+//! every shard, which ends the topic for its subscribers. Later, the owner's
 //! sequencing step becomes the apply step of a replicated log.
 
 use std::collections::VecDeque;
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use cluecast_proto::{
     decode, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits, Path, PathQuery,
     Position, Publish, PublishAck, ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed,
-    Welcome, ACK_FLAG_DURABLE, PATH_FLAG_LAST, PROTOCOL_VERSION,
+    TopicClose, TopicClosed, Welcome, ACK_FLAG_DURABLE, PATH_FLAG_LAST, PROTOCOL_VERSION,
 };
 use cluecast_sys::spsc;
 use slab::Slab;
@@ -32,7 +35,8 @@ use crate::conn::{Conn, ConnState, SubRef};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
 use crate::storage::{
     decode_path_frames, Durability, Notice, PathRequest, ReadReply, ReadRequest, ReadStatus,
-    StorageLink, StoredTopic, APPEND, EVENTS, PATH_FRAMES, PATH_READ, POSITION, READ, RESUME,
+    StorageLink, StoredTopic, APPEND, CLOSE, EVENTS, PATH_FRAMES, PATH_READ, POSITION, READ,
+    RESUME,
 };
 use crate::timer::TimerWheel;
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
@@ -64,12 +68,22 @@ const DRAIN_GRACE_MS: u64 = 1_000;
 
 /// Channel record kinds.
 const RECORD_EVENT: u8 = 1;
-const RECORD_PUBLISH: u8 = 2;
-const RECORD_ACK: u8 = 3;
-/// Forwarded publishes and acks start with the origin connection's id.
+/// A client's PUBLISH or TOPIC_CLOSE for the topic's owner: origin, then
+/// the frame.
+const RECORD_REQUEST: u8 = 2;
+/// The owner's answer to a forwarded request: origin, then the encoded
+/// PUBLISH_ACK or TOPIC_CLOSED.
+const RECORD_ANSWER: u8 = 3;
+/// The owner closed a topic: its last sequence (u64), then the topic.
+const RECORD_CLOSED: u8 = 4;
+/// Forwarded requests and their answers start with the origin connection's id.
 const ORIGIN_BYTES: usize = 8;
-/// An ack record: origin and an encoded PUBLISH_ACK (28 bytes), rounded up.
-const ACK_RECORD_BYTES: usize = ORIGIN_BYTES + 32;
+/// An answer record carrying a PUBLISH_ACK (28 bytes).
+const ACK_RECORD_BYTES: usize = ORIGIN_BYTES + 28;
+/// A TOPIC_CLOSED frame without its topic's bytes.
+const TOPIC_CLOSED_BYTES: usize = 20;
+/// The longest answer: TOPIC_CLOSED with a 255-byte topic.
+const ANSWER_BYTES_MAX: usize = TOPIC_CLOSED_BYTES + 255;
 /// How long a subscriber whose history is not yet on disk (or whose read
 /// failed) waits before asking again.
 const DISK_RETRY_MS: u64 = 50;
@@ -81,8 +95,9 @@ const DISK_REPLY_BYTES_PER_TURN: usize = 256 << 10;
 pub struct ShardSetup {
     pub id: usize,
     pub shards: usize,
-    /// Epoch of topics created in this process (a wiped data directory or a
-    /// memory-only history thus gets new epochs at every start).
+    /// This process's random epoch: it seeds the shard's random numbers,
+    /// which give every new history its epoch (so a wiped data directory or
+    /// a memory-only history gets new epochs at every start).
     pub epoch: u64,
     /// The durable log; None for `--durability memory`.
     pub storage: Option<StorageLink>,
@@ -198,18 +213,28 @@ impl AckTo {
     }
 }
 
-/// An event sequenced here and waiting for the WAL sync that makes it
-/// durable (`sync` durability) before anyone sees it.
-struct PendingEvent {
+/// An event sequenced here, or a close ordered here, waiting for the WAL
+/// sync that makes it durable (`sync` durability) before anyone sees it.
+struct Pending {
     /// Its number among this shard's appends.
     append: u64,
     topic: u32,
-    seq: u64,
-    epoch: u64,
-    frame: FrameRef,
     ack: AckTo,
-    /// The write failed: answer the publisher with an error, deliver nothing.
+    /// The write failed: answer with an error, change nothing.
     failed: bool,
+    what: Awaiting,
+}
+
+enum Awaiting {
+    /// Delivered to subscribers and acknowledged once durable.
+    Event {
+        seq: u64,
+        epoch: u64,
+        frame: FrameRef,
+    },
+    /// The topic ends everywhere once its deletion is durable. Its name is
+    /// kept for the answer: after a failure the topic may go before that.
+    Close { name: Box<[u8]> },
 }
 
 pub struct Shard<R: Ring> {
@@ -221,7 +246,6 @@ pub struct Shard<R: Ring> {
 struct Core {
     id: usize,
     shards: usize,
-    epoch: u64,
     limits: Limits,
     subscriptions_max: usize,
     queue_bytes_max: usize,
@@ -260,8 +284,9 @@ struct Core {
     /// APPEND records pushed to the writer, ever (the writer counts alike).
     appends: u64,
     durable_through: u64,
-    /// Events waiting for durability, in append order, and their bytes.
-    pending: VecDeque<PendingEvent>,
+    /// Events and closes waiting for durability, in append order, and the
+    /// events' bytes.
+    pending: VecDeque<Pending>,
     pending_bytes: usize,
     /// A write failed: publishes are refused until RESUME reaches the writer.
     resume_owed: bool,
@@ -318,6 +343,24 @@ fn wake_op(ring_fd: RawFd, shard_id: usize) -> (Op, u64) {
     (op, token)
 }
 
+/// Hands a record to the storage writer, waking it if it sleeps; false when
+/// its channel is full.
+fn push_to_writer(
+    link: &StorageLink,
+    ops: &mut Vec<(Op, u64)>,
+    shard_id: usize,
+    kind: u8,
+    parts: &[&[u8]],
+) -> bool {
+    if !link.append_tx.push(kind, parts) {
+        return false;
+    }
+    if link.append_tx.ring_doorbell() {
+        ops.push(wake_op(link.writer_ring_fd, shard_id));
+    }
+    true
+}
+
 fn is_transient(errno: i32) -> bool {
     matches!(
         errno,
@@ -334,7 +377,6 @@ impl<R: Ring> Shard<R> {
         let mut core = Core {
             id: setup.id,
             shards: setup.shards,
-            epoch: setup.epoch,
             limits: setup.limits,
             subscriptions_max: setup.subscriptions_max as usize,
             queue_bytes_max: setup.queue_bytes_max,
@@ -503,7 +545,9 @@ impl Drop for Core {
         // Frames go back to the arena; the ring (dropped with the shard)
         // cancels whatever the kernel still had.
         for pending in std::mem::take(&mut self.pending) {
-            self.arena.release(pending.frame);
+            if let Awaiting::Event { frame, .. } = pending.what {
+                self.arena.release(frame);
+            }
         }
         self.topics.clear_history(&mut self.arena);
     }
@@ -520,6 +564,16 @@ impl Core {
         (self.conns.contains(index)
             && self.generations[index] & GENERATION_MASK == token.generation)
             .then_some(token.index)
+    }
+
+    /// An epoch for a new history (0 means none yet).
+    fn fresh_epoch(&mut self) -> u64 {
+        loop {
+            let epoch = self.random();
+            if epoch != 0 {
+                return epoch;
+            }
+        }
     }
 
     fn random(&mut self) -> u64 {
@@ -794,6 +848,7 @@ impl Core {
                 self.queue_control(index, &Frame::Unsubscribed { topic });
             }
             (_, Frame::Publish(publish)) => self.publish(index, publish, raw),
+            (_, Frame::TopicClose(close)) => self.close_topic(index, close, raw),
             (_, Frame::Position(position)) => {
                 if let Err(code) = position.validate() {
                     self.error_close(index, code, "position out of range");
@@ -831,10 +886,7 @@ impl Core {
             self.error_close(index, ErrorCode::TooManySubscriptions, &message);
             return;
         }
-        let Some(t) = self
-            .topics
-            .find_or_create(s.topic, self.epoch, Purpose::Subscribe)
-        else {
+        let Some(t) = self.topics.find_or_create(s.topic, Purpose::Subscribe) else {
             self.error_close(index, ErrorCode::Overloaded, "the topic table is full");
             return;
         };
@@ -941,6 +993,7 @@ impl Core {
                         let request = ReadRequest {
                             conn: index,
                             generation: self.generations[index as usize],
+                            epoch: topic.epoch,
                             from: next_seq,
                             to: topic.oldest_seq() - 1,
                             bytes_max: room.min(u32::MAX as usize) as u32,
@@ -1009,14 +1062,9 @@ impl Core {
             return;
         };
         let len = [player.len() as u8];
-        if link
-            .append_tx
-            .push(POSITION, &[&len, player, &position.to_bytes()])
-        {
+        let parts: [&[u8]; 3] = [&len, player, &position.to_bytes()];
+        if push_to_writer(link, &mut self.ops, self.id, POSITION, &parts) {
             self.stats.positions += 1;
-            if link.append_tx.ring_doorbell() {
-                self.ops.push(wake_op(link.writer_ring_fd, self.id));
-            }
         } else {
             // The writer is behind by a whole channel: overload, counted.
             self.stats.positions_not_stored += 1;
@@ -1102,17 +1150,25 @@ impl Core {
             self.sequence(p.topic, p.payload, ack);
             return;
         }
+        if !self.forward(owner, index, raw) {
+            let ack = self.ack_frame(p.request_id, Err(ErrorCode::Overloaded), false);
+            self.queue_control(index, &ack);
+        }
+    }
+
+    /// Passes a client's request to the topic's owner; false (counted as
+    /// overload) when the owner's channel is full.
+    fn forward(&mut self, owner: usize, index: u32, raw: &[u8]) -> bool {
         let origin = self.origin(index);
         let tx = self.mesh_tx[owner]
             .as_ref()
             .expect("a channel to every peer");
-        if tx.push(RECORD_PUBLISH, &[&origin, raw]) {
-            self.ring_doorbell(owner);
-        } else {
+        if !tx.push(RECORD_REQUEST, &[&origin, raw]) {
             self.stats.overloaded += 1;
-            let ack = self.ack_frame(p.request_id, Err(ErrorCode::Overloaded), false);
-            self.queue_control(index, &ack);
+            return false;
         }
+        self.ring_doorbell(owner);
+        true
     }
 
     fn origin(&self, index: u32) -> [u8; ORIGIN_BYTES] {
@@ -1143,8 +1199,34 @@ impl Core {
 
     /// Answers a publish; false (nothing sent) when the peer's channel has no
     /// room for the ack now.
-    fn answer(&mut self, to: AckTo, result: Result<(u64, u64), ErrorCode>, durable: bool) -> bool {
+    fn answer_publish(
+        &mut self,
+        to: AckTo,
+        result: Result<(u64, u64), ErrorCode>,
+        durable: bool,
+    ) -> bool {
         let ack = self.ack_frame(to.request_id(), result, durable);
+        self.answer(to, &ack)
+    }
+
+    /// Answers a TOPIC_CLOSE; false as for `answer_publish`.
+    fn answer_close(&mut self, to: AckTo, topic: &[u8], result: Result<u64, ErrorCode>) -> bool {
+        let (status, last_seq) = match result {
+            Ok(last_seq) => (0, last_seq),
+            Err(code) => (code as u16, 0),
+        };
+        let closed = Frame::TopicClosed(TopicClosed {
+            request_id: to.request_id(),
+            status,
+            last_seq,
+            topic,
+        });
+        self.answer(to, &closed)
+    }
+
+    /// Sends an answer to its requester: queued on the local connection
+    /// (if still there), or handed back over the origin shard's channel.
+    fn answer(&mut self, to: AckTo, frame: &Frame<'_>) -> bool {
         match to {
             AckTo::Local {
                 conn, generation, ..
@@ -1153,18 +1235,18 @@ impl Core {
                     c.state == ConnState::Open && self.generations[conn as usize] == generation
                 });
                 if alive {
-                    self.queue_control(conn, &ack);
+                    self.queue_control(conn, frame);
                 }
                 true
             }
             AckTo::Peer { peer, origin, .. } => {
-                let mut bytes = [0u8; ACK_RECORD_BYTES - ORIGIN_BYTES];
-                let len = ack.encoded_len();
-                ack.encode_to_slice(&mut bytes[..len]);
+                let mut bytes = [0u8; ANSWER_BYTES_MAX];
+                let len = frame.encoded_len();
+                frame.encode_to_slice(&mut bytes[..len]);
                 let tx = self.mesh_tx[peer]
                     .as_ref()
                     .expect("a channel to every peer");
-                if !tx.push(RECORD_ACK, &[&origin, &bytes[..len]]) {
+                if !tx.push(RECORD_ANSWER, &[&origin, &bytes[..len]]) {
                     return false;
                 }
                 self.ring_doorbell(peer);
@@ -1173,17 +1255,13 @@ impl Core {
         }
     }
 
-    /// Whether every peer's channel has room for an event of `len` bytes
-    /// (and `ack_peer`'s for an acknowledgement too).
-    fn peers_have_room(&self, len: usize, ack_peer: Option<usize>) -> bool {
+    /// Whether every peer's channel has room for a record of `len` bytes,
+    /// and the channel of `answer`'s peer for an answer of its bytes after it.
+    fn peers_have_room(&self, len: usize, answer: Option<(usize, usize)>) -> bool {
         self.mesh_tx.iter().enumerate().all(|(peer, tx)| {
-            tx.as_ref().is_none_or(|tx| {
-                let ack = if ack_peer == Some(peer) {
-                    ACK_RECORD_BYTES
-                } else {
-                    0
-                };
-                tx.has_room(len + ack)
+            tx.as_ref().is_none_or(|tx| match answer {
+                Some((to, answer_bytes)) if to == peer => tx.has_room_for(&[len, answer_bytes]),
+                _ => tx.has_room(len),
             })
         })
     }
@@ -1201,11 +1279,11 @@ impl Core {
 
     /// Sequences a publish for a topic this shard owns and answers it: at
     /// once, or (`sync` durability) once the WAL sync covering it is done.
-    /// A peer's ack always has room here (see `on_forwarded_publish`).
+    /// A peer's ack always has room here (see `on_forwarded`).
     fn sequence(&mut self, name: &[u8], payload: &[u8], ack: AckTo) {
         let result = self.try_sequence(name, payload, ack);
         if let Some(result) = result {
-            let answered = self.answer(ack, result, false);
+            let answered = self.answer_publish(ack, result, false);
             assert!(answered, "room for the ack was checked");
         }
     }
@@ -1217,7 +1295,7 @@ impl Core {
         payload: &[u8],
         ack: AckTo,
     ) -> Option<Result<(u64, u64), ErrorCode>> {
-        let t = self.topics.find_or_create(name, self.epoch, Purpose::Event);
+        let t = self.topics.find_or_create(name, Purpose::Event);
         let Some(t) = t.filter(|&t| self.topics.claim_sequencing(t)) else {
             // Past this shard's share of --topics-max: a topic made just now
             // for this publish must not linger.
@@ -1229,6 +1307,18 @@ impl Core {
         };
         if self.resume_owed || self.storage_stalled {
             return Some(Err(ErrorCode::StorageFailed));
+        }
+        if self.topics.get(t).closing {
+            // Until the close is done the name has no history to add to.
+            self.stats.overloaded += 1;
+            return Some(Err(ErrorCode::Overloaded));
+        }
+        if self.topics.get(t).assigned_seq == 0 {
+            // A new history: an epoch of its own, so a client holding a
+            // sequence of an earlier history of this name (closed, or lost
+            // with a wiped data directory) is never handed one of this.
+            let epoch = self.fresh_epoch();
+            self.topics.get_mut(t).epoch = epoch;
         }
         let topic = self.topics.get(t);
         let (seq, epoch) = (topic.assigned_seq + 1, topic.epoch);
@@ -1249,7 +1339,8 @@ impl Core {
                 && (!wait_for_sync || self.pending_bytes + len <= s.pending_bytes_max)
         });
         // Synced events reach the peers later, when durable.
-        let room = storage_has_room && (wait_for_sync || self.peers_have_room(len, ack.peer()));
+        let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
+        let room = storage_has_room && (wait_for_sync || self.peers_have_room(len, answer));
         let frame = if room {
             self.alloc(len, Use::Event)
         } else {
@@ -1261,25 +1352,15 @@ impl Core {
         };
         event.encode_to_slice(self.arena.bytes_mut(frame));
         if let Some(link) = &self.storage {
-            let pushed = link.append_tx.push(APPEND, &[self.arena.bytes(frame)]);
+            let bytes = self.arena.bytes(frame);
+            let pushed = push_to_writer(link, &mut self.ops, self.id, APPEND, &[bytes]);
             assert!(pushed, "room was checked before sequencing");
             self.appends += 1;
-            if link.append_tx.ring_doorbell() {
-                self.ops.push(wake_op(link.writer_ring_fd, self.id));
-            }
         }
         if wait_for_sync {
             self.pending_bytes += len;
             self.topics.get_mut(t).assigned_seq = seq;
-            self.pending.push_back(PendingEvent {
-                append: self.appends,
-                topic: t,
-                seq,
-                epoch,
-                frame,
-                ack,
-                failed: false,
-            });
+            self.hold_until_durable(t, ack, Awaiting::Event { seq, epoch, frame });
             return None;
         }
         self.send_to_peers(frame);
@@ -1288,36 +1369,205 @@ impl Core {
         Some(Ok((epoch, seq)))
     }
 
-    /// Delivers the events the writer has made durable and answers their
-    /// publishers, in order; stops at the first whose peer has no room.
+    /// A TOPIC_CLOSE from a client: carried out by the topic's owner.
+    fn close_topic(&mut self, index: u32, close: TopicClose<'_>, raw: &[u8]) {
+        let owner = topic_owner(close.topic, self.shards);
+        let ack = AckTo::Local {
+            conn: index,
+            generation: self.generations[index as usize],
+            request_id: close.request_id,
+        };
+        if owner == self.id {
+            self.order_close(close.topic, ack);
+        } else if !self.forward(owner, index, raw) {
+            self.answer_close(ack, close.topic, Err(ErrorCode::Overloaded));
+        }
+    }
+
+    /// Closes a topic this shard owns, after every event sequenced before
+    /// the request: at once, or (sync durability, history stored) once the
+    /// writer's deletion is durable. The requester's answer always has room
+    /// (see `on_forwarded`).
+    fn order_close(&mut self, name: &[u8], ack: AckTo) {
+        let t = self.topics.find(name);
+        // Whatever of its history may be on disk, or on its way there.
+        let stored =
+            self.storage.is_some() && t.is_some_and(|t| self.topics.get(t).assigned_seq > 0);
+        let wait_for_sync =
+            stored && self.storage.as_ref().map(|s| s.durability) == Some(Durability::Sync);
+        let refusal = if t.is_some_and(|t| self.topics.get(t).closing) {
+            Some(ErrorCode::Overloaded)
+        } else if stored && (self.resume_owed || self.storage_stalled) {
+            Some(ErrorCode::StorageFailed)
+        } else if (!wait_for_sync && !self.close_has_room(name, ack))
+            || self
+                .storage
+                .as_ref()
+                .is_some_and(|s| stored && !s.append_tx.has_room(name.len()))
+        {
+            Some(ErrorCode::Overloaded)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            if code == ErrorCode::Overloaded {
+                self.stats.overloaded += 1;
+            }
+            let answered = self.answer_close(ack, name, Err(code));
+            assert!(answered, "room for the answer was checked");
+            return;
+        }
+        if stored {
+            let link = self.storage.as_ref().expect("stored");
+            let pushed = push_to_writer(link, &mut self.ops, self.id, CLOSE, &[name]);
+            assert!(pushed, "room was checked");
+            self.appends += 1;
+        }
+        if wait_for_sync {
+            let t = t.expect("stored");
+            self.topics.get_mut(t).closing = true;
+            self.hold_until_durable(t, ack, Awaiting::Close { name: name.into() });
+            return;
+        }
+        self.finish_close(name, ack);
+    }
+
+    /// Holds what waits for the WAL sync that covers the latest append.
+    fn hold_until_durable(&mut self, topic: u32, ack: AckTo, what: Awaiting) {
+        self.pending.push_back(Pending {
+            append: self.appends,
+            topic,
+            ack,
+            failed: false,
+            what,
+        });
+    }
+
+    /// Whether every peer has room for the news of a close, and the
+    /// requester's shard for the answer after it.
+    fn close_has_room(&self, name: &[u8], ack: AckTo) -> bool {
+        let answer_bytes = ORIGIN_BYTES + TOPIC_CLOSED_BYTES + name.len();
+        self.peers_have_room(8 + name.len(), ack.peer().map(|peer| (peer, answer_bytes)))
+    }
+
+    /// The owner's last step of a close (room was checked): every shard ends
+    /// the topic, then the requester learns its last sequence.
+    fn finish_close(&mut self, name: &[u8], ack: AckTo) {
+        let last_seq = self
+            .topics
+            .find(name)
+            .map_or(0, |t| self.topics.get(t).last_seq);
+        for peer in 0..self.shards {
+            if let Some(tx) = &self.mesh_tx[peer] {
+                let pushed = tx.push(RECORD_CLOSED, &[&last_seq.to_be_bytes(), name]);
+                assert!(pushed, "room was checked before closing");
+                self.ring_doorbell(peer);
+            }
+        }
+        crate::info!(
+            "shard {}: topic {:?} closed after sequence {last_seq}; its history is deleted",
+            self.id,
+            String::from_utf8_lossy(name)
+        );
+        self.end_topic(name, last_seq);
+        let answered = self.answer_close(ack, name, Ok(last_seq));
+        assert!(answered, "room for the answer was checked");
+    }
+
+    /// Ends a closed topic on this shard: every subscriber is told (the
+    /// TOPIC_CLOSED notice, request_id 0) and loses the subscription, and
+    /// the topic and its history go. The next event of the name starts anew.
+    fn end_topic(&mut self, name: &[u8], last_seq: u64) {
+        let Some(t) = self.topics.find(name) else {
+            return;
+        };
+        let subscribers: Vec<u32> = self
+            .topics
+            .get(t)
+            .subscribers
+            .iter()
+            .map(|s| s.conn)
+            .collect();
+        for &conn in &subscribers {
+            self.unsubscribe(conn, t);
+        }
+        // A topic without events went with its last subscriber.
+        if self.topics.find(name) == Some(t) {
+            self.topics.remove(t, &mut self.arena);
+        }
+        let notice = Frame::TopicClosed(TopicClosed {
+            request_id: 0,
+            status: 0,
+            last_seq,
+            topic: name,
+        });
+        for conn in subscribers {
+            self.queue_control(conn, &notice);
+        }
+    }
+
+    /// Delivers the events and carries out the closes the writer has made
+    /// durable, and answers their requesters, in order; stops at the first
+    /// whose peer has no room.
     fn release_pending(&mut self) {
         while let Some(front) = self.pending.front() {
-            let (failed, ack) = (front.failed, front.ack);
+            let (failed, ack, t) = (front.failed, front.ack, front.topic);
             if failed {
-                if !self.answer(ack, Err(ErrorCode::StorageFailed), false) {
+                let answered = match front.what {
+                    Awaiting::Event { .. } => {
+                        self.answer_publish(ack, Err(ErrorCode::StorageFailed), false)
+                    }
+                    Awaiting::Close { ref name } => {
+                        let name = name.clone();
+                        self.answer_close(ack, &name, Err(ErrorCode::StorageFailed))
+                    }
+                };
+                if !answered {
                     self.mesh_backlog = true;
                     return;
                 }
                 let pending = self.pending.pop_front().expect("front exists");
-                self.pending_bytes -= self.arena.len(pending.frame);
-                self.arena.release(pending.frame);
+                if let Awaiting::Event { frame, .. } = pending.what {
+                    self.pending_bytes -= self.arena.len(frame);
+                    self.arena.release(frame);
+                }
                 continue;
             }
             if front.append > self.durable_through {
                 return;
             }
-            let len = self.arena.len(front.frame);
-            if !self.peers_have_room(len, ack.peer()) {
-                self.mesh_backlog = true;
-                return;
+            match front.what {
+                Awaiting::Event { seq, epoch, frame } => {
+                    let len = self.arena.len(frame);
+                    let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
+                    if !self.peers_have_room(len, answer) {
+                        self.mesh_backlog = true;
+                        return;
+                    }
+                    self.pending.pop_front();
+                    self.pending_bytes -= len;
+                    self.send_to_peers(frame);
+                    self.stats.published += 1;
+                    self.deliver(t, seq, frame);
+                    let answered = self.answer_publish(ack, Ok((epoch, seq)), true);
+                    assert!(answered, "room for the ack was checked");
+                }
+                Awaiting::Close { ref name } => {
+                    if !self.close_has_room(name, ack) {
+                        self.mesh_backlog = true;
+                        return;
+                    }
+                    let Some(Pending {
+                        what: Awaiting::Close { name },
+                        ..
+                    }) = self.pending.pop_front()
+                    else {
+                        unreachable!("the front is this close");
+                    };
+                    debug_assert!(self.topics.get(t).closing);
+                    self.finish_close(&name, ack);
+                }
             }
-            let pending = self.pending.pop_front().expect("front exists");
-            self.pending_bytes -= len;
-            self.send_to_peers(pending.frame);
-            self.stats.published += 1;
-            self.deliver(pending.topic, pending.seq, pending.frame);
-            let answered = self.answer(ack, Ok((pending.epoch, pending.seq)), true);
-            assert!(answered, "room for the ack was checked");
         }
     }
 
@@ -1334,12 +1584,18 @@ impl Core {
             return;
         }
         for pending in self.pending.iter_mut().rev() {
-            if pending.append <= self.durable_through {
+            // Older entries are durable, or failed by an earlier notice
+            // (and are only waiting to be answered).
+            if pending.append <= self.durable_through || pending.failed {
                 break;
             }
             pending.failed = true;
-            // Newest first, so each topic ends at its first failed sequence.
-            self.topics.get_mut(pending.topic).assigned_seq = pending.seq - 1;
+            let topic = self.topics.get_mut(pending.topic);
+            match pending.what {
+                // Newest first, so each topic ends at its first failed sequence.
+                Awaiting::Event { seq, .. } => topic.assigned_seq = seq - 1,
+                Awaiting::Close { .. } => topic.closing = false,
+            }
         }
         self.resume_owed = true;
         self.send_resume();
@@ -1373,10 +1629,17 @@ impl Core {
                 Notice::Failed { message, .. } => {
                     Some(String::from_utf8_lossy(message).into_owned())
                 }
-                Notice::Floor { oldest, topic } => {
+                Notice::Floor {
+                    oldest,
+                    epoch,
+                    topic,
+                } => {
+                    // Not for a later history of the same name.
                     if let Some(t) = self.topics.find(topic) {
                         let topic = self.topics.get_mut(t);
-                        topic.stored_oldest_seq = topic.stored_oldest_seq.max(oldest);
+                        if topic.epoch == epoch {
+                            topic.stored_oldest_seq = topic.stored_oldest_seq.max(oldest);
+                        }
                     }
                     None
                 }
@@ -1559,8 +1822,14 @@ impl Core {
                 }
                 let done = match kind {
                     RECORD_EVENT => self.on_peer_event(body),
-                    RECORD_PUBLISH => self.on_forwarded_publish(peer, body),
-                    RECORD_ACK => self.on_peer_ack(body),
+                    RECORD_REQUEST => self.on_forwarded(peer, body),
+                    RECORD_ANSWER => self.on_peer_answer(body),
+                    RECORD_CLOSED => {
+                        let (last_seq, name) = body.split_at(8);
+                        let last_seq = u64::from_be_bytes(last_seq.try_into().expect("8 bytes"));
+                        self.end_topic(name, last_seq);
+                        true
+                    }
                     other => panic!("unknown channel record kind {other}"),
                 };
                 if !done {
@@ -1582,38 +1851,59 @@ impl Core {
         };
         let t = self
             .topics
-            .find_or_create(event.topic, event.epoch, Purpose::Event)
+            .find_or_create(event.topic, Purpose::Event)
             .expect("events always find room");
         let Some(frame) = self.alloc(body.len(), Use::Event) else {
             return false;
         };
+        let topic = self.topics.get_mut(t);
+        if topic.last_seq == 0 {
+            // The first event names the epoch its owner chose for this history.
+            topic.epoch = event.epoch;
+        }
         self.arena.bytes_mut(frame).copy_from_slice(body);
         self.stats.events_from_peers += 1;
         self.deliver(t, event.seq, frame);
         true
     }
 
-    fn on_forwarded_publish(&mut self, peer: usize, body: &[u8]) -> bool {
+    /// A request a peer passed on to this shard, the topic's owner. It waits
+    /// in the channel (false) until the peer's channel has room for the
+    /// answer, so the answer always has room.
+    fn on_forwarded(&mut self, peer: usize, body: &[u8]) -> bool {
         let (origin, raw) = body.split_at(ORIGIN_BYTES);
-        let Ok(Some((Frame::Publish(p), _))) = decode(raw, &self.limits) else {
-            panic!("a peer shard forwarded a malformed publish");
+        let Ok(Some((frame, _))) = decode(raw, &self.limits) else {
+            panic!("a peer shard forwarded a malformed request");
+        };
+        let (request_id, answer_bytes) = match &frame {
+            Frame::Publish(p) => (p.request_id, ACK_RECORD_BYTES),
+            Frame::TopicClose(c) => (
+                c.request_id,
+                ORIGIN_BYTES + TOPIC_CLOSED_BYTES + c.topic.len(),
+            ),
+            other => panic!("a peer shard forwarded {:?}", other.frame_type()),
         };
         let tx = self.mesh_tx[peer]
             .as_ref()
             .expect("a channel to every peer");
-        if !tx.has_room(ACK_RECORD_BYTES) {
+        if !tx.has_room(answer_bytes) {
             return false;
         }
         let ack = AckTo::Peer {
             peer,
             origin: origin.try_into().expect("origin bytes"),
-            request_id: p.request_id,
+            request_id,
         };
-        self.sequence(p.topic, p.payload, ack);
+        match frame {
+            Frame::Publish(p) => self.sequence(p.topic, p.payload, ack),
+            Frame::TopicClose(c) => self.order_close(c.topic, ack),
+            _ => unreachable!("matched above"),
+        }
         true
     }
 
-    fn on_peer_ack(&mut self, body: &[u8]) -> bool {
+    /// The owner's answer to a request this shard forwarded.
+    fn on_peer_answer(&mut self, body: &[u8]) -> bool {
         let (origin, ack) = body.split_at(ORIGIN_BYTES);
         let index = u32::from_be_bytes(origin[..4].try_into().expect("4 bytes"));
         let generation = u32::from_be_bytes(origin[4..].try_into().expect("4 bytes"));
@@ -1621,7 +1911,7 @@ impl Core {
             && self.generations[index as usize] == generation
             && self.conns[index as usize].state == ConnState::Open;
         if !alive {
-            return true; // the publisher left; its ack has nobody to go to
+            return true; // the requester left; its answer has nobody to go to
         }
         let Some(frame) = self.alloc(ack.len(), Use::Control) else {
             return false;

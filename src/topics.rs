@@ -29,6 +29,8 @@ pub struct Subscriber {
 
 pub struct Topic {
     pub name: Box<[u8]>,
+    /// The epoch of its history; 0 until the owner sequences its first
+    /// event (every shard takes the epoch from that event).
     pub epoch: u64,
     /// Newest sequence in history (delivered); 0 before the first.
     pub last_seq: u64,
@@ -45,6 +47,9 @@ pub struct Topic {
     pub subscribers: Vec<Subscriber>,
     /// Counted against this shard's budget of topics it sequences.
     pub sequenced_here: bool,
+    /// On the owner: a close waits for its deletion to be durable, and
+    /// publishes are refused meanwhile.
+    pub closing: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -144,9 +149,9 @@ impl Topics {
         self.by_name.get(name).copied()
     }
 
-    /// The topic's index, creating it (empty, in `epoch`) if it is new; None
-    /// when the table has no room for it.
-    pub fn find_or_create(&mut self, name: &[u8], epoch: u64, purpose: Purpose) -> Option<u32> {
+    /// The topic's index, creating it (empty, no epoch yet) if it is new;
+    /// None when the table has no room for it.
+    pub fn find_or_create(&mut self, name: &[u8], purpose: Purpose) -> Option<u32> {
         if let Some(index) = self.find(name) {
             return Some(index);
         }
@@ -160,7 +165,7 @@ impl Topics {
         self.waiting += 1;
         let index = self.topics.insert(Topic {
             name: name.into(),
-            epoch,
+            epoch: 0,
             last_seq: 0,
             assigned_seq: 0,
             stored_oldest_seq: 0,
@@ -168,6 +173,7 @@ impl Topics {
             history_bytes: 0,
             subscribers: Vec::new(),
             sequenced_here: false,
+            closing: false,
         }) as u32;
         self.by_name.insert(name.into(), index);
         Some(index)
@@ -192,6 +198,7 @@ impl Topics {
             history_bytes: 0,
             subscribers: Vec::new(),
             sequenced_here: owned_here,
+            closing: false,
         }) as u32;
         self.by_name.insert(stored.name.clone(), index);
         if owned_here {
@@ -205,6 +212,26 @@ impl Topics {
         if topic.assigned_seq == 0 && topic.subscribers.is_empty() && !topic.sequenced_here {
             let topic = self.topics.remove(index as usize);
             self.by_name.remove(&topic.name);
+            self.waiting -= 1;
+        }
+    }
+
+    /// Forgets a closed topic and frees its history. Its subscribers must be
+    /// gone already.
+    pub fn remove(&mut self, index: u32, arena: &mut Arena) {
+        let topic = &mut self.topics[index as usize];
+        assert!(
+            topic.subscribers.is_empty(),
+            "a closed topic keeps subscribers"
+        );
+        while Self::evict_oldest(topic, arena) {
+            self.history_frames -= 1;
+        }
+        let topic = self.topics.remove(index as usize);
+        self.by_name.remove(&topic.name);
+        if topic.sequenced_here {
+            self.sequenced -= 1;
+        } else if topic.last_seq == 0 {
             self.waiting -= 1;
         }
     }
@@ -318,7 +345,7 @@ mod tests {
     #[test]
     fn history_is_bounded_in_events_and_bytes() {
         let (_region, mut arena, mut topics) = setup(3, 250);
-        let t = topics.find_or_create(b"hunt-1", 9, Purpose::Event).unwrap();
+        let t = topics.find_or_create(b"hunt-1", Purpose::Event).unwrap();
         for seq in 1..=5 {
             let f = arena.alloc(100, Use::Event).unwrap();
             topics.append(t, seq, f, &mut arena);
@@ -338,18 +365,18 @@ mod tests {
     #[test]
     fn waiting_topics_are_bounded_apart_and_forgotten_when_unused() {
         let (_region, mut arena, mut topics) = setup(3, 1000);
-        let a = topics.find_or_create(b"a", 1, Purpose::Subscribe).unwrap();
-        assert_eq!(topics.find_or_create(b"a", 1, Purpose::Subscribe), Some(a));
-        topics.find_or_create(b"b", 1, Purpose::Subscribe).unwrap();
-        assert_eq!(topics.find_or_create(b"c", 1, Purpose::Subscribe), None);
+        let a = topics.find_or_create(b"a", Purpose::Subscribe).unwrap();
+        assert_eq!(topics.find_or_create(b"a", Purpose::Subscribe), Some(a));
+        topics.find_or_create(b"b", Purpose::Subscribe).unwrap();
+        assert_eq!(topics.find_or_create(b"c", Purpose::Subscribe), None);
         // Real topics still find room.
-        let d = topics.find_or_create(b"d", 1, Purpose::Event).unwrap();
+        let d = topics.find_or_create(b"d", Purpose::Event).unwrap();
         let f = arena.alloc(10, Use::Event).unwrap();
         topics.append(d, 1, f, &mut arena);
         // An event turns a waiting topic into a real one, freeing its place.
         let f = arena.alloc(10, Use::Event).unwrap();
         topics.append(a, 1, f, &mut arena);
-        assert!(topics.find_or_create(b"c", 1, Purpose::Subscribe).is_some());
+        assert!(topics.find_or_create(b"c", Purpose::Subscribe).is_some());
         let b = topics.find(b"b").unwrap();
         topics.remove_if_unused(b);
         assert_eq!(topics.find(b"b"), None);
@@ -359,10 +386,37 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_topic_frees_its_history_and_its_place() {
+        let (_region, mut arena, mut topics) = setup(10, 10_000);
+        // Sequenced here, with history; and one waiting for its first event.
+        let a = topics.find_or_create(b"a", Purpose::Event).unwrap();
+        assert!(topics.claim_sequencing(a));
+        for seq in 1..=3 {
+            let f = arena.alloc(10, Use::Event).unwrap();
+            topics.append(a, seq, f, &mut arena);
+        }
+        let w = topics.find_or_create(b"w", Purpose::Subscribe).unwrap();
+        topics.find_or_create(b"x", Purpose::Subscribe).unwrap();
+        assert_eq!(topics.find_or_create(b"y", Purpose::Subscribe), None);
+        topics.remove(a, &mut arena);
+        topics.remove(w, &mut arena);
+        assert_eq!((topics.find(b"a"), topics.find(b"w")), (None, None));
+        assert_eq!((topics.history_frames(), arena.frames_live()), (0, 0));
+        // Both budgets have room again.
+        assert!(topics.find_or_create(b"y", Purpose::Subscribe).is_some());
+        let b = topics.find_or_create(b"b", Purpose::Event).unwrap();
+        let c = topics.find_or_create(b"c", Purpose::Event).unwrap();
+        assert!(topics.claim_sequencing(b) && topics.claim_sequencing(c));
+        // A name comes back as a new, empty topic.
+        let a = topics.find_or_create(b"a", Purpose::Event).unwrap();
+        assert_eq!((topics.get(a).last_seq, topics.get(a).epoch), (0, 0));
+    }
+
+    #[test]
     fn sequencing_budget_is_bounded() {
         let (_region, _arena, mut topics) = setup(3, 1000);
         for name in [&b"a"[..], b"b", b"c"] {
-            topics.find_or_create(name, 1, Purpose::Event).unwrap();
+            topics.find_or_create(name, Purpose::Event).unwrap();
         }
         assert!(topics.claim_sequencing(0));
         assert!(topics.claim_sequencing(0), "claiming twice costs nothing");
@@ -373,8 +427,8 @@ mod tests {
     #[test]
     fn memory_eviction_takes_turns_among_topics_and_stops_when_all_are_empty() {
         let (_region, mut arena, mut topics) = setup(10, 10_000);
-        let a = topics.find_or_create(b"a", 1, Purpose::Event).unwrap();
-        let b = topics.find_or_create(b"b", 1, Purpose::Event).unwrap();
+        let a = topics.find_or_create(b"a", Purpose::Event).unwrap();
+        let b = topics.find_or_create(b"b", Purpose::Event).unwrap();
         for seq in 1..=3 {
             let f = arena.alloc(10, Use::Event).unwrap();
             topics.append(a, seq, f, &mut arena);

@@ -101,17 +101,20 @@ fn a_cut_connection_resumes_from_history_without_gap_or_duplicate() {
     let server = Server::start(&["--shards", "2"]);
     let topic = vec!["clue-drops".to_string()];
     let mut sub = RawClient::open(server.addr);
-    let (epoch, _) = sub.subscribe(&topic[0], StartMode::Live, 0, 0);
+    let (no_epoch, _) = sub.subscribe(&topic[0], StartMode::Live, 0, 0);
+    assert_eq!(no_epoch, 0, "a topic without events has no epoch yet");
     publish_all(server.addr, &topic, 50, |i| format!("p{i}"));
-    let mut last = 0;
+    // The resume point is what the events said (section 4 of the protocol).
+    let (mut epoch, mut last) = (0, 0);
     for _ in 0..20 {
-        last = sub
+        (epoch, last) = sub
             .recv(|f| match f {
-                Frame::Event(e) => e.seq,
+                Frame::Event(e) => (e.epoch, e.seq),
                 other => panic!("{other:?}"),
             })
             .unwrap();
     }
+    assert_ne!(epoch, 0);
     assert_eq!(last, 20);
     drop(sub); // cut mid-stream, 30 events unread
     publish_all(server.addr, &topic, 50, |i| format!("q{i}"));

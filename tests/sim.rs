@@ -35,6 +35,9 @@ const HEARTBEAT_MS: u64 = 5_000;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Position {
+    /// SUBSCRIBED arrived: a reconnect resumes from here.
+    confirmed: bool,
+    /// 0 until the topic has an event.
     epoch: u64,
     last_seq: u64,
     /// After a SUBSCRIBED that admitted a gap, the next event must be this.
@@ -305,6 +308,7 @@ impl World {
                 status,
                 epoch,
                 oldest_seq,
+                last_seq,
             } => {
                 let topic = topic_name(&topic);
                 let client = &mut self.clients[index];
@@ -313,13 +317,20 @@ impl World {
                     self.fail(format!("{name}: SUBSCRIBED for a non-subscriber"));
                 };
                 let position = positions.entry(topic).or_default();
+                position.confirmed = true;
                 match status {
                     SubscribeStatus::Ok => {}
+                    // Oldest 0: nothing retained, the next event is the next one.
                     SubscribeStatus::NotRecovered | SubscribeStatus::EpochChanged => {
-                        position.jump_to = Some(oldest_seq);
+                        position.jump_to = Some(match oldest_seq {
+                            0 => last_seq + 1,
+                            oldest => oldest,
+                        });
                     }
                 }
-                if position.epoch == 0 {
+                // A topic without events has no epoch (0) until its first
+                // event brings the epoch of its history.
+                if position.epoch == 0 || position.last_seq == 0 {
                     position.epoch = epoch;
                 } else if position.epoch != epoch {
                     self.fail(format!("{name}: epoch changed within one process"));
@@ -334,6 +345,9 @@ impl World {
                     self.fail(format!("{name}: EVENT of {topic}, not subscribed"));
                 };
                 let expected = position.jump_to.take().unwrap_or(position.last_seq + 1);
+                if position.last_seq == 0 {
+                    position.epoch = epoch;
+                }
                 if seq != expected || epoch != position.epoch {
                     self.fail(format!(
                         "{name}: {topic}: got seq {seq}, expected {expected} (gap, duplicate or reorder)"
@@ -407,10 +421,10 @@ impl World {
             .map(|t| (*t, positions.get(t).copied().unwrap_or_default()))
             .collect();
         for (topic, position) in requests {
-            let (mode, epoch) = if position.epoch == 0 {
-                (StartMode::Live, 0)
-            } else {
+            let (mode, epoch) = if position.confirmed {
                 (StartMode::Resume, position.epoch)
+            } else {
+                (StartMode::Live, 0)
             };
             self.send(
                 index,
@@ -450,7 +464,7 @@ impl World {
         client.reconnects += 1;
         if let Role::Subscriber { positions, .. } = &mut client.role {
             // A subscription not yet confirmed starts over, live.
-            positions.retain(|_, p| p.epoch != 0);
+            positions.retain(|_, p| p.confirmed);
             for p in positions.values_mut() {
                 p.jump_to = None;
             }
@@ -579,6 +593,7 @@ enum OwnedFrame {
         status: SubscribeStatus,
         epoch: u64,
         oldest_seq: u64,
+        last_seq: u64,
     },
     Event {
         topic: Vec<u8>,
@@ -609,6 +624,7 @@ impl From<&Frame<'_>> for OwnedFrame {
                 status: s.status,
                 epoch: s.epoch,
                 oldest_seq: s.oldest_seq,
+                last_seq: s.last_seq,
             },
             Frame::Event(e) => OwnedFrame::Event {
                 topic: e.topic.to_vec(),

@@ -380,6 +380,20 @@ impl Db {
         })
     }
 
+    /// Drops the table files holding only events of a deleted topic, so a
+    /// closed topic's space is free at once rather than at the next
+    /// compaction (its range tombstone covers the rest).
+    pub fn drop_topic_files(&self, topic_id: u64) -> Result<(), String> {
+        self.with_db(|db| {
+            db.delete_file_in_range_cf(
+                cf(db, CF_EVENTS),
+                event_key(topic_id, 0),
+                event_key(topic_id, u64::MAX),
+            )
+            .map_err(|e| e.to_string())
+        })
+    }
+
     /// Syncs the WAL (async durability does this periodically).
     pub fn sync_wal(&self) -> Result<(), String> {
         self.with_db(|db| db.flush_wal(true).map_err(|e| e.to_string()))
@@ -535,6 +549,16 @@ impl Batch<'_> {
             event_key(topic_id, from),
             event_key(topic_id, to),
         );
+    }
+
+    /// Deletes a topic's row and all its events (one range tombstone).
+    pub fn delete_topic(&mut self, name: &[u8], topic_id: u64) {
+        self.delete_events(topic_id, 0, u64::MAX);
+        let db = self
+            .db
+            .as_ref()
+            .expect("a batch is made for an open database");
+        self.batch.delete_cf(cf(db, CF_TOPICS), name);
     }
 
     pub fn put_path(&mut self, player: &[u8], block: u32, value: &[u8]) {

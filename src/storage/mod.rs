@@ -59,6 +59,9 @@ pub const APPEND: u8 = 1;
 pub const RESUME: u8 = 2;
 /// A player's position: str8 player, then the 20-byte POSITION body.
 pub const POSITION: u8 = 3;
+/// The topic (the record's body) is closed: delete its events and its row.
+/// Counted among the shard's appends, so DURABLE and FAILED cover it too.
+pub const CLOSE: u8 = 4;
 
 // ---- writer -> shard records ----------------------------------------------
 
@@ -67,8 +70,8 @@ pub const DURABLE: u8 = 1;
 /// u64 then text: the appends after the last DURABLE failed, up to this
 /// one, and every later one until the shard sends RESUME.
 pub const FAILED: u8 = 2;
-/// u64 then the topic: retention deleted the topic's events before this
-/// sequence.
+/// u64, u64 epoch, then the topic: retention deleted the events of the
+/// topic's history in that epoch before this sequence.
 pub const FLOOR: u8 = 3;
 
 // ---- shard <-> reader records -----------------------------------------------
@@ -129,12 +132,15 @@ pub fn decode_path_frames(body: &[u8]) -> (u32, u32, &[u8]) {
     (be_u32(&body[0..]), be_u32(&body[4..]), &body[8..])
 }
 
-/// Events of one topic a subscriber still needs, `from..=to`, at most
-/// `bytes_max` of frames.
+/// Events of one topic's history in `epoch` a subscriber still needs,
+/// `from..=to`, at most `bytes_max` of frames. While the log holds another
+/// history of the name (an earlier one whose close the writer has not
+/// reached yet), the answer is NotYet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadRequest<'a> {
     pub conn: u32,
     pub generation: u32,
+    pub epoch: u64,
     pub from: u64,
     pub to: u64,
     pub bytes_max: u32,
@@ -164,7 +170,7 @@ pub struct ReadReply {
     pub oldest: u64,
 }
 
-const READ_REQUEST_HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 4;
+const READ_REQUEST_HEADER_BYTES: usize = 4 + 4 + 8 + 8 + 8 + 4;
 pub const READ_REPLY_HEADER_BYTES: usize = 4 + 4 + 8 + 1 + 8;
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -180,9 +186,10 @@ impl<'a> ReadRequest<'a> {
         let mut out = [0u8; READ_REQUEST_HEADER_BYTES];
         out[0..4].copy_from_slice(&self.conn.to_be_bytes());
         out[4..8].copy_from_slice(&self.generation.to_be_bytes());
-        out[8..16].copy_from_slice(&self.from.to_be_bytes());
-        out[16..24].copy_from_slice(&self.to.to_be_bytes());
-        out[24..28].copy_from_slice(&self.bytes_max.to_be_bytes());
+        out[8..16].copy_from_slice(&self.epoch.to_be_bytes());
+        out[16..24].copy_from_slice(&self.from.to_be_bytes());
+        out[24..32].copy_from_slice(&self.to.to_be_bytes());
+        out[32..36].copy_from_slice(&self.bytes_max.to_be_bytes());
         out
     }
 
@@ -218,9 +225,10 @@ impl<'a> ReadRequest<'a> {
         ReadRequest {
             conn: be_u32(&body[0..]),
             generation: be_u32(&body[4..]),
-            from: be_u64(&body[8..]),
-            to: be_u64(&body[16..]),
-            bytes_max: be_u32(&body[24..]),
+            epoch: be_u64(&body[8..]),
+            from: be_u64(&body[16..]),
+            to: be_u64(&body[24..]),
+            bytes_max: be_u32(&body[32..]),
             topic: &body[READ_REQUEST_HEADER_BYTES..],
         }
     }
@@ -263,9 +271,18 @@ impl ReadReply {
 /// A notice from the writer, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice<'a> {
-    Durable { through: u64 },
-    Failed { through: u64, message: &'a [u8] },
-    Floor { oldest: u64, topic: &'a [u8] },
+    Durable {
+        through: u64,
+    },
+    Failed {
+        through: u64,
+        message: &'a [u8],
+    },
+    Floor {
+        oldest: u64,
+        epoch: u64,
+        topic: &'a [u8],
+    },
 }
 
 impl<'a> Notice<'a> {
@@ -279,7 +296,8 @@ impl<'a> Notice<'a> {
             },
             FLOOR => Notice::Floor {
                 oldest: through,
-                topic: &body[8..],
+                epoch: be_u64(&body[8..]),
+                topic: &body[16..],
             },
             other => panic!("unknown storage notice kind {other}"),
         }

@@ -126,7 +126,7 @@ impl Reader {
         let bytes_max = (request.bytes_max as usize).min(READ_REPLY_BYTES_MAX);
         let frames_at = request.start_reply(&mut self.reply);
         let result = self.db.topic(request.topic).and_then(|row| match row {
-            Some(row) => self.db.read_events(
+            Some(row) if row.epoch == request.epoch => self.db.read_events(
                 row,
                 request.topic,
                 request.from,
@@ -134,7 +134,8 @@ impl Reader {
                 bytes_max,
                 &mut self.reply,
             ),
-            None => Ok((ReadStatus::NotYet, 0)),
+            // Not stored yet, or only an earlier history of the name is.
+            _ => Ok((ReadStatus::NotYet, 0)),
         });
         let (status, oldest) = result.unwrap_or_else(|e| {
             self.failures += 1;

@@ -5,15 +5,15 @@
 //! yet or fail), and the same answers to failure as the writer: in `sync`
 //! the batch's events fail, in `async` it is written again until it
 //! succeeds. It asserts the log's own invariant as it goes: a stored
-//! sequence is never stored again.
+//! sequence is never stored again (until its topic is closed).
 
 use std::collections::{BTreeMap, HashMap};
 
 use cluecast_proto::{decode, Frame, Limits};
 
 use super::{
-    Durability, ReadRequest, ReadStatus, ReaderPort, WriterPort, APPEND, DURABLE, EVENTS, FAILED,
-    POSITION, READ_REPLY_BYTES_MAX, RESUME,
+    Durability, ReadRequest, ReadStatus, ReaderPort, WriterPort, APPEND, CLOSE, DURABLE, EVENTS,
+    FAILED, POSITION, READ_REPLY_BYTES_MAX, RESUME,
 };
 use crate::ring::sim::Rng;
 
@@ -38,14 +38,15 @@ pub struct SimStorageStats {
     pub failed_batches: u64,
     pub reads: u64,
     pub read_faults: u64,
+    pub closes: u64,
 }
 
-/// An event read from a shard and not yet committed.
+/// A change read from a shard and not yet committed.
 struct Appended {
     port: usize,
     topic: Box<[u8]>,
-    seq: u64,
-    frame: Vec<u8>,
+    /// The event's epoch, sequence and frame; None closes the topic.
+    event: Option<(u64, u64, Vec<u8>)>,
 }
 
 pub struct SimStorage {
@@ -59,7 +60,8 @@ pub struct SimStorage {
     failing: bool,
     /// (topic, seq) -> the EVENT frame as stored.
     log: BTreeMap<(Box<[u8]>, u64), Vec<u8>>,
-    newest: HashMap<Box<[u8]>, u64>,
+    /// Per topic: the epoch of its stored history and its newest sequence.
+    stored: HashMap<Box<[u8]>, (u64, u64)>,
     pub stats: SimStorageStats,
 }
 
@@ -91,14 +93,14 @@ impl SimStorage {
             batch: Vec::new(),
             failing: false,
             log: BTreeMap::new(),
-            newest: HashMap::new(),
+            stored: HashMap::new(),
             stats: SimStorageStats::default(),
         }
     }
 
     /// The newest sequence stored for `topic`.
     pub fn newest(&self, topic: &[u8]) -> u64 {
-        self.newest.get(topic).copied().unwrap_or(0)
+        self.stored.get(topic).map_or(0, |&(_, newest)| newest)
     }
 
     /// One step of both threads: take appends (unless a failed async batch
@@ -131,8 +133,17 @@ impl SimStorage {
                         self.batch.push(Appended {
                             port: i,
                             topic: e.topic.into(),
-                            seq: e.seq,
-                            frame: body.to_vec(),
+                            event: Some((e.epoch, e.seq, body.to_vec())),
+                        });
+                    }
+                }
+                CLOSE => {
+                    port.appends_seen += 1;
+                    if !port.failed {
+                        self.batch.push(Appended {
+                            port: i,
+                            topic: body.into(),
+                            event: None,
                         });
                     }
                 }
@@ -179,14 +190,19 @@ impl SimStorage {
             }
             return;
         }
-        for Appended {
-            topic, seq, frame, ..
-        } in std::mem::take(&mut self.batch)
-        {
-            let newest = self.newest.entry(topic.clone()).or_insert(0);
+        for Appended { topic, event, .. } in std::mem::take(&mut self.batch) {
+            let Some((epoch, seq, frame)) = event else {
+                self.stats.closes += 1;
+                self.log
+                    .retain(|(stored, _), _| stored.as_ref() != topic.as_ref());
+                self.stored.remove(&topic);
+                continue;
+            };
+            let (stored_epoch, newest) = self.stored.entry(topic.clone()).or_insert((epoch, 0));
             assert!(
-                seq > *newest,
-                "sequence {seq} of {:?} stored again (newest {newest})",
+                seq > *newest && epoch == *stored_epoch,
+                "sequence {seq} of {:?} in epoch {epoch:x} stored again (newest {newest} in \
+                 epoch {stored_epoch:x})",
                 String::from_utf8_lossy(&topic)
             );
             *newest = seq;
@@ -206,7 +222,13 @@ impl SimStorage {
             let mut reply = Vec::new();
             let frames_at = request.start_reply(&mut reply);
             let bytes_max = (request.bytes_max as usize).min(READ_REPLY_BYTES_MAX);
-            let (status, oldest) = if self.rng.below(READ_FAULT_ONE_IN) == 0 {
+            let other_history = self
+                .stored
+                .get(request.topic)
+                .is_some_and(|&(epoch, _)| epoch != request.epoch);
+            let (status, oldest) = if other_history {
+                (ReadStatus::NotYet, 0)
+            } else if self.rng.below(READ_FAULT_ONE_IN) == 0 {
                 self.stats.read_faults += 1;
                 let status = if self.rng.below(2) == 0 {
                     ReadStatus::NotYet

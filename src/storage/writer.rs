@@ -11,9 +11,11 @@
 //! batch, so it is kept and written again until it succeeds, and nothing new
 //! is taken meanwhile: the log never has a hole.
 //!
-//! The writer also owns what changes the log besides appends: players'
-//! open path blocks (positions ride the same channels and batches) and
-//! retention (range deletes, then a FLOOR notice to every shard).
+//! A closed topic rides the appends too (CLOSE, counted like an append), so
+//! its deletion is ordered after its last event and covered by the same
+//! notices. The writer also owns what changes the log besides appends:
+//! players' open path blocks (positions ride the same channels and batches)
+//! and retention (range deletes, then a FLOOR notice to every shard).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
 use super::path_block::{decode_block, BlockBuilder};
-use super::{Durability, APPEND, DURABLE, FAILED, FLOOR, POSITION, RESUME};
+use super::{Durability, APPEND, CLOSE, DURABLE, FAILED, FLOOR, POSITION, RESUME};
 use crate::ring::uring::Doorbell;
 use cluecast_proto::{decode, Frame, Limits, Position, POSITION_BYTES};
 use cluecast_sys::spsc;
@@ -56,15 +58,16 @@ pub struct WriterPort {
 
 struct Port {
     io: WriterPort,
-    /// APPEND records read, ever (the shard numbers them alike).
+    /// APPEND and CLOSE records read, ever (the shard numbers them alike).
     appends_seen: u64,
     durable_through: u64,
     /// Dropping appends until the shard's RESUME.
     failed: bool,
     /// A notice the channel had no room for; a newer DURABLE replaces it.
     owed: Option<(u8, u64, String)>,
-    /// New retention floors not yet told: (topic, oldest sequence kept).
-    floors: Vec<(Box<[u8]>, u64)>,
+    /// New retention floors not yet told: (topic, oldest sequence kept,
+    /// epoch of the history it applies to).
+    floors: Vec<(Box<[u8]>, u64, u64)>,
 }
 
 /// A player's path block being filled, rewritten whole in every batch that
@@ -84,6 +87,14 @@ struct Row {
     before: Option<TopicRow>,
     /// The oldest stored sequence, once known (looked up when needed).
     oldest_seq: Option<u64>,
+}
+
+/// What a shard asked the writer to store.
+enum Change {
+    /// An encoded EVENT frame.
+    Append(Vec<u8>),
+    /// A topic to delete, with all its events.
+    Close(Box<[u8]>),
 }
 
 /// How long and how much history each topic keeps on disk.
@@ -115,8 +126,11 @@ pub struct Writer {
     last_wal_sync: Instant,
     /// Async writes not yet synced.
     unsynced: bool,
-    /// The batch being written: (port, APPEND body).
-    records: Vec<(usize, Vec<u8>)>,
+    /// The batch being written, and the port each change came from.
+    records: Vec<(usize, Change)>,
+    /// Rows the batch being written deletes, as they were (restored if it
+    /// fails).
+    closed: Vec<(Box<[u8]>, Row)>,
     paths: HashMap<Box<[u8]>, OpenPath>,
     /// Some open path changed since the last successful batch.
     paths_dirty: bool,
@@ -178,6 +192,7 @@ impl Writer {
             last_wal_sync: Instant::now(),
             unsynced: false,
             records: Vec::new(),
+            closed: Vec::new(),
             paths: HashMap::new(),
             paths_dirty: false,
             sealed: Vec::new(),
@@ -268,11 +283,16 @@ impl Writer {
                 };
                 read_any = true;
                 match kind {
-                    APPEND => {
+                    APPEND | CLOSE => {
                         port.appends_seen += 1;
                         if !port.failed {
                             bytes += body.len();
-                            self.records.push((i, body.to_vec()));
+                            let change = if kind == APPEND {
+                                Change::Append(body.to_vec())
+                            } else {
+                                Change::Close(body.into())
+                            };
+                            self.records.push((i, change));
                         }
                     }
                     RESUME => port.failed = false,
@@ -309,9 +329,13 @@ impl Writer {
             .max(started.elapsed().as_micros() as u64);
         let Err(e) = result else {
             self.stats.batches += 1;
-            self.stats.events += records.len() as u64;
+            self.stats.events += records
+                .iter()
+                .filter(|(_, change)| matches!(change, Change::Append(_)))
+                .count() as u64;
             self.records = records;
             self.records.clear();
+            self.closes_written();
             self.paths_written();
             self.retry_at = None;
             self.enforce_retention(&touched);
@@ -341,9 +365,18 @@ impl Writer {
             );
             self.failing = true;
         }
+        // Rows the batch deleted come back first (newest first, so a topic
+        // closed twice ends as it was before the first), then every row the
+        // batch changed is put back as it was.
+        for (name, row) in self.closed.drain(..).rev() {
+            self.topics.insert(name, row);
+        }
         for name in touched {
-            let row = self.topics.get_mut(&name).expect("touched rows exist");
+            let Some(row) = self.topics.get_mut(&name) else {
+                continue;
+            };
             match row.before {
+                _ if row.round != self.round => {}
                 Some(before) => row.row = before,
                 None => {
                     self.topics.remove(&name);
@@ -379,7 +412,7 @@ impl Writer {
     fn write(
         &mut self,
         db: &Db,
-        records: &[(usize, Vec<u8>)],
+        records: &[(usize, Change)],
         touched: &mut Vec<Box<[u8]>>,
         sync: bool,
     ) -> Result<(), String> {
@@ -393,11 +426,22 @@ impl Writer {
             crate::info!("storage: reopened the data directory after the failure");
         }
         let mut batch = db.batch()?;
-        for (_, body) in records {
-            self.add_event(&mut batch, body, touched);
+        debug_assert!(
+            self.closed.is_empty(),
+            "the last batch's closes were settled"
+        );
+        for (_, change) in records {
+            match change {
+                Change::Append(body) => self.add_event(&mut batch, body, touched),
+                Change::Close(name) => self.close_topic(&mut batch, name),
+            }
         }
+        // A row closed later in the batch is not written; one made anew
+        // after its close is (after the delete, so it stands).
         for name in touched.iter() {
-            batch.put_topic(name, self.topics[name].row);
+            if let Some(row) = self.topics.get(name) {
+                batch.put_topic(name, row.row);
+            }
         }
         for (player, block, bytes) in &self.sealed {
             batch.put_path(player, *block, bytes);
@@ -477,6 +521,31 @@ impl Writer {
             ),
         }
         Ok(path)
+    }
+
+    /// Deletes a topic's row and events in `batch`. A topic never stored
+    /// (no event reached the writer) has nothing to delete.
+    fn close_topic(&mut self, batch: &mut Batch<'_>, name: &[u8]) {
+        let Some(row) = self.topics.remove(name) else {
+            return;
+        };
+        batch.delete_topic(name, row.row.id);
+        self.closed.push((name.into(), row));
+    }
+
+    /// After a successful batch: the closed topics' table files go, and no
+    /// floor of theirs is told any more.
+    fn closes_written(&mut self) {
+        for (name, row) in std::mem::take(&mut self.closed) {
+            if let Err(e) = self.db.drop_topic_files(row.row.id) {
+                // The range tombstone has deleted them all the same;
+                // compaction frees the space later.
+                crate::warn!("storage: cannot drop a closed topic's table files: {e}");
+            }
+            for port in &mut self.ports {
+                port.floors.retain(|(topic, _, _)| *topic != name);
+            }
+        }
     }
 
     /// After a successful batch: nothing of the paths waits any more; idle
@@ -583,13 +652,12 @@ impl Writer {
             return;
         }
         for (name, floor) in trims {
-            self.topics
-                .get_mut(&name)
-                .expect("trimmed rows exist")
-                .oldest_seq = Some(floor);
+            let row = self.topics.get_mut(&name).expect("trimmed rows exist");
+            row.oldest_seq = Some(floor);
+            let epoch = row.row.epoch;
             for port in &mut self.ports {
-                port.floors.retain(|(topic, _)| *topic != name);
-                port.floors.push((name.clone(), floor));
+                port.floors.retain(|(topic, _, _)| *topic != name);
+                port.floors.push((name.clone(), floor, epoch));
             }
         }
         self.send_owed_notices();
@@ -670,12 +738,9 @@ impl Writer {
                     pushed = true;
                 }
             }
-            while let Some((topic, floor)) = port.floors.last() {
-                if !port
-                    .io
-                    .notice_tx
-                    .push(FLOOR, &[&floor.to_be_bytes(), topic])
-                {
+            while let Some((topic, floor, epoch)) = port.floors.last() {
+                let (floor, epoch) = (floor.to_be_bytes(), epoch.to_be_bytes());
+                if !port.io.notice_tx.push(FLOOR, &[&floor, &epoch, topic]) {
                     break;
                 }
                 port.floors.pop();

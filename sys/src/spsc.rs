@@ -100,6 +100,22 @@ impl Sender {
         self.needed(len).is_some()
     }
 
+    /// Whether records with these body lengths all fit now, pushed one
+    /// after another (each padded, and at most one wrap between them).
+    pub fn has_room_for(&self, lens: &[usize]) -> bool {
+        if lens.iter().any(|&len| len > self.record_bytes_max()) {
+            return false;
+        }
+        let shared = &self.shared;
+        let size: usize = lens.iter().map(|&len| padded(len)).sum();
+        let tail = shared.tail.0.load(Ordering::Relaxed);
+        let head = shared.head.0.load(Ordering::Acquire);
+        let free = shared.capacity() - (tail - head) as usize;
+        let to_end = shared.capacity() - (tail as usize & shared.mask);
+        let needed = if to_end < size { to_end + size } else { size };
+        needed <= free
+    }
+
     /// Appends one record made of `parts`; false if it does not fit now.
     pub fn push(&self, kind: u8, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -240,6 +256,36 @@ mod tests {
         assert!(!tx.has_room(100));
         assert!(!tx.push(1, &[&[0u8; 100]]));
         assert!(tx.push(1, &[&[0u8; 40]]));
+    }
+
+    #[test]
+    fn room_for_several_records_is_a_promise() {
+        // At every fill level and wrap position: whenever has_room_for
+        // admits a pair of records, both pushes succeed.
+        for start in 0..64usize {
+            for fill in 0..32usize {
+                for (a, b) in [(1, 1), (13, 40), (40, 13), (60, 3), (7, 56)] {
+                    let (tx, rx) = channel(256);
+                    // Move the ring's position, then fill it partly.
+                    for _ in 0..start {
+                        assert!(tx.push(0, &[&[0u8; 3]]));
+                        rx.pop();
+                    }
+                    for _ in 0..fill {
+                        if !tx.push(0, &[&[0u8; 5]]) {
+                            break;
+                        }
+                    }
+                    if tx.has_room_for(&[a, b]) {
+                        assert!(tx.push(1, &[&vec![0u8; a]]), "start {start} fill {fill}");
+                        assert!(tx.push(2, &[&vec![0u8; b]]), "start {start} fill {fill}");
+                    }
+                }
+            }
+        }
+        let (tx, _rx) = channel(128);
+        assert!(tx.has_room_for(&[20, 20]));
+        assert!(!tx.has_room_for(&[20, 100]), "one record is oversized");
     }
 
     #[test]
