@@ -4,8 +4,10 @@
 //! (torn receives, short sends, spurious EAGAIN, ended multishots, ENOBUFS,
 //! reordered completions) and plays a small game against them: subscribers,
 //! publishers, a slow reader, a client whose connection is reset mid-stream,
-//! and one that never says HELLO. It checks every delivery as it happens and
-//! the books at the end. A failure names its seed; replay it with
+//! a client that never says HELLO, and a game backend that closes a topic
+//! mid-game (publishers pause until it is answered, then publish into the
+//! new history) and again at the end. It checks every delivery as it happens
+//! and the books at the end. A failure names its seed; replay it with
 //! `CLUECAST_SIM_SEED=<seed> cargo test --test sim -- --nocapture`.
 
 use std::collections::BTreeMap;
@@ -22,7 +24,7 @@ use cluecast::storage::sim::SimStorage;
 use cluecast::storage::{self, Durability};
 use cluecast_proto::{
     decode, ErrorCode, Frame, GoAwayReason, Hello, Limits, Publish, StartMode, Subscribe,
-    SubscribeStatus,
+    SubscribeStatus, TopicClose,
 };
 use cluecast_sys::Region;
 
@@ -32,6 +34,12 @@ const PUBLISHERS: usize = 2;
 const EVENTS_PER_PUBLISHER: u32 = 120;
 const STEPS_MAX: usize = 40_000;
 const HEARTBEAT_MS: u64 = 5_000;
+/// When the closer closes a topic: once this percentage of all events is
+/// acked, and whether it waits for every subscriber to catch up first (so
+/// each must have seen the whole history) or only for the acks (so slow
+/// subscribers are cut short, and the bursts before are long enough to
+/// overrun them).
+const CLOSE_POINTS: [(u32, bool); 2] = [(75, false), (100, true)];
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Position {
@@ -42,6 +50,9 @@ struct Position {
     last_seq: u64,
     /// After a SUBSCRIBED that admitted a gap, the next event must be this.
     jump_to: Option<u64>,
+    /// The history this subscription was told is closed: no event of it may
+    /// follow.
+    ended_epoch: u64,
 }
 
 #[derive(Debug)]
@@ -61,6 +72,8 @@ enum Role {
     },
     /// Never says HELLO: must get ERROR(HandshakeTimeout), then EOF.
     Mute { got_error: bool },
+    /// The game backend ending hunts: closes a topic at each `CLOSE_POINTS`.
+    Closer { closed: u32, in_flight: bool },
 }
 
 struct VClient {
@@ -92,8 +105,23 @@ struct World {
     stop: Arc<AtomicBool>,
     settings: Settings,
     clients: Vec<VClient>,
-    /// Sequence acknowledged per topic: what every subscriber must reach.
+    /// Sequence acknowledged per topic in its current history: what every
+    /// subscriber must reach.
     acked_per_topic: BTreeMap<&'static str, u64>,
+    /// The epoch those acks named (0 before the first).
+    acked_epoch: BTreeMap<&'static str, u64>,
+    /// A close is due or in flight: publishers send nothing new meanwhile,
+    /// so its last sequence is known.
+    closing: Option<&'static str>,
+    /// Whether the close due or in flight waited for every subscriber.
+    close_waits_for_subscribers: bool,
+    /// Closed histories: epoch -> (last sequence, the close waited for
+    /// every subscriber).
+    ended_epochs: BTreeMap<u64, (u64, bool)>,
+    /// TOPIC_CLOSED notices subscribers received, in all and for the close
+    /// in flight (none may come for a close that is refused).
+    close_notices: u64,
+    close_notices_in_flight: u64,
     step: usize,
 }
 
@@ -138,11 +166,12 @@ impl World {
             [Durability::Memory, Durability::Async, Durability::Sync][rng.below(3) as usize];
         let settings = settings(shard_count, zerocopy_bytes_min, durability);
         // A full appliance in a quarter of the seeds: room for exactly the
-        // eight clients, so a reconnect that comes before its old connection
-        // is gone (or lands on the fuller shard) is refused and retries.
+        // nine clients (one spare on two shards), so a reconnect that comes
+        // before its old connection is gone (or lands on the fuller shard) is
+        // refused and retries.
         let connections_max = match (rng.below(4), shard_count) {
-            (0, 1) => 8,
-            (0, _) => 4,
+            (0, 1) => 9,
+            (0, _) => 5,
             _ => 64,
         };
         let region = Region::map(settings.arena_bytes * shard_count, false).unwrap();
@@ -194,6 +223,12 @@ impl World {
             settings,
             clients: Vec::new(),
             acked_per_topic: TOPICS.iter().map(|t| (*t, 0)).collect(),
+            acked_epoch: TOPICS.iter().map(|t| (*t, 0)).collect(),
+            closing: None,
+            close_waits_for_subscribers: false,
+            ended_epochs: BTreeMap::new(),
+            close_notices: 0,
+            close_notices_in_flight: 0,
             step: 0,
         };
         (world, region)
@@ -328,9 +363,19 @@ impl World {
                         });
                     }
                 }
-                // A topic without events has no epoch (0) until its first
-                // event brings the epoch of its history.
-                if position.epoch == 0 || position.last_seq == 0 {
+                let had_events = position.last_seq > 0;
+                if status == SubscribeStatus::EpochChanged {
+                    // Only a closed history is ever replaced within a process.
+                    if had_events && !self.ended_epochs.contains_key(&position.epoch) {
+                        self.fail(format!(
+                            "{name}: {topic}: EpochChanged for a history never closed"
+                        ));
+                    }
+                    position.last_seq = 0;
+                    position.epoch = epoch;
+                } else if position.epoch == 0 || !had_events {
+                    // A topic without events has no epoch (0) until its first
+                    // event brings the epoch of its history.
                     position.epoch = epoch;
                 } else if position.epoch != epoch {
                     self.fail(format!("{name}: epoch changed within one process"));
@@ -345,6 +390,9 @@ impl World {
                     self.fail(format!("{name}: EVENT of {topic}, not subscribed"));
                 };
                 let expected = position.jump_to.take().unwrap_or(position.last_seq + 1);
+                if epoch == position.ended_epoch {
+                    self.fail(format!("{name}: {topic}: event {seq} of a closed history"));
+                }
                 if position.last_seq == 0 {
                     position.epoch = epoch;
                 }
@@ -358,6 +406,7 @@ impl World {
             OwnedFrame::PublishAck {
                 status,
                 seq,
+                epoch,
                 topic_hint,
             } => {
                 let durability = self.durability;
@@ -382,8 +431,113 @@ impl World {
                 *acked += 1;
                 *in_flight -= 1;
                 let topic = TOPICS[topic_hint as usize % TOPICS.len()];
+                let history = self.acked_epoch[topic];
+                if history != epoch && self.acked_per_topic[topic] != 0 {
+                    // Closes wait for every ack, so a history ends between acks.
+                    self.fail(format!(
+                        "{name}: {topic}: ack in epoch {epoch:x}, history {history:x}"
+                    ));
+                }
+                self.acked_epoch.insert(topic, epoch);
                 let newest = self.acked_per_topic.get_mut(topic).unwrap();
                 *newest = (*newest).max(seq);
+            }
+            OwnedFrame::TopicClosed {
+                request_id: 0,
+                topic,
+                last_seq,
+                ..
+            } => {
+                let topic = topic_name(&topic);
+                let position = match &self.clients[index].role {
+                    Role::Subscriber { positions, .. } => positions.get(topic).copied(),
+                    _ => None,
+                };
+                let Some(position) = position else {
+                    self.fail(format!("{name}: TOPIC_CLOSED for {topic}, not subscribed"));
+                };
+                // The close in flight, or one already answered (the notice
+                // may reach a subscriber after the answer reached the closer).
+                let closed_after = match self.ended_epochs.get(&position.epoch) {
+                    Some(&ended) if position.last_seq > 0 => Some(ended),
+                    _ if self.closing == Some(topic) => {
+                        self.close_notices_in_flight += 1;
+                        Some((
+                            self.acked_per_topic[topic],
+                            self.close_waits_for_subscribers,
+                        ))
+                    }
+                    _ => None,
+                };
+                // A close that waited for every subscriber: each has seen the
+                // whole history; else one may have been behind.
+                let whole = match closed_after {
+                    Some((last, true)) => last == last_seq && position.last_seq == last_seq,
+                    Some((last, false)) => last == last_seq && position.last_seq <= last_seq,
+                    None => false,
+                };
+                if !whole {
+                    self.fail(format!(
+                        "{name}: {topic} closed after {last_seq}, expected {closed_after:?}, \
+                         received {}",
+                        position.last_seq
+                    ));
+                }
+                // The history is over: subscribe to whatever comes next, from 1.
+                if let Role::Subscriber { positions, .. } = &mut self.clients[index].role {
+                    positions.insert(
+                        topic,
+                        Position {
+                            confirmed: true,
+                            ended_epoch: position.epoch,
+                            ..Position::default()
+                        },
+                    );
+                }
+                self.close_notices += 1;
+                self.send(
+                    index,
+                    &Frame::Subscribe(Subscribe {
+                        mode: StartMode::Resume,
+                        epoch: 0,
+                        last_seq: 0,
+                        topic: topic.as_bytes(),
+                    }),
+                );
+            }
+            OwnedFrame::TopicClosed {
+                topic,
+                status,
+                last_seq,
+                ..
+            } => {
+                let topic = topic_name(&topic);
+                let Role::Closer { closed, in_flight } = &mut self.clients[index].role else {
+                    self.fail(format!("{name}: TOPIC_CLOSED answer for a non-closer"));
+                };
+                *in_flight = false;
+                let notices = std::mem::take(&mut self.close_notices_in_flight);
+                let refused_for_storage = status == ErrorCode::StorageFailed as u16
+                    && self.durability != Durability::Memory;
+                if refused_for_storage {
+                    if notices > 0 {
+                        self.fail(format!("{name}: a refused close of {topic} was announced"));
+                    }
+                    return; // the history goes on; closed again later
+                }
+                if status != 0 || last_seq != self.acked_per_topic[topic] {
+                    self.fail(format!(
+                        "{name}: closing {topic}: status {status}, last_seq {last_seq}, acked {}",
+                        self.acked_per_topic[topic]
+                    ));
+                }
+                *closed += 1;
+                self.closing = None;
+                let waited = self.close_waits_for_subscribers;
+                self.ended_epochs
+                    .insert(self.acked_epoch[topic], (last_seq, waited));
+                self.acked_per_topic.insert(topic, 0);
+                self.acked_epoch.insert(topic, 0);
             }
             OwnedFrame::Error { code } => match &mut self.clients[index].role {
                 Role::Mute { got_error } if code == ErrorCode::HandshakeTimeout as u16 => {
@@ -481,6 +635,15 @@ impl World {
             Role::Subscriber { topics, .. } => c.subscribed >= topics.len(),
             _ => true,
         });
+        self.plan_close();
+        // A close goes out once no publish is in flight, so its last
+        // sequence is known (and, if it waits for them, every subscriber
+        // has caught up).
+        let quiescent = (!self.close_waits_for_subscribers || self.delivery_done())
+            && self.clients.iter().all(|c| match c.role {
+                Role::Publisher { in_flight, .. } => in_flight == 0,
+                _ => true,
+            });
         for index in 0..self.clients.len() {
             if self.clients[index].gone {
                 continue;
@@ -497,6 +660,7 @@ impl World {
                     next, in_flight, ..
                 } if all_subscribed
                     && handshaken
+                    && self.closing.is_none()
                     && *next < EVENTS_PER_PUBLISHER
                     && *in_flight < 8 =>
                 {
@@ -514,6 +678,18 @@ impl World {
                         }),
                     );
                 }
+                Role::Closer { closed, in_flight } if handshaken && !*in_flight && quiescent => {
+                    let Some(topic) = self.closing else { continue };
+                    *in_flight = true;
+                    let request_id = *closed + 1;
+                    self.send(
+                        index,
+                        &Frame::TopicClose(TopicClose {
+                            request_id,
+                            topic: topic.as_bytes(),
+                        }),
+                    );
+                }
                 Role::Subscriber { reset_at, .. } if *reset_at == Some(step) => {
                     *reset_at = None;
                     let sim = self.clients[index].sim;
@@ -523,6 +699,40 @@ impl World {
                 _ => {}
             }
         }
+    }
+
+    /// The closer's next close is due once its share of the events is acked.
+    fn plan_close(&mut self) {
+        let closed = self.clients.iter().find_map(|c| match c.role {
+            Role::Closer { closed, .. } => Some(closed),
+            _ => None,
+        });
+        let Some(&(percent, wait)) = closed
+            .filter(|_| self.closing.is_none())
+            .and_then(|n| CLOSE_POINTS.get(n as usize))
+        else {
+            return;
+        };
+        let acked: u32 = self
+            .clients
+            .iter()
+            .map(|c| match c.role {
+                Role::Publisher { acked, .. } => acked,
+                _ => 0,
+            })
+            .sum();
+        let total = EVENTS_PER_PUBLISHER * PUBLISHERS as u32;
+        if acked * 100 >= total * percent {
+            self.closing = Some(TOPICS[self.rng.below(TOPICS.len() as u64) as usize]);
+            self.close_waits_for_subscribers = wait;
+        }
+    }
+
+    fn closes_done(&self) -> bool {
+        self.clients.iter().all(|c| match c.role {
+            Role::Closer { closed, .. } => closed as usize == CLOSE_POINTS.len(),
+            _ => true,
+        })
     }
 
     fn publishing_done(&self) -> bool {
@@ -542,7 +752,7 @@ impl World {
                     .is_some_and(|p| p.last_seq == self.acked_per_topic[t] && c.handshaken)
             }),
             Role::Mute { got_error } => *got_error,
-            Role::Publisher { .. } => true,
+            Role::Publisher { .. } | Role::Closer { .. } => true,
         })
     }
 
@@ -603,7 +813,14 @@ enum OwnedFrame {
     PublishAck {
         status: u16,
         seq: u64,
+        epoch: u64,
         topic_hint: u32,
+    },
+    TopicClosed {
+        request_id: u32,
+        status: u16,
+        last_seq: u64,
+        topic: Vec<u8>,
     },
     Error {
         code: u16,
@@ -635,7 +852,14 @@ impl From<&Frame<'_>> for OwnedFrame {
             Frame::PublishAck(a) => OwnedFrame::PublishAck {
                 status: a.status,
                 seq: a.seq,
+                epoch: a.epoch,
                 topic_hint: a.request_id,
+            },
+            Frame::TopicClosed(c) => OwnedFrame::TopicClosed {
+                request_id: c.request_id,
+                status: c.status,
+                last_seq: c.last_seq,
+                topic: c.topic.to_vec(),
             },
             Frame::Error(e) => OwnedFrame::Error { code: e.code },
             Frame::GoAway(g) => OwnedFrame::GoAway { reason: g.reason },
@@ -666,6 +890,8 @@ struct Coverage {
     disk_read_faults: u64,
     storage_failures: u64,
     storage_refusals: u64,
+    topic_closes: u64,
+    close_notices: u64,
 }
 
 impl Coverage {
@@ -706,10 +932,21 @@ impl Coverage {
             .sum::<u64>();
         self.refusals += world.clients.iter().map(|c| c.refused as u64).sum::<u64>();
         self.two_shard_seeds += (world.shards.len() == 2) as u64;
+        self.topic_closes += world
+            .clients
+            .iter()
+            .map(|c| match c.role {
+                Role::Closer { closed, .. } => closed as u64,
+                _ => 0,
+            })
+            .sum::<u64>();
+        self.close_notices += world.close_notices;
     }
 }
 
 fn run_seed(seed: u64, coverage: &mut Coverage) {
+    // Thousands of seeds each close topics: keep their log lines out.
+    cluecast::log::set_level(cluecast::log::Level::Warn);
     let (mut world, _region) = World::new(seed);
     for i in 0..SUBSCRIBERS {
         let first = world.rng.below(TOPICS.len() as u64) as usize;
@@ -742,8 +979,15 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
         );
     }
     world.add_client("mute".into(), Role::Mute { got_error: false });
+    world.add_client(
+        "closer".into(),
+        Role::Closer {
+            closed: 0,
+            in_flight: false,
+        },
+    );
 
-    while !(world.publishing_done() && world.delivery_done()) {
+    while !(world.publishing_done() && world.closes_done() && world.delivery_done()) {
         world.step += 1;
         if world.step > STEPS_MAX {
             let summary = world.summary();
@@ -861,6 +1105,8 @@ fn engine_survives_faults_for_many_seeds() {
             ),
             ("failed storage batches", c.storage_failures),
             ("publishes refused for storage", c.storage_refusals),
+            ("topic closes", c.topic_closes),
+            ("TOPIC_CLOSED notices to subscribers", c.close_notices),
         ];
         for (what, count) in exercised {
             assert!(
