@@ -300,6 +300,15 @@ fn a_full_disk_refuses_publishes_clearly_and_recovers_when_space_returns() {
         server.logged("No space left on device", Duration::from_secs(5)),
         "the failure is logged"
     );
+    // Closing the topic cannot be stored either: refused, and the topic
+    // goes on (checked below: nothing is deleted, sequences continue).
+    let mut closer = client(&server);
+    match closer.close_topic("hunt-f") {
+        Err(cluecast_proto::client::ClientError::Refused(code)) => {
+            assert_eq!(code, cluecast_proto::ErrorCode::StorageFailed as u16);
+        }
+        other => panic!("a close on a full disk was not refused: {other:?}"),
+    }
 
     // Space returns: publishing works again, and sequences continue.
     std::fs::remove_file(&filler).unwrap();
@@ -319,6 +328,18 @@ fn a_full_disk_refuses_publishes_clearly_and_recovers_when_space_returns() {
     acked.insert(ack.seq, b"after".to_vec());
     let (_, events) = read_all(&server, "hunt-f");
     assert_eq!(events, acked);
+
+    // Now the close is stored: the subscriber gets the last event, then
+    // the notice.
+    assert_eq!(closer.close_topic("hunt-f").unwrap(), ack.seq);
+    match subscriber.next_timeout(Duration::from_secs(10)).unwrap() {
+        Some(Delivery::Event(e)) => assert_eq!(e.seq, ack.seq),
+        other => panic!("expected seq {}, got {other:?}", ack.seq),
+    }
+    match subscriber.next_timeout(Duration::from_secs(10)).unwrap() {
+        Some(Delivery::Closed { last_seq, .. }) => assert_eq!(last_seq, ack.seq),
+        other => panic!("expected the close, got {other:?}"),
+    }
 }
 
 /// Every position `path` holds for `player`, waiting until there are `count`.
