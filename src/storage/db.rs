@@ -652,4 +652,81 @@ mod tests {
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }
+    /// A closed hunt's events, once compacted into table files of their own
+    /// (as a long hunt's are), give their space back at once; the other
+    /// topic keeps its events.
+    #[test]
+    fn a_deleted_topic_gives_back_the_table_files_only_it_fills() {
+        let dir = std::env::temp_dir().join(format!("cluecast-db-close-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Db::open(&dir, Durability::Sync, 1).unwrap().db;
+        let sst_bytes = |db: &Db| {
+            db.with_db(|db| {
+                db.property_int_value_cf(cf(db, CF_EVENTS), "rocksdb.total-sst-files-size")
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let row = |id| TopicRow {
+            id,
+            epoch: 1,
+            last_seq: 5000,
+        };
+        for (id, name) in [(1, &b"one"[..]), (2, b"two")] {
+            let mut batch = db.batch().unwrap();
+            for seq in 1..=5000u64 {
+                let body = format!(
+                    "{{\"n\":{seq},\"h\":\"{:x}\"}}",
+                    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                );
+                let event = Event {
+                    seq,
+                    epoch: 1,
+                    publish_ts_ns: seq,
+                    topic: name,
+                    payload: body.as_bytes(),
+                };
+                batch.put_event(id, &event);
+            }
+            batch.put_topic(name, row(id));
+            batch.commit(false).unwrap();
+            db.with_db(|db| {
+                let events = cf(db, CF_EVENTS);
+                db.flush_cf(events).map_err(|e| e.to_string())?;
+                let mut opts = CompactOptions::default();
+                opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+                let (from, to) = (event_key(id, 0), event_key(id, u64::MAX));
+                db.compact_range_cf_opt(events, Some(from), Some(to), &opts);
+                Ok(())
+            })
+            .unwrap();
+        }
+        let both = sst_bytes(&db);
+        let mut batch = db.batch().unwrap();
+        batch.delete_topic(b"one", 1);
+        batch.commit(true).unwrap();
+        db.drop_topic_files(1).unwrap();
+        let after = sst_bytes(&db);
+        assert!(
+            after * 3 < both * 2,
+            "{both} SST bytes before, {after} after"
+        );
+        assert_eq!(db.topic(b"one").unwrap(), None);
+        let mut out = Vec::new();
+        let (status, _) = db
+            .read_events(row(1), b"one", 1, 5000, usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!(
+            (status, out.len()),
+            (ReadStatus::NotYet, 0),
+            "no event of it is left"
+        );
+        let (status, _) = db
+            .read_events(row(2), b"two", 1, 5000, usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!(status, ReadStatus::Found);
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
