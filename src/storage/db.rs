@@ -15,6 +15,8 @@
 //! - `meta`: the format version and how the last run ended.
 
 use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use cluecast_proto::{Event, Frame};
@@ -76,6 +78,9 @@ pub struct Db {
     table: EventTable,
     /// None while closed after a failed reopen (see `reopen`).
     db: RwLock<Option<DB>>,
+    /// Commits still to fail: fault injection for the writer's tests.
+    #[cfg(test)]
+    commits_to_fail: std::sync::atomic::AtomicU32,
 }
 
 const CLOSED: &str = "the data directory is closed after a write failure; reopening it";
@@ -206,6 +211,8 @@ impl Db {
             dir: dir.to_path_buf(),
             table,
             db: RwLock::new(Some(open_rocks(dir, table)?)),
+            #[cfg(test)]
+            commits_to_fail: Default::default(),
         };
         let (topics, epochs_changed) = db
             .recover(durability, epoch)
@@ -295,7 +302,18 @@ impl Db {
         Ok(Batch {
             db,
             batch: WriteBatch::default(),
+            #[cfg(test)]
+            fail: self
+                .commits_to_fail
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
         })
+    }
+
+    /// Makes the next `n` batches fail at commit.
+    #[cfg(test)]
+    pub fn fail_commits(&self, n: u32) {
+        self.commits_to_fail.store(n, Ordering::Relaxed);
     }
 
     /// Closes and opens the database again. After a failed WAL write
@@ -512,6 +530,8 @@ impl Db {
 pub struct Batch<'a> {
     db: RwLockReadGuard<'a, Option<DB>>,
     batch: WriteBatch,
+    #[cfg(test)]
+    fail: bool,
 }
 
 impl Batch<'_> {
@@ -571,6 +591,10 @@ impl Batch<'_> {
 
     /// Writes the batch; `sync` waits for the WAL to reach the disk.
     pub fn commit(self, sync: bool) -> Result<(), String> {
+        #[cfg(test)]
+        if self.fail {
+            return Err("injected commit failure".into());
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         let db = self

@@ -752,3 +752,116 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{links, Notice, ReadStatus, StorageLink};
+    use cluecast_proto::Event;
+
+    fn event(topic: &[u8], epoch: u64, seq: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        Frame::Event(Event {
+            seq,
+            epoch,
+            publish_ts_ns: seq,
+            topic,
+            payload: b"clue",
+        })
+        .encode(&mut out);
+        out
+    }
+
+    /// The DURABLE and FAILED notices the writer sent: (kind, through).
+    fn notices(link: &StorageLink) -> Vec<(u8, u64)> {
+        let mut out = Vec::new();
+        while let Some((kind, body)) = link.notice_rx.peek() {
+            match Notice::decode(kind, body) {
+                Notice::Durable { through } | Notice::Failed { through, .. } => {
+                    out.push((kind, through))
+                }
+                Notice::Floor { .. } => {}
+            }
+            link.notice_rx.pop();
+        }
+        out
+    }
+
+    /// A close and the next history's first event in one batch: if the
+    /// batch fails, the writer's rows and the disk are as before it; sent
+    /// again, the old history is gone and the new one stands under a new id.
+    #[test]
+    fn a_close_in_a_failed_batch_changes_nothing_and_succeeds_when_sent_again() {
+        let dir =
+            std::env::temp_dir().join(format!("cluecast-writer-close-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Arc::new(Db::open(&dir, Durability::Sync, 1).unwrap().db);
+        let doorbell = Doorbell::new().unwrap();
+        // No shard ring to wake (-1): the wake-ups fail, and nobody minds.
+        let (links, writers, _readers) =
+            links(1, Durability::Sync, 1 << 20, &[-1], doorbell.fd(), -1);
+        let link = &links[0];
+        let no_retention = Retention {
+            events_max: 0,
+            age_ms: 0,
+        };
+        let topics = std::iter::empty();
+        let mut writer = Writer::new(
+            db.clone(),
+            Durability::Sync,
+            Limits::DEFAULT,
+            writers,
+            topics,
+            no_retention,
+            doorbell,
+        );
+        let append = |kind: u8, body: &[u8]| assert!(link.append_tx.push(kind, &[body]));
+
+        for seq in 1..=3 {
+            append(APPEND, &event(b"hunt", 11, seq));
+        }
+        assert!(writer.round());
+        assert_eq!(notices(link), [(DURABLE, 3)]);
+        let first = db.topic(b"hunt").unwrap().expect("stored");
+        assert_eq!((first.epoch, first.last_seq), (11, 3));
+
+        // One more event, the close, the new history's first event: failed.
+        let tail = [
+            (APPEND, event(b"hunt", 11, 4)),
+            (CLOSE, b"hunt".to_vec()),
+            (APPEND, event(b"hunt", 22, 1)),
+        ];
+        for (kind, body) in &tail {
+            append(*kind, body);
+        }
+        db.fail_commits(1);
+        assert!(writer.round());
+        assert_eq!(notices(link), [(FAILED, 6)]);
+        assert_eq!(db.topic(b"hunt").unwrap(), Some(first));
+        assert_eq!(writer.topics[&b"hunt"[..]].row, first);
+
+        // The shard starts anew and hands over the same again.
+        append(RESUME, &[]);
+        for (kind, body) in &tail {
+            append(*kind, body);
+        }
+        assert!(writer.round());
+        assert_eq!(notices(link), [(DURABLE, 9)]);
+        let second = db.topic(b"hunt").unwrap().expect("the new history");
+        assert_ne!(second.id, first.id);
+        assert_eq!((second.epoch, second.last_seq), (22, 1));
+        assert_eq!(writer.topics[&b"hunt"[..]].row, second);
+        assert_eq!(
+            db.oldest_seq(first.id).unwrap(),
+            0,
+            "the old history is gone"
+        );
+        let mut out = Vec::new();
+        let found = db.read_events(second, b"hunt", 1, 1, usize::MAX, &mut out);
+        assert_eq!(found.unwrap().0, ReadStatus::Found);
+        assert_eq!(out, event(b"hunt", 22, 1));
+        drop(writer);
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
