@@ -43,6 +43,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// The lines printed before the address (data directory, recovery, ...).
+    pub startup_log: Vec<String>,
     _data_dir: Option<TempDir>,
 }
 
@@ -87,6 +89,7 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut startup_log = Vec::new();
         loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -97,9 +100,11 @@ impl Server {
                     child,
                     addr,
                     log: rx,
+                    startup_log,
                     _data_dir: data_dir,
                 };
             }
+            startup_log.push(line);
         }
     }
 
