@@ -398,17 +398,19 @@ impl Db {
         })
     }
 
-    /// Drops the table files holding only events of a deleted topic, so a
-    /// closed topic's space is free at once rather than at the next
-    /// compaction (its range tombstone covers the rest).
-    pub fn drop_topic_files(&self, topic_id: u64) -> Result<(), String> {
+    /// Gives a deleted topic's space back: drops the table files that hold
+    /// only its events, then compacts its key range, which flushes its
+    /// tombstone from memory and rewrites the files it shares with other
+    /// topics without it. That can take a while on a large log: call it off
+    /// the writer's thread.
+    pub fn reclaim_topic(&self, topic_id: u64) -> Result<(), String> {
         self.with_db(|db| {
-            db.delete_file_in_range_cf(
-                cf(db, CF_EVENTS),
-                event_key(topic_id, 0),
-                event_key(topic_id, u64::MAX),
-            )
-            .map_err(|e| e.to_string())
+            let events = cf(db, CF_EVENTS);
+            let (from, to) = (event_key(topic_id, 0), event_key(topic_id, u64::MAX));
+            db.delete_file_in_range_cf(events, from, to)
+                .map_err(|e| e.to_string())?;
+            db.compact_range_cf(events, Some(from), Some(to));
+            Ok(())
         })
     }
 
@@ -676,81 +678,91 @@ mod tests {
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }
-    /// A closed hunt's events, once compacted into table files of their own
-    /// (as a long hunt's are), give their space back at once; the other
+    /// A closed hunt's events give their space back, whether they fill
+    /// table files of their own (as a long hunt's do once compacted) or
+    /// share files with another topic (as recent events do); the other
     /// topic keeps its events.
     #[test]
-    fn a_deleted_topic_gives_back_the_table_files_only_it_fills() {
-        let dir = std::env::temp_dir().join(format!("cluecast-db-close-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = Db::open(&dir, Durability::Sync, 1).unwrap().db;
-        let sst_bytes = |db: &Db| {
-            db.with_db(|db| {
-                db.property_int_value_cf(cf(db, CF_EVENTS), "rocksdb.total-sst-files-size")
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap()
-            .unwrap()
-        };
-        let row = |id| TopicRow {
-            id,
-            epoch: 1,
-            last_seq: 5000,
-        };
-        for (id, name) in [(1, &b"one"[..]), (2, b"two")] {
+    fn a_deleted_topic_gives_back_its_space_in_files_of_its_own_or_shared() {
+        for shared in [false, true] {
+            let dir = std::env::temp_dir()
+                .join(format!("cluecast-db-close-{}-{shared}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let db = Db::open(&dir, Durability::Sync, 1).unwrap().db;
+            let sst_bytes = |db: &Db| {
+                db.with_db(|db| {
+                    db.property_int_value_cf(cf(db, CF_EVENTS), "rocksdb.total-sst-files-size")
+                        .map_err(|e| e.to_string())
+                })
+                .unwrap()
+                .unwrap()
+            };
+            let row = |id| TopicRow {
+                id,
+                epoch: 1,
+                last_seq: 5000,
+            };
+            // Flushed to table files each on its own (then compacted into
+            // files of its own), or both together.
             let mut batch = db.batch().unwrap();
-            for seq in 1..=5000u64 {
-                let body = format!(
-                    "{{\"n\":{seq},\"h\":\"{:x}\"}}",
-                    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                );
-                let event = Event {
-                    seq,
-                    epoch: 1,
-                    publish_ts_ns: seq,
-                    topic: name,
-                    payload: body.as_bytes(),
-                };
-                batch.put_event(id, &event);
+            for (id, name) in [(1, &b"one"[..]), (2, b"two")] {
+                for seq in 1..=5000u64 {
+                    let body = format!(
+                        "{{\"n\":{seq},\"h\":\"{:x}\"}}",
+                        seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    );
+                    let event = Event {
+                        seq,
+                        epoch: 1,
+                        publish_ts_ns: seq,
+                        topic: name,
+                        payload: body.as_bytes(),
+                    };
+                    batch.put_event(id, &event);
+                }
+                batch.put_topic(name, row(id));
+                if !shared || id == 2 {
+                    batch.commit(false).unwrap();
+                    batch = db.batch().unwrap();
+                    db.with_db(|db| {
+                        let events = cf(db, CF_EVENTS);
+                        db.flush_cf(events).map_err(|e| e.to_string())?;
+                        if !shared {
+                            let (from, to) = (event_key(id, 0), event_key(id, u64::MAX));
+                            db.compact_range_cf(events, Some(from), Some(to));
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                }
             }
-            batch.put_topic(name, row(id));
-            batch.commit(false).unwrap();
-            db.with_db(|db| {
-                let events = cf(db, CF_EVENTS);
-                db.flush_cf(events).map_err(|e| e.to_string())?;
-                let mut opts = CompactOptions::default();
-                opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-                let (from, to) = (event_key(id, 0), event_key(id, u64::MAX));
-                db.compact_range_cf_opt(events, Some(from), Some(to), &opts);
-                Ok(())
-            })
-            .unwrap();
+            drop(batch);
+            let both = sst_bytes(&db);
+            let mut batch = db.batch().unwrap();
+            batch.delete_topic(b"one", 1);
+            batch.commit(true).unwrap();
+            db.reclaim_topic(1).unwrap();
+            let after = sst_bytes(&db);
+            assert!(
+                after * 3 < both * 2,
+                "shared {shared}: {both} SST bytes before, {after} after"
+            );
+            assert_eq!(db.topic(b"one").unwrap(), None);
+            let mut out = Vec::new();
+            let (status, _) = db
+                .read_events(row(1), b"one", 1, 5000, usize::MAX, &mut out)
+                .unwrap();
+            assert_eq!(
+                (status, out.len()),
+                (ReadStatus::NotYet, 0),
+                "none of it is left"
+            );
+            let (status, _) = db
+                .read_events(row(2), b"two", 1, 5000, usize::MAX, &mut out)
+                .unwrap();
+            assert_eq!(status, ReadStatus::Found);
+            drop(db);
+            std::fs::remove_dir_all(&dir).unwrap();
         }
-        let both = sst_bytes(&db);
-        let mut batch = db.batch().unwrap();
-        batch.delete_topic(b"one", 1);
-        batch.commit(true).unwrap();
-        db.drop_topic_files(1).unwrap();
-        let after = sst_bytes(&db);
-        assert!(
-            after * 3 < both * 2,
-            "{both} SST bytes before, {after} after"
-        );
-        assert_eq!(db.topic(b"one").unwrap(), None);
-        let mut out = Vec::new();
-        let (status, _) = db
-            .read_events(row(1), b"one", 1, 5000, usize::MAX, &mut out)
-            .unwrap();
-        assert_eq!(
-            (status, out.len()),
-            (ReadStatus::NotYet, 0),
-            "no event of it is left"
-        );
-        let (status, _) = db
-            .read_events(row(2), b"two", 1, 5000, usize::MAX, &mut out)
-            .unwrap();
-        assert_eq!(status, ReadStatus::Found);
-        drop(db);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,7 +19,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
@@ -44,6 +46,9 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// they move again).
 const OPEN_PATHS_MAX: usize = 100_000;
 const PATH_IDLE: Duration = Duration::from_secs(60);
+/// Closed topics waiting for their space to be reclaimed; past this the
+/// space comes back with RocksDB's own compactions instead.
+const RECLAIMS_QUEUED_MAX: usize = 64;
 /// How often topics are checked for events past the retention age: a
 /// quarter of the age, within these bounds.
 const AGE_CHECK_MIN: Duration = Duration::from_millis(100);
@@ -145,6 +150,9 @@ pub struct Writer {
     /// start must change epochs.
     lost_acknowledged: bool,
     failing: bool,
+    /// The thread that reclaims closed topics' space (started at the first
+    /// close), and its queue of topic ids.
+    reclaimer: Option<(SyncSender<u64>, JoinHandle<()>)>,
     stats: WriterStats,
 }
 
@@ -202,6 +210,7 @@ impl Writer {
             last_age_check: Instant::now(),
             lost_acknowledged: false,
             failing: false,
+            reclaimer: None,
             stats: WriterStats::default(),
         }
     }
@@ -241,6 +250,10 @@ impl Writer {
                 };
                 self.doorbell.wait(wait_ms);
             }
+        }
+        if let Some((queue, thread)) = self.reclaimer.take() {
+            drop(queue);
+            let _ = thread.join();
         }
         let synced = !self.unsynced || self.sync_wal().is_ok();
         if synced && !self.lost_acknowledged && !self.failing {
@@ -533,18 +546,44 @@ impl Writer {
         self.closed.push((name.into(), row));
     }
 
-    /// After a successful batch: the closed topics' table files go, and no
-    /// floor of theirs is told any more.
+    /// After a successful batch: the closed topics' space is reclaimed in
+    /// the background, and no floor of theirs is told any more.
     fn closes_written(&mut self) {
         for (name, row) in std::mem::take(&mut self.closed) {
-            if let Err(e) = self.db.drop_topic_files(row.row.id) {
-                // The range tombstone has deleted them all the same;
-                // compaction frees the space later.
-                crate::warn!("storage: cannot drop a closed topic's table files: {e}");
-            }
+            self.reclaim(row.row.id);
             for port in &mut self.ports {
                 port.floors.retain(|(topic, _, _)| *topic != name);
             }
+        }
+    }
+
+    /// Queues a deleted topic for the reclaiming thread. Its events are
+    /// deleted already (the range tombstone); this only gives the disk
+    /// space back sooner than RocksDB's own compactions would.
+    fn reclaim(&mut self, topic_id: u64) {
+        if self.reclaimer.is_none() {
+            let (queue, ids) = std::sync::mpsc::sync_channel::<u64>(RECLAIMS_QUEUED_MAX);
+            let db = self.db.clone();
+            let thread = std::thread::Builder::new()
+                .name("cluecast-reclaim".into())
+                .spawn(move || {
+                    for id in ids {
+                        if let Err(e) = db.reclaim_topic(id) {
+                            crate::warn!("storage: reclaiming a closed topic's space: {e}");
+                        }
+                    }
+                });
+            match thread {
+                Ok(thread) => self.reclaimer = Some((queue, thread)),
+                Err(e) => {
+                    crate::warn!("storage: no thread to reclaim closed topics' space: {e}");
+                    return;
+                }
+            }
+        }
+        let (queue, _) = self.reclaimer.as_ref().expect("started above");
+        if queue.try_send(topic_id).is_err() {
+            crate::debug!("storage: reclaim queue full; compactions free the space later");
         }
     }
 
