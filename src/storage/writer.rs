@@ -251,10 +251,6 @@ impl Writer {
                 self.doorbell.wait(wait_ms);
             }
         }
-        if let Some((queue, thread)) = self.reclaimer.take() {
-            drop(queue);
-            let _ = thread.join();
-        }
         let synced = !self.unsynced || self.sync_wal().is_ok();
         if synced && !self.lost_acknowledged && !self.failing {
             if let Err(e) = self.db.mark_clean_stop(self.durability) {
@@ -788,6 +784,17 @@ impl Writer {
             if pushed && port.io.notice_tx.ring_doorbell() {
                 self.doorbell.ring(port.io.ring_fd);
             }
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the reclaiming thread finish what it started: it holds the
+    /// database.
+    fn drop(&mut self) {
+        if let Some((queue, thread)) = self.reclaimer.take() {
+            drop(queue);
+            let _ = thread.join();
         }
     }
 }
