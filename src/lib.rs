@@ -9,6 +9,7 @@
 //! operator, and `build_info` says how the binary was built.
 
 pub mod arena;
+pub mod auth;
 pub mod build_info;
 pub mod cli;
 pub mod config;
