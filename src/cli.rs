@@ -1,14 +1,16 @@
-//! The command line: `run` starts the appliance; `pub`, `sub`, `path` and
-//! `topic close` are small clients built on the reference client library,
-//! for operators and scripts.
+//! The command line: `run` starts the appliance; `token` mints client
+//! tokens; `pub`, `sub`, `path` and `topic close` are small clients built on
+//! the reference client library, for operators and scripts.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
 use cluecast_proto::{Position, SubscribeStatus};
 
+use crate::auth::{parse_ttl, Claims, Keys};
 use crate::config::RunArgs;
 use crate::log::Level;
 
@@ -38,16 +40,16 @@ enum Command {
     },
     /// Publish one event and print the sequence it was given
     Pub {
-        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
-        server: String,
+        #[command(flatten)]
+        server: Server,
         topic: String,
         message: String,
     },
     /// Print a topic's events as `SEQ<TAB>PAYLOAD` lines; reconnects and
     /// resumes by itself when the server restarts
     Sub {
-        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
-        server: String,
+        #[command(flatten)]
+        server: Server,
         topic: String,
         /// Start at this sequence (as far back as the server retains)
         #[arg(long)]
@@ -56,6 +58,30 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Mint a client token from a key file and print it
+    Token {
+        /// The key file the appliance checks tokens with (`run --auth-keys`)
+        #[arg(long, env = "CLUECAST_AUTH_KEYS")]
+        auth_keys: PathBuf,
+        /// The key that signs [default: the file's first]
+        #[arg(long)]
+        key_id: Option<String>,
+        /// The player (or backend) the token is for
+        #[arg(long)]
+        subject: String,
+        /// Topics it may subscribe to: a name, a prefix ending in `.*`, or `*` (repeatable)
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Topics it may publish to and close, patterns as for --subscribe (repeatable)
+        #[arg(long)]
+        publish: Vec<String>,
+        /// It may read every player's path (without: only its subject's)
+        #[arg(long)]
+        paths: bool,
+        /// How long it is valid: seconds, or with a unit (90s, 15m, 1h, 7d)
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Manage topics
     Topic {
         #[command(subcommand)]
@@ -63,8 +89,8 @@ enum Command {
     },
     /// Print a player's stored path (the positions its phone sent)
     Path {
-        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
-        server: String,
+        #[command(flatten)]
+        server: Server,
         /// The player: the client_id its phone sends in HELLO
         player: String,
         /// Only positions taken at or after this time (ms since 1970-01-01 UTC)
@@ -81,10 +107,35 @@ enum TopicCommand {
     /// disk, and print its last sequence. Subscribers are told; events
     /// published to the name later start a new history (a new epoch).
     Close {
-        #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
-        server: String,
+        #[command(flatten)]
+        server: Server,
         topic: String,
     },
+}
+
+/// Where a client command connects, and with what token.
+#[derive(clap::Args, Debug)]
+struct Server {
+    #[arg(long, env = "CLUECAST_SERVER", default_value = "127.0.0.1:7400")]
+    server: String,
+    /// Token sent in HELLO (`cluecast token` mints one)
+    #[arg(long, env = "CLUECAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Server {
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new(&self.server);
+        config.token = self.token.clone().unwrap_or_default().into_bytes();
+        config
+    }
+
+    /// A connection for one request: a failure is reported, not retried.
+    fn connect_once(&self) -> Result<Client, String> {
+        let mut config = self.config();
+        config.reconnect = false;
+        Client::connect(config).map_err(|e| format!("{}: {e}", self.server))
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -126,6 +177,23 @@ pub fn main() -> ExitCode {
             from,
             count,
         } => subscribe(&server, &topic, from, count),
+        Command::Token {
+            auth_keys,
+            key_id,
+            subject,
+            subscribe,
+            publish,
+            paths,
+            ttl,
+        } => mint_token(
+            &auth_keys,
+            key_id.as_deref(),
+            subject,
+            subscribe,
+            publish,
+            paths,
+            &ttl,
+        ),
         Command::Topic {
             command: TopicCommand::Close { server, topic },
         } => close_topic(&server, &topic),
@@ -145,23 +213,39 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A connection for one request: a failure is reported, not retried.
-fn connect_once(server: &str) -> Result<Client, String> {
-    let mut config = ClientConfig::new(server);
-    config.reconnect = false;
-    Client::connect(config).map_err(|e| format!("{server}: {e}"))
-}
-
-fn publish(server: &str, topic: &str, payload: &[u8]) -> Result<(), String> {
-    let mut client = connect_once(server)?;
+fn publish(server: &Server, topic: &str, payload: &[u8]) -> Result<(), String> {
+    let mut client = server.connect_once()?;
     let ack = client.publish(topic, payload).map_err(|e| e.to_string())?;
     println!("{}", ack.seq);
     client.close();
     Ok(())
 }
 
-fn close_topic(server: &str, topic: &str) -> Result<(), String> {
-    let mut client = connect_once(server)?;
+fn mint_token(
+    auth_keys: &Path,
+    key_id: Option<&str>,
+    subject: String,
+    subscribe: Vec<String>,
+    publish: Vec<String>,
+    paths: bool,
+    ttl: &str,
+) -> Result<(), String> {
+    let keys = Keys::load(auth_keys)?;
+    let now_s = cluecast_sys::realtime_ns() / 1_000_000_000;
+    let claims = Claims {
+        sub: subject,
+        exp: now_s + parse_ttl(ttl)?,
+        nbf: Some(now_s),
+        subscribe,
+        publish,
+        paths,
+    };
+    println!("{}", keys.mint(key_id, &claims)?);
+    Ok(())
+}
+
+fn close_topic(server: &Server, topic: &str) -> Result<(), String> {
+    let mut client = server.connect_once()?;
     let last_seq = client.close_topic(topic).map_err(|e| e.to_string())?;
     println!("{last_seq}");
     client.close();
@@ -169,13 +253,13 @@ fn close_topic(server: &str, topic: &str) -> Result<(), String> {
 }
 
 fn subscribe(
-    server: &str,
+    server: &Server,
     topic: &str,
     from: Option<u64>,
     count: Option<u64>,
 ) -> Result<(), String> {
     let mut client =
-        Client::connect(ClientConfig::new(server)).map_err(|e| format!("{server}: {e}"))?;
+        Client::connect(server.config()).map_err(|e| format!("{}: {e}", server.server))?;
     let start = from.map_or(Start::Live, Start::From);
     let subscribed = client.subscribe(topic, start).map_err(|e| e.to_string())?;
     report_gap(&subscribed.status, subscribed.oldest_seq);
@@ -205,8 +289,8 @@ fn subscribe(
 
 /// Reads the whole path (asking again where a long answer stopped) and
 /// prints it.
-fn print_path(server: &str, player: &str, since: u64, format: PathFormat) -> Result<(), String> {
-    let mut client = connect_once(server)?;
+fn print_path(server: &Server, player: &str, since: u64, format: PathFormat) -> Result<(), String> {
+    let mut client = server.connect_once()?;
     let mut positions = Vec::new();
     let mut from = since;
     loop {
@@ -273,5 +357,9 @@ fn report_gap(status: &SubscribeStatus, oldest_seq: u64) {
         SubscribeStatus::EpochChanged => eprintln!(
             "cluecast: the topic's history was reset; continuing from {oldest_seq} of the new epoch"
         ),
+        // Reported as an error by `subscribe`; after a reconnect, the end.
+        SubscribeStatus::NotAuthorized => {
+            eprintln!("cluecast: the token no longer allows this subscription")
+        }
     }
 }

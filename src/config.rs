@@ -10,7 +10,7 @@ use cluecast_proto::Limits;
 use crate::storage::Durability;
 
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
+    ($( $(#[doc = $doc:literal])* $(#[arg($($arg:tt)*)])? $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
         #[derive(clap::Args, serde::Deserialize, Default, Debug, Clone)]
         #[serde(deny_unknown_fields)]
         pub struct RunArgs {
@@ -19,7 +19,7 @@ macro_rules! settings {
             #[arg(long, env = "CLUECAST_CONFIG")]
             #[serde(skip)]
             pub config: Option<PathBuf>,
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env $(, $($arg)*)?)] pub $name: Option<$ty>, )*
         }
 
         /// The resolved settings of one appliance.
@@ -40,8 +40,13 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Address to accept clients on (loopback only until authentication exists)
+    /// Address to accept clients on (beyond loopback only with --auth-keys, or --insecure-no-auth)
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7400)), "CLUECAST_LISTEN";
+    /// Key file (TOML, `KEY_ID = "HEX SECRET"` lines, mode 600): every client must present a token signed with one of its keys [default: none, no tokens checked]
+    auth_keys: PathBuf = PathBuf::new(), "CLUECAST_AUTH_KEYS";
+    /// Accept clients beyond loopback without tokens: anyone who can connect may read and publish every topic
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    insecure_no_auth: bool = false, "CLUECAST_INSECURE_NO_AUTH";
     /// Shards, one pinned thread and ring each [default: 60% of the CPUs, at least 1]
     shards: usize = default_shards(), "CLUECAST_SHARDS";
     /// Connections per shard [default: derived from the open-file limit]
@@ -129,6 +134,14 @@ impl Settings {
         toml::to_string(self).expect("settings are plain values")
     }
 
+    /// The keys tokens are checked with, if --auth-keys names a file.
+    pub fn keys(&self) -> Result<Option<crate::auth::Keys>, String> {
+        if self.auth_keys.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        crate::auth::Keys::load(&self.auth_keys).map(Some)
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             frame_bytes_max: Limits::frame_bytes_for(
@@ -146,7 +159,18 @@ impl Settings {
         limits.validate()?;
         let frame = limits.frame_bytes_max as usize;
         let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
-        let checks: [(bool, String); 10] = [
+        let checks: [(bool, String); 11] = [
+            (
+                self.listen.ip().is_loopback()
+                    || !self.auth_keys.as_os_str().is_empty()
+                    || self.insecure_no_auth,
+                format!(
+                    "--listen {} reaches beyond this host, and without --auth-keys anyone who \
+                     can connect may read and publish every hunt: give --auth-keys FILE, or \
+                     --insecure-no-auth to accept that",
+                    self.listen
+                ),
+            ),
             (
                 self.shards >= 1 && self.shards <= cpus,
                 format!("--shards must be 1..={cpus} (the CPUs this process may use)"),

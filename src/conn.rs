@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use crate::arena::{Arena, FrameRef};
+use crate::auth::Grant;
 
 /// Frames of queue capacity a connection keeps once its queue empties.
 const QUEUE_KEEP_FRAMES: usize = 64;
@@ -59,9 +60,14 @@ pub struct Conn {
     pub subs: Vec<SubRef>,
     /// Subscriptions being fed from history.
     pub catching_up: u16,
-    /// The player whose positions this connection sends: HELLO's client_id
-    /// (empty when the client gave none; no allocation then).
+    /// The player whose positions this connection sends: its token's
+    /// subject, or without authentication HELLO's client_id (empty when the
+    /// client gave none; no allocation then).
     pub player: Box<[u8]>,
+    /// What its token allows; None when the appliance checks no tokens.
+    pub grant: Option<Box<Grant>>,
+    /// When its token expires, on the shard's clock (u64::MAX: never).
+    pub token_deadline_ms: u64,
     /// A PATH_QUERY is being answered (one at a time per connection).
     pub path_query_in_flight: bool,
 }
@@ -90,6 +96,8 @@ impl Conn {
             subs: Vec::new(),
             catching_up: 0,
             player: Box::default(),
+            grant: None,
+            token_deadline_ms: u64::MAX,
             path_query_in_flight: false,
         }
     }

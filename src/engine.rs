@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use cluecast_sys::{spsc, Region, Span};
 
 use crate::arena::Arena;
+use crate::auth::Keys;
 use crate::config::Settings;
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
@@ -60,6 +61,19 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         connections_max * shards
     );
 
+    let keys = settings.keys()?.map(Arc::new);
+    match &keys {
+        Some(_) => crate::info!(
+            "cluecast: clients need a token signed with a key of {}",
+            settings.auth_keys.display()
+        ),
+        None if !settings.listen.ip().is_loopback() => crate::warn!(
+            "cluecast: --insecure-no-auth: anyone who can reach {} may read and publish \
+             every topic",
+            settings.listen
+        ),
+        None => {}
+    }
     let listeners = bind_listeners(settings.listen, shards)?;
     let local = cluecast_sys::local_addr(listeners[0].as_raw_fd()).map_err(|e| e.to_string())?;
     // Each shard owns (and on drain closes) its listener from here on.
@@ -120,6 +134,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         &stop,
         links,
         stored,
+        keys,
     );
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
@@ -304,6 +319,7 @@ pub fn shard_setups(
     stop: &Arc<AtomicBool>,
     links: Vec<StorageLink>,
     stored_topics: Arc<[StoredTopic]>,
+    keys: Option<Arc<Keys>>,
 ) -> Vec<ShardSetup> {
     let shards = settings.shards;
     assert!(listeners.len() == shards && spans.len() == shards && ring_fds.len() == shards);
@@ -321,6 +337,7 @@ pub fn shard_setups(
             epoch,
             storage: links.next(),
             stored_topics: stored_topics.clone(),
+            keys: keys.clone(),
             listener,
             connections_max,
             limits,

@@ -31,6 +31,7 @@ use cluecast_sys::spsc;
 use slab::Slab;
 
 use crate::arena::{Arena, FrameRef, Use};
+use crate::auth::{Grant, Keys};
 use crate::conn::{Conn, ConnState, SubRef};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
 use crate::storage::{
@@ -120,6 +121,8 @@ pub struct ShardSetup {
     pub mesh_tx: Vec<Option<spsc::Sender>>,
     pub mesh_rx: Vec<Option<spsc::Receiver>>,
     pub peer_ring_fds: Vec<RawFd>,
+    /// The keys client tokens are checked with; None checks no tokens.
+    pub keys: Option<Arc<Keys>>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -148,6 +151,10 @@ pub struct ShardStats {
     pub positions: u64,
     pub positions_not_stored: u64,
     pub errors_sent: u64,
+    /// Requests refused for the connection's token rights, and
+    /// connections told their token expired.
+    pub not_authorized: u64,
+    pub tokens_expired: u64,
     pub recv_no_buffers: u64,
     pub overloaded: u64,
     /// Completions the kernel had to hold back because the queue was full.
@@ -314,6 +321,7 @@ struct Core {
     /// Connections whose multishot receive ended for want of buffers.
     recv_rearm: Vec<u32>,
 
+    keys: Option<Arc<Keys>>,
     stop: Arc<AtomicBool>,
     drain_deadline_ms: Option<u64>,
     /// The clocks as of this turn.
@@ -417,6 +425,7 @@ impl<R: Ring> Shard<R> {
             ops: Vec::new(),
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
+            keys: setup.keys,
             stop: setup.stop,
             drain_deadline_ms: None,
             now_ms,
@@ -817,6 +826,26 @@ impl Core {
                     self.error_close(index, ErrorCode::UnsupportedVersion, &message);
                     return;
                 }
+                if let Some(keys) = &self.keys {
+                    let now_s = self.wall_ns / 1_000_000_000;
+                    match keys.verify(hello.token, now_s) {
+                        Ok(grant) => {
+                            // The token's clock is the wall's; timers run on
+                            // the shard's.
+                            let left_ms = (grant.expires_s - now_s).saturating_mul(1000);
+                            let conn = &mut self.conns[index as usize];
+                            conn.token_deadline_ms = self.now_ms.saturating_add(left_ms);
+                            conn.player = grant.subject.clone();
+                            conn.grant = Some(Box::new(grant));
+                        }
+                        Err(refusal) => {
+                            self.stats.not_authorized += 1;
+                            let message = refusal.to_string();
+                            self.error_close(index, ErrorCode::NotAuthorized, &message);
+                            return;
+                        }
+                    }
+                }
                 let welcome = Frame::Welcome(Welcome {
                     version: PROTOCOL_VERSION,
                     heartbeat_ms: self.heartbeat_ms,
@@ -828,9 +857,12 @@ impl Core {
                 });
                 let conn = &mut self.conns[index as usize];
                 conn.state = ConnState::Open;
-                conn.player = hello.client_id.into();
-                self.timers
-                    .schedule(index, self.now_ms + self.idle_timeout_ms as u64);
+                if conn.grant.is_none() {
+                    conn.player = hello.client_id.into();
+                }
+                let deadline =
+                    (self.now_ms + self.idle_timeout_ms as u64).min(conn.token_deadline_ms);
+                self.timers.schedule(index, deadline);
                 self.queue_control(index, &welcome);
             }
             (ConnState::Handshake, _) => {
@@ -871,9 +903,31 @@ impl Core {
         }
     }
 
+    /// Whether the connection's token allows what `right` checks (always,
+    /// when the appliance checks no tokens); a refusal is counted.
+    fn allowed(&mut self, index: u32, right: impl Fn(&Grant) -> bool) -> bool {
+        let grant = self.conns[index as usize].grant.as_deref();
+        let allowed = grant.is_none_or(right);
+        if !allowed {
+            self.stats.not_authorized += 1;
+        }
+        allowed
+    }
+
     // ---- subscriptions ------------------------------------------------
 
     fn subscribe(&mut self, index: u32, s: Subscribe<'_>) {
+        if !self.allowed(index, |g| g.may_subscribe(s.topic)) {
+            let refused = Frame::Subscribed(Subscribed {
+                status: SubscribeStatus::NotAuthorized,
+                epoch: 0,
+                oldest_seq: 0,
+                last_seq: 0,
+                topic: s.topic,
+            });
+            self.queue_control(index, &refused);
+            return;
+        }
         if let Some(existing) = self.topics.find(s.topic) {
             // A repeated SUBSCRIBE restarts the subscription from its position.
             self.unsubscribe(index, existing);
@@ -1046,7 +1100,8 @@ impl Core {
         }
         if gap {
             // History moved past what this subscriber still needs.
-            self.goaway_slow(index);
+            self.stats.slow_consumer_goaways += 1;
+            self.goaway_resume(index, GoAwayReason::SlowConsumer);
         }
     }
 
@@ -1074,7 +1129,9 @@ impl Core {
     /// Passes a PATH_QUERY to the storage reader; the answer comes back as
     /// whole PATH frames (`on_path_frames`).
     fn path_query(&mut self, index: u32, query: &PathQuery<'_>) {
+        let allowed = self.allowed(index, |g| g.may_read_path(query.player));
         let refusal = match &self.storage {
+            _ if !allowed => Some(ErrorCode::NotAuthorized),
             None => Some(ErrorCode::StorageFailed),
             Some(_) if self.conns[index as usize].path_query_in_flight => {
                 Some(ErrorCode::Overloaded)
@@ -1140,6 +1197,11 @@ impl Core {
     // ---- publishing and fan-out ---------------------------------------
 
     fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
+        if !self.allowed(index, |g| g.may_publish(p.topic)) {
+            let ack = self.ack_frame(p.request_id, Err(ErrorCode::NotAuthorized), false);
+            self.queue_control(index, &ack);
+            return;
+        }
         let owner = topic_owner(p.topic, self.shards);
         if owner == self.id {
             let ack = AckTo::Local {
@@ -1377,7 +1439,10 @@ impl Core {
             generation: self.generations[index as usize],
             request_id: close.request_id,
         };
-        if owner == self.id {
+        // Closing a hunt is the publishers' right.
+        if !self.allowed(index, |g| g.may_publish(close.topic)) {
+            self.answer_close(ack, close.topic, Err(ErrorCode::NotAuthorized));
+        } else if owner == self.id {
             self.order_close(close.topic, ack);
         } else if !self.forward(owner, index, raw) {
             self.answer_close(ack, close.topic, Err(ErrorCode::Overloaded));
@@ -2188,10 +2253,10 @@ impl Core {
         self.send_then_close(index, &frame);
     }
 
-    /// GOAWAY for a subscriber that fell behind the history window: it
-    /// reconnects and resumes (and learns what it missed) from where it is.
-    fn goaway_slow(&mut self, index: u32) {
-        self.stats.slow_consumer_goaways += 1;
+    /// GOAWAY naming where each subscription stands (a subscriber that fell
+    /// behind the history window, a token that expired): the client
+    /// reconnects and resumes (and learns what it missed) from there.
+    fn goaway_resume(&mut self, index: u32, reason: GoAwayReason) {
         // Frames not yet handed to the kernel are not delivered: each
         // subscription resumes after the last sequence that was.
         let mut undelivered: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -2221,7 +2286,7 @@ impl Core {
             points.push((topic.epoch, first_undelivered - 1, topic.name.clone()));
         }
         let frame = Frame::GoAway(GoAway {
-            reason: GoAwayReason::SlowConsumer,
+            reason,
             retry_after_ms: 0,
             reconnect: b"",
             resume: points
@@ -2301,10 +2366,14 @@ impl Core {
                 }
                 ConnState::Open => {
                     let deadline = conn.last_rx_ms + self.idle_timeout_ms as u64;
-                    if self.now_ms >= deadline {
+                    if self.now_ms >= conn.token_deadline_ms {
+                        self.stats.tokens_expired += 1;
+                        self.goaway_resume(index, GoAwayReason::TokenExpired);
+                    } else if self.now_ms >= deadline {
                         let message = format!("nothing received for {} ms", self.idle_timeout_ms);
                         self.error_close(index, ErrorCode::IdleTimeout, &message);
                     } else {
+                        let deadline = deadline.min(conn.token_deadline_ms);
                         self.timers.schedule(index, deadline);
                     }
                 }

@@ -205,6 +205,7 @@ impl World {
             &stop,
             links,
             Arc::from([]),
+            None,
         );
         let shards = rings
             .into_iter()
@@ -346,6 +347,9 @@ impl World {
                 last_seq,
             } => {
                 let topic = topic_name(&topic);
+                if status == SubscribeStatus::NotAuthorized {
+                    self.fail(format!("{name}: {topic}: NotAuthorized without tokens"));
+                }
                 let client = &mut self.clients[index];
                 client.subscribed += 1;
                 let Role::Subscriber { positions, .. } = &mut client.role else {
@@ -355,6 +359,7 @@ impl World {
                 position.confirmed = true;
                 match status {
                     SubscribeStatus::Ok => {}
+                    SubscribeStatus::NotAuthorized => unreachable!("checked above"),
                     // Oldest 0: nothing retained, the next event is the next one.
                     SubscribeStatus::NotRecovered | SubscribeStatus::EpochChanged => {
                         position.jump_to = Some(match oldest_seq {

@@ -20,12 +20,7 @@ fn a_wrong_flag_or_setting_is_refused_with_a_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--shards"), "{err}");
 
-    let out = Command::new(BIN)
-        .args(["run", "--queue-bytes-max", "100", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&["run", "--queue-bytes-max", "100", "--listen", "127.0.0.1:0"]);
     assert!(
         err.contains("--queue-bytes-max must hold one whole frame"),
         "{err}"
@@ -35,12 +30,7 @@ fn a_wrong_flag_or_setting_is_refused_with_a_clear_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("bad.toml");
     std::fs::write(&config, "heartbeat_ms = \"soon\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&["run", "--config", config.to_str().unwrap()]);
     assert!(
         err.contains("bad.toml") && err.contains("heartbeat_ms"),
         "{err}"
@@ -50,12 +40,7 @@ fn a_wrong_flag_or_setting_is_refused_with_a_clear_line() {
 #[test]
 fn an_address_it_cannot_listen_on_is_reported() {
     // 192.0.2.1 (TEST-NET-1) is on no interface here: bind fails at once.
-    let out = Command::new(BIN)
-        .args(["run", "--listen", "192.0.2.1:7400"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&["run", "--listen", "192.0.2.1:7400", "--insecure-no-auth"]);
     assert!(err.contains("cannot listen on 192.0.2.1:7400"), "{err}");
 }
 
@@ -172,4 +157,20 @@ fn past_capacity_a_client_gets_goaway_with_a_jittered_retry_hint() {
         hints.iter().any(|&h| h != hints[0]),
         "no jitter in {hints:?}"
     );
+}
+
+#[test]
+fn listening_beyond_loopback_without_keys_is_refused_with_the_way_out() {
+    let err = refused_start(&["run", "--listen", "0.0.0.0:7400"]);
+    assert!(
+        err.contains("--auth-keys FILE") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+}
+
+/// Runs `cluecast` with `args`, expects exit code 1, returns its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -235,7 +235,8 @@ pub enum ClientError {
     /// The server sent something protocol v1 does not allow.
     Protocol(String),
     /// PUBLISH_ACK, TOPIC_CLOSED or PATH carried this non-zero status (an
-    /// [`ErrorCode`] value); the connection stays usable.
+    /// [`ErrorCode`] value), or SUBSCRIBED said NotAuthorized (then
+    /// `NotAuthorized`); the connection stays usable.
     Refused(u16),
     /// The server sent ERROR with this code, then closed the connection.
     Server { code: u16, message: String },
@@ -246,6 +247,10 @@ pub enum ClientError {
     Closed,
     /// Nothing arrived in time; names what was awaited.
     Timeout(&'static str),
+    /// The server ended the connection because its token expired: reconnecting
+    /// with it would be refused. After [`Client::set_token`] the next call
+    /// reconnects and resumes.
+    TokenExpired,
     /// The call's arguments or the configuration cannot work (bad topic,
     /// payload over the server's limit, ...). Nothing was sent.
     InvalidInput(String),
@@ -270,6 +275,9 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Io(e) => write!(f, "i/o error: {e}"),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::TokenExpired => {
+                f.write_str("the token expired; set a new one (Client::set_token) to reconnect")
+            }
             ClientError::Refused(code) => write!(
                 f,
                 "refused by the server: {} ({code})",
@@ -344,6 +352,8 @@ pub struct Client {
     connected_at: Instant,
     attempts_before: u32,
     closed: bool,
+    /// The server said the token expired: no reconnect until `set_token`.
+    token_expired: bool,
 }
 
 impl Client {
@@ -367,6 +377,7 @@ impl Client {
             connected_at: Instant::now(),
             attempts_before: 0,
             closed: false,
+            token_expired: false,
         })
     }
 
@@ -381,6 +392,21 @@ impl Client {
 
     /// `(epoch, last_seq)` the client would resume `topic` from: save it to
     /// resume with [`Start::Resume`] after the app restarts.
+    /// Replaces the token sent in HELLO from the next connection on. After
+    /// [`ClientError::TokenExpired`], the next call then reconnects and
+    /// resumes with it.
+    pub fn set_token(&mut self, token: Vec<u8>) -> Result<(), ClientError> {
+        if token.len() > usize::from(self.config.limits.token_bytes_max) {
+            return Err(ClientError::InvalidInput(format!(
+                "token is over {} bytes",
+                self.config.limits.token_bytes_max
+            )));
+        }
+        self.config.token = token;
+        self.token_expired = false;
+        Ok(())
+    }
+
     pub fn resume_point(&self, topic: &str) -> Option<(u64, u64)> {
         self.subs.get(topic).map(|s| (s.epoch, s.last_seq))
     }
@@ -543,6 +569,9 @@ impl Client {
         loop {
             match self.recv(Some(deadline))? {
                 Some(Inbound::Subscribed(s)) if s.topic == topic => {
+                    if s.status == SubscribeStatus::NotAuthorized {
+                        return Err(ClientError::Refused(ErrorCode::NotAuthorized as u16));
+                    }
                     let state = state_after_subscribed(&s, mode, epoch, last_seq);
                     self.subs.insert(s.topic.clone(), state);
                     return Ok(s);
@@ -657,6 +686,10 @@ impl Client {
     /// One reconnect attempt. `Err` only for a failure that retrying cannot
     /// fix; other failures schedule the next attempt.
     fn reconnect_once(&mut self) -> Result<(), ClientError> {
+        if self.token_expired {
+            // The same token would be refused: the app must set a new one.
+            return Err(ClientError::TokenExpired);
+        }
         let Some(lost) = self.lost.take() else {
             return Ok(());
         };
@@ -721,7 +754,11 @@ impl Client {
         while !waiting.is_empty() {
             match self.recv(Some(deadline))? {
                 Some(Inbound::Subscribed(s)) if waiting.remove(s.topic.as_str()) => {
-                    if let Some(state) = self.subs.get_mut(&s.topic) {
+                    if s.status == SubscribeStatus::NotAuthorized {
+                        // The new connection's token no longer allows it:
+                        // the subscription ends (the app sees the status).
+                        self.subs.remove(&s.topic);
+                    } else if let Some(state) = self.subs.get_mut(&s.topic) {
                         *state = state_after_subscribed(
                             &s,
                             StartMode::Resume,
@@ -752,6 +789,7 @@ impl Client {
             ClientError::GoAway(g) => Some(g),
             _ => None,
         };
+        self.token_expired |= goaway.is_some_and(|g| g.reason == GoAwayReason::TokenExpired);
         // A connection that lived long enough counts as a success and resets
         // the backoff; one that died young (a server crashing at startup, a
         // proxy accepting then closing) keeps it growing.
@@ -1354,6 +1392,7 @@ mod tests {
             connected_at: Instant::now(),
             attempts_before: 0,
             closed: false,
+            token_expired: false,
         };
         for failures in [0u32, 1, 3, 6, 10, 63, 64, 1000] {
             let window = (100u64 << failures.min(20)).min(5_000);

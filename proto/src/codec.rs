@@ -267,7 +267,7 @@ fn decode_body<'a>(
         }),
         FrameType::Subscribed => Frame::Subscribed(Subscribed {
             status: SubscribeStatus::from_u8(r.u8()?)
-                .ok_or(DecodeError::Malformed("SUBSCRIBED status is not 0, 1 or 2"))?,
+                .ok_or(DecodeError::Malformed("SUBSCRIBED status is not 0 to 3"))?,
             epoch: r.u64()?,
             oldest_seq: r.u64()?,
             last_seq: r.u64()?,
@@ -348,7 +348,7 @@ fn decode_body<'a>(
         FrameType::Pong => Frame::Pong { nonce: r.u64()? },
         FrameType::GoAway => {
             let reason = GoAwayReason::from_u8(r.u8()?)
-                .ok_or(DecodeError::Malformed("GOAWAY reason is not 0, 1 or 2"))?;
+                .ok_or(DecodeError::Malformed("GOAWAY reason is not 0 to 3"))?;
             let retry_after_ms = r.u32()?;
             let reconnect = r.str8()?;
             let count = usize::from(r.u16()?);

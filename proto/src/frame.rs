@@ -298,6 +298,9 @@ pub enum SubscribeStatus {
     /// The topic's history was reset since the client's epoch: its sequences
     /// mean nothing now; delivery starts at `oldest_seq` of the new epoch.
     EpochChanged = 2,
+    /// The connection's token does not allow subscribing to the topic: no
+    /// subscription was made (the connection stays open).
+    NotAuthorized = 3,
 }
 
 impl SubscribeStatus {
@@ -307,6 +310,7 @@ impl SubscribeStatus {
             0 => Some(SubscribeStatus::Ok),
             1 => Some(SubscribeStatus::NotRecovered),
             2 => Some(SubscribeStatus::EpochChanged),
+            3 => Some(SubscribeStatus::NotAuthorized),
             _ => None,
         }
     }
@@ -500,6 +504,8 @@ pub enum GoAwayReason {
     Shutdown = 0,
     SlowConsumer = 1,
     ServerFull = 2,
+    /// The connection's token expired: reconnect with a new one and resume.
+    TokenExpired = 3,
 }
 
 impl GoAwayReason {
@@ -509,6 +515,7 @@ impl GoAwayReason {
             0 => Some(GoAwayReason::Shutdown),
             1 => Some(GoAwayReason::SlowConsumer),
             2 => Some(GoAwayReason::ServerFull),
+            3 => Some(GoAwayReason::TokenExpired),
             _ => None,
         }
     }

@@ -126,6 +126,12 @@ impl Peer {
         self.send(Frame::Welcome(welcome(heartbeat_ms)));
     }
 
+    /// The usual start: SUBSCRIBE Live to "game", at sequence 10 of epoch 9.
+    fn subscribe_live_game(&mut self) {
+        let answer = subscribed(SubscribeStatus::Ok, 9, 1, 10, "game");
+        self.subscribe(StartMode::Live, 0, 0, "game", answer);
+    }
+
     /// Expects SUBSCRIBE with these values, answers SUBSCRIBED.
     fn subscribe(
         &mut self,
@@ -384,13 +390,7 @@ fn reconnect_resumes_and_drops_duplicates() {
     let (addr, server) = serve(|l| {
         let mut p = accept(&l);
         p.handshake(30_000);
-        p.subscribe(
-            StartMode::Live,
-            0,
-            0,
-            "game",
-            subscribed(SubscribeStatus::Ok, 9, 1, 10, "game"),
-        );
+        p.subscribe_live_game();
         p.event("game", 9, 11);
         p.event("game", 9, 12);
         drop(p); // connection lost
@@ -1216,6 +1216,55 @@ fn closed_topic_ends_the_subscription_and_is_not_resumed() {
     assert_eq!(next_event(&mut c, "chat"), (1, 2));
     assert_eq!(c.publish("chat", b"x").unwrap().seq, 3);
     assert_eq!(c.resume_point("game"), None);
+    c.close();
+    server.join().unwrap();
+}
+
+#[test]
+fn an_expired_token_waits_for_a_new_one_then_resumes() {
+    let (addr, server) = serve(|l| {
+        let mut p = accept(&l);
+        p.handshake(30_000);
+        p.subscribe_live_game();
+        p.event("game", 9, 11);
+        p.send(Frame::GoAway(GoAway {
+            reason: GoAwayReason::TokenExpired,
+            retry_after_ms: 0,
+            reconnect: b"",
+            resume: vec![],
+        }));
+        drop(p);
+
+        // The client comes back only with the new token, and resumes.
+        let mut p = accept(&l);
+        p.expect(|f| match f {
+            Frame::Hello(h) => assert_eq!(h.token, b"fresh"),
+            other => panic!("expected HELLO, got {other:?}"),
+        });
+        p.send(Frame::Welcome(welcome(30_000)));
+        p.subscribe(
+            StartMode::Resume,
+            9,
+            11,
+            "game",
+            subscribed(SubscribeStatus::Ok, 9, 1, 12, "game"),
+        );
+        p.event("game", 9, 12);
+        p.expect_closed();
+    });
+    let mut c = Client::connect(config(&addr)).unwrap();
+    c.subscribe("game", Start::Live).unwrap();
+    assert_eq!(next_event(&mut c, "game"), (9, 11));
+    for _ in 0..2 {
+        match c.next_timeout(Duration::from_secs(5)) {
+            Err(ClientError::TokenExpired) => {}
+            other => panic!("expected TokenExpired, got {other:?}"),
+        }
+    }
+    c.set_token(b"fresh".to_vec()).unwrap();
+    assert!(matches!(next(&mut c), Delivery::Reconnected { .. }));
+    assert!(matches!(next(&mut c), Delivery::Subscribed(_)));
+    assert_eq!(next_event(&mut c, "game"), (9, 12));
     c.close();
     server.join().unwrap();
 }

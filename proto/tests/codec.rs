@@ -862,8 +862,8 @@ fn unknown_enum_values_are_malformed() {
         last_seq: 0,
         topic: b"t",
     }));
-    subd[5] = 3;
-    assert_eq!(malformed(&subd), "SUBSCRIBED status is not 0, 1 or 2");
+    subd[5] = 4;
+    assert_eq!(malformed(&subd), "SUBSCRIBED status is not 0 to 3");
     let mut g = encode(&Frame::GoAway(GoAway {
         reason: GoAwayReason::Shutdown,
         retry_after_ms: 0,
@@ -871,7 +871,7 @@ fn unknown_enum_values_are_malformed() {
         resume: vec![],
     }));
     g[5] = 0xff;
-    assert_eq!(malformed(&g), "GOAWAY reason is not 0, 1 or 2");
+    assert_eq!(malformed(&g), "GOAWAY reason is not 0 to 3");
 }
 
 #[test]
