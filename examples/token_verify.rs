@@ -41,6 +41,9 @@ fn main() {
         token.len(),
         median,
         1e6 / median,
-        per_second.iter().map(|v| v.round() as u64).collect::<Vec<_>>()
+        per_second
+            .iter()
+            .map(|v| v.round() as u64)
+            .collect::<Vec<_>>()
     );
 }

@@ -4,7 +4,9 @@
 //! (torn receives, short sends, spurious EAGAIN, ended multishots, ENOBUFS,
 //! reordered completions) and plays a small game against them: subscribers,
 //! publishers, a slow reader, a client whose connection is reset mid-stream,
-//! a client that never says HELLO, and a game backend that closes a topic
+//! a client that never says HELLO, one whose token a stranger signed (in the
+//! half of the seeds where the appliance checks tokens, and where one
+//! subscriber's token expires mid-game), and a game backend that closes a topic
 //! mid-game (publishers pause until it is answered, then publish into the
 //! new history) and again at the end. It checks every delivery as it happens
 //! and the books at the end. A failure names its seed; replay it with
@@ -15,9 +17,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use cluecast::auth::{Claims, Keys};
 use cluecast::config::{RunArgs, Settings};
 use cluecast::engine::shard_setups;
-use cluecast::ring::sim::{ClientId, Rng, SimConfig, SimNet, SimRing};
+use cluecast::ring::sim::{ClientId, Rng, SimConfig, SimNet, SimRing, WALL_BASE_NS};
 use cluecast::ring::Ring;
 use cluecast::shard::Shard;
 use cluecast::storage::sim::SimStorage;
@@ -72,6 +75,9 @@ enum Role {
     },
     /// Never says HELLO: must get ERROR(HandshakeTimeout), then EOF.
     Mute { got_error: bool },
+    /// Says HELLO with a token signed by a stranger's key: must get
+    /// ERROR(NotAuthorized), then EOF.
+    Intruder { got_error: bool },
     /// The game backend ending hunts: closes a topic at each `CLOSE_POINTS`.
     Closer { closed: u32, in_flight: bool },
 }
@@ -90,6 +96,10 @@ struct VClient {
     reconnects: u32,
     /// GOAWAY(ServerFull) received.
     refused: u32,
+    /// Sent in HELLO (empty when the appliance checks no tokens).
+    token: Vec<u8>,
+    /// GOAWAY(TokenExpired) received; a fresh token was minted each time.
+    tokens_expired: u32,
 }
 
 struct World {
@@ -102,6 +112,8 @@ struct World {
     /// memory-only history.
     storage: Option<SimStorage>,
     durability: Durability,
+    /// The keys tokens are signed with, when the appliance checks them.
+    keys: Option<Arc<Keys>>,
     stop: Arc<AtomicBool>,
     settings: Settings,
     clients: Vec<VClient>,
@@ -164,6 +176,8 @@ impl World {
         // before it (sync), a third of the seeds each.
         let durability =
             [Durability::Memory, Durability::Async, Durability::Sync][rng.below(3) as usize];
+        // Tokens checked in half the seeds.
+        let keys = (rng.below(2) == 0).then(|| Arc::new(sim_keys(SIM_KEY)));
         let settings = settings(shard_count, zerocopy_bytes_min, durability);
         // A full appliance in a quarter of the seeds: room for exactly the
         // nine clients (one spare on two shards), so a reconnect that comes
@@ -205,7 +219,7 @@ impl World {
             &stop,
             links,
             Arc::from([]),
-            None,
+            keys.clone(),
         );
         let shards = rings
             .into_iter()
@@ -220,6 +234,7 @@ impl World {
             shards,
             storage,
             durability,
+            keys,
             stop,
             settings,
             clients: Vec::new(),
@@ -242,7 +257,36 @@ impl World {
         );
     }
 
+    /// A token for `role` from `keys`, valid for `ttl_s` of simulated time.
+    fn token(&self, keys: &Keys, role: &Role, ttl_s: u64) -> Vec<u8> {
+        let now_s = (WALL_BASE_NS / 1_000_000 + self.net.now_ms()) / 1000;
+        let names = |topics: &[&str]| topics.iter().map(|t| t.to_string()).collect();
+        // Exactly what each role needs: its topics, or all of them.
+        let (subscribe, publish) = match role {
+            Role::Subscriber { topics, .. } => (names(topics), vec![]),
+            Role::Publisher { .. } => (vec![], vec!["*".to_string()]),
+            Role::Closer { .. } => (vec![], names(&TOPICS)),
+            Role::Mute { .. } | Role::Intruder { .. } => (vec![], vec![]),
+        };
+        let claims = Claims {
+            sub: "sim".into(),
+            exp: now_s + ttl_s,
+            nbf: Some(now_s),
+            subscribe,
+            publish,
+            paths: false,
+        };
+        keys.mint(None, &claims).expect("valid claims").into_bytes()
+    }
+
     fn add_client(&mut self, name: String, role: Role) {
+        // Tokens last the whole run, but one subscriber's expires after 2 s.
+        let ttl_s = if name == "sub2" { 2 } else { 3600 };
+        let token = match (&self.keys, &role) {
+            (_, Role::Intruder { .. }) => self.token(&sim_keys(STRANGER_KEY), &role, ttl_s),
+            (Some(keys), _) => self.token(keys, &role, ttl_s),
+            (None, _) => Vec::new(),
+        };
         let shard = self.rng.below(self.listeners.len() as u64) as usize;
         let sim = self.net.connect(self.listeners[shard]);
         self.clients.push(VClient {
@@ -257,11 +301,27 @@ impl World {
             gone: false,
             reconnects: 0,
             refused: 0,
+            token,
+            tokens_expired: 0,
         });
         let index = self.clients.len() - 1;
         if !matches!(self.clients[index].role, Role::Mute { .. }) {
-            self.send(index, &hello());
+            self.send_hello(index);
         }
+    }
+
+    fn send_hello(&mut self, index: usize) {
+        let token = std::mem::take(&mut self.clients[index].token);
+        self.send(
+            index,
+            &Frame::Hello(Hello {
+                version_min: 1,
+                version_max: 1,
+                client_id: b"sim",
+                token: &token,
+            }),
+        );
+        self.clients[index].token = token;
     }
 
     fn send(&mut self, index: usize, frame: &Frame<'_>) {
@@ -370,10 +430,15 @@ impl World {
                 }
                 let had_events = position.last_seq > 0;
                 if status == SubscribeStatus::EpochChanged {
-                    // Only a closed history is ever replaced within a process.
-                    if had_events && !self.ended_epochs.contains_key(&position.epoch) {
+                    // Only a closed history is ever replaced within a process
+                    // (closed, or being closed while this client reconnected).
+                    let (old, at) = (position.epoch, position.last_seq);
+                    let closed =
+                        self.ended_epochs.contains_key(&old) || self.closing == Some(topic);
+                    if had_events && !closed {
                         self.fail(format!(
-                            "{name}: {topic}: EpochChanged for a history never closed"
+                            "{name}: {topic}: EpochChanged from {old:x} at {at} to {epoch:x}, \
+                             a history never closed"
                         ));
                     }
                     position.last_seq = 0;
@@ -548,6 +613,9 @@ impl World {
                 Role::Mute { got_error } if code == ErrorCode::HandshakeTimeout as u16 => {
                     *got_error = true;
                 }
+                Role::Intruder { got_error } if code == ErrorCode::NotAuthorized as u16 => {
+                    *got_error = true;
+                }
                 _ => self.fail(format!("{name}: unexpected ERROR {code}")),
             },
             OwnedFrame::GoAway { reason } => {
@@ -555,6 +623,17 @@ impl World {
                 let is_subscriber = matches!(client.role, Role::Subscriber { .. });
                 match reason {
                     GoAwayReason::Shutdown => self.clients[index].gone = true,
+                    // Only the short token expires: the client gets a fresh
+                    // one and resumes.
+                    GoAwayReason::TokenExpired if is_subscriber && client.name == "sub2" => {
+                        let keys = self.keys.clone().expect("tokens are checked");
+                        let role = &self.clients[index].role;
+                        let token = self.token(&keys, role, 3600);
+                        let client = &mut self.clients[index];
+                        client.token = token;
+                        client.tokens_expired += 1;
+                        self.reconnect(index);
+                    }
                     GoAwayReason::SlowConsumer if is_subscriber => self.reconnect(index),
                     // Refused at the door: only ever before WELCOME.
                     GoAwayReason::ServerFull if !client.handshaken => {
@@ -599,7 +678,9 @@ impl World {
 
     fn on_eof(&mut self, index: usize) {
         match self.clients[index].role {
-            Role::Mute { got_error: true } => self.clients[index].gone = true,
+            Role::Mute { got_error: true } | Role::Intruder { got_error: true } => {
+                self.clients[index].gone = true
+            }
             Role::Subscriber { .. } if !self.stop.load(Ordering::Relaxed) => self.reconnect(index),
             _ if self.stop.load(Ordering::Relaxed) => self.clients[index].gone = true,
             _ => {
@@ -609,8 +690,13 @@ impl World {
         }
     }
 
-    /// A new connection that resumes every subscription where it stood.
+    /// A new connection that resumes every subscription where it stood
+    /// (none once the appliance is stopping: its listeners are closed).
     fn reconnect(&mut self, index: usize) {
+        if self.stop.load(Ordering::Relaxed) {
+            self.clients[index].gone = true;
+            return;
+        }
         let shard = self.rng.below(self.listeners.len() as u64) as usize;
         let old = self.clients[index].sim;
         self.net.client_close(old);
@@ -629,7 +715,7 @@ impl World {
             }
         }
         if !matches!(self.clients[index].role, Role::Mute { .. }) {
-            self.send(index, &hello());
+            self.send_hello(index);
         }
     }
 
@@ -756,7 +842,7 @@ impl World {
                     .get(t)
                     .is_some_and(|p| p.last_seq == self.acked_per_topic[t] && c.handshaken)
             }),
-            Role::Mute { got_error } => *got_error,
+            Role::Mute { got_error } | Role::Intruder { got_error } => *got_error,
             Role::Publisher { .. } | Role::Closer { .. } => true,
         })
     }
@@ -783,13 +869,12 @@ impl World {
     }
 }
 
-fn hello() -> Frame<'static> {
-    Frame::Hello(Hello {
-        version_min: 1,
-        version_max: 1,
-        client_id: b"sim",
-        token: b"",
-    })
+/// The appliance's key, and one it does not have (same id).
+const SIM_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+const STRANGER_KEY: &str = "a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5";
+
+fn sim_keys(secret: &str) -> Keys {
+    Keys::parse(&format!("sim = \"{secret}\"")).expect("a valid key")
 }
 
 fn topic_name(bytes: &[u8]) -> &'static str {
@@ -897,6 +982,8 @@ struct Coverage {
     storage_refusals: u64,
     topic_closes: u64,
     close_notices: u64,
+    tokens_expired: u64,
+    tokens_refused: u64,
 }
 
 impl Coverage {
@@ -946,6 +1033,16 @@ impl Coverage {
             })
             .sum::<u64>();
         self.close_notices += world.close_notices;
+        self.tokens_expired += world
+            .clients
+            .iter()
+            .map(|c| c.tokens_expired as u64)
+            .sum::<u64>();
+        self.tokens_refused += world
+            .shards
+            .iter()
+            .map(|s| s.stats().not_authorized)
+            .sum::<u64>();
     }
 }
 
@@ -984,6 +1081,9 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
         );
     }
     world.add_client("mute".into(), Role::Mute { got_error: false });
+    if world.keys.is_some() {
+        world.add_client("intruder".into(), Role::Intruder { got_error: false });
+    }
     world.add_client(
         "closer".into(),
         Role::Closer {
@@ -1112,6 +1212,8 @@ fn engine_survives_faults_for_many_seeds() {
             ("publishes refused for storage", c.storage_refusals),
             ("topic closes", c.topic_closes),
             ("TOPIC_CLOSED notices to subscribers", c.close_notices),
+            ("expired tokens", c.tokens_expired),
+            ("refused tokens", c.tokens_refused),
         ];
         for (what, count) in exercised {
             assert!(

@@ -26,7 +26,8 @@ use super::{Completion, Op, Ring, F_MORE, F_NOTIF};
 /// is always detectable.
 const FIRST_FD: RawFd = 1000;
 /// Wall clock at virtual time zero (November 2023), so timestamps look real.
-const WALL_BASE_NS: u64 = 1_700_000_000_000_000_000;
+/// The simulated wall clock at time 0 (tests mint tokens against it).
+pub const WALL_BASE_NS: u64 = 1_700_000_000_000_000_000;
 /// Written over a recycled buffer, so bytes read through a stale pointer show.
 const POISON: u8 = 0xa5;
 
