@@ -55,6 +55,14 @@ settings! {
     payload_bytes_max: u32 = Limits::DEFAULT.payload_bytes_max, "CLUECAST_PAYLOAD_BYTES_MAX";
     /// Longest topic name accepted
     topic_bytes_max: u8 = Limits::DEFAULT.topic_bytes_max, "CLUECAST_TOPIC_BYTES_MAX";
+    /// Connections one source address (an IPv4 address, an IPv6 /64; loopback not counted) may hold, across all shards
+    connections_per_source_max: u32 = 1000, "CLUECAST_CONNECTIONS_PER_SOURCE_MAX";
+    /// Connections per shard that have not finished HELLO; past it, new ones are refused (GOAWAY with a retry hint)
+    handshakes_max: u32 = 1024, "CLUECAST_HANDSHAKES_MAX";
+    /// Connections each shard accepts per second (a second's worth at once); past it, GOAWAY with a retry hint; 0: no limit
+    accepts_per_s: u32 = 20_000, "CLUECAST_ACCEPTS_PER_S";
+    /// Publishes one connection may make per second (a second's worth at once); past it, PUBLISH_ACK Overloaded; 0: no limit
+    publish_rate_max: u32 = 0, "CLUECAST_PUBLISH_RATE_MAX";
     /// Subscriptions one connection may hold
     subscriptions_max: u16 = 64, "CLUECAST_SUBSCRIPTIONS_MAX";
     /// Topics the appliance keeps, in all
@@ -159,7 +167,11 @@ impl Settings {
         limits.validate()?;
         let frame = limits.frame_bytes_max as usize;
         let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
-        let checks: [(bool, String); 11] = [
+        let checks: [(bool, String); 12] = [
+            (
+                self.connections_per_source_max >= 1 && self.handshakes_max >= 1,
+                "--connections-per-source-max and --handshakes-max must be at least 1".into(),
+            ),
             (
                 self.listen.ip().is_loopback()
                     || !self.auth_keys.as_os_str().is_empty()

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
+use crate::admission::{Bucket, Rate};
 use crate::arena::{Arena, FrameRef};
 use crate::auth::Grant;
 
@@ -68,6 +69,10 @@ pub struct Conn {
     pub grant: Option<Box<Grant>>,
     /// When its token expires, on the shard's clock (u64::MAX: never).
     pub token_deadline_ms: u64,
+    /// Its slot in the per-source connection counts (None: not counted).
+    pub source: Option<u32>,
+    /// Its publish rate.
+    pub publishes: Bucket,
     /// A PATH_QUERY is being answered (one at a time per connection).
     pub path_query_in_flight: bool,
 }
@@ -98,6 +103,8 @@ impl Conn {
             player: Box::default(),
             grant: None,
             token_deadline_ms: u64::MAX,
+            source: None,
+            publishes: Bucket::new(Rate { per_s: 0, burst: 0 }, now_ms),
             path_query_in_flight: false,
         }
     }

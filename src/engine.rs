@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use cluecast_sys::{spsc, Region, Span};
 
+use crate::admission::{Rate, SourceCounts};
 use crate::arena::Arena;
 use crate::auth::Keys;
 use crate::config::Settings;
@@ -26,6 +27,9 @@ const FDS_RESERVED: u64 = 64;
 const LISTEN_BACKLOG: i32 = 4096;
 /// Descriptors per shard kept for refusing clients past capacity.
 const REFUSING_FDS: usize = 256;
+/// Counters of connections per source address (4 bytes each): far more
+/// than the sources expected at once, so few share one.
+const SOURCE_SLOTS: usize = 1 << 16;
 
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: &Settings) -> Result<(), String> {
@@ -327,6 +331,14 @@ pub fn shard_setups(
     let mut links = links.into_iter();
     let (mut mesh_tx, mut mesh_rx) = mesh(shards, settings.mesh_bytes);
     let limits = settings.limits();
+    let sources = Arc::new(SourceCounts::new(
+        SOURCE_SLOTS,
+        settings.connections_per_source_max,
+    ));
+    let rate = |per_s: u32| Rate {
+        per_s,
+        burst: per_s.max(1),
+    };
     listeners
         .into_iter()
         .zip(spans)
@@ -338,6 +350,10 @@ pub fn shard_setups(
             storage: links.next(),
             stored_topics: stored_topics.clone(),
             keys: keys.clone(),
+            sources: sources.clone(),
+            handshakes_max: settings.handshakes_max,
+            accept_rate: rate(settings.accepts_per_s),
+            publish_rate: rate(settings.publish_rate_max),
             listener,
             connections_max,
             limits,

@@ -8,6 +8,7 @@
 //! `storage` is the durable log and its threads; `config` and `cli` face the
 //! operator, and `build_info` says how the binary was built.
 
+pub mod admission;
 pub mod arena;
 pub mod auth;
 pub mod build_info;

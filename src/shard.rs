@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use cluecast_proto::{
 use cluecast_sys::spsc;
 use slab::Slab;
 
+use crate::admission::{Bucket, Rate, SourceCounts};
 use crate::arena::{Arena, FrameRef, Use};
 use crate::auth::{Grant, Keys};
 use crate::conn::{Conn, ConnState, SubRef};
@@ -123,6 +125,11 @@ pub struct ShardSetup {
     pub peer_ring_fds: Vec<RawFd>,
     /// The keys client tokens are checked with; None checks no tokens.
     pub keys: Option<Arc<Keys>>,
+    /// Connections per source address, shared by every shard.
+    pub sources: Arc<SourceCounts>,
+    pub handshakes_max: u32,
+    pub accept_rate: Rate,
+    pub publish_rate: Rate,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -130,7 +137,15 @@ pub struct ShardSetup {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardStats {
     pub accepted: u64,
+    /// Connections refused (GOAWAY ServerFull with a retry hint): the shard
+    /// full, its source at its limit, too many handshakes in flight, or
+    /// accepts past the rate.
     pub rejected_full: u64,
+    pub refused_source: u64,
+    pub refused_handshakes: u64,
+    pub refused_rate: u64,
+    /// Publishes answered Overloaded for their connection's rate.
+    pub publishes_rate_limited: u64,
     pub closed: u64,
     pub published: u64,
     pub events_from_peers: u64,
@@ -322,6 +337,13 @@ struct Core {
     recv_rearm: Vec<u32>,
 
     keys: Option<Arc<Keys>>,
+    sources: Arc<SourceCounts>,
+    /// Connections in the Handshake state, and the most allowed.
+    handshakes: u32,
+    handshakes_max: u32,
+    accept_rate: Rate,
+    accepts: Bucket,
+    publish_rate: Rate,
     stop: Arc<AtomicBool>,
     drain_deadline_ms: Option<u64>,
     /// The clocks as of this turn.
@@ -426,6 +448,12 @@ impl<R: Ring> Shard<R> {
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
             keys: setup.keys,
+            sources: setup.sources,
+            handshakes: 0,
+            handshakes_max: setup.handshakes_max,
+            accept_rate: setup.accept_rate,
+            accepts: Bucket::new(setup.accept_rate, now_ms),
+            publish_rate: setup.publish_rate,
             stop: setup.stop,
             drain_deadline_ms: None,
             now_ms,
@@ -481,7 +509,12 @@ impl<R: Ring> Shard<R> {
             panic!("completion with unknown user data {:#x}", c.user_data);
         };
         match token.kind {
-            OpKind::Accept => self.core.on_accept(c),
+            OpKind::Accept => {
+                let peer = (c.result >= 0)
+                    .then(|| self.ring.peer_ip(c.result))
+                    .flatten();
+                self.core.on_accept(c, peer);
+            }
             OpKind::Recv => {
                 let Some(index) = self.core.live(token) else {
                     // Connections are freed only after their last receive
@@ -529,6 +562,12 @@ impl<R: Ring> Shard<R> {
     /// connection is gone (a leak check for tests).
     pub fn frames_live(&self) -> usize {
         self.core.arena.frames_live()
+    }
+
+    /// Connections counted per source across every shard: 0 once all are
+    /// gone (a leak check for tests).
+    pub fn sources_counted(&self) -> u64 {
+        self.core.sources.total()
     }
 
     /// Frames held by topic histories.
@@ -605,18 +644,35 @@ impl Core {
 
     // ---- accepting ----------------------------------------------------
 
-    fn on_accept(&mut self, c: Completion) {
+    fn on_accept(&mut self, c: Completion, peer: Option<IpAddr>) {
         if !c.more() {
             self.accept_armed = false;
         }
         if c.result >= 0 {
             let fd = c.result;
+            // Loopback peers are this host (a local proxy, a load test):
+            // not counted per source.
+            let source = peer
+                .filter(|ip| !ip.to_canonical().is_loopback())
+                .map(|ip| self.sources.slot(ip));
             if self.listener.is_none() {
                 self.close_orphan(fd);
             } else if self.conns.len() >= self.connections_max {
-                self.reject_full(fd);
+                self.stats.rejected_full += 1;
+                self.reject(fd);
+            } else if self.handshakes >= self.handshakes_max {
+                self.stats.refused_handshakes += 1;
+                self.reject(fd);
+            } else if !self.accepts.take(self.accept_rate, self.now_ms) {
+                self.stats.refused_rate += 1;
+                self.reject(fd);
+            } else if source.is_some_and(|slot| !self.sources.take(slot)) {
+                self.stats.refused_source += 1;
+                self.reject(fd);
             } else {
-                self.admit(fd);
+                // A socket already gone (no peer) is admitted uncounted; its
+                // first receive ends it.
+                self.admit(fd, source);
             }
         } else if c.result != -libc::ECANCELED {
             crate::warn!(
@@ -648,19 +704,22 @@ impl Core {
         index
     }
 
-    fn admit(&mut self, fd: RawFd) {
+    fn admit(&mut self, fd: RawFd, source: Option<u32>) {
         let index = self.insert(fd);
+        let conn = &mut self.conns[index as usize];
+        conn.source = source;
+        conn.publishes = Bucket::new(self.publish_rate, self.now_ms);
+        self.handshakes += 1;
         self.stats.accepted += 1;
         self.arm_recv(index);
         self.timers
             .schedule(index, self.now_ms + self.handshake_timeout_ms as u64);
     }
 
-    /// Past capacity: a GOAWAY with a jittered retry hint, so a reconnect
+    /// Past a limit: a GOAWAY with a jittered retry hint, so a reconnect
     /// storm spreads itself out, then close. No slot, no state: the token
     /// carries the socket, which frame and how much of it is sent.
-    fn reject_full(&mut self, fd: RawFd) {
-        self.stats.rejected_full += 1;
+    fn reject(&mut self, fd: RawFd) {
         let which = (self.random() % REJECT_FRAMES as u64) as u32;
         self.send_reject(fd, which, 0);
     }
@@ -855,6 +914,7 @@ impl Core {
                     subscriptions_max: self.subscriptions_max as u16,
                     topic_bytes_max: self.limits.topic_bytes_max,
                 });
+                self.handshakes -= 1;
                 let conn = &mut self.conns[index as usize];
                 conn.state = ConnState::Open;
                 if conn.grant.is_none() {
@@ -1197,8 +1257,19 @@ impl Core {
     // ---- publishing and fan-out ---------------------------------------
 
     fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
-        if !self.allowed(index, |g| g.may_publish(p.topic)) {
-            let ack = self.ack_frame(p.request_id, Err(ErrorCode::NotAuthorized), false);
+        let refusal = if !self.allowed(index, |g| g.may_publish(p.topic)) {
+            Some(ErrorCode::NotAuthorized)
+        } else if !self.conns[index as usize]
+            .publishes
+            .take(self.publish_rate, self.now_ms)
+        {
+            self.stats.publishes_rate_limited += 1;
+            Some(ErrorCode::Overloaded)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            let ack = self.ack_frame(p.request_id, Err(code), false);
             self.queue_control(index, &ack);
             return;
         }
@@ -2221,6 +2292,7 @@ impl Core {
         if !self.queue_control(index, frame) {
             return;
         }
+        self.leave_handshake(index);
         let conn = &mut self.conns[index as usize];
         conn.state = ConnState::Flushing;
         if conn.recv_armed {
@@ -2327,7 +2399,15 @@ impl Core {
         self.close_now(index);
     }
 
+    /// A connection that leaves without finishing HELLO frees its place.
+    fn leave_handshake(&mut self, index: u32) {
+        if self.conns[index as usize].state == ConnState::Handshake {
+            self.handshakes -= 1;
+        }
+    }
+
     fn close_now(&mut self, index: u32) {
+        self.leave_handshake(index);
         let token = self.token(OpKind::Close, index);
         let conn = &mut self.conns[index as usize];
         debug_assert_ne!(conn.state, ConnState::Closing);
@@ -2347,7 +2427,14 @@ impl Core {
         if let Some(block) = conn.iov_block.take() {
             self.iov_free.push(block);
         }
-        self.conns.remove(index as usize);
+        let conn = self.conns.remove(index as usize);
+        if let Some(slot) = conn.source {
+            self.sources.release(slot);
+        }
+        debug_assert!(
+            self.handshakes as usize <= self.conns.len(),
+            "more handshakes counted than connections"
+        );
         self.generations[index as usize] = (self.generations[index as usize] + 1) & GENERATION_MASK;
         self.stats.closed += 1;
     }

@@ -1144,6 +1144,12 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
             }
         }
     }
+    if world.shards[0].sources_counted() != 0 {
+        world.fail(format!(
+            "{} connections still counted per source",
+            world.shards[0].sources_counted()
+        ));
+    }
     for (id, shard) in world.shards.iter().enumerate() {
         if shard.connections() != 0 {
             world.fail(format!(

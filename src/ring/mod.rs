@@ -10,6 +10,7 @@
 //! notification (`F_NOTIF`) once the kernel no longer reads the buffer.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 pub mod sim;
@@ -115,6 +116,9 @@ pub trait Ring {
     fn fd(&self) -> RawFd;
     /// Completions the kernel could not post because the queue was full.
     fn cq_overflows(&self) -> u64;
+    /// The address an accepted socket's peer connects from; None if it is
+    /// gone already.
+    fn peer_ip(&self, fd: RawFd) -> Option<IpAddr>;
 }
 
 /// What an operation was for, kept in the top byte of its user data.

@@ -16,6 +16,7 @@
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::slice;
@@ -1056,6 +1057,21 @@ impl Ring for SimRing {
 
     fn cq_overflows(&self) -> u64 {
         0
+    }
+
+    /// Every simulated client connects from an address of its own.
+    fn peer_ip(&self, fd: RawFd) -> Option<IpAddr> {
+        let world = self.net.view();
+        let file = world.files.get(&fd).filter(|f| !f.released())?;
+        let FileKind::Socket { client } = file.kind else {
+            return None;
+        };
+        Some(IpAddr::V4(Ipv4Addr::new(
+            10,
+            0,
+            (client >> 8) as u8,
+            client as u8,
+        )))
     }
 }
 

@@ -8,6 +8,7 @@
 //! DEFER_TASKRUN tie completions to that thread).
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
@@ -311,6 +312,10 @@ impl Ring for Uring {
 
     fn cq_overflows(&self) -> u64 {
         self.cq_overflows
+    }
+
+    fn peer_ip(&self, fd: RawFd) -> Option<IpAddr> {
+        cluecast_sys::peer_addr(fd).ok().map(|a| a.ip())
     }
 }
 

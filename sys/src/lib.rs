@@ -138,17 +138,29 @@ pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
 
 /// The address a socket is bound to (useful after binding port 0).
 pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
-    // SAFETY: getsockname writes at most `len` bytes into storage.
+    socket_name(fd, libc::getsockname, "getsockname")
+}
+
+/// The address a connected socket's peer connects from.
+pub fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    socket_name(fd, libc::getpeername, "getpeername")
+}
+
+type NameCall =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn socket_name(fd: RawFd, call: NameCall, what: &'static str) -> io::Result<SocketAddr> {
+    // SAFETY: getsockname/getpeername write at most `len` bytes into storage.
     unsafe {
         let mut storage: libc::sockaddr_storage = mem::zeroed();
         let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         check(
-            libc::getsockname(
+            call(
                 fd,
                 &mut storage as *mut libc::sockaddr_storage as *mut libc::sockaddr,
                 &mut len,
             ),
-            "getsockname",
+            what,
         )?;
         sockaddr_to(&storage)
     }
