@@ -28,25 +28,6 @@ fn key_file(dir: &TempDir, name: &str, secret: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn token_command(keys: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(["token", "--auth-keys", keys])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// `cluecast token` with these arguments; the token it printed.
-fn mint(keys: &str, args: &[&str]) -> String {
-    let out = token_command(keys, args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// A connection that has sent HELLO with `token`, its answer unread.
 fn hello(addr: SocketAddr, client_id: &str, token: &str) -> RawClient {
     let mut c = RawClient::connect(addr);
@@ -143,7 +124,7 @@ fn tokens_decide_who_may_connect_subscribe_publish_close_and_read_paths() {
     let keys = key_file(&dir, "keys.toml", KEY);
     let server = Server::start(&["--auth-keys", &keys, "--shards", "2"]);
     let addr = server.addr;
-    let phone = mint(
+    let phone = common::mint_token(
         &keys,
         &[
             "--subject",
@@ -154,10 +135,10 @@ fn tokens_decide_who_may_connect_subscribe_publish_close_and_read_paths() {
             "hunt-42.*",
         ],
     );
-    let bad = token_command(&keys, &["--subject", "backend", "--publish", "hunt-42*"]);
+    let bad = common::token_command(&keys, &["--subject", "backend", "--publish", "hunt-42*"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("pattern \"hunt-42*\""));
-    let backend = mint(
+    let backend = common::mint_token(
         &keys,
         &[
             "--subject",
@@ -189,11 +170,11 @@ fn tokens_decide_who_may_connect_subscribe_publish_close_and_read_paths() {
         (NOT_AUTHORIZED, "token signature does not verify")
     );
     let stranger = key_file(&dir, "stranger.toml", &KEY.replace("00", "77"));
-    let foreign = mint(&stranger, &["--subject", "phone-7", "--subscribe", "*"]);
+    let foreign = common::mint_token(&stranger, &["--subject", "phone-7", "--subscribe", "*"]);
     let (code, message) = refusal(addr, &foreign);
     assert_eq!(code, NOT_AUTHORIZED);
     assert!(message.contains("signature"), "{message}");
-    let short = mint(
+    let short = common::mint_token(
         &keys,
         &["--subject", "phone-7", "--subscribe", "*", "--ttl", "1s"],
     );
@@ -273,11 +254,11 @@ fn an_expiring_token_ends_the_connection_with_a_goaway_naming_where_to_resume() 
     let dir = TempDir::new("auth-expiry");
     let keys = key_file(&dir, "keys.toml", KEY);
     let server = Server::start(&["--auth-keys", &keys, "--durability", "memory"]);
-    let publisher = mint(
+    let publisher = common::mint_token(
         &keys,
         &["--subject", "backend", "--publish", "*", "--ttl", "1h"],
     );
-    let phone = mint(
+    let phone = common::mint_token(
         &keys,
         &["--subject", "phone-7", "--subscribe", "*", "--ttl", "3s"],
     );

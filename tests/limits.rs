@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{ErrorCode, Frame, GoAwayReason, Hello, Publish};
@@ -57,27 +57,10 @@ fn open_within(addr: SocketAddr, within: Duration) -> RawClient {
     }
 }
 
-/// This host's first address that is not loopback (`ip -4 -o addr`).
-fn host_address() -> Option<IpAddr> {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| {
-            let address = line.split_whitespace().nth(3)?.split('/').next()?;
-            address
-                .parse::<IpAddr>()
-                .ok()
-                .filter(|ip| !ip.is_loopback())
-        })
-}
-
 #[test]
 fn one_source_gets_its_limit_across_shards_and_its_room_back() {
     // Loopback is not counted per source: connect over the host's address.
-    let Some(host) = host_address() else {
+    let Some(host) = common::host_address() else {
         eprintln!("SKIPPED one_source_gets_its_limit...: this host has no non-loopback address");
         return;
     };

@@ -346,3 +346,41 @@ pub fn hello_bytes() -> Vec<u8> {
     assert_eq!(&bytes[5..9], &HELLO_MAGIC);
     bytes
 }
+
+/// `cluecast token --auth-keys KEYS ARGS...` as run.
+pub fn token_command(keys: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["token", "--auth-keys", keys])
+        .args(args)
+        .output()
+        .expect("run cluecast token")
+}
+
+/// The token `cluecast token` mints with these arguments.
+pub fn mint_token(keys: &str, args: &[&str]) -> String {
+    let out = token_command(keys, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// This host's first address that is not loopback (`ip -4 -o addr`), for
+/// tests that need a client the appliance does not see as local.
+pub fn host_address() -> Option<std::net::IpAddr> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let address = line.split_whitespace().nth(3)?.split('/').next()?;
+            address
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .filter(|ip| !ip.is_loopback())
+        })
+}
