@@ -564,6 +564,11 @@ impl<R: Ring> Shard<R> {
         self.core.arena.frames_live()
     }
 
+    /// Connections that have not finished HELLO (0 once all are gone).
+    pub fn handshakes(&self) -> u32 {
+        self.core.handshakes
+    }
+
     /// Connections counted per source across every shard: 0 once all are
     /// gone (a leak check for tests).
     pub fn sources_counted(&self) -> u64 {

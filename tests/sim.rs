@@ -178,7 +178,14 @@ impl World {
             [Durability::Memory, Durability::Async, Durability::Sync][rng.below(3) as usize];
         // Tokens checked in half the seeds.
         let keys = (rng.below(2) == 0).then(|| Arc::new(sim_keys(SIM_KEY)));
-        let settings = settings(shard_count, zerocopy_bytes_min, durability);
+        let mut settings = settings(shard_count, zerocopy_bytes_min, durability);
+        // Tight admission in a quarter of the seeds: two handshakes in
+        // flight per shard (the mute client holds one for 2 s) and 20
+        // accepts a second, so clients are refused at the door and retry.
+        if rng.below(4) == 0 {
+            settings.handshakes_max = 2;
+            settings.accepts_per_s = 20;
+        }
         // A full appliance in a quarter of the seeds: room for exactly the
         // nine clients (one spare on two shards), so a reconnect that comes
         // before its old connection is gone (or lands on the fuller shard) is
@@ -984,6 +991,7 @@ struct Coverage {
     close_notices: u64,
     tokens_expired: u64,
     tokens_refused: u64,
+    admission_refusals: u64,
 }
 
 impl Coverage {
@@ -1038,11 +1046,11 @@ impl Coverage {
             .iter()
             .map(|c| c.tokens_expired as u64)
             .sum::<u64>();
-        self.tokens_refused += world
-            .shards
-            .iter()
-            .map(|s| s.stats().not_authorized)
-            .sum::<u64>();
+        for shard in &world.shards {
+            let stats = shard.stats();
+            self.tokens_refused += stats.not_authorized;
+            self.admission_refusals += stats.refused_handshakes + stats.refused_rate;
+        }
     }
 }
 
@@ -1151,6 +1159,12 @@ fn run_seed(seed: u64, coverage: &mut Coverage) {
         ));
     }
     for (id, shard) in world.shards.iter().enumerate() {
+        if shard.handshakes() != 0 {
+            world.fail(format!(
+                "shard {id} still counts {} handshakes",
+                shard.handshakes()
+            ));
+        }
         if shard.connections() != 0 {
             world.fail(format!(
                 "shard {id} still holds {} connections",
@@ -1220,6 +1234,10 @@ fn engine_survives_faults_for_many_seeds() {
             ("TOPIC_CLOSED notices to subscribers", c.close_notices),
             ("expired tokens", c.tokens_expired),
             ("refused tokens", c.tokens_refused),
+            (
+                "refusals for handshakes in flight or the accept rate",
+                c.admission_refusals,
+            ),
         ];
         for (what, count) in exercised {
             assert!(
