@@ -44,6 +44,10 @@ settings! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7400)), "CLUECAST_LISTEN";
     /// Key file (TOML, `KEY_ID = "HEX SECRET"` lines, mode 600): every client must present a token signed with one of its keys [default: none, no tokens checked]
     auth_keys: PathBuf = PathBuf::new(), "CLUECAST_AUTH_KEYS";
+    /// Certificate chain (PEM) to serve TLS 1.3 with; needs --tls-key [default: none, plain TCP]
+    tls_cert: PathBuf = PathBuf::new(), "CLUECAST_TLS_CERT";
+    /// Private key (PEM) of --tls-cert
+    tls_key: PathBuf = PathBuf::new(), "CLUECAST_TLS_KEY";
     /// Accept clients beyond loopback without tokens: anyone who can connect may read and publish every topic
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool = false, "CLUECAST_INSECURE_NO_AUTH";
@@ -140,6 +144,18 @@ impl Settings {
     /// The settings as a TOML file that `--config` takes back.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings are plain values")
+    }
+
+    /// The TLS certificate and key, if --tls-cert names them.
+    pub fn tls(&self) -> Result<Option<crate::tls::TlsConfig>, String> {
+        match (
+            self.tls_cert.as_os_str().is_empty(),
+            self.tls_key.as_os_str().is_empty(),
+        ) {
+            (true, true) => Ok(None),
+            (false, false) => crate::tls::TlsConfig::load(&self.tls_cert, &self.tls_key).map(Some),
+            _ => Err("--tls-cert and --tls-key go together".into()),
+        }
     }
 
     /// The keys tokens are checked with, if --auth-keys names a file.

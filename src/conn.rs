@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use crate::admission::{Bucket, Rate};
 use crate::arena::{Arena, FrameRef};
 use crate::auth::Grant;
+use crate::tls::TlsConn;
 
 /// Frames of queue capacity a connection keeps once its queue empties.
 const QUEUE_KEEP_FRAMES: usize = 64;
@@ -73,6 +74,8 @@ pub struct Conn {
     pub source: Option<u32>,
     /// Its publish rate.
     pub publishes: Bucket,
+    /// Its TLS session, when the appliance serves TLS.
+    pub tls: Option<Box<TlsConn>>,
     /// A PATH_QUERY is being answered (one at a time per connection).
     pub path_query_in_flight: bool,
 }
@@ -105,12 +108,18 @@ impl Conn {
             token_deadline_ms: u64::MAX,
             source: None,
             publishes: Bucket::new(Rate { per_s: 0, burst: 0 }, now_ms),
+            tls: None,
             path_query_in_flight: false,
         }
     }
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// Frames queued, or (TLS) records to send.
+    pub fn has_output(&self) -> bool {
+        !self.queue_is_empty() || self.tls.as_ref().is_some_and(|t| t.has_output())
     }
 
     pub fn queue_is_empty(&self) -> bool {

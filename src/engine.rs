@@ -19,6 +19,7 @@ use crate::ring::Ring;
 use crate::shard::{Shard, ShardSetup, ShardStats};
 use crate::storage::db::{Db, TopicRow};
 use crate::storage::{self, Durability, Reader, Retention, StorageLink, StoredTopic, Writer};
+use crate::tls::TlsConfig;
 use crate::topics::TopicLimits;
 
 /// Descriptors kept back from the connection budget: rings, listeners,
@@ -65,8 +66,18 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         connections_max * shards
     );
 
-    let keys = settings.keys()?.map(Arc::new);
-    match &keys {
+    let security = Security {
+        keys: settings.keys()?.map(Arc::new),
+        tls: settings.tls()?.map(Arc::new),
+    };
+    if security.tls.is_some() {
+        crate::info!(
+            "cluecast: serving TLS 1.3 with {}; records are encrypted in user space (rustls) \
+             for each connection",
+            settings.tls_cert.display()
+        );
+    }
+    match &security.keys {
         Some(_) => crate::info!(
             "cluecast: clients need a token signed with a key of {}",
             settings.auth_keys.display()
@@ -138,7 +149,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         &stop,
         links,
         stored,
-        keys,
+        security,
     );
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
@@ -309,6 +320,13 @@ fn start_storage(
     Ok((links, stored, threads))
 }
 
+/// Who may connect and how: token keys, and the TLS certificate.
+#[derive(Default)]
+pub struct Security {
+    pub keys: Option<Arc<Keys>>,
+    pub tls: Option<Arc<TlsConfig>>,
+}
+
 /// Everything each shard needs but its ring: one setup per listener and
 /// span, wired to every other shard by a channel each way, and to the
 /// storage threads by `links` (none for memory-only history).
@@ -323,7 +341,7 @@ pub fn shard_setups(
     stop: &Arc<AtomicBool>,
     links: Vec<StorageLink>,
     stored_topics: Arc<[StoredTopic]>,
-    keys: Option<Arc<Keys>>,
+    security: Security,
 ) -> Vec<ShardSetup> {
     let shards = settings.shards;
     assert!(listeners.len() == shards && spans.len() == shards && ring_fds.len() == shards);
@@ -349,7 +367,8 @@ pub fn shard_setups(
             epoch,
             storage: links.next(),
             stored_topics: stored_topics.clone(),
-            keys: keys.clone(),
+            keys: security.keys.clone(),
+            tls: security.tls.clone(),
             sources: sources.clone(),
             handshakes_max: settings.handshakes_max,
             accept_rate: rate(settings.accepts_per_s),

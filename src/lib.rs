@@ -21,4 +21,5 @@ pub mod ring;
 pub mod shard;
 pub mod storage;
 pub mod timer;
+pub mod tls;
 pub mod topics;

@@ -42,6 +42,7 @@ use crate::storage::{
     RESUME,
 };
 use crate::timer::TimerWheel;
+use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
 
 /// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
@@ -130,6 +131,8 @@ pub struct ShardSetup {
     pub handshakes_max: u32,
     pub accept_rate: Rate,
     pub publish_rate: Rate,
+    /// Serve TLS 1.3 with this certificate; None: plain TCP.
+    pub tls: Option<Arc<TlsConfig>>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -166,6 +169,8 @@ pub struct ShardStats {
     pub positions: u64,
     pub positions_not_stored: u64,
     pub errors_sent: u64,
+    /// Connections whose peer broke TLS (a bad handshake, a forged record).
+    pub tls_failures: u64,
     /// Requests refused for the connection's token rights, and
     /// connections told their token expired.
     pub not_authorized: u64,
@@ -344,6 +349,9 @@ struct Core {
     accept_rate: Rate,
     accepts: Bucket,
     publish_rate: Rate,
+    tls: Option<Arc<TlsConfig>>,
+    /// Plaintext decrypted from one receive, before it is parsed.
+    tls_plain: Vec<u8>,
     stop: Arc<AtomicBool>,
     drain_deadline_ms: Option<u64>,
     /// The clocks as of this turn.
@@ -454,6 +462,8 @@ impl<R: Ring> Shard<R> {
             accept_rate: setup.accept_rate,
             accepts: Bucket::new(setup.accept_rate, now_ms),
             publish_rate: setup.publish_rate,
+            tls: setup.tls,
+            tls_plain: Vec::new(),
             stop: setup.stop,
             drain_deadline_ms: None,
             now_ms,
@@ -714,6 +724,10 @@ impl Core {
         let conn = &mut self.conns[index as usize];
         conn.source = source;
         conn.publishes = Bucket::new(self.publish_rate, self.now_ms);
+        conn.tls = self
+            .tls
+            .as_ref()
+            .map(|config| Box::new(TlsConn::new(config)));
         self.handshakes += 1;
         self.stats.accepted += 1;
         self.arm_recv(index);
@@ -725,6 +739,12 @@ impl Core {
     /// storm spreads itself out, then close. No slot, no state: the token
     /// carries the socket, which frame and how much of it is sent.
     fn reject(&mut self, fd: RawFd) {
+        if self.tls.is_some() {
+            // A refusal in the clear means nothing to a TLS client, and a
+            // handshake for it would spend what the limit protects: close.
+            self.close_orphan(fd);
+            return;
+        }
         let which = (self.random() % REJECT_FRAMES as u64) as u32;
         self.send_reject(fd, which, 0);
     }
@@ -829,8 +849,38 @@ impl Core {
         self.free_if_done(index);
     }
 
-    /// Handles every whole frame in what arrived and keeps the partial rest.
+    /// Bytes received: decrypted first on a TLS connection.
     fn on_bytes(&mut self, index: u32, bytes: &[u8]) {
+        let Some(mut tls) = self.conns[index as usize].tls.take() else {
+            self.on_plaintext(index, bytes);
+            return;
+        };
+        let mut plain = std::mem::take(&mut self.tls_plain);
+        plain.clear();
+        let received = tls.receive(bytes, &mut plain);
+        let wants_write = tls.has_output();
+        self.conns[index as usize].tls = Some(tls);
+        match received {
+            Err(why) => {
+                self.stats.tls_failures += 1;
+                crate::debug!("shard {}: connection {index}: TLS: {why}", self.id);
+                self.abort(index);
+            }
+            Ok(()) => {
+                if !plain.is_empty() {
+                    self.on_plaintext(index, &plain);
+                }
+                // Handshake records to answer with.
+                if wants_write && self.conns[index as usize].state != ConnState::Closing {
+                    self.mark_dirty(index);
+                }
+            }
+        }
+        self.tls_plain = plain;
+    }
+
+    /// Handles every whole frame in what arrived and keeps the partial rest.
+    fn on_plaintext(&mut self, index: u32, bytes: &[u8]) {
         let mut pending = std::mem::take(&mut self.conns[index as usize].rx);
         if pending.is_empty() {
             // The common case: whole frames straight from the receive buffer.
@@ -2135,7 +2185,7 @@ impl Core {
             if conn.state == ConnState::Closing || conn.send_in_flight {
                 continue;
             }
-            if conn.queue_is_empty() {
+            if !conn.has_output() {
                 if conn.state == ConnState::Flushing {
                     self.close_now(index);
                 }
@@ -2149,7 +2199,44 @@ impl Core {
         }
     }
 
+    /// A TLS connection's send: its queued frames encrypted (once the
+    /// handshake is done) after whatever records wait.
+    fn start_send_tls(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        let mut tls = conn.tls.take().expect("a TLS connection");
+        if !tls.handshaking() && !tls.has_output() && !conn.queue_is_empty() {
+            let arena = &self.arena;
+            let mut bytes = 0;
+            let frames = conn.next_send(
+                arena,
+                usize::MAX,
+                SEND_BYTES_MAX,
+                usize::MAX,
+                |f, off, len| {
+                    tls.write(&arena.bytes(f)[off..off + len]);
+                    bytes += len;
+                },
+            );
+            // Handed to TLS: the frames are done with.
+            conn.start_send(frames, bytes);
+            conn.complete_send(bytes, &mut self.arena);
+        }
+        let out = tls.next_output();
+        if !out.is_empty() {
+            let (ptr, len) = (out.as_ptr(), out.len() as u32);
+            let fd = conn.fd;
+            conn.send_in_flight = true;
+            let token = self.token(OpKind::Send, index);
+            self.ops.push((Op::Send { fd, ptr, len }, token));
+        }
+        self.conns[index as usize].tls = Some(tls);
+    }
+
     fn start_send(&mut self, index: u32) {
+        if self.conns[index as usize].tls.is_some() {
+            self.start_send_tls(index);
+            return;
+        }
         let conn = &self.conns[index as usize];
         let (head, offset) = conn.head().expect("a queued frame");
         let head_len = self.arena.len(head);
@@ -2256,7 +2343,12 @@ impl Core {
                 let sent = n as usize;
                 self.stats.sends += 1;
                 self.stats.send_bytes += sent as u64;
-                if self.conns[index as usize].complete_send(sent, &mut self.arena) {
+                let conn = &mut self.conns[index as usize];
+                if let Some(tls) = &mut conn.tls {
+                    // Ciphertext: its frames were booked when encrypted.
+                    tls.sent(sent);
+                    conn.send_in_flight = false;
+                } else if conn.complete_send(sent, &mut self.arena) {
                     self.stats.short_sends += 1;
                 }
                 let conn = &self.conns[index as usize];
@@ -2265,7 +2357,7 @@ impl Core {
                     self.refill(index);
                 }
                 let conn = &self.conns[index as usize];
-                let more = !conn.queue_is_empty() || conn.state == ConnState::Flushing;
+                let more = conn.has_output() || conn.state == ConnState::Flushing;
                 if more && conn.state != ConnState::Closing {
                     self.mark_dirty(index);
                 }

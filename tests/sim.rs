@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use cluecast::auth::{Claims, Keys};
 use cluecast::config::{RunArgs, Settings};
-use cluecast::engine::shard_setups;
+use cluecast::engine::{shard_setups, Security};
 use cluecast::ring::sim::{ClientId, Rng, SimConfig, SimNet, SimRing, WALL_BASE_NS};
 use cluecast::ring::Ring;
 use cluecast::shard::Shard;
@@ -226,7 +226,10 @@ impl World {
             &stop,
             links,
             Arc::from([]),
-            keys.clone(),
+            Security {
+                keys: keys.clone(),
+                tls: None,
+            },
         );
         let shards = rings
             .into_iter()
