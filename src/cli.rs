@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
+use cluecast_proto::client::{tls_trusting, Client, ClientConfig, Delivery, Start};
 use cluecast_proto::{Position, SubscribeStatus};
 
 use crate::auth::{parse_ttl, Claims, Keys};
@@ -121,20 +121,32 @@ struct Server {
     /// Token sent in HELLO (`cluecast token` mints one)
     #[arg(long, env = "CLUECAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Speak TLS, trusting the certificates in this PEM file (the server's,
+    /// or its CA); the server's name is checked against --server's host
+    #[arg(long, env = "CLUECAST_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl Server {
-    fn config(&self) -> ClientConfig {
+    fn config(&self) -> Result<ClientConfig, String> {
         let mut config = ClientConfig::new(&self.server);
         config.token = self.token.clone().unwrap_or_default().into_bytes();
-        config
+        config.tls = match &self.tls_ca {
+            Some(ca) => Some(tls_trusting(ca).map_err(|e| format!("--tls-ca {e}"))?),
+            None => None,
+        };
+        Ok(config)
+    }
+
+    fn connect(&self, reconnect: bool) -> Result<Client, String> {
+        let mut config = self.config()?;
+        config.reconnect = reconnect;
+        Client::connect(config).map_err(|e| format!("{}: {e}", self.server))
     }
 
     /// A connection for one request: a failure is reported, not retried.
     fn connect_once(&self) -> Result<Client, String> {
-        let mut config = self.config();
-        config.reconnect = false;
-        Client::connect(config).map_err(|e| format!("{}: {e}", self.server))
+        self.connect(false)
     }
 }
 
@@ -258,8 +270,7 @@ fn subscribe(
     from: Option<u64>,
     count: Option<u64>,
 ) -> Result<(), String> {
-    let mut client =
-        Client::connect(server.config()).map_err(|e| format!("{}: {e}", server.server))?;
+    let mut client = server.connect(true)?;
     let start = from.map_or(Start::Live, Start::From);
     let subscribed = client.subscribe(topic, start).map_err(|e| e.to_string())?;
     report_gap(&subscribed.status, subscribed.oldest_seq);

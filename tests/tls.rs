@@ -182,3 +182,49 @@ fn a_half_configured_tls_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_cli_and_the_reference_client_speak_tls_and_check_the_name() {
+    let dir = TempDir::new("tls-cli");
+    let (cert, key, _) = certificate(&dir);
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
+    let by_name = format!("localhost:{}", server.addr.port());
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .args(["--server", &by_name, "--tls-ca", &cert])
+            .output()
+            .unwrap()
+    };
+    for (n, clue) in ["first clue", "second clue"].iter().enumerate() {
+        let out = cli(&["pub", "hunt-cli", clue]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            (n + 1).to_string()
+        );
+    }
+    let out = cli(&["sub", "hunt-cli", "--from", "1", "--count", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\tfirst clue\n2\tsecond clue\n"
+    );
+    // The certificate names localhost, not 127.0.0.1: refused.
+    let out = std::process::Command::new(common::BIN)
+        .args(["pub", "hunt-cli", "x", "--server", &server.addr.to_string()])
+        .args(["--tls-ca", &cert])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
+}

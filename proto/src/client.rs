@@ -63,6 +63,10 @@ pub struct ClientConfig {
     /// Size limits for frames from the server. Raised to whatever the
     /// server announces in WELCOME, so the client can read all it may send.
     pub limits: Limits,
+    /// Speak TLS, verifying the server against these roots (see
+    /// [`tls_trusting`]); the name checked is `server`'s host.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClientConfig {
@@ -80,11 +84,115 @@ impl ClientConfig {
             backoff_max_ms: 5_000,
             reconnect: true,
             limits: Limits::DEFAULT,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
 
 /// Written by hand so the token never ends up in a log.
+impl ClientConfig {
+    fn uses_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+}
+
+/// A TLS 1.3 client configuration trusting the certificates in `ca_pem`
+/// (a PEM file: the server's own certificate, or the CA that signed it).
+#[cfg(feature = "tls")]
+pub fn tls_trusting(
+    ca_pem: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let shown = ca_pem.display();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|e| format!("{shown}: {e}"))? {
+        let cert = cert.map_err(|e| format!("{shown}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{shown}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{shown}: no certificate in it"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// The byte stream under a connection: TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn open(addr: &str, config: &ClientConfig, timeout: Duration) -> Result<Stream, ClientError> {
+        let tcp = connect_any(addr, timeout)?;
+        // Frames are small and latency matters more than packet count.
+        tcp.set_nodelay(true)?;
+        tcp.set_write_timeout(Some(timeout))?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &config.tls {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| ClientError::InvalidInput(format!("TLS server name {host:?}: {e}")))?;
+            let session = rustls::ClientConnection::new(tls.clone(), name)
+                .map_err(|e| ClientError::InvalidInput(format!("TLS: {e}")))?;
+            return Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(
+                session, tcp,
+            ))));
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = config;
+        Ok(Stream::Plain(tcp))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConfig")
@@ -97,6 +205,7 @@ impl fmt::Debug for ClientConfig {
             .field("backoff_max_ms", &self.backoff_max_ms)
             .field("reconnect", &self.reconnect)
             .field("limits", &self.limits)
+            .field("tls", &self.uses_tls())
             .finish()
     }
 }
@@ -414,7 +523,7 @@ impl Client {
     /// Closes the connection; every later call fails with `Closed`.
     pub fn close(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.stream.shutdown(Shutdown::Both);
+            let _ = conn.stream.tcp().shutdown(Shutdown::Both);
         }
         self.closed = true;
     }
@@ -779,7 +888,7 @@ impl Client {
     /// client if reconnecting is off).
     fn connection_lost(&mut self, reason: &ClientError) {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.stream.shutdown(Shutdown::Both);
+            let _ = conn.stream.tcp().shutdown(Shutdown::Both);
         }
         if !self.config.reconnect {
             self.closed = true;
@@ -1076,7 +1185,7 @@ impl Received {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Received bytes; `buf[start..]` is not decoded yet.
     buf: Vec<u8>,
     start: usize,
@@ -1108,10 +1217,7 @@ impl Conn {
             )));
         }
         let timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
-        let stream = connect_any(addr, timeout)?;
-        // Frames are small and latency matters more than packet count.
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(timeout))?;
+        let stream = Stream::open(addr, config, timeout)?;
         let now = Instant::now();
         let mut conn = Conn {
             stream,
@@ -1161,7 +1267,7 @@ impl Conn {
             conn.heartbeat = Some(heartbeat);
             conn.dead_after = Some(dead_after);
             // A write that cannot finish in that time is as dead as a read.
-            conn.stream.set_write_timeout(Some(dead_after))?;
+            conn.stream.tcp().set_write_timeout(Some(dead_after))?;
         }
         Ok((conn, welcome))
     }
@@ -1228,7 +1334,7 @@ impl Conn {
                 t.saturating_duration_since(now)
                     .max(Duration::from_millis(1))
             });
-            self.stream.set_read_timeout(timeout)?;
+            self.stream.tcp().set_read_timeout(timeout)?;
             self.fill()?;
         }
     }
