@@ -8,3 +8,5 @@ cargo fmt --all -- --check
 # instead of compiling its C++ a second time.
 cargo clippy --workspace --all-targets --profile test -- -D warnings
 cargo test --workspace
+# Every fuzz target for 20 s from its checked-in corpus (fuzz/, nightly).
+scripts/fuzz.sh 20
