@@ -8,5 +8,6 @@ cargo fmt --all -- --check
 # instead of compiling its C++ a second time.
 cargo clippy --workspace --all-targets --profile test -- -D warnings
 cargo test --workspace
-# Every fuzz target for 20 s from its checked-in corpus (fuzz/, nightly).
-scripts/fuzz.sh 20
+# Every fuzz target for 20 s from its checked-in corpus (fuzz/). It needs
+# the nightly toolchain, which a machine may not have: then it says SKIPPED.
+CLUECAST_FUZZ_OPTIONAL=${CLUECAST_FUZZ_OPTIONAL:-1} scripts/fuzz.sh 20

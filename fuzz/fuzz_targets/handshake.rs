@@ -25,7 +25,7 @@ use std::sync::{Arc, LazyLock};
 
 use cluecast::auth::Keys;
 use cluecast::config::{RunArgs, Settings};
-use cluecast::engine::shard_setups;
+use cluecast::engine::{shard_setups, Security};
 use cluecast::ring::sim::{ClientId, SimConfig, SimNet, SimRing};
 use cluecast::ring::Ring;
 use cluecast::shard::Shard;
@@ -257,7 +257,7 @@ fuzz_target!(|data: &[u8]| {
         &stop,
         Vec::new(),
         Arc::from([]),
-        keys,
+        Security { keys, tls: None },
     )
     .pop()
     .expect("one shard");
