@@ -1455,6 +1455,14 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         "fanout clients: {} subscribers and {} publishers connected in {connect_secs:.1} s",
         plan.subscribers, plan.publishers
     );
+    if plan.tls.is_some() {
+        let links = (subs.iter().map(|s| &s.tls)).chain(pubs.iter().map(|p| &p.tls));
+        let resumed = links.flatten().filter(|t| t.resumed()).count();
+        eprintln!(
+            "fanout clients: TLS 1.3 handshakes: {} full, {resumed} resumed with a ticket",
+            plan.subscribers + plan.publishers - resumed
+        );
+    }
 
     // Tokens: publishers 0..P, subscriber i at P + i.
     let mut epoll = Epoll::new()?;

@@ -236,6 +236,12 @@ impl TlsLink {
         Ok(Fill::Read { short: from.short })
     }
 
+    /// The handshake resumed a session (a ticket of an earlier connection)
+    /// instead of a full one.
+    pub fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// Encrypted records wait to be written.
     pub fn wants_write(&self) -> bool {
         self.conn.wants_write()
