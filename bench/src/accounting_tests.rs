@@ -50,6 +50,7 @@ fn run(faults: Faults) -> (Outcome, Stats, Vec<u64>) {
         drain_timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_secs(10),
         scenario: fanload::Scenario::Fanout,
+        tls: None,
     };
     let outcome = fanload::run(&plan, |_| {});
     stop.store(true, Ordering::Relaxed);

@@ -232,6 +232,7 @@ fn clients(args: &Args) -> Result<(), String> {
             None,
             &mut limits,
             &mut heartbeat_ms,
+            None,
         ) {
             Ok(c) => held.push(c.stream),
             Err(e) => set_note(&mut o.note, format!("connection {j}: {e}")),

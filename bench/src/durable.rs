@@ -30,7 +30,10 @@ use crate::cli::{Common, Durability};
 use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
-use crate::stats::{latency_histogram, least_disturbed, median, paired_ratio, Percentiles};
+use crate::stats::{
+    attempt_tag, latency_histogram, least_disturbed, median, paired_ratio, redone_because,
+    Percentiles,
+};
 use crate::targets::{self, Launch, Target};
 use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn, EVENT_SEQ_END};
 
@@ -741,11 +744,7 @@ fn drive(args: &Args) -> Result<(), String> {
                         round + 1,
                         args.repeat,
                         mode.name(),
-                        if attempt > 0 {
-                            format!(" (attempt {})", attempt + 1)
-                        } else {
-                            String::new()
-                        },
+                        attempt_tag(attempt),
                         summary(&run)
                     );
                     let score = run.disturbance();
@@ -753,11 +752,8 @@ fn drive(args: &Args) -> Result<(), String> {
                 });
             run.redone = thrown.len();
             for t in thrown {
-                run.problems.push(format!(
-                    "redone ({}% / {}% of the server's / generator's core went elsewhere)",
-                    num(t.foreign_server_pct, 0),
-                    num(t.foreign_client_pct, 0)
-                ));
+                run.problems
+                    .push(redone_because(t.foreign_server_pct, t.foreign_client_pct));
             }
             runs.push(run);
         }

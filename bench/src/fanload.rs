@@ -42,6 +42,7 @@ use crate::child::{result_struct, Mark};
 use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
 use crate::peers::{self, Message, Peer};
 use crate::stats::{latency_histogram, Percentiles};
+use crate::tls::{TlsClient, TlsLink, TlsTurn};
 use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox, Turn};
 
 /// A subscriber's receive buffer: events here are a few hundred bytes.
@@ -181,6 +182,9 @@ pub struct Plan {
     /// For TCP connect and each handshake answer.
     pub connect_timeout: Duration,
     pub scenario: Scenario,
+    /// Speak TLS 1.3 on every connection (the appliance's `--tls-cert`);
+    /// None: plain TCP.
+    pub tls: Option<TlsClient>,
 }
 
 result_struct! {
@@ -407,6 +411,16 @@ struct Sub {
     /// RESP only: the connection positions go out on (a subscribed RESP
     /// connection cannot publish). Its replies are read and dropped.
     upstream: Option<TcpStream>,
+    /// The TLS session over `stream`, with `--tls`.
+    tls: Option<Box<TlsLink>>,
+}
+
+impl Sub {
+    /// Something waits to be written: queued PINGs or positions, or TLS
+    /// records not yet taken by the socket.
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
 }
 
 struct Pub {
@@ -429,6 +443,9 @@ struct Pub {
     alive: bool,
     /// Registered for writability (the socket refused bytes).
     want_out: bool,
+    /// The TLS session over `stream`, with `--tls`: `out` is plaintext,
+    /// encrypted as the session takes it.
+    tls: Option<Box<TlsLink>>,
 }
 
 impl Pub {
@@ -449,6 +466,7 @@ impl Pub {
             excluded_on_topic: vec![0; topics],
             alive: true,
             want_out: false,
+            tls: None,
         }
     }
 
@@ -458,6 +476,9 @@ impl Pub {
 
     /// Writes what the socket takes. Ok(true) when everything went.
     fn flush(&mut self) -> Result<bool, String> {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err("writing: the socket took nothing".into()),
@@ -478,6 +499,28 @@ impl Pub {
             }
             Ok(false)
         }
+    }
+
+    /// [`Pub::flush`] over TLS: the session takes the plaintext (as much
+    /// as its 64 KiB of records allow; the rest stays in `out`, counted in
+    /// the backlog) and writes records as the socket takes them. Ok(true)
+    /// when every byte is taken and every record written.
+    fn flush_tls(&mut self) -> Result<bool, String> {
+        let tls = self.tls.as_mut().expect("a TLS publisher");
+        let (taken, written) = tls
+            .send(&mut self.stream, &self.out[self.out_pos..])
+            .map_err(|e| format!("writing: {e}"))?;
+        self.out_pos += taken;
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            return Ok(written);
+        }
+        if self.out_pos >= PUBLISH_BACKLOG_MAX / 4 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(false)
     }
 
     fn exclude(&mut self, counter: u64, topic: usize) {
@@ -723,6 +766,9 @@ struct SubView<'a> {
 /// Reads what a subscriber's socket holds; Ok(true) when it now has an
 /// answer to write (a PONG) and had nothing queued before.
 fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Result<bool, String> {
+    if s.tls.is_some() {
+        return read_sub_tls(s, protocol, limits, rx);
+    }
     let out_before = s.out.len();
     for _ in 0..READS_PER_TURN {
         let (n, stamp) = match wire::turn(s.inbox.fill_stamped(&s.stream), |r| r.0)? {
@@ -730,50 +776,84 @@ fn read_sub(s: &mut Sub, protocol: Protocol, limits: &Limits, rx: &mut Rx) -> Re
             Turn::Again => continue,
             Turn::Empty => break,
         };
-        // One clock read per read: the events in it are handled together.
-        let read_ns = cluecast_sys::realtime_ns();
-        let recv_ns = stamp.unwrap_or_else(|| {
-            rx.unstamped += 1;
-            read_ns
-        });
-        let mut view = SubView {
-            topic: s.topic,
-            next_seq: &mut s.next_seq,
-            tracks: &mut s.tracks,
-            back_ns: s.back_ns,
-            caught_up_ns: &mut s.caught_up_ns,
-        };
-        match protocol {
-            Protocol::Cluecast => s.inbox.drain(
-                limits,
-                |head, _| rx.delivery(head, recv_ns, read_ns, &mut view),
-                |frame| match refusal(frame) {
-                    Some(why) => Err(why),
-                    None => Ok(()), // PONG
-                },
-            )?,
-            Protocol::Peer(peer) => {
-                let out = &mut s.out;
-                s.inbox.drain_peer(peer, |m| match m {
-                    Message::Delivery(payload) => {
-                        rx.delivered += 1;
-                        rx.stamped(payload, None, recv_ns, read_ns, &mut view);
-                        Ok(())
-                    }
-                    Message::Ping => {
-                        peers::pong(out);
-                        Ok(())
-                    }
-                    Message::Other => Ok(()),
-                    Message::Ack => Err("an answer to a publish on a subscriber".into()),
-                })?
-            }
-        }
+        take_sub_bytes(s, protocol, limits, rx, stamp)?;
         if n < s.inbox.free_min() {
             break; // most likely emptied the socket
         }
     }
     Ok(out_before == 0 && !s.out.is_empty())
+}
+
+/// [`read_sub`] over TLS: the ciphertext read as there (kernel receive
+/// timestamps, READS_PER_TURN reads at most), every record it completes
+/// decrypted and handed over in the same turn.
+fn read_sub_tls(
+    s: &mut Sub,
+    protocol: Protocol,
+    limits: &Limits,
+    rx: &mut Rx,
+) -> Result<bool, String> {
+    let had_output = s.has_output();
+    let mut turn = TlsTurn::new(READS_PER_TURN);
+    loop {
+        let tls = s.tls.as_mut().expect("a TLS subscriber");
+        let Some((_, stamp)) = turn.next(tls, &s.stream, &mut s.inbox)? else {
+            break;
+        };
+        take_sub_bytes(s, protocol, limits, rx, stamp)?;
+    }
+    Ok(!had_output && s.has_output())
+}
+
+/// Handles what one read put in a subscriber's inbox; `stamp` is the
+/// kernel's receive time of the read.
+#[inline]
+fn take_sub_bytes(
+    s: &mut Sub,
+    protocol: Protocol,
+    limits: &Limits,
+    rx: &mut Rx,
+    stamp: Option<u64>,
+) -> Result<(), String> {
+    // One clock read per read: the events in it are handled together.
+    let read_ns = cluecast_sys::realtime_ns();
+    let recv_ns = stamp.unwrap_or_else(|| {
+        rx.unstamped += 1;
+        read_ns
+    });
+    let mut view = SubView {
+        topic: s.topic,
+        next_seq: &mut s.next_seq,
+        tracks: &mut s.tracks,
+        back_ns: s.back_ns,
+        caught_up_ns: &mut s.caught_up_ns,
+    };
+    match protocol {
+        Protocol::Cluecast => s.inbox.drain(
+            limits,
+            |head, _| rx.delivery(head, recv_ns, read_ns, &mut view),
+            |frame| match refusal(frame) {
+                Some(why) => Err(why),
+                None => Ok(()), // PONG
+            },
+        ),
+        Protocol::Peer(peer) => {
+            let out = &mut s.out;
+            s.inbox.drain_peer(peer, |m| match m {
+                Message::Delivery(payload) => {
+                    rx.delivered += 1;
+                    rx.stamped(payload, None, recv_ns, read_ns, &mut view);
+                    Ok(())
+                }
+                Message::Ping => {
+                    peers::pong(out);
+                    Ok(())
+                }
+                Message::Other => Ok(()),
+                Message::Ack => Err("an answer to a publish on a subscriber".into()),
+            })
+        }
+    }
 }
 
 fn read_pub(
@@ -782,66 +862,95 @@ fn read_pub(
     limits: &Limits,
     schedule: &Schedule,
 ) -> Result<(), String> {
+    if p.tls.is_some() {
+        return read_pub_tls(p, protocol, limits, schedule);
+    }
     for _ in 0..READS_PER_TURN {
         let n = match wire::turn(p.inbox.fill(&mut p.stream), |&n| n)? {
             Turn::Read(n) => n,
             Turn::Again => continue,
             Turn::Empty => return Ok(()),
         };
-        if let Protocol::Peer(peer) = protocol {
-            // RESP's PUBLISH answers the number of receivers; an error
-            // reply cannot be tied to its counter (unsent ones leave no
-            // reply), so it ends the publisher. A NATS PING is answered
-            // with the next write.
-            let (acks, sent, out) = (&mut p.acks, p.sent, &mut p.out);
-            p.inbox.drain_peer(peer, |m| match m {
-                Message::Ack if *acks < sent => {
-                    *acks += 1;
-                    Ok(())
-                }
-                Message::Ping => {
-                    peers::pong(out);
-                    Ok(())
-                }
-                Message::Other => Ok(()),
-                other => Err(format!("a publisher got {other:?}")),
-            })?;
-            if n < p.inbox.free_min() {
-                return Ok(());
-            }
-            continue;
-        }
-        let mut refused = Vec::new();
-        let (acks, sent) = (&mut p.acks, p.sent);
-        p.inbox.drain(
-            limits,
-            |_, _| {}, // not subscribed: no events come here
-            |frame| {
-                if let Some(why) = refusal(frame) {
-                    return Err(why);
-                }
-                if let Frame::PublishAck(ack) = frame {
-                    if *acks >= sent {
-                        return Err("PUBLISH_ACK for no PUBLISH".into());
-                    }
-                    *acks += 1;
-                    if ack.status != 0 {
-                        refused.push(ack.request_id);
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        for request_id in refused {
-            let counter = p
-                .counter_of(request_id)
-                .ok_or_else(|| format!("PUBLISH_ACK for unknown request {request_id}"))?;
-            p.refused += 1;
-            p.exclude(counter, schedule.topic_of(counter));
-        }
+        take_pub_bytes(p, protocol, limits, schedule)?;
         if n < p.inbox.free_min() {
             return Ok(());
         }
+    }
+    Ok(())
+}
+
+/// [`read_pub`] over TLS (see [`read_sub_tls`]).
+fn read_pub_tls(
+    p: &mut Pub,
+    protocol: Protocol,
+    limits: &Limits,
+    schedule: &Schedule,
+) -> Result<(), String> {
+    let mut turn = TlsTurn::new(READS_PER_TURN);
+    loop {
+        let tls = p.tls.as_mut().expect("a TLS publisher");
+        if turn.next(tls, &p.stream, &mut p.inbox)?.is_none() {
+            return Ok(());
+        }
+        take_pub_bytes(p, protocol, limits, schedule)?;
+    }
+}
+
+/// Handles what one read put in a publisher's inbox: acks (refusals
+/// remembered), a peer's PINGs.
+#[inline]
+fn take_pub_bytes(
+    p: &mut Pub,
+    protocol: Protocol,
+    limits: &Limits,
+    schedule: &Schedule,
+) -> Result<(), String> {
+    if let Protocol::Peer(peer) = protocol {
+        // RESP's PUBLISH answers the number of receivers; an error
+        // reply cannot be tied to its counter (unsent ones leave no
+        // reply), so it ends the publisher. A NATS PING is answered
+        // with the next write.
+        let (acks, sent, out) = (&mut p.acks, p.sent, &mut p.out);
+        return p.inbox.drain_peer(peer, |m| match m {
+            Message::Ack if *acks < sent => {
+                *acks += 1;
+                Ok(())
+            }
+            Message::Ping => {
+                peers::pong(out);
+                Ok(())
+            }
+            Message::Other => Ok(()),
+            other => Err(format!("a publisher got {other:?}")),
+        });
+    }
+    let mut refused = Vec::new();
+    let (acks, sent) = (&mut p.acks, p.sent);
+    p.inbox.drain(
+        limits,
+        |_, _| {}, // not subscribed: no events come here
+        |frame| {
+            if let Some(why) = refusal(frame) {
+                return Err(why);
+            }
+            if let Frame::PublishAck(ack) = frame {
+                if *acks >= sent {
+                    return Err("PUBLISH_ACK for no PUBLISH".into());
+                }
+                *acks += 1;
+                if ack.status != 0 {
+                    refused.push(ack.request_id);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    for request_id in refused {
+        let counter = p
+            .counter_of(request_id)
+            .ok_or_else(|| format!("PUBLISH_ACK for unknown request {request_id}"))?;
+        p.refused += 1;
+        p.exclude(counter, schedule.topic_of(counter));
     }
     Ok(())
 }
@@ -879,12 +988,15 @@ pub struct Joined {
     /// A resume that could not be made whole (cluecast's NotRecovered or
     /// EpochChanged).
     pub gap: bool,
+    /// The TLS session over `stream`, when joined with TLS; plaintext it
+    /// had decrypted is in `buf`.
+    pub tls: Option<Box<TlsLink>>,
 }
 
-/// Connects to `server` speaking `protocol` as `id`, subscribing to `topic`
-/// if given, live or (where the protocol can) resuming after a sequence;
-/// the server's limits and heartbeat, if it announces them, go to `limits`
-/// and `heartbeat_ms`.
+/// Connects to `server` speaking `protocol` as `id` (over TLS with `tls`:
+/// the appliance only), subscribing to `topic` if given, live or (where
+/// the protocol can) resuming after a sequence; the server's limits and
+/// heartbeat, if it announces them, go to `limits` and `heartbeat_ms`.
 #[allow(clippy::too_many_arguments)]
 pub fn join(
     protocol: Protocol,
@@ -895,19 +1007,56 @@ pub fn join(
     resume_after: Option<u64>,
     limits: &mut Limits,
     heartbeat_ms: &mut u32,
+    tls: Option<&TlsClient>,
 ) -> Result<Joined, String> {
     if let Protocol::Peer(peer) = protocol {
+        if tls.is_some() {
+            return Err("TLS is for the appliance only".into());
+        }
         let (stream, buf) = peers::join(peer, server, timeout, id, topic)?;
         return Ok(Joined {
             stream,
             buf,
             next_seq: 1,
             gap: false,
+            tls: None,
+        });
+    }
+    if let Some(tls) = tls {
+        let mut c = wire::connect_tls(server, id, timeout, tls)?;
+        (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
+        let (next_seq, gap) = subscribe(&mut c, topic, resume_after, timeout)?;
+        let mut buf = c.buf;
+        let (link, stream) = TlsLink::from_stream(c.stream, &mut buf)?;
+        return Ok(Joined {
+            stream,
+            buf,
+            next_seq,
+            gap,
+            tls: Some(Box::new(link)),
         });
     }
     let mut c = wire::connect(server, id, timeout)?;
     (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
-    let (next_seq, gap) = match topic {
+    let (next_seq, gap) = subscribe(&mut c, topic, resume_after, timeout)?;
+    Ok(Joined {
+        stream: c.stream,
+        buf: c.buf,
+        next_seq,
+        gap,
+        tls: None,
+    })
+}
+
+/// The SUBSCRIBE of [`join`], if `topic` is given: the sequence of the
+/// first event to come, and whether a resume left a gap.
+fn subscribe<S: wire::Blocking>(
+    c: &mut wire::Connected<S>,
+    topic: Option<&str>,
+    resume_after: Option<u64>,
+    timeout: Duration,
+) -> Result<(u64, bool), String> {
+    Ok(match topic {
         Some(t) => {
             let s = c.subscribe(t.as_bytes(), resume_after, timeout)?;
             if resume_after.is_none() && s.status != SubscribeStatus::Ok {
@@ -916,12 +1065,6 @@ pub fn join(
             (s.next_seq, s.status != SubscribeStatus::Ok)
         }
         None => (1, false),
-    };
-    Ok(Joined {
-        stream: c.stream,
-        buf: c.buf,
-        next_seq,
-        gap,
     })
 }
 
@@ -1054,7 +1197,7 @@ impl Positions {
             if !s.alive || s.away {
                 continue;
             }
-            if s.out.is_empty() {
+            if !s.has_output() {
                 writing.push(i);
             }
             let fix = Position {
@@ -1101,6 +1244,7 @@ fn rejoin(
         Some(s.next_seq - 1),
         &mut limits,
         &mut heartbeat_ms,
+        plan.tls.as_ref(),
     )?;
     c.stream
         .set_nonblocking(true)
@@ -1108,6 +1252,7 @@ fn rejoin(
         .map_err(|e| format!("socket options: {e}"))?;
     s.inbox = Inbox::new(&c.buf, inbox.0, inbox.1)?;
     s.stream = c.stream;
+    s.tls = c.tls;
     s.next_seq = c.next_seq;
     s.away = false;
     s.back_ns = cluecast_sys::realtime_ns();
@@ -1119,6 +1264,11 @@ fn rejoin(
 /// Writes what a subscriber has queued (PINGs, positions) on the
 /// connection it writes on; RESP's upstream replies are read and dropped.
 fn write_queued(s: &mut Sub) -> io::Result<()> {
+    if let Some(tls) = s.tls.as_mut() {
+        let (taken, _) = tls.send(&mut s.stream, &s.out)?;
+        s.out.drain(..taken);
+        return Ok(());
+    }
     match s.upstream.as_mut() {
         Some(up) => {
             let mut sink = [0u8; 4096];
@@ -1234,6 +1384,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             None,
             &mut limits,
             &mut heartbeat_ms,
+            plan.tls.as_ref(),
         )
         .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
         .map_err(|e| format!("subscriber {i}: {e}"))?;
@@ -1265,6 +1416,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             caught_up_ns: None,
             out: Vec::new(),
             upstream,
+            tls: c.tls,
         });
         if (i + 1) % CONNECT_PROGRESS_EVERY == 0 {
             eprintln!(
@@ -1285,6 +1437,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             None,
             &mut limits,
             &mut heartbeat_ms,
+            plan.tls.as_ref(),
         )
         .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
         .map_err(|e| format!("publisher {p}: {e}"))?;
@@ -1293,13 +1446,23 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             .map_err(|e| format!("socket options: {e}"))?;
         let inbox = Inbox::new(&c.buf, PUB_INBOX_BYTES, wire::EVENT_SEQ_END)?;
         let payload = (0..plan.payload_bytes).map(|i| (i % 251) as u8).collect();
-        pubs.push(Pub::new(c.stream, inbox, payload, plan.topics));
+        let mut pb = Pub::new(c.stream, inbox, payload, plan.topics);
+        pb.tls = c.tls;
+        pubs.push(pb);
     }
     let connect_secs = connect_start.elapsed().as_secs_f64();
     eprintln!(
         "fanout clients: {} subscribers and {} publishers connected in {connect_secs:.1} s",
         plan.subscribers, plan.publishers
     );
+    if plan.tls.is_some() {
+        let links = (subs.iter().map(|s| &s.tls)).chain(pubs.iter().map(|p| &p.tls));
+        let resumed = links.flatten().filter(|t| t.resumed()).count();
+        eprintln!(
+            "fanout clients: TLS 1.3 handshakes: {} full, {resumed} resumed with a ticket",
+            plan.subscribers + plan.publishers - resumed
+        );
+    }
 
     // Tokens: publishers 0..P, subscriber i at P + i.
     let mut epoll = Epoll::new()?;
@@ -1455,7 +1618,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             if now >= at {
                 next_ping = Some(now + every);
                 for (i, s) in subs.iter_mut().enumerate() {
-                    if s.alive && !s.away && s.out.is_empty() {
+                    if s.alive && !s.away && !s.has_output() {
                         Frame::Ping { nonce: i as u64 }.encode(&mut s.out);
                         writing.push(i);
                     }
@@ -1475,7 +1638,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
                 s.alive = false;
                 notes.subscriber(i, format!("writing: {e}"));
             }
-            s.alive && !s.out.is_empty()
+            s.alive && s.has_output()
         });
 
         // Sleep until the next event is due or the phase changes.

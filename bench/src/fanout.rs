@@ -18,6 +18,12 @@
 //! binary's own trivial server, one send(2) per delivery: the most this
 //! host's kernel allows, to compare the appliance with). Both are started,
 //! pinned, sampled and stopped the same way.
+//!
+//! `--tls` measures the appliance serving TLS 1.3: the driver makes a
+//! self-signed certificate (tls.rs), starts the appliance with
+//! `--tls-cert` / `--tls-key` and has the client process trust it; with
+//! `--vs-plain` every TLS run is paired with a plaintext run of the same
+//! load just before it, and the report compares the two.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,8 +40,9 @@ use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
 use crate::server::{Server, Stopped};
-use crate::stats::{least_disturbed, median};
+use crate::stats::{attempt_tag, least_disturbed, median, redone_because};
 use crate::targets::{self, Launch, Target};
+use crate::tls::{self, CertFiles, TlsClient};
 
 /// Time allowed on top of the plan's own phases for the client process to
 /// start, and to exit after reporting.
@@ -285,6 +292,22 @@ pub struct Args {
     /// driver)
     #[arg(long, hide = true)]
     pub hgrm_out: Option<PathBuf>,
+    /// Serve and speak TLS 1.3 (the cluecast target only): the driver makes
+    /// a self-signed certificate for localhost in a private temporary
+    /// directory and starts the appliance with --tls-cert / --tls-key;
+    /// every publisher and subscriber connects over TLS (rustls), each
+    /// handshake done before the measured window
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: pair each TLS run with a plaintext run of the same load
+    /// just before it (plain, TLS, plain, TLS, ...), report both, and the
+    /// TLS / plaintext ratio of server CPU per delivery
+    #[arg(long, requires = "tls")]
+    pub vs_plain: bool,
+    /// The certificate the client process trusts: TLS on (set by the
+    /// driver)
+    #[arg(long, hide = true)]
+    pub tls_ca: Option<PathBuf>,
 
     // ---- driver ----
     /// Server --shards
@@ -317,8 +340,24 @@ pub fn main(args: &Args) -> Result<(), String> {
         return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
     }
     args.shape.scenario(args)?;
+    if (args.tls || args.tls_ca.is_some()) && args.target != Target::Cluecast {
+        return Err(format!(
+            "--tls is for the cluecast target only (the appliance serves TLS 1.3 with \
+             --tls-cert / --tls-key); the {} target is measured over plain TCP",
+            args.target.name()
+        ));
+    }
     match args.common.role {
-        Role::Driver => drive(args),
+        Role::Driver => {
+            if args.tls && args.common.server.is_some() {
+                return Err(
+                    "--tls needs the appliance started by this tool (it makes the certificate \
+                     the clients trust), not --server"
+                        .into(),
+                );
+            }
+            drive(args)
+        }
         Role::Subscribers => clients(args),
     }
 }
@@ -345,6 +384,10 @@ fn clients(args: &Args) -> Result<(), String> {
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
         connect_timeout: Duration::from_millis(args.common.connect_timeout_ms),
         scenario: args.shape.scenario(args)?,
+        tls: match &args.tls_ca {
+            Some(ca) => Some(TlsClient::trusting(ca)?),
+            None => None,
+        },
     };
     let result = fanload::run(&plan, child::say_mark).and_then(|(o, latency)| {
         if let Some(path) = &args.hgrm_out {
@@ -476,19 +519,24 @@ impl Run {
 /// JSON.
 const LATENCY_KEYS: [&str; 6] = ["p50", "p90", "p99", "p999", "p9999", "max"];
 
-/// How this run's target is started.
-fn launch(args: &Args) -> Launch {
+/// How this run's target is started; `tls`: the appliance's certificate
+/// and key files.
+fn launch(args: &Args, tls: Option<(&Path, &Path)>) -> Launch {
     Launch {
         target: args.target,
         listen: args.common.listen,
         cpu: args.common.server_pin(),
-        appliance_args: server_args(args),
+        appliance_args: server_args(args, tls),
         payload_bytes: args.payload,
         durability: args.common.durability_or(Durability::Memory),
     }
 }
 
-fn server_args(args: &Args) -> Vec<String> {
+/// The certificate and key as the report names them (the files are
+/// temporary).
+const CERT_WORDS: (&str, &str) = ("CERT.pem", "KEY.pem");
+
+fn server_args(args: &Args, tls: Option<(&Path, &Path)>) -> Vec<String> {
     let mut v: Vec<String> = vec![
         "run".into(),
         "--shards".into(),
@@ -499,8 +547,25 @@ fn server_args(args: &Args) -> Vec<String> {
     if args.payload > Limits::DEFAULT.payload_bytes_max as usize {
         v.extend(["--payload-bytes-max".into(), args.payload.to_string()]);
     }
+    if let Some((cert, key)) = tls {
+        v.extend([
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ]);
+    }
     v.extend(args.common.server_args.iter().cloned());
     v
+}
+
+/// `args` for one side of the measurement: TLS on or off.
+fn with_tls(args: &Args, tls: bool) -> Args {
+    Args {
+        tls,
+        vs_plain: false,
+        ..args.clone()
+    }
 }
 
 fn drive(args: &Args) -> Result<(), String> {
@@ -531,50 +596,78 @@ fn drive(args: &Args) -> Result<(), String> {
         host.cpu_model,
         host.kernel
     );
-    let mut runs = Vec::with_capacity(args.repeat);
+    // One certificate for the whole invocation, removed at its end.
+    let certs = match args.tls {
+        true => Some(CertFiles::make()?),
+        false => None,
+    };
+    // The sides measured, in the order each round runs them.
+    let sides: Vec<Args> = match args.vs_plain {
+        true => vec![with_tls(args, false), with_tls(args, true)],
+        false => vec![with_tls(args, args.tls)],
+    };
+    let mut runs: Vec<Vec<Run>> = vec![Vec::with_capacity(args.repeat); sides.len()];
     for i in 0..args.repeat {
-        let (mut run, thrown) =
-            least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
-                let run = run_once(args, &bench, &program, cores);
-                eprintln!(
-                    "[{}/{}]{} {}",
-                    i + 1,
-                    args.repeat,
-                    if attempt > 0 {
-                        format!(" (attempt {})", attempt + 1)
-                    } else {
-                        String::new()
-                    },
-                    summary(&run)
-                );
-                let score = run.disturbance();
-                (run, score)
-            });
-        run.redone = thrown.len();
-        for t in thrown {
-            let why = format!(
-                "redone ({}% / {}% of the server's / generator's core went elsewhere)",
-                num(t.foreign_server_pct, 0),
-                num(t.foreign_client_pct, 0)
-            );
-            run.redone_problems.push(why.clone());
-            run.redone_problems
-                .extend(t.problems.iter().map(|p| format!("{why}: {p}")));
+        for (side, side_runs) in sides.iter().zip(&mut runs) {
+            let files = certs.as_ref().filter(|_| side.tls);
+            let tag = match (args.vs_plain, side.tls) {
+                (false, _) => "",
+                (true, false) => " plain",
+                (true, true) => " TLS",
+            };
+            let (mut run, thrown) =
+                least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
+                    let run = run_once(side, &bench, &program, cores, files);
+                    eprintln!(
+                        "[{}/{}]{tag}{} {}",
+                        i + 1,
+                        args.repeat,
+                        attempt_tag(attempt),
+                        summary(&run)
+                    );
+                    let score = run.disturbance();
+                    (run, score)
+                });
+            run.redone = thrown.len();
+            for t in thrown {
+                let why = redone_because(t.foreign_server_pct, t.foreign_client_pct);
+                run.redone_problems.push(why.clone());
+                run.redone_problems
+                    .extend(t.problems.iter().map(|p| format!("{why}: {p}")));
+            }
+            side_runs.push(run);
         }
-        runs.push(run);
     }
     if let Some(dir) = &args.hgrm_dir {
-        write_hgrms(args, dir, &runs)?;
+        for (side, side_runs) in sides.iter().zip(&runs) {
+            write_hgrms(side, dir, side_runs)?;
+        }
     }
     report::emit(
         args.report.as_deref(),
         args.json,
-        || markdown_report(args, &host, &runs),
-        || json_report(args, &runs),
+        || {
+            let mut md: Vec<String> = (sides.iter().zip(&runs))
+                .map(|(side, side_runs)| markdown_report(side, &host, side_runs))
+                .collect();
+            if let [plain, tls] = &runs[..] {
+                md.push(comparison_markdown(args, plain, tls));
+            }
+            md.join("\n")
+        },
+        || {
+            let mut lines: String = (sides.iter().zip(&runs))
+                .map(|(side, side_runs)| json_report(side, side_runs))
+                .collect();
+            if let [plain, tls] = &runs[..] {
+                lines.push_str(&comparison_json(args, plain, tls));
+            }
+            lines
+        },
     )?;
     // The report is written either way; the exit status says whether it
     // is one of a healthy appliance.
-    if runs.iter().any(|r| !r.measured || r.failed) {
+    if runs.iter().flatten().any(|r| !r.measured || r.failed) {
         return Err(
             "some runs failed: no figures, deliveries lost / duplicated / out of order, or \
              a server that did not exit 0 (see the report)"
@@ -589,6 +682,9 @@ fn drive(args: &Args) -> Result<(), String> {
 fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut stem = format!("{}-{}", args.shape.name(), args.target.name());
+    if args.tls {
+        stem.push_str("-tls");
+    }
     if !args.label.is_empty() {
         let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
         stem = format!(
@@ -636,8 +732,15 @@ fn skipped(args: &Args, why: &str) -> Result<(), String> {
         .map_err(|e| format!("writing the report: {e}"))
 }
 
-/// One measurement: a fresh server, a client process, the figures.
-fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
+/// One measurement: a fresh server, a client process, the figures; `certs`
+/// with `--tls`.
+fn run_once(
+    args: &Args,
+    bench: &Path,
+    program: &Path,
+    cores: Cores,
+    certs: Option<&CertFiles>,
+) -> Run {
     let mut run = Run::default();
     if !args.common.no_pin {
         let stalls = jitter::probe(
@@ -650,7 +753,11 @@ fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
     }
     let started = match args.common.server {
         Some(addr) => Ok(Server::attach(addr, args.common.server_pid)),
-        None => targets::start(&launch(args), program, SERVER_START_TIMEOUT),
+        None => targets::start(
+            &launch(args, certs.map(|c| (c.cert.as_path(), c.key.as_path()))),
+            program,
+            SERVER_START_TIMEOUT,
+        ),
     };
     let mut server = match started {
         Ok(s) => s,
@@ -681,6 +788,9 @@ fn run_once(args: &Args, bench: &Path, program: &Path, cores: Cores) -> Run {
         cluecast_sys::realtime_ns()
     ));
     clients.arg("--hgrm-out").arg(&hgrm_path);
+    if let Some(c) = certs {
+        clients.arg("--tls-ca").arg(&c.cert);
+    }
     args.common.pass_to_client(&mut clients);
     let budget = CLIENT_SLACK
         + CONNECT_PER_SUBSCRIBER * (args.subscribers + args.publishers) as u32
@@ -831,6 +941,12 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
              (full), {cq} completion-queue overflows"
         ));
     }
+    if args.tls && stat("tls_failures") > 0 {
+        run.problems.push(format!(
+            "server counters: {} connections cut off for breaking TLS (tls_failures)",
+            stat("tls_failures")
+        ));
+    }
     // The peers have no such counters.
     if stopped.stats.is_empty() && args.target.has_shard_stats() && args.common.server.is_none() {
         run.problems
@@ -960,9 +1076,10 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# {} measurement (open loop), target `{}`{}\n",
+        "# {} measurement (open loop), target `{}`{}{}\n",
         args.shape.name(),
         args.target.name(),
+        if args.tls { " over TLS 1.3" } else { "" },
         if args.label.is_empty() {
             String::new()
         } else {
@@ -987,7 +1104,10 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
                 |p| format!(", process {p}")
             )
         ),
-        (None, Ok(p)) => targets::describe(&launch(args), &p),
+        (None, Ok(p)) => {
+            let words = (Path::new(CERT_WORDS.0), Path::new(CERT_WORDS.1));
+            targets::describe(&launch(args, args.tls.then_some(words)), &p)
+        }
         (None, Err(_)) => args.target.name().to_string(),
     };
     let how = match args.common.server {
@@ -1016,6 +1136,20 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         thousands(args.rate * args.subscribers as f64),
         pin(args.common.client_cpu)
     );
+    if args.tls {
+        let _ = writeln!(
+            s,
+            "- TLS 1.3 on every connection, rustls 0.23 (ring) on both sides: `{}` / `{}` are a \
+             self-signed ECDSA P-256 certificate for `{}` the driver made for this invocation \
+             (rcgen), which the clients alone trust, checking the name; each connection's \
+             handshake is made while the clients connect, before the warm-up. The clients \
+             decrypt after the kernel's receive timestamp: their decryption is in the *read \
+             delay*, not in the latency",
+            CERT_WORDS.0,
+            CERT_WORDS.1,
+            tls::SERVER_NAME
+        );
+    }
     let _ = writeln!(
         s,
         "- each run: {} s warm-up, {} s measured, then publishing stops and the clients wait \
@@ -1303,11 +1437,12 @@ fn json_scenario(args: &Args, r: &Run) -> String {
     }
 }
 
-/// The members naming what was measured: scenario, target, label, load.
+/// The members naming what was measured: scenario, target, label, load
+/// (and `"tls":true` with --tls).
 fn json_case(args: &Args) -> String {
     format!(
         "\"scenario\":\"{}\",\"target\":\"{}\",\"label\":{},\"subscribers\":{},\
-         \"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\"payload_bytes\":{}",
+         \"topics\":{},\"publishers\":{},\"rate_per_topic\":{},\"payload_bytes\":{}{}",
         args.shape.name(),
         args.target.name(),
         json_str(&args.label),
@@ -1316,6 +1451,7 @@ fn json_case(args: &Args) -> String {
         args.publishers,
         json_num(args.rate),
         args.payload,
+        if args.tls { ",\"tls\":true" } else { "" },
     )
 }
 
@@ -1399,6 +1535,206 @@ fn json_report(args: &Args, runs: &[Run]) -> String {
     out
 }
 
+// ---------------------------------------------------------------------------
+// TLS against plaintext (--vs-plain)
+
+/// Server CPU per delivery, µs (the process's user + sys).
+fn cpu_us_per_delivery(r: &Run) -> f64 {
+    r.server_cpu_pct * 1e4 / r.deliveries_per_s
+}
+
+/// Its core's (the process plus the core's ksoftirqd) per delivery, µs.
+fn core_us_per_delivery(r: &Run) -> f64 {
+    r.server_core_pct * 1e4 / r.deliveries_per_s
+}
+
+/// What the pairs of runs (plaintext, then TLS, in the same round) give.
+struct Pairs {
+    /// TLS / plaintext of each pair: server CPU per delivery, its core's.
+    cpu: Vec<f64>,
+    core: Vec<f64>,
+    /// Some pair has a generator-bound run (no pair was fit to count).
+    generator_bound: bool,
+}
+
+impl Pairs {
+    /// The pairs whose two runs count; when there are none, the measured
+    /// ones (said so).
+    fn of(plain: &[Run], tls: &[Run]) -> Pairs {
+        let both = |f: fn(&Run) -> bool| -> Vec<(&Run, &Run)> {
+            plain
+                .iter()
+                .zip(tls)
+                .filter(|(p, t)| f(p) && f(t))
+                .collect()
+        };
+        let (pairs, generator_bound) = match both(Run::counted) {
+            counted if !counted.is_empty() => (counted, false),
+            _ => (both(|r| r.measured), true),
+        };
+        let ratio = |f: fn(&Run) -> f64| pairs.iter().map(|(p, t)| f(t) / f(p)).collect();
+        Pairs {
+            cpu: ratio(cpu_us_per_delivery),
+            core: ratio(core_us_per_delivery),
+            generator_bound: generator_bound && !pairs.is_empty(),
+        }
+    }
+}
+
+/// The comparison section: each side's medians and TLS / plaintext.
+fn comparison_markdown(args: &Args, plain: &[Run], tls: &[Run]) -> String {
+    use std::fmt::Write as _;
+    let (p, t) = (median_run(plain), median_run(tls));
+    let pairs = Pairs::of(plain, tls);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# {} over TLS 1.3 against plaintext, target `{}`\n",
+        args.shape.name(),
+        args.target.name()
+    );
+    let _ = writeln!(
+        s,
+        "The two reports above, side by side: {} rounds, each a plaintext run and then a TLS \
+         run of the same load, each against a fresh appliance (the same binary, started with \
+         `--tls-cert` / `--tls-key` for the TLS run). Medians of each side as in its report; \
+         *TLS / plain* is the ratio of those medians, except for the CPU per delivery, where it \
+         is the median over the rounds of each round's ratio. *server CPU per delivery*: the \
+         server process's user + sys over the window divided by the deliveries in it; *its \
+         core's*: the same with the core's ksoftirqd added (loopback TCP work).\n",
+        args.repeat
+    );
+    let _ = writeln!(
+        s,
+        "| | plaintext | TLS | TLS / plain |\n|---|---:|---:|---:|"
+    );
+    let ratio = |a: f64, b: f64| num(b / a, 2);
+    let mut row = |name: &str, a: String, b: String, r: String| {
+        let _ = writeln!(s, "| {name} | {a} | {b} | {r} |");
+    };
+    row(
+        "deliveries/s",
+        thousands(p.deliveries_per_s),
+        thousands(t.deliveries_per_s),
+        ratio(p.deliveries_per_s, t.deliveries_per_s),
+    );
+    for (i, name) in [(0, "p50 ms"), (2, "p99 ms"), (3, "p99.9 ms"), (5, "max ms")] {
+        row(
+            name,
+            num(p.latency[i], 3),
+            num(t.latency[i], 3),
+            ratio(p.latency[i], t.latency[i]),
+        );
+    }
+    row(
+        "server CPU (% of one core)",
+        pct_of_core(p.server_cpu_pct),
+        pct_of_core(t.server_cpu_pct),
+        ratio(p.server_cpu_pct, t.server_cpu_pct),
+    );
+    row(
+        "server's core, with ksoftirqd",
+        pct_of_core(p.server_core_pct),
+        pct_of_core(t.server_core_pct),
+        ratio(p.server_core_pct, t.server_core_pct),
+    );
+    let med_of = |v: &[f64]| median(v).unwrap_or(f64::NAN);
+    row(
+        "**server CPU per delivery, µs**",
+        num(med_of(&cpu_per_delivery_of(plain)), 2),
+        num(med_of(&cpu_per_delivery_of(tls)), 2),
+        format!("**{}**", num(med_of(&pairs.cpu), 2)),
+    );
+    row(
+        "its core's per delivery, µs",
+        num(med_of(&core_per_delivery_of(plain)), 2),
+        num(med_of(&core_per_delivery_of(tls)), 2),
+        num(med_of(&pairs.core), 2),
+    );
+    row(
+        "server RSS MiB",
+        mib(p.server_rss_bytes, 0),
+        mib(t.server_rss_bytes, 0),
+        ratio(p.server_rss_bytes, t.server_rss_bytes),
+    );
+    row(
+        "generator CPU (% of its core)",
+        pct_of_core(p.generator_cpu_pct),
+        pct_of_core(t.generator_cpu_pct),
+        ratio(p.generator_cpu_pct, t.generator_cpu_pct),
+    );
+    row(
+        "read delay p99 ms",
+        num(p.read_delay[1], 3),
+        num(t.read_delay[1], 3),
+        ratio(p.read_delay[1], t.read_delay[1]),
+    );
+    row(
+        "connect s",
+        num(p.connect_secs, 1),
+        num(t.connect_secs, 1),
+        ratio(p.connect_secs, t.connect_secs),
+    );
+    let each: Vec<String> = pairs.cpu.iter().map(|r| num(*r, 2)).collect();
+    let _ = writeln!(
+        s,
+        "\nServer CPU per delivery, TLS / plain, round by round: {}{}.",
+        if each.is_empty() {
+            "no round measured both".to_string()
+        } else {
+            each.join(", ")
+        },
+        if pairs.generator_bound {
+            " (every pair had a generator-bound run: these may be the generator's limit)"
+        } else {
+            ""
+        }
+    );
+    s
+}
+
+/// Server CPU per delivery of each measured, counted run (all measured
+/// ones if none counts).
+fn cpu_per_delivery_of(runs: &[Run]) -> Vec<f64> {
+    median_pool(runs)
+        .0
+        .iter()
+        .map(|r| cpu_us_per_delivery(r))
+        .collect()
+}
+
+fn core_per_delivery_of(runs: &[Run]) -> Vec<f64> {
+    median_pool(runs)
+        .0
+        .iter()
+        .map(|r| core_us_per_delivery(r))
+        .collect()
+}
+
+/// The comparison as one JSON line (`"comparison": "tls_vs_plain"`, no
+/// `"run"`: summary.rs reads only medians).
+fn comparison_json(args: &Args, plain: &[Run], tls: &[Run]) -> String {
+    let pairs = Pairs::of(plain, tls);
+    let med_of = |v: &[f64]| json_num(median(v).unwrap_or(f64::NAN));
+    format!(
+        "{{{},\"comparison\":\"tls_vs_plain\",\"rounds\":{},\
+         \"server_cpu_per_delivery_us\":{{\"plain\":{},\"tls\":{}}},\
+         \"server_core_per_delivery_us\":{{\"plain\":{},\"tls\":{}}},\
+         \"tls_over_plain\":{{\"server_cpu_per_delivery\":{},\"server_core_per_delivery\":{},\
+         \"rounds\":{}}},\"generator_bound\":{}}}\n",
+        json_case(&with_tls(args, false)),
+        args.repeat,
+        med_of(&cpu_per_delivery_of(plain)),
+        med_of(&cpu_per_delivery_of(tls)),
+        med_of(&core_per_delivery_of(plain)),
+        med_of(&core_per_delivery_of(tls)),
+        med_of(&pairs.cpu),
+        med_of(&pairs.core),
+        crate::report::json_list(&pairs.cpu),
+        pairs.generator_bound,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1445,6 +1781,63 @@ mod tests {
             args: Args,
         }
         Cli::parse_from(std::iter::once("fanout").chain(words.iter().copied())).args
+    }
+
+    #[test]
+    fn tls_is_for_the_appliance_started_here() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        assert!(
+            Cli::try_parse_from(["fanout", "--vs-plain"]).is_err(),
+            "--vs-plain needs --tls"
+        );
+        let a = parse(&["--tls", "--vs-plain"]);
+        assert!(a.tls && a.vs_plain && a.tls_ca.is_none());
+        let err = main(&parse(&["--tls", "--target", "redis"])).unwrap_err();
+        assert!(err.contains("cluecast target only"), "{err}");
+        let err = main(&parse(&["--tls", "--server", "127.0.0.1:9"])).unwrap_err();
+        assert!(err.contains("not --server"), "{err}");
+        let side = with_tls(&a, false);
+        assert!(!side.tls && !side.vs_plain);
+        assert!(
+            !json_case(&side).contains("tls"),
+            "plaintext JSON as before"
+        );
+        assert!(json_case(&with_tls(&a, true)).ends_with(",\"tls\":true"));
+    }
+
+    #[test]
+    fn tls_pairs_compare_cpu_per_delivery_round_by_round() {
+        let at = |cpu: f64, core: f64, deliveries: f64| Run {
+            server_cpu_pct: cpu,
+            server_core_pct: core,
+            deliveries_per_s: deliveries,
+            ..run(1.0, 0)
+        };
+        // 100k/s at 50% is 5 µs a delivery.
+        assert!((cpu_us_per_delivery(&at(50.0, 60.0, 100_000.0)) - 5.0).abs() < 1e-9);
+        let plain = [at(50.0, 60.0, 100_000.0), at(40.0, 50.0, 100_000.0)];
+        let mut bound = at(90.0, 95.0, 100_000.0);
+        bound.generator_bound = true;
+        let tls = [at(100.0, 110.0, 100_000.0), bound];
+        let pairs = Pairs::of(&plain, &tls);
+        assert_eq!(
+            pairs.cpu,
+            [2.0],
+            "the pair with a generator-bound run is left out"
+        );
+        assert!(!pairs.generator_bound);
+        let md = comparison_markdown(&parse(&["--tls", "--vs-plain"]), &plain, &tls);
+        assert!(md.contains("| **server CPU per delivery, µs** |"), "{md}");
+        assert!(md.contains("round by round: 2.00."), "{md}");
+        let json = comparison_json(&parse(&["--tls", "--vs-plain"]), &plain, &tls);
+        assert!(json.contains("\"comparison\":\"tls_vs_plain\""), "{json}");
+        assert!(json.contains("\"server_cpu_per_delivery\":2,"), "{json}");
+        assert!(!json.contains("\"run\""), "not a median line: {json}");
     }
 
     #[test]
@@ -1609,12 +2002,16 @@ mod tests {
     fn server_args_raise_the_payload_limit_only_when_needed() {
         let mut args = parse(&["--shards", "2", "--server-arg", "--heartbeat-ms=1000"]);
         assert_eq!(
-            server_args(&args).join(" "),
+            server_args(&args, None).join(" "),
             "run --shards 2 --listen 127.0.0.1:0 --heartbeat-ms=1000"
         );
         args.payload = Limits::DEFAULT.payload_bytes_max as usize + 1;
-        assert!(server_args(&args)
+        assert!(server_args(&args, None)
             .join(" ")
             .contains(&format!("--payload-bytes-max {}", args.payload)));
+        let tls = (Path::new("/d/c.pem"), Path::new("/d/k.pem"));
+        assert!(server_args(&args, Some(tls))
+            .join(" ")
+            .ends_with("--tls-cert /d/c.pem --tls-key /d/k.pem --heartbeat-ms=1000"));
     }
 }

@@ -40,6 +40,7 @@ mod server;
 mod stats;
 mod summary;
 mod targets;
+mod tls;
 mod wire;
 mod zerocopy;
 

@@ -71,6 +71,24 @@ pub fn least_disturbed<T>(
     (best, thrown)
 }
 
+/// How a progress line names a repeated attempt; the first has no tag.
+pub fn attempt_tag(attempt: usize) -> String {
+    if attempt > 0 {
+        format!(" (attempt {})", attempt + 1)
+    } else {
+        String::new()
+    }
+}
+
+/// Why a run thrown away by `least_disturbed` was measured again.
+pub fn redone_because(foreign_server_pct: f64, foreign_client_pct: f64) -> String {
+    format!(
+        "redone ({}% / {}% of the server's / generator's core went elsewhere)",
+        crate::report::num(foreign_server_pct, 0),
+        crate::report::num(foreign_client_pct, 0)
+    )
+}
+
 /// Nanoseconds, from 1 µs to 10 minutes at 3 significant digits; values
 /// outside are clamped, so recording never fails.
 pub fn latency_histogram() -> Histogram<u64> {

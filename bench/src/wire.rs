@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{
@@ -126,26 +126,27 @@ impl Inbox {
                 "a non-event frame larger than the receive buffer",
             ));
         }
-        let free = &mut self.buf[self.end..];
-        let mut iov = libc::iovec {
-            iov_base: free.as_mut_ptr().cast(),
-            iov_len: free.len(),
-        };
-        // Room for one timestamp message and then some; u64 for alignment.
-        let mut control = [0u64; 8];
-        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: iov and control point at live buffers of the given sizes.
-        let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        let (n, stamp) = recv_stamped(stream.as_raw_fd(), &mut self.buf[self.end..])?;
+        self.end += n;
+        Ok((n, stamp))
+    }
+
+    /// Like [`Inbox::fill`], but the bytes come from `read` (given the free
+    /// room, it returns how much it put there): plaintext out of a TLS
+    /// session.
+    pub fn fill_with(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.make_room();
+        if self.end == self.buf.len() {
+            return Err(io::Error::other(
+                "a non-event frame larger than the receive buffer",
+            ));
         }
-        self.end += n as usize;
-        Ok((n as usize, rx_timestamp(&msg)))
+        let n = read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 
     /// Consumes what is buffered: `on_event(head, frame_bytes)` per
@@ -239,6 +240,14 @@ impl Inbox {
         self.end += n;
         n
     }
+
+    /// Test hook: takes every buffered byte, parsed or not.
+    #[cfg(test)]
+    pub fn take_all(&mut self) -> Vec<u8> {
+        let bytes = self.buf[self.start..self.end].to_vec();
+        (self.start, self.end) = (0, 0);
+        bytes
+    }
 }
 
 /// Asks the kernel to stamp received data with its arrival time (read
@@ -250,6 +259,33 @@ pub fn enable_rx_timestamps(stream: &TcpStream) -> io::Result<()> {
         libc::SO_TIMESTAMPNS,
         1,
     )
+}
+
+/// One recvmsg() on `fd` into `buf`: the bytes read (0: end of stream) and
+/// the kernel's receive time of the data (CLOCK_REALTIME ns) when the
+/// socket has [`enable_rx_timestamps`] and the kernel stamped it. For TCP
+/// that is the time the last segment read reached the socket: it does not
+/// include how long the data then waited for this process to read it.
+#[inline]
+pub fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one timestamp message and then some; u64 for alignment.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: iov and control point at live buffers of the given sizes.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, rx_timestamp(&msg)))
 }
 
 /// The SCM_TIMESTAMPNS of a message recvmsg() filled, in ns.
@@ -290,12 +326,25 @@ pub fn refusal(frame: &Frame<'_>) -> Option<String> {
     }
 }
 
+/// A blocking connection in its handshake: plain TCP, or TLS over it
+/// (tls.rs).
+pub trait Blocking: Read + Write {
+    /// The socket under it.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Blocking for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
 /// One read of a blocking handshake: appends what arrives before
 /// `deadline` to `buf` (nothing, if the read was interrupted); Err when the
 /// deadline has passed or the server closed the connection. Every
 /// protocol's handshake waits with it.
-pub fn read_more(
-    stream: &mut TcpStream,
+pub fn read_more<S: Blocking>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
     what: &str,
@@ -305,6 +354,7 @@ pub fn read_more(
         return Err(format!("{what}: no answer in time"));
     }
     stream
+        .tcp()
         .set_read_timeout(Some(left))
         .map_err(|e| format!("socket options: {e}"))?;
     let mut chunk = [0u8; 4096];
@@ -328,8 +378,8 @@ pub fn read_more(
 
 /// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
 /// The stream must be blocking.
-pub fn await_frame<T>(
-    stream: &mut TcpStream,
+pub fn await_frame<S: Blocking, T>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &Limits,
     deadline: Instant,
@@ -357,9 +407,10 @@ pub fn await_frame<T>(
     }
 }
 
-/// A connection past HELLO / WELCOME, still blocking.
-pub struct Connected {
-    pub stream: TcpStream,
+/// A connection past HELLO / WELCOME, still blocking: plain TCP, or TLS
+/// ([`connect_tls`]).
+pub struct Connected<S: Blocking = TcpStream> {
+    pub stream: S,
     /// Bytes read past the last answer awaited.
     pub buf: Vec<u8>,
     /// The limits the server announced.
@@ -380,8 +431,30 @@ pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Str
 
 /// Connects and completes HELLO / WELCOME.
 pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Connected, String> {
-    let mut stream = tcp_connect(addr, timeout)?;
+    let stream = tcp_connect(addr, timeout)?;
+    hello(stream, client_id, timeout)
+}
+
+/// Connects, completes the TLS handshake and then HELLO / WELCOME over it.
+pub fn connect_tls(
+    addr: SocketAddr,
+    client_id: &str,
+    timeout: Duration,
+    tls: &crate::tls::TlsClient,
+) -> Result<Connected<crate::tls::TlsStream>, String> {
+    let tcp = tcp_connect(addr, timeout)?;
+    let stream = tls.handshake(tcp, Instant::now() + timeout)?;
+    hello(stream, client_id, timeout)
+}
+
+/// HELLO / WELCOME on a connected stream.
+fn hello<S: Blocking>(
+    mut stream: S,
+    client_id: &str,
+    timeout: Duration,
+) -> Result<Connected<S>, String> {
     stream
+        .tcp()
         .set_write_timeout(Some(timeout))
         .map_err(|e| format!("socket options: {e}"))?;
     let mut out = Vec::new();
@@ -394,6 +467,7 @@ pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<C
     .encode(&mut out);
     stream
         .write_all(&out)
+        .and_then(|_| stream.flush())
         .map_err(|e| format!("sending HELLO: {e}"))?;
     let mut buf = Vec::new();
     let welcome = await_frame(
@@ -421,7 +495,7 @@ pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<C
     })
 }
 
-impl Connected {
+impl<S: Blocking> Connected<S> {
     /// Subscribes live to `topic` and waits for SUBSCRIBED Ok; returns its
     /// `last_seq` (the first event delivered will be `last_seq + 1`).
     pub fn subscribe_live(&mut self, topic: &[u8], timeout: Duration) -> Result<u64, String> {
@@ -454,6 +528,7 @@ impl Connected {
         .encode(&mut out);
         self.stream
             .write_all(&out)
+            .and_then(|_| self.stream.flush())
             .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
         let answer = await_frame(
             &mut self.stream,

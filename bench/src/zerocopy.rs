@@ -24,7 +24,7 @@ use crate::clients::{self, Outcome, Plan};
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_list, json_num, json_str, num, pct, thousands};
 use crate::server::{Server, ServerCommand, Stopped};
-use crate::stats::{format_size, least_disturbed, median, paired_ratio, parse_size};
+use crate::stats::{attempt_tag, format_size, least_disturbed, median, paired_ratio, parse_size};
 use crate::targets;
 
 /// Time allowed for the client process to connect and subscribe everyone,
@@ -367,11 +367,7 @@ fn drive(args: &Args) -> Result<(), String> {
                             format_size(size),
                             mode.name(),
                             rep + 1,
-                            if attempt > 0 {
-                                format!(" (attempt {})", attempt + 1)
-                            } else {
-                                String::new()
-                            },
+                            attempt_tag(attempt),
                             summary(&run)
                         );
                         pair.push((mode, run));

@@ -26,8 +26,8 @@ fn appliance() -> Result<PathBuf, String> {
 }
 
 /// Runs cluecast-bench with `args` (one run, JSON output) against the
-/// appliance, asserts it succeeded, and returns its median lines.
-fn median_lines(args: &[&str]) -> Vec<Value> {
+/// appliance, asserts it succeeded, and returns every line it printed.
+fn json_lines(args: &[&str]) -> Vec<Value> {
     let cluecast =
         appliance().unwrap_or_else(|why| panic!("smoke test needs the appliance: {why}"));
     let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
@@ -40,12 +40,19 @@ fn median_lines(args: &[&str]) -> Vec<Value> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
-    let medians: Vec<Value> = stdout
+    stdout
         .lines()
-        .filter(|l| l.contains("\"run\":\"median\""))
-        .map(|l| serde_json::from_str(l).expect("the median line is JSON"))
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect()
+}
+
+/// [`json_lines`], the median lines only.
+fn median_lines(args: &[&str]) -> Vec<Value> {
+    let medians: Vec<Value> = json_lines(args)
+        .into_iter()
+        .filter(|v| v["run"] == "median")
         .collect();
-    assert!(!medians.is_empty(), "{args:?}: no median line in {stdout}");
+    assert!(!medians.is_empty(), "{args:?}: no median line");
     for v in &medians {
         assert_eq!(v["target"], "cluecast", "{v}");
     }
@@ -92,6 +99,59 @@ fn fanout_delivers_everything() {
             "--duration",
             "2",
         ],
+    );
+}
+
+#[test]
+fn fanout_over_tls_against_plaintext() {
+    let args = [
+        "fanout",
+        "--retries",
+        "0",
+        "--warmup",
+        "0.5",
+        "--drain-timeout",
+        "5",
+        "--subscribers",
+        "40",
+        "--topics",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+        "--tls",
+        "--vs-plain",
+    ];
+    let lines = json_lines(&args);
+    let medians: Vec<&Value> = lines.iter().filter(|v| v["run"] == "median").collect();
+    assert_eq!(medians.len(), 2, "{lines:?}");
+    assert_eq!(medians[0].get("tls"), None, "plaintext first: {lines:?}");
+    assert_eq!(medians[1]["tls"], true, "{lines:?}");
+    for v in medians {
+        assert_eq!(v["measured"], true, "{v}");
+        assert_eq!(v["failed"], false, "{v}");
+        for key in ["lost", "duplicated", "reordered"] {
+            assert_eq!(v[key], 0, "{key}: {v}");
+        }
+    }
+    let comparison = lines.last().unwrap();
+    assert_eq!(comparison["comparison"], "tls_vs_plain", "{comparison}");
+    let ratio = &comparison["tls_over_plain"]["server_cpu_per_delivery"];
+    assert!(ratio.as_f64().unwrap() > 0.0, "{comparison}");
+}
+
+#[test]
+fn tls_is_refused_for_other_targets() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cluecast-bench"))
+        .args(["fanout", "--target", "ceiling", "--tls", "--repeat", "1"])
+        .output()
+        .expect("running cluecast-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--tls is for the cluecast target only"),
+        "{stderr}"
     );
 }
 
@@ -164,6 +224,36 @@ fn storm_brings_everyone_back_without_gaps() {
     assert_eq!(storm["gaps"], 0, "{v}");
     assert!(storm["caught_up_ms"].as_f64().unwrap() > 0.0, "{v}");
     assert!(storm["catch_up_deliveries"].as_u64().unwrap() > 0, "{v}");
+}
+
+/// The storm over TLS: the subscribers that come back make new TLS
+/// connections from inside the generator's loop, and resume.
+#[test]
+fn storm_over_tls_brings_everyone_back() {
+    let v = median_of(
+        "storm",
+        &[
+            "--subscribers",
+            "40",
+            "--topics",
+            "2",
+            "--rate",
+            "50",
+            "--duration",
+            "3",
+            "--storm-at",
+            "0.5",
+            "--storm-subscribers",
+            "20",
+            "--storm-spread-ms",
+            "300",
+            "--tls",
+        ],
+    );
+    assert_eq!(v["tls"], true, "{v}");
+    let storm = &v["storm"];
+    assert_eq!(storm["back"], 20, "{v}");
+    assert_eq!(storm["gaps"], 0, "{v}");
 }
 
 #[test]
