@@ -1,0 +1,123 @@
+//! Supervision by a service manager, played by the test over a real unix
+//! datagram socket: readiness, watchdog pings and the stop notice of a real
+//! appliance (tests/systemd.rs checks the unit files).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluecast_proto::StartMode;
+use common::{RawClient, Server, TempDir, BIN};
+
+/// Enough connections that SO_REUSEPORT puts some on each of 2 shards
+/// (all on one: probability 2^-15).
+const CLIENTS: usize = 16;
+const WATCHDOG_USEC: &str = "300000";
+const DRAIN_TIMEOUT_MS: u64 = 2000;
+
+fn next_message(manager: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = manager
+        .recv(&mut buf)
+        .expect("a notification from cluecast in time");
+    String::from_utf8(buf[..n].to_vec()).expect("notifications are UTF-8")
+}
+
+/// The next message that is not a watchdog ping.
+fn next_notice(manager: &UnixDatagram) -> String {
+    loop {
+        let message = next_message(manager);
+        if message != "WATCHDOG=1" {
+            return message;
+        }
+    }
+}
+
+#[test]
+fn ready_once_every_shard_serves_pings_while_alive_and_stopping_on_sigterm() {
+    let dir = TempDir::new("notify");
+    let socket_path = dir.0.join("notify.sock");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let drain = DRAIN_TIMEOUT_MS.to_string();
+    let mut server = Server::start_with_env(
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("WATCHDOG_USEC", OsStr::new(WATCHDOG_USEC)),
+        ],
+        &["--shards", "2", "--drain-timeout-ms", &drain],
+    );
+
+    let ready = next_message(&manager);
+    assert_eq!(
+        ready,
+        format!(
+            "READY=1\nSTATUS=serving {} with 2 shard(s), durability sync",
+            server.addr
+        )
+    );
+    // Straight after READY, clients on every shard get their subscription.
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let mut client = RawClient::open(server.addr);
+        client.subscribe("hunt-ready", StartMode::Live, 0, 0);
+        clients.push(client);
+    }
+
+    // Pings every 150 ms (half the interval) while both shards turn.
+    let window = Duration::from_millis(1200);
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < window {
+        assert_eq!(next_message(&manager), "WATCHDOG=1");
+        pings += 1;
+    }
+    assert!(pings >= 4, "{pings} watchdog pings in {window:?}");
+
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        next_notice(&manager),
+        "STOPPING=1\nSTATUS=draining: clients told to go away"
+    );
+    // The drain deadline, the shards' 1 s grace and 5 s for the rest.
+    let stop_us = (DRAIN_TIMEOUT_MS + 1000 + 5000) * 1000;
+    assert_eq!(
+        next_notice(&manager),
+        format!("EXTEND_TIMEOUT_USEC={stop_us}")
+    );
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
+    drop(clients);
+
+    // Every shard accepted some of the clients subscribed after READY.
+    let log = server.log_lines();
+    for shard in 0..2 {
+        let prefix = format!("shard {shard} stopped: ShardStats {{ accepted: ");
+        let accepted: u64 = log
+            .iter()
+            .find_map(|line| line.split(prefix.as_str()).nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no stats of shard {shard} in {log:#?}"));
+        assert!(accepted > 0, "shard {shard} accepted no client: {log:#?}");
+    }
+}
+
+#[test]
+fn a_malformed_notify_socket_is_refused_with_its_name() {
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--durability", "memory"])
+        .env("NOTIFY_SOCKET", "run/notify")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NOTIFY_SOCKET=run/notify is neither an absolute path"),
+        "{err}"
+    );
+}
