@@ -107,6 +107,78 @@ fn ready_once_every_shard_serves_pings_while_alive_and_stopping_on_sigterm() {
     }
 }
 
+/// The thread id of the appliance's thread named `name`.
+fn thread_id(pid: u32, name: &str) -> i32 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).unwrap().trim() == name)
+        .and_then(|t| t.file_name()?.to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no thread {name} in process {pid}"))
+}
+
+/// Ping count over `window`.
+fn pings_within(manager: &UnixDatagram, window: Duration) -> usize {
+    manager.set_read_timeout(Some(window / 4)).unwrap();
+    let start = Instant::now();
+    let mut pings = 0;
+    let mut buf = [0u8; 64];
+    while start.elapsed() < window {
+        if let Ok(n) = manager.recv(&mut buf) {
+            assert_eq!(&buf[..n], b"WATCHDOG=1");
+            pings += 1;
+        }
+    }
+    pings
+}
+
+/// One shard's thread is stopped (ptrace stops a single thread, not the
+/// process): the pings stop and the log names the shard; once it runs again
+/// they resume.
+#[test]
+fn a_stuck_shard_stops_the_watchdog_pings() {
+    let dir = TempDir::new("notify");
+    let socket_path = dir.0.join("notify.sock");
+    let manager = UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let server = Server::start_with_env(
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("WATCHDOG_USEC", OsStr::new(WATCHDOG_USEC)),
+        ],
+        &["--shards", "2", "--durability", "memory"],
+    );
+    assert!(next_message(&manager).starts_with("READY=1\n"));
+    let shard = thread_id(server.child.id(), "shard-1");
+    // SAFETY: ptrace on a thread of our own child; no memory is passed.
+    let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, shard, 0, 0) };
+    if seized != 0 {
+        let err = std::io::Error::last_os_error();
+        eprintln!("SKIPPED a_stuck_shard_stops_the_watchdog_pings: ptrace refused ({err})");
+        return;
+    }
+    // SAFETY: as above; waitpid reports the thread's stop.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, shard, 0, 0), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(shard, &mut status, libc::__WALL), shard);
+        assert!(libc::WIFSTOPPED(status));
+    }
+    // Pings sent before the check noticed: at most one period's worth.
+    let settle = pings_within(&manager, Duration::from_millis(400));
+    assert!(settle <= 2, "{settle} pings while the shard was stopping");
+    let stalled = pings_within(&manager, Duration::from_millis(900));
+    assert_eq!(stalled, 0, "pings went on with shard 1 stopped");
+    assert!(server.logged("shard 1 has not turned its loop", Duration::from_secs(1)));
+
+    // SAFETY: as above; the thread runs again.
+    assert_eq!(unsafe { libc::ptrace(libc::PTRACE_DETACH, shard, 0, 0) }, 0);
+    let resumed = pings_within(&manager, Duration::from_millis(900));
+    assert!(resumed >= 3, "{resumed} pings after shard 1 ran again");
+}
+
 #[test]
 fn a_malformed_notify_socket_is_refused_with_its_name() {
     let out = Command::new(BIN)
