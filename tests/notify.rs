@@ -36,24 +36,38 @@ fn next_notice(manager: &UnixDatagram) -> String {
     }
 }
 
-#[test]
-fn ready_once_every_shard_serves_pings_while_alive_and_stopping_on_sigterm() {
+/// The test as the service manager: the socket it listens on.
+struct Supervisor {
+    socket: UnixDatagram,
+    _dir: TempDir,
+}
+
+/// An appliance started with a notify socket and a watchdog interval.
+fn start_supervised(args: &[&str]) -> (Supervisor, Server) {
     let dir = TempDir::new("notify");
     let socket_path = dir.0.join("notify.sock");
-    let manager = UnixDatagram::bind(&socket_path).unwrap();
-    manager
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let drain = DRAIN_TIMEOUT_MS.to_string();
-    let mut server = Server::start_with_env(
+    let server = Server::start_with_env(
         &[
             ("NOTIFY_SOCKET", socket_path.as_os_str()),
             ("WATCHDOG_USEC", OsStr::new(WATCHDOG_USEC)),
         ],
-        &["--shards", "2", "--drain-timeout-ms", &drain],
+        args,
     );
+    (Supervisor { socket, _dir: dir }, server)
+}
 
-    let ready = next_message(&manager);
+#[test]
+fn ready_once_every_shard_serves_pings_while_alive_and_stopping_on_sigterm() {
+    let drain = DRAIN_TIMEOUT_MS.to_string();
+    let (supervisor, mut server) =
+        start_supervised(&["--shards", "2", "--drain-timeout-ms", &drain]);
+    let manager = &supervisor.socket;
+
+    let ready = next_message(manager);
     assert_eq!(
         ready,
         format!(
@@ -74,20 +88,20 @@ fn ready_once_every_shard_serves_pings_while_alive_and_stopping_on_sigterm() {
     let start = Instant::now();
     let mut pings = 0;
     while start.elapsed() < window {
-        assert_eq!(next_message(&manager), "WATCHDOG=1");
+        assert_eq!(next_message(manager), "WATCHDOG=1");
         pings += 1;
     }
     assert!(pings >= 4, "{pings} watchdog pings in {window:?}");
 
     server.signal(libc::SIGTERM);
     assert_eq!(
-        next_notice(&manager),
+        next_notice(manager),
         "STOPPING=1\nSTATUS=draining: clients told to go away"
     );
     // The drain deadline, the shards' 1 s grace and 5 s for the rest.
     let stop_us = (DRAIN_TIMEOUT_MS + 1000 + 5000) * 1000;
     assert_eq!(
-        next_notice(&manager),
+        next_notice(manager),
         format!("EXTEND_TIMEOUT_USEC={stop_us}")
     );
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
@@ -137,20 +151,9 @@ fn pings_within(manager: &UnixDatagram, window: Duration) -> usize {
 /// they resume.
 #[test]
 fn a_stuck_shard_stops_the_watchdog_pings() {
-    let dir = TempDir::new("notify");
-    let socket_path = dir.0.join("notify.sock");
-    let manager = UnixDatagram::bind(&socket_path).unwrap();
-    manager
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let server = Server::start_with_env(
-        &[
-            ("NOTIFY_SOCKET", socket_path.as_os_str()),
-            ("WATCHDOG_USEC", OsStr::new(WATCHDOG_USEC)),
-        ],
-        &["--shards", "2", "--durability", "memory"],
-    );
-    assert!(next_message(&manager).starts_with("READY=1\n"));
+    let (supervisor, server) = start_supervised(&["--shards", "2", "--durability", "memory"]);
+    let manager = &supervisor.socket;
+    assert!(next_message(manager).starts_with("READY=1\n"));
     let shard = thread_id(server.child.id(), "shard-1");
     // SAFETY: ptrace on a thread of our own child; no memory is passed.
     let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, shard, 0, 0) };
@@ -167,15 +170,15 @@ fn a_stuck_shard_stops_the_watchdog_pings() {
         assert!(libc::WIFSTOPPED(status));
     }
     // Pings sent before the check noticed: at most one period's worth.
-    let settle = pings_within(&manager, Duration::from_millis(400));
+    let settle = pings_within(manager, Duration::from_millis(400));
     assert!(settle <= 2, "{settle} pings while the shard was stopping");
-    let stalled = pings_within(&manager, Duration::from_millis(900));
+    let stalled = pings_within(manager, Duration::from_millis(900));
     assert_eq!(stalled, 0, "pings went on with shard 1 stopped");
     assert!(server.logged("shard 1 has not turned its loop", Duration::from_secs(1)));
 
     // SAFETY: as above; the thread runs again.
     assert_eq!(unsafe { libc::ptrace(libc::PTRACE_DETACH, shard, 0, 0) }, 0);
-    let resumed = pings_within(&manager, Duration::from_millis(900));
+    let resumed = pings_within(manager, Duration::from_millis(900));
     assert!(resumed >= 3, "{resumed} pings after shard 1 ran again");
 }
 
