@@ -49,6 +49,11 @@ const STOP_MARGIN_MS: u64 = 5_000;
 pub fn run(settings: &Settings) -> Result<(), String> {
     cluecast_sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
     let notifier = Notifier::from_env().map_err(|e| e.to_string())?;
+    let watchdog = notifier
+        .as_ref()
+        .and_then(Notifier::watchdog_interval_us)
+        .map(|us| Watchdog::new(us, settings.shards, Instant::now()))
+        .transpose()?;
     let nofile = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
     let shards = settings.shards;
     let fd_budget = nofile.soft.saturating_sub(FDS_RESERVED) as usize / shards;
@@ -194,7 +199,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             );
             warn_unsent(notifier.ready(&status));
         }
-        serve_until_signal(notifier.as_ref(), &heartbeats, &threads)
+        serve_until_signal(notifier.as_ref(), watchdog, &heartbeats, &threads)
     });
     stop.store(true, Ordering::Relaxed);
     if let Some(notifier) = &notifier {
@@ -473,12 +478,10 @@ fn wait_first_turns(
 /// pinging the service manager's watchdog while every shard's loop turns.
 fn serve_until_signal(
     notifier: Option<&Notifier>,
+    mut watchdog: Option<Watchdog>,
     heartbeats: &[Heartbeat],
     threads: &[JoinHandle<ShardStats>],
 ) -> Result<(), String> {
-    let mut watchdog = notifier
-        .and_then(Notifier::watchdog_interval_us)
-        .map(|us| Watchdog::new(us, heartbeats.len(), Instant::now()));
     let poll = Duration::from_millis(SIGNAL_POLL_MS);
     loop {
         let wait = watchdog

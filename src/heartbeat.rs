@@ -34,6 +34,10 @@ pub fn first_not_started(beats: &[Heartbeat]) -> Option<usize> {
     beats.iter().position(|b| b.turns() == 0)
 }
 
+/// Shortest watchdog interval accepted: an idle shard turns only every 50 ms
+/// (its timer tick), and each check (every half interval) must see a turn.
+pub const WATCHDOG_INTERVAL_MIN_US: u64 = 200_000;
+
 /// What a watchdog check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pulse {
@@ -56,14 +60,22 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// `interval_us` is the manager's WATCHDOG_USEC; checks come at half of it.
-    pub fn new(interval_us: u64, shards: usize, now: Instant) -> Watchdog {
+    pub fn new(interval_us: u64, shards: usize, now: Instant) -> Result<Watchdog, String> {
         assert!(shards > 0);
-        let period = Duration::from_micros(interval_us / 2).max(Duration::from_millis(1));
-        Watchdog {
+        if interval_us < WATCHDOG_INTERVAL_MIN_US {
+            return Err(format!(
+                "the service manager's watchdog interval (WatchdogSec=, {} ms) is below {} ms, \
+                 too short for shards that turn every 50 ms when idle: set WatchdogSec=1s or more",
+                interval_us / 1000,
+                WATCHDOG_INTERVAL_MIN_US / 1000
+            ));
+        }
+        let period = Duration::from_micros(interval_us / 2);
+        Ok(Watchdog {
             period,
             next_check: now + period,
             turns_seen: vec![0; shards],
-        }
+        })
     }
 
     pub fn period(&self) -> Duration {
@@ -108,7 +120,7 @@ mod tests {
     fn pings_only_while_every_shard_turns() {
         let start = Instant::now();
         let beats = beats(2);
-        let mut watchdog = Watchdog::new(300_000, 2, start);
+        let mut watchdog = Watchdog::new(300_000, 2, start).unwrap();
         assert_eq!(watchdog.period(), Duration::from_millis(150));
         let at = |ms| start + Duration::from_millis(ms);
 
@@ -135,7 +147,7 @@ mod tests {
     fn a_shard_that_never_turned_is_stalled_and_not_started() {
         let beats = beats(3);
         let start = Instant::now();
-        let mut watchdog = Watchdog::new(10_000_000, 3, start);
+        let mut watchdog = Watchdog::new(10_000_000, 3, start).unwrap();
         beats[0].beat();
         beats[2].beat();
         assert_eq!(first_not_started(&beats), Some(1));
@@ -145,5 +157,15 @@ mod tests {
         );
         beats[1].beat();
         assert_eq!(first_not_started(&beats), None);
+    }
+
+    #[test]
+    fn an_interval_shorter_than_idle_turns_allow_is_refused() {
+        let err = Watchdog::new(150_000, 1, Instant::now()).err().unwrap();
+        assert!(
+            err.contains("WatchdogSec=, 150 ms) is below 200 ms"),
+            "{err}"
+        );
+        assert!(Watchdog::new(WATCHDOG_INTERVAL_MIN_US, 1, Instant::now()).is_ok());
     }
 }

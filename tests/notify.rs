@@ -182,17 +182,30 @@ fn a_stuck_shard_stops_the_watchdog_pings() {
     assert!(resumed >= 3, "{resumed} pings after shard 1 ran again");
 }
 
-#[test]
-fn a_malformed_notify_socket_is_refused_with_its_name() {
+/// `cluecast run` under these variables, refused: its error output.
+fn refused_with_env(env: &[(&str, &str)]) -> String {
     let out = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--durability", "memory"])
-        .env("NOTIFY_SOCKET", "run/notify")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{env:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_malformed_notify_socket_or_too_short_watchdog_is_refused_with_its_name() {
+    let err = refused_with_env(&[("NOTIFY_SOCKET", "run/notify")]);
     assert!(
         err.contains("NOTIFY_SOCKET=run/notify is neither an absolute path"),
+        "{err}"
+    );
+    let err = refused_with_env(&[
+        ("NOTIFY_SOCKET", "@cluecast-test-unused"),
+        ("WATCHDOG_USEC", "100000"),
+    ]);
+    assert!(
+        err.contains("WatchdogSec=, 100 ms) is below 200 ms"),
         "{err}"
     );
 }

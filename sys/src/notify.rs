@@ -70,14 +70,10 @@ impl Notifier {
         self.watchdog_interval_us
     }
 
-    /// Start-up is complete; `status` says what is served.
+    /// Start-up is complete; `status` (shown by `systemctl status`) says
+    /// what is served.
     pub fn ready(&self, status: &str) -> io::Result<()> {
         self.send(&format!("READY=1\nSTATUS={}", status_text(status)))
-    }
-
-    /// A free-form line the manager shows in `systemctl status`.
-    pub fn status(&self, status: &str) -> io::Result<()> {
-        self.send(&format!("STATUS={}", status_text(status)))
     }
 
     /// The process is alive (resets the manager's watchdog timer).
@@ -214,10 +210,10 @@ mod tests {
         let notifier = Notifier::from_vars(os(&format!("@{name}")), None, None, 1)
             .unwrap()
             .unwrap();
-        notifier.status(&"x".repeat(STATUS_BYTES_MAX + 10)).unwrap();
+        notifier.ready(&"x".repeat(STATUS_BYTES_MAX + 10)).unwrap();
         assert_eq!(
             received(&manager),
-            format!("STATUS={}", "x".repeat(STATUS_BYTES_MAX))
+            format!("READY=1\nSTATUS={}", "x".repeat(STATUS_BYTES_MAX))
         );
     }
 
