@@ -10,6 +10,8 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 # RocksDB's bindings are generated at build time from its C header (bindgen).
 compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*/libclang-*.so*' >/dev/null || missing+=(libclang-dev)
+# tests/systemd.rs checks the unit files with systemd-analyze.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # The benchmark's NATS and MQTT adapters are tested against the real servers.
 daemons=()
 for d in nats-server mosquitto; do

@@ -1,22 +1,27 @@
 //! Start-up and shutdown of the appliance: limits, the durable log and its
 //! threads, the frame arena, one listener and one pinned shard thread per
-//! core, the channels between them, and the signal that drains them all.
+//! core, the channels between them, and the signal that drains them all;
+//! telling the service manager (systemd) when it serves, that it lives, and
+//! when it stops.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use cluecast_sys::notify::Notifier;
 use cluecast_sys::{spsc, Region, Span};
 
 use crate::admission::{Rate, SourceCounts};
 use crate::arena::Arena;
 use crate::auth::Keys;
 use crate::config::Settings;
+use crate::heartbeat::{self, Heartbeat, Pulse, Watchdog};
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
-use crate::shard::{Shard, ShardSetup, ShardStats};
+use crate::shard::{Shard, ShardSetup, ShardStats, DRAIN_GRACE_MS};
 use crate::storage::db::{Db, TopicRow};
 use crate::storage::{self, Durability, Reader, Retention, StorageLink, StoredTopic, Writer};
 use crate::tls::TlsConfig;
@@ -31,10 +36,24 @@ const REFUSING_FDS: usize = 256;
 /// Counters of connections per source address (4 bytes each): far more
 /// than the sources expected at once, so few share one.
 const SOURCE_SLOTS: usize = 1 << 16;
+/// How long every shard may take to finish its first turn (ring enabled,
+/// accept armed) before start-up is declared failed.
+const FIRST_TURN_TIMEOUT_MS: u64 = 30_000;
+/// How often the main thread looks for signals and stopped shards.
+const SIGNAL_POLL_MS: u64 = 200;
+/// Beyond the drain deadline and the shards' grace: the storage writer's
+/// last commit and the process's exit.
+const STOP_MARGIN_MS: u64 = 5_000;
 
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: &Settings) -> Result<(), String> {
     cluecast_sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
+    let notifier = Notifier::from_env().map_err(|e| e.to_string())?;
+    let watchdog = notifier
+        .as_ref()
+        .and_then(Notifier::watchdog_interval_us)
+        .map(|us| Watchdog::new(us, settings.shards, Instant::now()))
+        .transpose()?;
     let nofile = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
     let shards = settings.shards;
     let fd_budget = nofile.soft.saturating_sub(FDS_RESERVED) as usize / shards;
@@ -151,38 +170,44 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         stored,
         security,
     );
+    let heartbeats: Arc<[Heartbeat]> = (0..shards).map(|_| Heartbeat::default()).collect();
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
         let id = setup.id;
         let cpu = cpus[id % cpus.len()];
+        let beats = heartbeats.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
-            .spawn(move || shard_main(cpu, ring, setup))
+            .spawn(move || shard_main(cpu, ring, setup, &beats[id]))
             .map_err(|e| format!("spawning shard {id}: {e}"))?;
         threads.push(thread);
     }
-    crate::info!(
-        "cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}, \
-         durability {}, allocator={}",
-        settings.durability.name(),
-        crate::build_info::ALLOCATOR
-    );
 
-    // Ok(()) for a requested stop, Err when a shard stopped on its own.
-    let outcome = loop {
-        match cluecast_sys::wait_shutdown_signal(200) {
-            Ok(Some(signal)) => {
-                crate::info!("cluecast: signal {signal}: draining");
-                break Ok(());
-            }
-            Ok(None) => {}
-            Err(e) => break Err(format!("waiting for signals: {e}")),
+    // Ok(()) for a requested stop, Err when a shard stopped on its own or
+    // never started.
+    let outcome = wait_first_turns(&heartbeats, &threads).and_then(|()| {
+        crate::info!(
+            "cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}, \
+             durability {}, allocator={}",
+            settings.durability.name(),
+            crate::build_info::ALLOCATOR
+        );
+        if let Some(notifier) = &notifier {
+            let status = format!(
+                "serving {local} with {shards} shard(s), durability {}",
+                settings.durability.name()
+            );
+            warn_unsent(notifier.ready(&status));
         }
-        if threads.iter().any(|t| t.is_finished()) {
-            break Err("a shard stopped unexpectedly; the others were drained".to_string());
-        }
-    };
+        serve_until_signal(notifier.as_ref(), watchdog, &heartbeats, &threads)
+    });
     stop.store(true, Ordering::Relaxed);
+    if let Some(notifier) = &notifier {
+        warn_unsent(notifier.stopping("draining: clients told to go away"));
+        // Only lengthens a TimeoutStopSec shorter than the drain can take.
+        let stop_ms = settings.drain_timeout_ms as u64 + DRAIN_GRACE_MS + STOP_MARGIN_MS;
+        warn_unsent(notifier.extend_timeout_us(stop_ms * 1000));
+    }
     let mut failed = false;
     for (id, thread) in threads.into_iter().enumerate() {
         match thread.join() {
@@ -426,7 +451,76 @@ fn mesh(shards: usize, bytes: usize) -> MeshEnds {
     (tx, rx)
 }
 
-fn shard_main(cpu: usize, ring: Uring, setup: ShardSetup) -> ShardStats {
+/// Waits until every shard has finished one turn of its loop: its ring is
+/// enabled and its accept submitted, so from here every shard serves.
+fn wait_first_turns(
+    heartbeats: &[Heartbeat],
+    threads: &[JoinHandle<ShardStats>],
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(FIRST_TURN_TIMEOUT_MS);
+    while let Some(id) = heartbeat::first_not_started(heartbeats) {
+        if threads[id].is_finished() {
+            return Err(format!(
+                "shard {id} stopped before serving; the others were drained"
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "shard {id} did not start its loop within {FIRST_TURN_TIMEOUT_MS} ms"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Serves until SIGTERM or SIGINT (Ok) or a shard stops on its own (Err),
+/// pinging the service manager's watchdog while every shard's loop turns.
+fn serve_until_signal(
+    notifier: Option<&Notifier>,
+    mut watchdog: Option<Watchdog>,
+    heartbeats: &[Heartbeat],
+    threads: &[JoinHandle<ShardStats>],
+) -> Result<(), String> {
+    let poll = Duration::from_millis(SIGNAL_POLL_MS);
+    loop {
+        let wait = watchdog
+            .as_ref()
+            .map_or(poll, |w| w.until_due(Instant::now()).min(poll));
+        match cluecast_sys::wait_shutdown_signal(wait.as_millis() as u64) {
+            Ok(Some(signal)) => {
+                crate::info!("cluecast: signal {signal}: draining");
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for signals: {e}")),
+        }
+        if threads.iter().any(|t| t.is_finished()) {
+            return Err("a shard stopped unexpectedly; the others were drained".to_string());
+        }
+        let (Some(watchdog), Some(notifier)) = (&mut watchdog, notifier) else {
+            continue;
+        };
+        match watchdog.check(heartbeats, Instant::now()) {
+            Pulse::NotDue => {}
+            Pulse::Alive => warn_unsent(notifier.watchdog()),
+            Pulse::Stalled(id) => crate::warn!(
+                "cluecast: shard {id} has not turned its loop in {} ms; withholding the \
+                 watchdog ping",
+                watchdog.period().as_millis()
+            ),
+        }
+    }
+}
+
+/// The service manager missing a message is worth a line, never a stop.
+fn warn_unsent(sent: std::io::Result<()>) {
+    if let Err(e) = sent {
+        crate::warn!("cluecast: {e}");
+    }
+}
+
+fn shard_main(cpu: usize, ring: Uring, setup: ShardSetup, heartbeat: &Heartbeat) -> ShardStats {
     let id = setup.id;
     if let Err(e) = cluecast_sys::pin_current_thread(cpu) {
         crate::warn!("shard {id}: cannot pin to cpu {cpu}: {e}");
@@ -438,7 +532,7 @@ fn shard_main(cpu: usize, ring: Uring, setup: ShardSetup) -> ShardStats {
     let mut shard = Shard::new(ring, setup);
     loop {
         match shard.turn() {
-            Ok(true) => {}
+            Ok(true) => heartbeat.beat(),
             Ok(false) => break,
             Err(e) => {
                 crate::error!("shard {id}: ring wait failed: {e}");

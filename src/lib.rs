@@ -2,11 +2,12 @@
 //! per topic, stored in a durable log, and fanned out over long-lived TCP
 //! connections by one io_uring event loop per core.
 //!
-//! Layout: `engine` starts and stops the shards; `shard` is the per-core
-//! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
-//! is the only door to the kernel (with a simulated twin for tests);
-//! `storage` is the durable log and its threads; `config` and `cli` face the
-//! operator, and `build_info` says how the binary was built.
+//! Layout: `engine` starts and stops the shards (`heartbeat` tells it they
+//! still turn); `shard` is the per-core loop; `conn`, `topics`, `arena` and
+//! `timer` are the state it keeps; `ring` is the only door to the kernel
+//! (with a simulated twin for tests); `storage` is the durable log and its
+//! threads; `config` and `cli` face the operator, and `build_info` says how
+//! the binary was built.
 
 pub mod admission;
 pub mod arena;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod engine;
+pub mod heartbeat;
 pub mod log;
 pub mod ring;
 pub mod shard;

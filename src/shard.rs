@@ -68,7 +68,7 @@ const RX_KEEP_BYTES: usize = 4096;
 
 /// After the drain deadline cuts the stragglers, how long their cancels and
 /// closes may take before the shard stops anyway.
-const DRAIN_GRACE_MS: u64 = 1_000;
+pub const DRAIN_GRACE_MS: u64 = 1_000;
 
 /// Channel record kinds.
 const RECORD_EVENT: u8 = 1;

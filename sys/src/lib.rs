@@ -1,7 +1,7 @@
 //! cluecast-sys: the one place cluecast makes raw OS calls outside the ring
 //! driver. Each function wraps one concern (CPU affinity, limits, sockets,
-//! memory, signals, randomness) and turns failures into `io::Error`s that
-//! name what failed.
+//! memory, signals, randomness, the service manager's notify socket) and
+//! turns failures into `io::Error`s that name what failed.
 
 use std::io;
 use std::mem;
@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
+pub mod notify;
 pub mod spsc;
 
 fn check(ret: libc::c_int, what: &str) -> io::Result<libc::c_int> {

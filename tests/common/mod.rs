@@ -1,6 +1,7 @@
 //! Shared helpers for tests that run the real appliance over loopback.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -51,6 +52,13 @@ pub struct Server {
 impl Server {
     pub fn start(args: &[&str]) -> Server {
         Server::spawn(Command::new(BIN), args)
+    }
+
+    /// Starts the appliance with these extra environment variables.
+    pub fn start_with_env(env: &[(&str, &OsStr)], args: &[&str]) -> Server {
+        let mut command = Command::new(BIN);
+        command.envs(env.iter().copied());
+        Server::spawn(command, args)
     }
 
     /// Starts the appliance confined to one CPU (its shards included).
