@@ -2,7 +2,8 @@
 //! per topic, stored in a durable log, and fanned out over long-lived TCP
 //! connections by one io_uring event loop per core.
 //!
-//! Layout: `engine` starts and stops the shards; `shard` is the per-core
+//! Layout: `engine` starts and stops the shards, and `placement` puts their
+//! memory and connections where the host serves them best; `shard` is the per-core
 //! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
 //! is the only door to the kernel (with a simulated twin for tests);
 //! `storage` is the durable log and its threads; `config` and `cli` face the
@@ -17,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod log;
+pub mod placement;
 pub mod ring;
 pub mod shard;
 pub mod storage;
