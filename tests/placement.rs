@@ -121,6 +121,10 @@ fn without_steering_connections_follow_the_kernels_hash() {
     // shard has a probability below 1e-9).
     let _clients = connect_from(cpus[1], &server, 100);
     let accepted = accepted_per_shard(&server, 2);
+    println!(
+        "--steering off, 100 clients from cpu {}: accepted per shard {accepted:?}",
+        cpus[1]
+    );
     assert_eq!(accepted.iter().sum::<u64>(), 100);
     assert!(
         accepted.iter().all(|&n| n >= 20),

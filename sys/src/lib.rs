@@ -1,7 +1,9 @@
 //! cluecast-sys: the one place cluecast makes raw OS calls outside the ring
 //! driver. Each function wraps one concern (CPU affinity, limits, sockets,
 //! memory, signals, randomness) and turns failures into `io::Error`s that
-//! name what failed.
+//! name what failed; `memory` holds what the host offers for placing memory
+//! (huge pages, NUMA nodes), `steer` the steering of new connections, and
+//! `spsc` the channel between shards.
 
 use std::io;
 use std::mem;
