@@ -100,37 +100,28 @@ pub fn place(
 ) -> Result<Placed, String> {
     assert_eq!(listeners.len(), cpus.len());
     let steering = steer_listeners(steering, listeners, cpus);
-    let (regions, shards, placements) = map_shard_memory(huge_pages, cpus, arena_bytes, ring)?;
-    let placement = Placement {
-        steering,
-        shards: placements,
-    };
-    crate::info!("cluecast: placement: {}", placement.describe());
-    Ok(Placed {
-        placement,
-        regions,
-        shards,
-    })
+    let placed = map_shard_memory(huge_pages, steering, cpus, arena_bytes, ring)?;
+    crate::info!("cluecast: placement: {}", placed.placement);
+    Ok(placed)
 }
 
-impl Placement {
-    /// One line: the steering, then each shard's CPU, node, pages and bytes.
-    pub fn describe(&self) -> String {
-        let shards: Vec<String> = self
-            .shards
-            .iter()
-            .map(|s| {
-                let node = s.numa_node.map_or("none".to_string(), |n| n.to_string());
-                format!(
-                    "shard {} cpu {} node {node} {} {} MiB",
-                    s.shard,
-                    s.cpu,
-                    s.pages.name(),
-                    s.memory_bytes >> 20
-                )
-            })
-            .collect();
-        format!("steering {}; {}", self.steering.name(), shards.join(", "))
+/// One line: the steering, then each shard's CPU, node, pages and bytes.
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "steering {};", self.steering.name())?;
+        for (i, s) in self.shards.iter().enumerate() {
+            let node = s.numa_node.map_or("none".to_string(), |n| n.to_string());
+            write!(
+                f,
+                "{} shard {} cpu {} node {node} {} {} MiB",
+                if i == 0 { "" } else { "," },
+                s.shard,
+                s.cpu,
+                s.pages.name(),
+                s.memory_bytes >> 20
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -200,20 +191,27 @@ fn choose_pages(
     }
 }
 
-type Mapped = (Vec<Region>, Vec<ShardMemory>, Vec<ShardPlacement>);
-
 /// One region per shard, on its CPU's node, cut into arena and receive
-/// memory; logs once which pages were used and why.
+/// memory; logs once which pages were used and why. `steering` is only
+/// recorded.
 fn map_shard_memory(
     setting: HugePages,
+    steering: Steering,
     cpus: &[usize],
     arena_bytes: usize,
     ring: UringConfig,
-) -> Result<Mapped, String> {
+) -> Result<Placed, String> {
     let (bytes, parts) = shard_bytes(arena_bytes, ring);
     let available = memory::huge_pages_available().map_err(|e| e.to_string())?;
     let (mut pages, mut reason) = choose_pages(setting, cpus.len(), bytes, available)?;
-    let mut mapped: Mapped = (Vec::new(), Vec::new(), Vec::new());
+    let mut mapped = Placed {
+        placement: Placement {
+            steering,
+            shards: Vec::with_capacity(cpus.len()),
+        },
+        regions: Vec::with_capacity(cpus.len()),
+        shards: Vec::with_capacity(cpus.len()),
+    };
     for (shard, &cpu) in cpus.iter().enumerate() {
         let numa_node = memory::cpu_node(cpu);
         let region = match Region::map(bytes, pages, numa_node) {
@@ -235,18 +233,18 @@ fn map_shard_memory(
             .split(&parts)
             .try_into()
             .unwrap_or_else(|_| unreachable!("three lengths make three spans"));
-        mapped.2.push(ShardPlacement {
+        mapped.placement.shards.push(ShardPlacement {
             shard,
             cpu,
             numa_node,
             pages: region.pages(),
             memory_bytes: region.len(),
         });
-        mapped.1.push(ShardMemory {
+        mapped.shards.push(ShardMemory {
             arena,
             recv: RecvMemory { entries, buffers },
         });
-        mapped.0.push(region);
+        mapped.regions.push(region);
     }
     if pages == PageKind::Transparent && !memory::transparent_huge_pages_enabled() {
         reason.push_str(", but transparent huge pages are disabled on this host (4 KiB pages)");
