@@ -281,10 +281,10 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cluecast_sys::Region;
+    use cluecast_sys::{PageKind, Region};
 
     fn arena(bytes: usize, frame_bytes_max: usize) -> (Region, Arena) {
-        let region = Region::map(bytes, false).unwrap();
+        let region = Region::map(bytes, PageKind::Transparent, None).unwrap();
         let span = region.spans(1).pop().unwrap();
         (region, Arena::new(span, 0, frame_bytes_max))
     }

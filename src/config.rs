@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use cluecast_proto::Limits;
 
+use crate::placement::{HugePages, Steering};
 use crate::storage::Durability;
 
 macro_rules! settings {
@@ -99,8 +100,10 @@ settings! {
     recv_buffer_bytes: u32 = 4096, "CLUECAST_RECV_BUFFER_BYTES";
     /// Capacity of each shard-to-shard channel
     mesh_bytes: usize = 8 << 20, "CLUECAST_MESH_BYTES";
-    /// Take the frame arena from reserved huge pages when there are enough
-    huge_pages: bool = true, "CLUECAST_HUGE_PAGES";
+    /// Pages of each shard's memory (frame arena, receive buffers): auto takes reserved 2 MiB huge pages when enough are free, else transparent huge pages; require refuses to start without the reserved ones; off uses 4 KiB pages
+    huge_pages: HugePages = HugePages::Auto, "CLUECAST_HUGE_PAGES";
+    /// Which shard a new connection lands on: incoming-cpu or bpf pick the shard whose CPU processed its first packet (SO_INCOMING_CPU, or a BPF program on the listeners), falling back to the next if the kernel refuses; off leaves it to the kernel's hash
+    steering: Steering = Steering::IncomingCpu, "CLUECAST_STEERING";
     /// Where the durable log lives (created if missing)
     data_dir: PathBuf = PathBuf::from("data"), "CLUECAST_DATA_DIR";
     /// sync: acked and delivered once the WAL is synced; async: at once, synced within 200 ms; memory: no log

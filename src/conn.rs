@@ -276,7 +276,7 @@ impl Conn {
 mod tests {
     use super::*;
     use crate::arena::Use;
-    use cluecast_sys::Region;
+    use cluecast_sys::{PageKind, Region};
 
     fn frame(arena: &mut Arena, len: usize, fill: u8) -> FrameRef {
         let f = arena.alloc(len, Use::Event).unwrap();
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn short_sends_advance_through_frames() {
-        let region = Region::map(1 << 20, false).unwrap();
+        let region = Region::map(1 << 20, PageKind::Transparent, None).unwrap();
         let mut arena = Arena::new(region.spans(1).pop().unwrap(), 0, 4096);
         let mut conn = Conn::new(3, 0);
         for fill in 0..3 {
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn large_frames_go_alone_and_zero_copy_pins_them() {
-        let region = Region::map(1 << 20, false).unwrap();
+        let region = Region::map(1 << 20, PageKind::Transparent, None).unwrap();
         let mut arena = Arena::new(region.spans(1).pop().unwrap(), 0, 4096);
         let mut conn = Conn::new(3, 0);
         let small = frame(&mut arena, 10, 1);
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn drop_unsent_keeps_the_frames_a_send_covers() {
-        let region = Region::map(1 << 20, false).unwrap();
+        let region = Region::map(1 << 20, PageKind::Transparent, None).unwrap();
         let mut arena = Arena::new(region.spans(1).pop().unwrap(), 0, 4096);
         let mut conn = Conn::new(3, 0);
         for fill in 0..4 {

@@ -1,8 +1,8 @@
 //! Start-up and shutdown of the appliance: limits, the durable log and its
-//! threads, the frame arena, one listener and one pinned shard thread per
-//! core, the channels between them, and the signal that drains them all;
-//! telling the service manager (systemd) when it serves, that it lives, and
-//! when it stops.
+//! threads, each shard's memory, one listener and one pinned shard thread
+//! per core, the channels between them, and the signal that drains them
+//! all; telling the service manager (systemd) when it serves, that it
+//! lives, and when it stops.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -12,13 +12,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cluecast_sys::notify::Notifier;
-use cluecast_sys::{spsc, Region, Span};
+use cluecast_sys::{spsc, Span};
 
 use crate::admission::{Rate, SourceCounts};
 use crate::arena::Arena;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::heartbeat::{self, Heartbeat, Pulse, Watchdog};
+use crate::placement::{self, ShardMemory};
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
 use crate::shard::{Shard, ShardSetup, ShardStats, DRAIN_GRACE_MS};
@@ -113,15 +114,22 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     // Each shard owns (and on drain closes) its listener from here on.
     let listeners: Vec<RawFd> = listeners.into_iter().map(OwnedFd::into_raw_fd).collect();
 
-    let region = Region::map(settings.arena_bytes * shards, settings.huge_pages)
-        .map_err(|e| format!("mapping the frame arena: {e}"))?;
-    if settings.huge_pages && !region.huge_pages() {
-        crate::info!(
-            "cluecast: no reserved huge pages for the arena; using normal pages (THP advised)"
-        );
-    }
-    let spans = region.spans(shards);
-    let iovecs: Vec<libc::iovec> = spans.iter().map(Span::iovec).collect();
+    let cpus = cluecast_sys::allowed_cpus().map_err(|e| e.to_string())?;
+    let shard_cpus: Vec<usize> = (0..shards).map(|id| cpus[id % cpus.len()]).collect();
+    let ring_config = UringConfig {
+        sq_entries: settings.ring_entries,
+        recv_buffers: settings.recv_buffers,
+        recv_buffer_bytes: settings.recv_buffer_bytes,
+    };
+    let placed = placement::place(
+        settings.huge_pages,
+        settings.steering,
+        &listeners,
+        &shard_cpus,
+        settings.arena_bytes,
+        ring_config,
+    )?;
+    let iovecs: Vec<libc::iovec> = placed.shards.iter().map(|m| m.arena.iovec()).collect();
 
     let epoch = loop {
         let e = cluecast_sys::random_u64().map_err(|e| format!("getrandom: {e}"))?;
@@ -129,23 +137,19 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             break e;
         }
     };
-    let cpus = cluecast_sys::allowed_cpus().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
 
-    // All rings first, from this thread: the first registers the arena, the
+    // All rings first, from this thread: the first registers the arenas, the
     // others share that registration, and every shard learns every doorbell.
-    let ring_config = UringConfig {
-        sq_entries: settings.ring_entries,
-        recv_buffers: settings.recv_buffers,
-        recv_buffer_bytes: settings.recv_buffer_bytes,
-    };
     let mut rings: Vec<Uring> = Vec::with_capacity(shards);
-    for id in 0..shards {
+    let mut spans: Vec<Span> = Vec::with_capacity(shards);
+    for (id, ShardMemory { arena, recv }) in placed.shards.into_iter().enumerate() {
         let fixed = match rings.first() {
             None => FixedBuffers::Register(&iovecs),
             Some(first) => FixedBuffers::CloneFrom(first.fd()),
         };
-        rings.push(Uring::new(ring_config, fixed).map_err(|e| format!("shard {id}: {e}"))?);
+        rings.push(Uring::new(ring_config, fixed, recv).map_err(|e| format!("shard {id}: {e}"))?);
+        spans.push(arena);
     }
     let ring_fds: Vec<RawFd> = rings.iter().map(|r| r.fd()).collect();
 
@@ -174,7 +178,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
         let id = setup.id;
-        let cpu = cpus[id % cpus.len()];
+        let cpu = shard_cpus[id];
         let beats = heartbeats.clone();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
@@ -215,8 +219,8 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             Err(_) => failed = true,
         }
     }
-    // The rings are gone with their threads; only now may the arena go.
-    drop(region);
+    // The rings are gone with their threads; only now may their memory go.
+    drop(placed.regions);
     // The shards have stopped appending: the writer commits the rest.
     storage_stop.store(true, Ordering::Release);
     for thread in storage_threads {

@@ -3,11 +3,12 @@
 //! connections by one io_uring event loop per core.
 //!
 //! Layout: `engine` starts and stops the shards (`heartbeat` tells it they
-//! still turn); `shard` is the per-core loop; `conn`, `topics`, `arena` and
-//! `timer` are the state it keeps; `ring` is the only door to the kernel
-//! (with a simulated twin for tests); `storage` is the durable log and its
-//! threads; `config` and `cli` face the operator, and `build_info` says how
-//! the binary was built.
+//! still turn), and `placement` puts their memory and connections where the
+//! host serves them best; `shard` is the per-core loop; `conn`, `topics`,
+//! `arena` and `timer` are the state it keeps; `ring` is the only door to
+//! the kernel (with a simulated twin for tests); `storage` is the durable
+//! log and its threads; `config` and `cli` face the operator, and
+//! `build_info` says how the binary was built.
 
 pub mod admission;
 pub mod arena;
@@ -19,6 +20,7 @@ pub mod conn;
 pub mod engine;
 pub mod heartbeat;
 pub mod log;
+pub mod placement;
 pub mod ring;
 pub mod shard;
 pub mod storage;

@@ -327,10 +327,10 @@ impl Topics {
 mod tests {
     use super::*;
     use crate::arena::Use;
-    use cluecast_sys::Region;
+    use cluecast_sys::{PageKind, Region};
 
     fn setup(events_max: usize, bytes_max: usize) -> (Region, Arena, Topics) {
-        let region = Region::map(1 << 20, false).unwrap();
+        let region = Region::map(1 << 20, PageKind::Transparent, None).unwrap();
         let arena = Arena::new(region.spans(1).pop().unwrap(), 0, 4096);
         let topics = Topics::new(TopicLimits {
             topics_max: 4,

@@ -75,13 +75,28 @@ fn ready_once_every_shard_serves_pings_while_alive_and_stopping_on_sigterm() {
             server.addr
         )
     );
-    // Straight after READY, clients on every shard get their subscription.
-    let mut clients = Vec::with_capacity(CLIENTS);
-    for _ in 0..CLIENTS {
-        let mut client = RawClient::open(server.addr);
-        client.subscribe("hunt-ready", StartMode::Live, 0, 0);
-        clients.push(client);
-    }
+    // Straight after READY, clients on every shard get their subscription:
+    // half connect from each CPU, and steering hands each half to the shard
+    // on that CPU.
+    let addr = server.addr;
+    let openers: Vec<_> = (0..2)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                cluecast_sys::pin_current_thread(cpu).unwrap();
+                (0..CLIENTS / 2)
+                    .map(|_| {
+                        let mut client = RawClient::open(addr);
+                        client.subscribe("hunt-ready", StartMode::Live, 0, 0);
+                        client
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let clients: Vec<RawClient> = openers
+        .into_iter()
+        .flat_map(|opener| opener.join().unwrap())
+        .collect();
 
     // Pings every 150 ms (half the interval) while both shards turn.
     let window = Duration::from_millis(1200);

@@ -29,7 +29,7 @@ use cluecast_proto::{
     decode, ErrorCode, Frame, GoAwayReason, Hello, Limits, Publish, StartMode, Subscribe,
     SubscribeStatus, TopicClose,
 };
-use cluecast_sys::Region;
+use cluecast_sys::{PageKind, Region};
 
 const TOPICS: [&str; 3] = ["hunt-a", "hunt-b", "hunt-c"];
 const SUBSCRIBERS: usize = 5;
@@ -195,7 +195,12 @@ impl World {
             (0, _) => 5,
             _ => 64,
         };
-        let region = Region::map(settings.arena_bytes * shard_count, false).unwrap();
+        let region = Region::map(
+            settings.arena_bytes * shard_count,
+            PageKind::Transparent,
+            None,
+        )
+        .unwrap();
         let rings: Vec<SimRing> = (0..shard_count).map(|_| net.ring()).collect();
         let listeners: Vec<RawFd> = (0..shard_count).map(|_| net.listen()).collect();
         let stop = Arc::new(AtomicBool::new(false));

@@ -36,7 +36,7 @@ use cluecast_fuzz::handshake::{
 };
 use cluecast_fuzz::key_file;
 use cluecast_proto::{decode, Frame, Limits, PROTOCOL_VERSION};
-use cluecast_sys::Region;
+use cluecast_sys::{PageKind, Region};
 use libfuzzer_sys::fuzz_target;
 
 /// Connections the shard takes at once: fewer than the clients may open, so
@@ -81,8 +81,9 @@ static TRACE: LazyLock<bool> =
 /// The frame arena's memory, mapped once: mapping and populating it for
 /// every input took a fifth of the time. Each input's shard is dropped
 /// before the next one's takes the span.
-static REGION: LazyLock<Region> =
-    LazyLock::new(|| Region::map(SETTINGS.arena_bytes, false).expect("map the arena"));
+static REGION: LazyLock<Region> = LazyLock::new(|| {
+    Region::map(SETTINGS.arena_bytes, PageKind::Transparent, None).expect("map the arena")
+});
 
 /// Written over the arena before each input, so a frame read before it is
 /// written shows (as the simulated ring poisons recycled buffers).

@@ -1,8 +1,9 @@
 //! The io_uring driver: the one place submission entries are built.
 //!
 //! One ring per shard with a completion queue four times the submission
-//! queue, a provided-buffer ring for multishot receive, and the frame arena
-//! registered as fixed buffers. Rings are created disabled so one thread can
+//! queue, a provided-buffer ring for multishot receive (in memory the engine
+//! maps for the shard, on its NUMA node), and the frame arena registered as
+//! fixed buffers. Rings are created disabled so one thread can
 //! register the arena once and share it with every ring; each shard thread
 //! then enables its own ring and becomes its single issuer (SINGLE_ISSUER and
 //! DEFER_TASKRUN tie completions to that thread).
@@ -13,6 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
 
+use cluecast_sys::Span;
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
@@ -29,6 +31,24 @@ pub struct UringConfig {
     pub recv_buffer_bytes: u32,
 }
 
+impl UringConfig {
+    /// Bytes of the provided-buffer ring's entries, and of its buffers.
+    pub fn recv_bytes(&self) -> (usize, usize) {
+        let buffers = self.recv_buffers as usize;
+        (
+            buffers * std::mem::size_of::<BufRingEntry>(),
+            buffers * self.recv_buffer_bytes as usize,
+        )
+    }
+}
+
+/// Memory for the provided receive buffers, as large as `recv_bytes` says:
+/// the ring of entries the kernel reads (page aligned) and the buffers.
+pub struct RecvMemory {
+    pub entries: Span,
+    pub buffers: Span,
+}
+
 /// How this ring gets the shared frame arena registered.
 pub enum FixedBuffers<'a> {
     /// Register these regions (the first ring does this).
@@ -40,8 +60,8 @@ pub enum FixedBuffers<'a> {
 pub struct Uring {
     ring: IoUring,
     /// Provided-buffer ring entries, shared with the kernel.
-    buf_entries: cluecast_sys::Region,
-    buf_data: cluecast_sys::Region,
+    buf_entries: Span,
+    buf_data: Span,
     buf_mask: u16,
     buf_tail: u16,
     recv_buffer_bytes: u32,
@@ -101,8 +121,18 @@ const REQUIRED_OPCODES: [(u8, &str); 9] = [
 ];
 
 impl Uring {
-    pub fn new(config: UringConfig, fixed: FixedBuffers<'_>) -> io::Result<Uring> {
+    /// The caller keeps `recv`'s memory, like the arena, mapped until the
+    /// ring is dropped.
+    pub fn new(
+        config: UringConfig,
+        fixed: FixedBuffers<'_>,
+        recv: RecvMemory,
+    ) -> io::Result<Uring> {
         assert!(config.recv_buffers.is_power_of_two() && config.recv_buffers <= 32768);
+        assert_eq!(
+            (recv.entries.len(), recv.buffers.len()),
+            config.recv_bytes()
+        );
         let ring = IoUring::builder()
             .setup_r_disabled()
             .setup_single_issuer()
@@ -151,17 +181,16 @@ impl Uring {
                 .map_err(|e| setup_error("sharing the frame arena registration", e))?,
         }
 
-        let entries = config.recv_buffers as usize;
-        let buf_entries =
-            cluecast_sys::Region::map(entries * std::mem::size_of::<BufRingEntry>(), false)?;
-        let buf_data =
-            cluecast_sys::Region::map(entries * config.recv_buffer_bytes as usize, false)?;
-        // SAFETY: buf_entries is page aligned, sized for `entries`, and lives as
-        // long as the ring (both are fields of Uring; the ring drops first).
+        let RecvMemory {
+            entries: mut buf_entries,
+            buffers: buf_data,
+        } = recv;
+        // SAFETY: buf_entries is page aligned, sized for the buffers, and
+        // stays mapped as long as the ring (the contract of `new`).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(
-                    buf_entries.as_ptr() as u64,
+                    buf_entries.as_mut_ptr() as u64,
                     config.recv_buffers,
                     RECV_BUFFER_GROUP,
                     0,
@@ -270,15 +299,15 @@ impl Ring for Uring {
 
     fn buffer(&self, buffer_id: u16, len: usize) -> &[u8] {
         assert!(buffer_id <= self.buf_mask && len <= self.recv_buffer_bytes as usize);
-        let offset = buffer_id as usize * self.recv_buffer_bytes as usize;
-        // SAFETY: the kernel wrote `len` bytes at this buffer and will not touch
-        // it again until it is recycled.
-        unsafe { std::slice::from_raw_parts(self.buf_data.as_ptr().add(offset), len) }
+        // The kernel wrote `len` bytes at this buffer and will not touch it
+        // again until it is recycled.
+        self.buf_data
+            .bytes(buffer_id as usize * self.recv_buffer_bytes as usize, len)
     }
 
     fn recycle(&mut self, buffer_id: u16) {
         assert!(buffer_id <= self.buf_mask);
-        let base = self.buf_entries.as_ptr() as *mut BufRingEntry;
+        let base = self.buf_entries.as_mut_ptr() as *mut BufRingEntry;
         let slot = (self.buf_tail & self.buf_mask) as usize;
         // SAFETY: slot < entries; the kernel reads entries only below the
         // published tail, which is advanced after the entry is written.
@@ -286,8 +315,7 @@ impl Ring for Uring {
             let entry = &mut *base.add(slot);
             entry.set_addr(
                 self.buf_data
-                    .as_ptr()
-                    .add(buffer_id as usize * self.recv_buffer_bytes as usize)
+                    .ptr(buffer_id as usize * self.recv_buffer_bytes as usize)
                     as u64,
             );
             entry.set_len(self.recv_buffer_bytes);
