@@ -25,28 +25,103 @@ use crate::topics::TopicLimits;
 /// Descriptors kept back from the connection budget: rings, listeners,
 /// stdio, log files.
 const FDS_RESERVED: u64 = 64;
-const LISTEN_BACKLOG: i32 = 4096;
+/// The accept backlog of each shard's listener (net.core.somaxconn caps it).
+pub const LISTEN_BACKLOG: i32 = 4096;
 /// Descriptors per shard kept for refusing clients past capacity.
 const REFUSING_FDS: usize = 256;
 /// Counters of connections per source address (4 bytes each): far more
 /// than the sources expected at once, so few share one.
 const SOURCE_SLOTS: usize = 1 << 16;
 
+/// What the engine maps and what io_uring pins at start-up for one set of
+/// settings. `run` maps exactly this and `cluecast tune` reserves huge pages
+/// and checks limits against it, so the two cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryPlan {
+    /// The frame arena: one region, cut into one span per shard.
+    pub arena_bytes: usize,
+    /// 2 MiB huge pages the arena takes when enough are reserved (nothing
+    /// else the engine maps asks for huge pages).
+    pub huge_pages: usize,
+    /// An upper bound on the locked memory io_uring charges to the user
+    /// without CAP_IPC_LOCK: the registered arena, and each ring's queues and
+    /// receive buffer ring (estimated from their entry sizes).
+    pub memlock_bytes: usize,
+}
+
+pub fn memory_plan(settings: &Settings) -> MemoryPlan {
+    const PAGE_BYTES: usize = 4096;
+    const SQE_BYTES: usize = 64;
+    const CQE_BYTES: usize = 16;
+    const BUF_RING_ENTRY_BYTES: usize = 16;
+    let pages = |bytes: usize| bytes.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+    let arena_bytes = settings.arena_bytes * settings.shards;
+    let huge_pages = cluecast_sys::huge_pages_for(arena_bytes);
+    let sq = settings.ring_entries as usize;
+    // The rings' header fits in the page added to the completion queue.
+    let ring_bytes = pages(sq * SQE_BYTES)
+        + pages(PAGE_BYTES + 4 * sq * CQE_BYTES + sq * 4)
+        + pages(settings.recv_buffers as usize * BUF_RING_ENTRY_BYTES);
+    let arena_pinned = match settings.huge_pages {
+        true => huge_pages * cluecast_sys::HUGE_PAGE_BYTES,
+        false => pages(arena_bytes),
+    };
+    MemoryPlan {
+        arena_bytes,
+        huge_pages,
+        memlock_bytes: arena_pinned + settings.shards * ring_bytes,
+    }
+}
+
+/// Connections each shard can hold under an open-file limit of
+/// `nofile_soft` (0: none), after the descriptors kept back.
+pub fn connection_capacity(nofile_soft: u64, shards: usize) -> usize {
+    let fd_budget = nofile_soft.saturating_sub(FDS_RESERVED) as usize / shards;
+    if fd_budget < 2 {
+        return 0;
+    }
+    // Refusing a client past capacity briefly takes a descriptor too (one
+    // small send, then close); past this many at once, accept backs off.
+    fd_budget - (fd_budget / 4).clamp(1, REFUSING_FDS)
+}
+
+/// The smallest open-file limit that gives each shard `connections` slots.
+pub fn nofile_needed(connections: usize, shards: usize) -> u64 {
+    assert!(connections >= 1 && shards >= 1);
+    // The capacity grows with the limit: search for the first that fits.
+    let (mut low, mut high) = (
+        FDS_RESERVED,
+        FDS_RESERVED + 2 * (connections * shards) as u64,
+    );
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if connection_capacity(mid, shards) >= connections {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    low
+}
+
+/// The CPU shard `id` pins itself to: the id-th of the CPUs the process may
+/// use (what `cluecast tune` places interrupts on).
+pub fn shard_cpu(allowed_cpus: &[usize], id: usize) -> usize {
+    allowed_cpus[id % allowed_cpus.len()]
+}
+
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: &Settings) -> Result<(), String> {
     cluecast_sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
     let nofile = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
     let shards = settings.shards;
-    let fd_budget = nofile.soft.saturating_sub(FDS_RESERVED) as usize / shards;
-    if fd_budget < 2 {
+    let capacity = connection_capacity(nofile.soft, shards);
+    if capacity == 0 {
         return Err(format!(
             "the open-file limit ({}) leaves no room for connections",
             nofile.soft
         ));
     }
-    // Refusing a client past capacity briefly takes a descriptor too (one
-    // small send, then close); past this many at once, accept backs off.
-    let capacity = fd_budget - (fd_budget / 4).clamp(1, REFUSING_FDS);
     let connections_max = match settings.connections_max {
         0 => capacity,
         wanted if wanted > capacity => {
@@ -94,7 +169,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     // Each shard owns (and on drain closes) its listener from here on.
     let listeners: Vec<RawFd> = listeners.into_iter().map(OwnedFd::into_raw_fd).collect();
 
-    let region = Region::map(settings.arena_bytes * shards, settings.huge_pages)
+    let region = Region::map(memory_plan(settings).arena_bytes, settings.huge_pages)
         .map_err(|e| format!("mapping the frame arena: {e}"))?;
     if settings.huge_pages && !region.huge_pages() {
         crate::info!(
@@ -154,7 +229,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
         let id = setup.id;
-        let cpu = cpus[id % cpus.len()];
+        let cpu = shard_cpu(&cpus, id);
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || shard_main(cpu, ring, setup))

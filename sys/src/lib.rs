@@ -272,9 +272,16 @@ pub struct Region {
 unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
-const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// The huge page size the arena asks for (MAP_HUGETLB without a size flag
+/// takes the default size, 2 MiB on x86-64 and arm64 with 4 KiB pages).
+pub const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// Fault a range in, writable (Linux 5.14); not yet in the libc crate.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Huge pages a region of `len` bytes takes when `Region::map` gets them.
+pub fn huge_pages_for(len: usize) -> usize {
+    len.div_ceil(HUGE_PAGE_BYTES)
+}
 
 impl Region {
     /// Maps `len` bytes, from reserved 2 MiB huge pages when `try_huge_pages`
@@ -291,7 +298,7 @@ impl Region {
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
         if try_huge_pages {
-            let huge_len = len.div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES;
+            let huge_len = huge_pages_for(len) * HUGE_PAGE_BYTES;
             // SAFETY: a fresh anonymous mapping aliases nothing.
             let ptr = unsafe {
                 libc::mmap(
