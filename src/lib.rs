@@ -6,7 +6,8 @@
 //! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
 //! is the only door to the kernel (with a simulated twin for tests);
 //! `storage` is the durable log and its threads; `config` and `cli` face the
-//! operator, and `build_info` says how the binary was built.
+//! operator, `tune` checks and tunes the host for it, and `build_info` says
+//! how the binary was built.
 
 pub mod admission;
 pub mod arena;
@@ -23,3 +24,4 @@ pub mod storage;
 pub mod timer;
 pub mod tls;
 pub mod topics;
+pub mod tune;
