@@ -1,12 +1,13 @@
 //! The command line: `run` starts the appliance; `token` mints client
 //! tokens; `pub`, `sub`, `path` and `topic close` are small clients built on
-//! the reference client library, for operators and scripts.
+//! the reference client library, for operators and scripts; `tune` checks
+//! and tunes the host; `completions` and `man` describe the command line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cluecast_proto::client::{tls_trusting, Client, ClientConfig, Delivery, Start};
 use cluecast_proto::{Position, SubscribeStatus};
 
@@ -99,6 +100,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "csv")]
         format: PathFormat,
     },
+    /// Check the host against what the settings need (huge pages, IRQs,
+    /// NUMA, sysctls, limits, io_uring) and fix it
+    Tune {
+        #[command(subcommand)]
+        command: crate::tune::TuneCommand,
+    },
+    /// Print a shell completion script
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff)
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
@@ -215,6 +226,19 @@ pub fn main() -> ExitCode {
             since,
             format,
         } => print_path(&server, &player, since, format),
+        Command::Tune { command } => return crate::tune::main(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cluecast",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| format!("writing the manual page: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,7 +53,8 @@ settings! {
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool = false, "CLUECAST_INSECURE_NO_AUTH";
     /// Shards, one pinned thread and ring each [default: 60% of the CPUs, at least 1]
-    shards: usize = default_shards(), "CLUECAST_SHARDS";
+    // A placeholder: resolve_for_cpus puts 60% of the CPUs in when unset.
+    shards: usize = 0, "CLUECAST_SHARDS";
     /// Connections per shard [default: derived from the open-file limit]
     connections_max: usize = 0, "CLUECAST_CONNECTIONS_MAX";
     /// Largest event payload accepted
@@ -116,17 +117,22 @@ settings! {
     retention_age_s: u64 = 7 * 24 * 3600, "CLUECAST_RETENTION_AGE_S";
 }
 
-/// 60% of the CPUs this process may use, rounded, at least one: the share
+/// 60% of the CPUs cluecast may use, rounded, at least one: the share
 /// the original system found best before lock contention (here: before the
 /// load generator and the kernel's network work starve).
-pub fn default_shards() -> usize {
-    let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
+fn shards_for_cpus(cpus: usize) -> usize {
     ((cpus as f64 * 0.6).round() as usize).max(1)
 }
 
 impl RunArgs {
     /// Merges the TOML file (if any) under the flags and checks the result.
     pub fn resolve(self) -> Result<Settings, String> {
+        self.resolve_for_cpus(cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1))
+    }
+
+    /// The settings `run` would resolve on a host where it may use `cpus`
+    /// CPUs: `cluecast tune` reads that count from the host it checks.
+    pub fn resolve_for_cpus(self, cpus: usize) -> Result<Settings, String> {
         let merged = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -137,8 +143,12 @@ impl RunArgs {
             }
             None => self,
         };
-        let settings = merged.or_defaults();
-        settings.validate()?;
+        let shards_given = merged.shards.is_some();
+        let mut settings = merged.or_defaults();
+        if !shards_given {
+            settings.shards = shards_for_cpus(cpus);
+        }
+        settings.validate(cpus)?;
         Ok(settings)
     }
 }
@@ -181,11 +191,10 @@ impl Settings {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self, cpus: usize) -> Result<(), String> {
         let limits = self.limits();
         limits.validate()?;
         let frame = limits.frame_bytes_max as usize;
-        let cpus = cluecast_sys::allowed_cpus().map(|c| c.len()).unwrap_or(1);
         let checks: [(bool, String); 12] = [
             (
                 self.connections_per_source_max >= 1 && self.handshakes_max >= 1,
@@ -204,7 +213,7 @@ impl Settings {
             ),
             (
                 self.shards >= 1 && self.shards <= cpus,
-                format!("--shards must be 1..={cpus} (the CPUs this process may use)"),
+                format!("--shards must be 1..={cpus} (the CPUs cluecast may use)"),
             ),
             (
                 self.topic_bytes_max >= 1 && self.payload_bytes_max <= 4 << 20,

@@ -19,7 +19,7 @@ use crate::arena::Arena;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::heartbeat::{self, Heartbeat, Pulse, Watchdog};
-use crate::placement::{self, ShardMemory};
+use crate::placement::{self, HugePages, ShardMemory};
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
 use crate::shard::{Shard, ShardSetup, ShardStats, DRAIN_GRACE_MS};
@@ -31,7 +31,8 @@ use crate::topics::TopicLimits;
 /// Descriptors kept back from the connection budget: rings, listeners,
 /// stdio, log files.
 const FDS_RESERVED: u64 = 64;
-const LISTEN_BACKLOG: i32 = 4096;
+/// The accept backlog of each shard's listener (net.core.somaxconn caps it).
+pub const LISTEN_BACKLOG: i32 = 4096;
 /// Descriptors per shard kept for refusing clients past capacity.
 const REFUSING_FDS: usize = 256;
 /// Counters of connections per source address (4 bytes each): far more
@@ -46,6 +47,94 @@ const SIGNAL_POLL_MS: u64 = 200;
 /// last commit and the process's exit.
 const STOP_MARGIN_MS: u64 = 5_000;
 
+/// What the engine maps and what io_uring pins at start-up for one set of
+/// settings. `run` maps exactly this (through `placement`) and `cluecast
+/// tune` reserves huge pages and checks limits against it, so the two
+/// cannot disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryPlan {
+    /// One shard's mapping: its frame arena, receive buffers and their ring.
+    pub shard_bytes: usize,
+    /// 2 MiB huge pages all shards take when enough are reserved.
+    pub huge_pages: usize,
+    /// An upper bound on the locked memory io_uring charges to the user
+    /// without CAP_IPC_LOCK: each registered arena, and each ring's queues
+    /// and receive buffer ring (estimated from their entry sizes).
+    pub memlock_bytes: usize,
+}
+
+pub fn memory_plan(settings: &Settings) -> MemoryPlan {
+    const PAGE_BYTES: usize = 4096;
+    const SQE_BYTES: usize = 64;
+    const CQE_BYTES: usize = 16;
+    const BUF_RING_ENTRY_BYTES: usize = 16;
+    let pages = |bytes: usize| bytes.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+    let shard_bytes = placement::shard_bytes(settings.arena_bytes, ring_config(settings));
+    let sq = settings.ring_entries as usize;
+    // The rings' header fits in the page added to the completion queue.
+    let ring_bytes = pages(sq * SQE_BYTES)
+        + pages(PAGE_BYTES + 4 * sq * CQE_BYTES + sq * 4)
+        + pages(settings.recv_buffers as usize * BUF_RING_ENTRY_BYTES);
+    // Pinning covers whole pages: 2 MiB ones unless huge pages are off.
+    let arena_pinned = match settings.huge_pages {
+        HugePages::Off => pages(settings.arena_bytes),
+        HugePages::Auto | HugePages::Require => {
+            cluecast_sys::huge_pages_for(settings.arena_bytes) * cluecast_sys::HUGE_PAGE_BYTES
+        }
+    };
+    MemoryPlan {
+        shard_bytes,
+        huge_pages: settings.shards * cluecast_sys::huge_pages_for(shard_bytes),
+        memlock_bytes: settings.shards * (arena_pinned + ring_bytes),
+    }
+}
+
+/// The rings' sizes, as the settings ask.
+fn ring_config(settings: &Settings) -> UringConfig {
+    UringConfig {
+        sq_entries: settings.ring_entries,
+        recv_buffers: settings.recv_buffers,
+        recv_buffer_bytes: settings.recv_buffer_bytes,
+    }
+}
+
+/// Connections each shard can hold under an open-file limit of
+/// `nofile_soft` (0: none), after the descriptors kept back.
+pub fn connection_capacity(nofile_soft: u64, shards: usize) -> usize {
+    let fd_budget = nofile_soft.saturating_sub(FDS_RESERVED) as usize / shards;
+    if fd_budget < 2 {
+        return 0;
+    }
+    // Refusing a client past capacity briefly takes a descriptor too (one
+    // small send, then close); past this many at once, accept backs off.
+    fd_budget - (fd_budget / 4).clamp(1, REFUSING_FDS)
+}
+
+/// The smallest open-file limit that gives each shard `connections` slots.
+pub fn nofile_needed(connections: usize, shards: usize) -> u64 {
+    assert!(connections >= 1 && shards >= 1);
+    // The capacity grows with the limit: search for the first that fits.
+    let (mut low, mut high) = (
+        FDS_RESERVED,
+        FDS_RESERVED + 2 * (connections * shards) as u64,
+    );
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if connection_capacity(mid, shards) >= connections {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    low
+}
+
+/// The CPU shard `id` pins itself to: the id-th of the CPUs the process may
+/// use (what `cluecast tune` places interrupts on).
+pub fn shard_cpu(allowed_cpus: &[usize], id: usize) -> usize {
+    allowed_cpus[id % allowed_cpus.len()]
+}
+
 /// Runs the appliance until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: &Settings) -> Result<(), String> {
     cluecast_sys::block_shutdown_signals().map_err(|e| format!("blocking signals: {e}"))?;
@@ -57,16 +146,13 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         .transpose()?;
     let nofile = cluecast_sys::raise_nofile_limit().map_err(|e| e.to_string())?;
     let shards = settings.shards;
-    let fd_budget = nofile.soft.saturating_sub(FDS_RESERVED) as usize / shards;
-    if fd_budget < 2 {
+    let capacity = connection_capacity(nofile.soft, shards);
+    if capacity == 0 {
         return Err(format!(
             "the open-file limit ({}) leaves no room for connections",
             nofile.soft
         ));
     }
-    // Refusing a client past capacity briefly takes a descriptor too (one
-    // small send, then close); past this many at once, accept backs off.
-    let capacity = fd_budget - (fd_budget / 4).clamp(1, REFUSING_FDS);
     let connections_max = match settings.connections_max {
         0 => capacity,
         wanted if wanted > capacity => {
@@ -115,19 +201,14 @@ pub fn run(settings: &Settings) -> Result<(), String> {
     let listeners: Vec<RawFd> = listeners.into_iter().map(OwnedFd::into_raw_fd).collect();
 
     let cpus = cluecast_sys::allowed_cpus().map_err(|e| e.to_string())?;
-    let shard_cpus: Vec<usize> = (0..shards).map(|id| cpus[id % cpus.len()]).collect();
-    let ring_config = UringConfig {
-        sq_entries: settings.ring_entries,
-        recv_buffers: settings.recv_buffers,
-        recv_buffer_bytes: settings.recv_buffer_bytes,
-    };
+    let shard_cpus: Vec<usize> = (0..shards).map(|id| shard_cpu(&cpus, id)).collect();
     let placed = placement::place(
         settings.huge_pages,
         settings.steering,
         &listeners,
         &shard_cpus,
         settings.arena_bytes,
-        ring_config,
+        ring_config(settings),
     )?;
     let iovecs: Vec<libc::iovec> = placed.shards.iter().map(|m| m.arena.iovec()).collect();
 
@@ -148,7 +229,10 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             None => FixedBuffers::Register(&iovecs),
             Some(first) => FixedBuffers::CloneFrom(first.fd()),
         };
-        rings.push(Uring::new(ring_config, fixed, recv).map_err(|e| format!("shard {id}: {e}"))?);
+        rings.push(
+            Uring::new(ring_config(settings), fixed, recv)
+                .map_err(|e| format!("shard {id}: {e}"))?,
+        );
         spans.push(arena);
     }
     let ring_fds: Vec<RawFd> = rings.iter().map(|r| r.fd()).collect();

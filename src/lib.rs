@@ -7,8 +7,9 @@
 //! host serves them best; `shard` is the per-core loop; `conn`, `topics`,
 //! `arena` and `timer` are the state it keeps; `ring` is the only door to
 //! the kernel (with a simulated twin for tests); `storage` is the durable
-//! log and its threads; `config` and `cli` face the operator, and
-//! `build_info` says how the binary was built.
+//! log and its threads; `config` and `cli` face the operator, `tune` checks
+//! and tunes the host for it, and `build_info` says how the binary was
+//! built.
 
 pub mod admission;
 pub mod arena;
@@ -27,3 +28,4 @@ pub mod storage;
 pub mod timer;
 pub mod tls;
 pub mod topics;
+pub mod tune;

@@ -9,7 +9,7 @@
 
 use std::os::fd::RawFd;
 
-use cluecast_sys::{memory, steer, PageKind, Region, Span, HUGE_PAGE_BYTES};
+use cluecast_sys::{memory, steer, PageKind, Region, Span};
 
 use crate::ring::uring::{RecvMemory, UringConfig};
 
@@ -157,10 +157,17 @@ fn steer_listeners(wanted: Steering, listeners: &[RawFd], cpus: &[usize]) -> Ste
 
 /// Bytes of one shard's mapping: the arena, the receive buffers and their
 /// ring, each starting on a 4 KiB page (as `Region::split` cuts them).
-fn shard_bytes(arena_bytes: usize, ring: UringConfig) -> (usize, [usize; 3]) {
+pub fn shard_bytes(arena_bytes: usize, ring: UringConfig) -> usize {
+    shard_parts(arena_bytes, ring)
+        .iter()
+        .map(|p| p.next_multiple_of(4096))
+        .sum()
+}
+
+/// The lengths `Region::split` cuts one shard's mapping into.
+fn shard_parts(arena_bytes: usize, ring: UringConfig) -> [usize; 3] {
     let (entries, buffers) = ring.recv_bytes();
-    let parts = [arena_bytes, buffers, entries];
-    (parts.iter().map(|p| p.next_multiple_of(4096)).sum(), parts)
+    [arena_bytes, buffers, entries]
 }
 
 /// The pages to ask for, and why, as the line that says so.
@@ -170,7 +177,7 @@ fn choose_pages(
     bytes_per_shard: usize,
     huge_pages_available: u64,
 ) -> Result<(PageKind, String), String> {
-    let needed = (shards * bytes_per_shard.div_ceil(HUGE_PAGE_BYTES)) as u64;
+    let needed = (shards * cluecast_sys::huge_pages_for(bytes_per_shard)) as u64;
     let counts = format!("{huge_pages_available} free, {needed} needed");
     match setting {
         HugePages::Off => Ok((PageKind::Normal, "4 KiB pages (--huge-pages off)".into())),
@@ -201,7 +208,10 @@ fn map_shard_memory(
     arena_bytes: usize,
     ring: UringConfig,
 ) -> Result<Placed, String> {
-    let (bytes, parts) = shard_bytes(arena_bytes, ring);
+    let (bytes, parts) = (
+        shard_bytes(arena_bytes, ring),
+        shard_parts(arena_bytes, ring),
+    );
     let available = memory::huge_pages_available().map_err(|e| e.to_string())?;
     let (mut pages, mut reason) = choose_pages(setting, cpus.len(), bytes, available)?;
     let mut mapped = Placed {
@@ -305,9 +315,8 @@ mod tests {
             recv_buffers: 256,
             recv_buffer_bytes: 1000,
         };
-        let (bytes, parts) = shard_bytes(MIB + 1, ring);
-        assert_eq!(parts, [MIB + 1, 256_000, 256 * 16]);
-        assert_eq!(bytes, (MIB + 4096) + 258_048 + 4096);
+        assert_eq!(shard_parts(MIB + 1, ring), [MIB + 1, 256_000, 256 * 16]);
+        assert_eq!(shard_bytes(MIB + 1, ring), (MIB + 4096) + 258_048 + 4096);
     }
 
     #[test]

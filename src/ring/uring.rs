@@ -120,6 +120,52 @@ const REQUIRED_OPCODES: [(u8, &str); 9] = [
     (opcode::ProvideBuffers::CODE, "PROVIDE_BUFFERS"),
 ];
 
+/// Whether this kernel (and whatever filters io_uring here) can run the
+/// engine's rings: one small ring with the engine's flags and opcode check.
+/// The error names the fix (`cluecast tune` reports it).
+pub fn probe() -> io::Result<()> {
+    checked_ring(8).map(drop)
+}
+
+/// A disabled ring with the engine's flags, whose features and opcodes the
+/// engine needs are all there.
+fn checked_ring(sq_entries: u32) -> io::Result<IoUring> {
+    let ring = IoUring::builder()
+        .setup_r_disabled()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .setup_cqsize(sq_entries * 4)
+        .build(sq_entries)
+        .map_err(|e| setup_error("io_uring_setup", e))?;
+    if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks EXT_ARG or NODROP (Linux 6.1 or newer is needed)",
+        ));
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| setup_error("io_uring probe", e))?;
+    let missing: Vec<&str> = REQUIRED_OPCODES
+        .iter()
+        .filter(|(code, _)| !probe.is_supported(*code))
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "io_uring lacks opcodes {} (Linux 6.1 or newer is needed, and no seccomp \
+                 filter on io_uring opcodes)",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(ring)
+}
+
 impl Uring {
     /// The caller keeps `recv`'s memory, like the arena, mapped until the
     /// ring is dropped.
@@ -133,40 +179,7 @@ impl Uring {
             (recv.entries.len(), recv.buffers.len()),
             config.recv_bytes()
         );
-        let ring = IoUring::builder()
-            .setup_r_disabled()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_coop_taskrun()
-            .setup_cqsize(config.sq_entries * 4)
-            .build(config.sq_entries)
-            .map_err(|e| setup_error("io_uring_setup", e))?;
-        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "io_uring lacks EXT_ARG or NODROP (Linux 6.1 or newer is needed)",
-            ));
-        }
-        let mut probe = Probe::new();
-        ring.submitter()
-            .register_probe(&mut probe)
-            .map_err(|e| setup_error("io_uring probe", e))?;
-        let missing: Vec<&str> = REQUIRED_OPCODES
-            .iter()
-            .filter(|(code, _)| !probe.is_supported(*code))
-            .map(|(_, name)| *name)
-            .collect();
-        if !missing.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "io_uring lacks opcodes {} (Linux 6.1 or newer is needed, and no seccomp \
-                     filter on io_uring opcodes)",
-                    missing.join(", ")
-                ),
-            ));
-        }
-
+        let ring = checked_ring(config.sq_entries)?;
         match fixed {
             // SAFETY: the regions are the frame arena, which outlives every ring
             // (the engine drops rings before the arena).

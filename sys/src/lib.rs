@@ -305,6 +305,11 @@ unsafe impl Sync for Region {}
 pub const HUGE_PAGE_BYTES: usize = 2 << 20;
 const PAGE_BYTES: usize = 4096;
 
+/// Huge pages a region of `len` bytes takes when `Region::map` gets them.
+pub fn huge_pages_for(len: usize) -> usize {
+    len.div_ceil(HUGE_PAGE_BYTES)
+}
+
 impl Region {
     /// Maps `len` bytes of `pages`, bound to NUMA node `node` (preferred,
     /// so a node short of memory lends from another rather than failing)
@@ -353,7 +358,7 @@ impl Region {
     /// Reserved 2 MiB pages, `len` rounded up to whole pages. The kernel
     /// promises the pages at mmap, so faulting them in later cannot fail.
     fn map_huge_tlb(len: usize) -> io::Result<Region> {
-        let len = len.div_ceil(HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES;
+        let len = huge_pages_for(len) * HUGE_PAGE_BYTES;
         let ptr = mmap_anonymous(
             len,
             libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
