@@ -541,6 +541,23 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The NUMA node of a CPU, from sysfs (`/sys/devices/system/cpu/cpuN/nodeM`);
+/// None where the kernel does not say (no NUMA support, a container
+/// without sysfs).
+pub fn numa_node(cpu: usize) -> Option<u32> {
+    std::fs::read_dir(format!("/sys/devices/system/cpu/cpu{cpu}"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("node")?
+                .parse()
+                .ok()
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,5 +603,22 @@ mod tests {
     #[test]
     fn random_values_differ() {
         assert_ne!(random_u64().unwrap(), random_u64().unwrap());
+    }
+
+    #[test]
+    fn numa_node_is_read_where_sysfs_has_it() {
+        let cpu = allowed_cpus().unwrap()[0];
+        let listed = std::fs::read_dir(format!("/sys/devices/system/cpu/cpu{cpu}"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with("node"))
+            })
+            .unwrap_or(false);
+        if !listed {
+            eprintln!("SKIPPED: sysfs names no NUMA node for cpu {cpu}");
+            return;
+        }
+        assert!(numa_node(cpu).is_some());
+        assert_eq!(numa_node(usize::MAX), None);
     }
 }
