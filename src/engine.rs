@@ -14,6 +14,7 @@ use crate::admission::{Rate, SourceCounts};
 use crate::arena::Arena;
 use crate::auth::Keys;
 use crate::config::Settings;
+use crate::metrics::{Facts, LatencyCounts, Metrics, ShardMetrics};
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
 use crate::shard::{Shard, ShardSetup, ShardStats};
@@ -89,6 +90,12 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         ),
         None => {}
     }
+    // Bound before anything else is set up, so a taken port fails at once.
+    let admin = settings
+        .admin_listen
+        .0
+        .map(crate::admin::bind)
+        .transpose()?;
     let listeners = bind_listeners(settings.listen, shards)?;
     let local = cluecast_sys::local_addr(listeners[0].as_raw_fd()).map_err(|e| e.to_string())?;
     // Each shard owns (and on drain closes) its listener from here on.
@@ -135,8 +142,15 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         durability => Some(open_store(settings, durability, epoch)?),
     };
     let storage_stop = Arc::new(AtomicBool::new(false));
+    let storage_commit_us = Arc::new(LatencyCounts::default());
     let (links, stored, storage_threads) = match store {
-        Some(store) => start_storage(settings, store, &ring_fds, &storage_stop)?,
+        Some(store) => start_storage(
+            settings,
+            store,
+            &ring_fds,
+            &storage_stop,
+            &storage_commit_us,
+        )?,
         None => (Vec::new(), Arc::from([]), Vec::new()),
     };
     let setups = shard_setups(
@@ -151,15 +165,39 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         stored,
         security,
     );
+    let shard_metrics: Vec<Arc<ShardMetrics>> = setups.iter().map(|s| s.metrics.clone()).collect();
+    let shard_cpus: Vec<usize> = (0..shards).map(|id| cpus[id % cpus.len()]).collect();
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
         let id = setup.id;
-        let cpu = cpus[id % cpus.len()];
+        let cpu = shard_cpus[id];
         let thread = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || shard_main(cpu, ring, setup))
             .map_err(|e| format!("spawning shard {id}: {e}"))?;
         threads.push(thread);
+    }
+    if let Some(listener) = admin {
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("--admin-listen: {e}"))?;
+        let metrics = Metrics {
+            facts: Facts {
+                version: env!("CARGO_PKG_VERSION"),
+                allocator: crate::build_info::ALLOCATOR,
+                durability: settings.durability.name(),
+                huge_pages: region.huge_pages(),
+                numa_nodes: shard_cpus
+                    .iter()
+                    .map(|&cpu| cluecast_sys::numa_node(cpu))
+                    .collect(),
+            },
+            started: std::time::Instant::now(),
+            shards: shard_metrics,
+            storage_commit_us,
+        };
+        crate::admin::start(listener, Arc::new(metrics))?;
+        crate::info!("cluecast: admin endpoint at http://{bound}/ (/metrics, /status, /log-level)");
     }
     crate::info!(
         "cluecast: listening on {local} with {shards} shard(s), epoch {epoch:016x}, \
@@ -261,6 +299,7 @@ fn start_storage(
     store: storage::db::Recovered,
     ring_fds: &[RawFd],
     stop: &Arc<AtomicBool>,
+    commit_us: &Arc<LatencyCounts>,
 ) -> Result<StorageStart, String> {
     let writer_bell = Doorbell::new().map_err(|e| e.to_string())?;
     let reader_bell = Doorbell::new().map_err(|e| e.to_string())?;
@@ -297,7 +336,8 @@ fn start_storage(
             age_ms: settings.retention_age_s.saturating_mul(1000),
         },
         writer_bell,
-    );
+    )
+    .recording_commits(commit_us.clone());
     let reader = Reader::new(db, settings.limits(), reader_ports, reader_bell);
     let writer_stop = stop.clone();
     let reader_stop = stop.clone();
@@ -369,6 +409,7 @@ pub fn shard_setups(
             stored_topics: stored_topics.clone(),
             keys: security.keys.clone(),
             tls: security.tls.clone(),
+            metrics: Arc::new(ShardMetrics::default()),
             sources: sources.clone(),
             handshakes_max: settings.handshakes_max,
             accept_rate: rate(settings.accepts_per_s),

@@ -6,8 +6,10 @@
 //! loop; `conn`, `topics`, `arena` and `timer` are the state it keeps; `ring`
 //! is the only door to the kernel (with a simulated twin for tests);
 //! `storage` is the durable log and its threads; `config` and `cli` face the
-//! operator, and `build_info` says how the binary was built.
+//! operator, `metrics` and `admin` tell how it is doing, and `build_info`
+//! says how the binary was built.
 
+pub mod admin;
 pub mod admission;
 pub mod arena;
 pub mod auth;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod log;
+pub mod metrics;
 pub mod ring;
 pub mod shard;
 pub mod storage;
