@@ -47,6 +47,14 @@ fn sum(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// Runs `cluecast ARGS`, expects success, returns its stdout.
+fn succeeding(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cluecast {args:?}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn admin_of(server: &Server) -> SocketAddr {
     server
         .admin
@@ -159,16 +167,8 @@ fn metrics_count_what_was_done_and_status_agrees() {
         );
     }
 
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--admin", &admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = succeeding(&["status", "--json", "--admin", &admin.to_string()]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["published_total"], EVENTS);
     assert_eq!(status["deliveries_total"], deliveries);
     assert_eq!(status["publish_to_send_count"], deliveries);
@@ -183,12 +183,7 @@ fn metrics_count_what_was_done_and_status_agrees() {
     assert!(status["publish_to_send_p99_us"].as_u64().is_some());
     assert!(status["storage_commit_p99_us"].as_u64().is_some());
 
-    let out = Command::new(BIN)
-        .args(["status", "--admin", &admin.to_string()])
-        .output()
-        .unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{screen}");
+    let screen = succeeding(&["status", "--admin", &admin.to_string()]);
     assert!(
         screen.contains(&format!("published      {EVENTS} ")),
         "{screen}"
@@ -216,16 +211,8 @@ fn the_log_level_changes_while_running() {
         "a debug line at level info"
     );
 
-    let out = Command::new(BIN)
-        .args(["log-level", "debug", "--admin", &admin.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "debug");
+    let out = succeeding(&["log-level", "debug", "--admin", &admin.to_string()]);
+    assert_eq!(out.trim(), "debug");
     let (_, level) = http(admin, b"GET /log-level HTTP/1.1\r\n\r\n");
     assert_eq!(level.trim(), "debug");
     provoke();
