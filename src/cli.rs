@@ -1,7 +1,8 @@
 //! The command line: `run` starts the appliance; `token` mints client
 //! tokens; `pub`, `sub`, `path` and `topic close` are small clients built on
 //! the reference client library, for operators and scripts; `tune` checks
-//! and tunes the host; `completions` and `man` describe the command line.
+//! and tunes the host; `status` and `log-level` ask a running appliance's
+//! admin listener; `completions` and `man` describe the command line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,29 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff)
     Man,
+    /// One screen about a running appliance (from its admin listener):
+    /// connections, rates over one second, latencies, refusals
+    Status {
+        #[command(flatten)]
+        admin: Admin,
+        /// Print the summary as JSON (the listener's /status and the rates)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a running appliance's log level (through its admin listener)
+    LogLevel {
+        #[command(flatten)]
+        admin: Admin,
+        #[arg(value_enum)]
+        level: Level,
+    },
+}
+
+/// Where a running appliance's admin listener is (`run --admin-listen`).
+#[derive(clap::Args, Debug)]
+struct Admin {
+    #[arg(long, env = "CLUECAST_ADMIN", default_value = "127.0.0.1:7401")]
+    admin: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +263,8 @@ pub fn main() -> ExitCode {
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|e| format!("writing the manual page: {e}")),
+        Command::Status { admin, json } => crate::admin::status_command(&admin.admin, json),
+        Command::LogLevel { admin, level } => crate::admin::log_level_command(&admin.admin, level),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

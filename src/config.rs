@@ -43,6 +43,8 @@ macro_rules! settings {
 settings! {
     /// Address to accept clients on (beyond loopback only with --auth-keys, or --insecure-no-auth)
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7400)), "CLUECAST_LISTEN";
+    /// Address of the admin listener (HTTP: /metrics, /status, /log-level; no authentication, so keep it on loopback or a private network); `off` disables it
+    admin_listen: AdminListen = AdminListen(Some(SocketAddr::from(([127, 0, 0, 1], 7401)))), "CLUECAST_ADMIN_LISTEN";
     /// Key file (TOML, `KEY_ID = "HEX SECRET"` lines, mode 600): every client must present a token signed with one of its keys [default: none, no tokens checked]
     auth_keys: PathBuf = PathBuf::new(), "CLUECAST_AUTH_KEYS";
     /// Certificate chain (PEM) to serve TLS 1.3 with; needs --tls-key [default: none, plain TCP]
@@ -115,6 +117,39 @@ settings! {
     retention_events_max: u64 = 1_000_000, "CLUECAST_RETENTION_EVENTS_MAX";
     /// Seconds an event is kept on disk; 0 keeps events forever
     retention_age_s: u64 = 7 * 24 * 3600, "CLUECAST_RETENTION_AGE_S";
+}
+
+/// Where the admin listener serves: an address, or `off` (or empty) for none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AdminListen, String> {
+        match text.trim() {
+            "" | "off" => Ok(AdminListen(None)),
+            addr => addr
+                .parse()
+                .map(|a| AdminListen(Some(a)))
+                .map_err(|_| format!("{addr:?} is not an address (IP:PORT) or `off`")),
+        }
+    }
+}
+
+impl TryFrom<String> for AdminListen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<AdminListen, String> {
+        text.parse()
+    }
+}
+
+impl From<AdminListen> for String {
+    fn from(admin: AdminListen) -> String {
+        admin.0.map_or_else(|| "off".to_string(), |a| a.to_string())
+    }
 }
 
 /// 60% of the CPUs cluecast may use, rounded, at least one: the share
@@ -323,5 +358,27 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.contains("--shards"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_address_may_be_off_and_reads_back_from_toml() {
+        assert_eq!("off".parse::<AdminListen>(), Ok(AdminListen(None)));
+        assert_eq!("".parse::<AdminListen>(), Ok(AdminListen(None)));
+        let addr = "0.0.0.0:9000".parse::<AdminListen>().unwrap();
+        assert_eq!(addr.0, Some(SocketAddr::from(([0, 0, 0, 0], 9000))));
+        let err = "localhost".parse::<AdminListen>().unwrap_err();
+        assert!(err.contains("IP:PORT"), "{err}");
+        let settings = RunArgs {
+            admin_listen: Some(AdminListen(None)),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(settings.to_toml().contains("admin_listen = \"off\""));
+        let file: RunArgs = toml::from_str("admin_listen = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(
+            file.admin_listen,
+            Some(AdminListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))))
+        );
     }
 }

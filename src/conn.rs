@@ -193,9 +193,15 @@ impl Conn {
         self.zc_pending += 1;
     }
 
-    /// Books `sent` bytes as gone and releases fully sent frames. Returns
-    /// whether the send was short (the rest goes out with the next one).
-    pub fn complete_send(&mut self, mut sent: usize, arena: &mut Arena) -> bool {
+    /// Books `sent` bytes as gone and releases fully sent frames, calling
+    /// `each_sent` with each first. Returns whether the send was short (the
+    /// rest goes out with the next one).
+    pub fn complete_send(
+        &mut self,
+        mut sent: usize,
+        arena: &mut Arena,
+        mut each_sent: impl FnMut(&[u8]),
+    ) -> bool {
         assert!(self.send_in_flight);
         assert!(
             sent <= self.in_flight_bytes,
@@ -216,6 +222,7 @@ impl Conn {
             sent -= left;
             self.head_sent = 0;
             self.queue.pop_front();
+            each_sent(arena.bytes(frame));
             arena.release(frame);
         }
         // A burst once queued must not pin its memory for the life of the
@@ -299,7 +306,10 @@ mod tests {
         });
         assert_eq!((taken, pieces), (3, vec![(0, 100), (0, 100), (0, 100)]));
         conn.start_send(3, 300);
-        assert!(conn.complete_send(150, &mut arena), "a short send");
+        let mut sent_fills = vec![];
+        let short = conn.complete_send(150, &mut arena, |f| sent_fills.push(f[0]));
+        assert!(short, "a short send");
+        assert_eq!(sent_fills, vec![0], "only the whole frame counts as sent");
         assert_eq!(conn.queued_bytes(), 150);
         assert_eq!(arena.frames_live(), 2);
         assert_eq!(conn.head().unwrap().1, 50);
@@ -309,7 +319,9 @@ mod tests {
         });
         assert_eq!(pieces, vec![(50, 50), (0, 100)]);
         conn.start_send(2, 150);
-        assert!(!conn.complete_send(150, &mut arena));
+        let short = conn.complete_send(150, &mut arena, |f| sent_fills.push(f[0]));
+        assert!(!short);
+        assert_eq!(sent_fills, vec![0, 1, 2]);
         assert!(conn.queue_is_empty());
         assert_eq!(arena.frames_live(), 0);
     }
@@ -329,12 +341,12 @@ mod tests {
             "the large frame is not gathered with the small one"
         );
         conn.start_send(1, 10);
-        conn.complete_send(10, &mut arena);
+        conn.complete_send(10, &mut arena, |_| {});
         let taken = conn.next_send(&arena, 64, 1 << 16, 2000, |_, _, _| {});
         assert_eq!(taken, 1);
         conn.start_send(1, 3000);
         conn.pin_head_for_notification(&mut arena);
-        conn.complete_send(3000, &mut arena);
+        conn.complete_send(3000, &mut arena, |_| {});
         assert_eq!(arena.frames_live(), 1, "pinned until the notification");
         conn.zc_notified(&mut arena);
         assert_eq!(arena.frames_live(), 0);
@@ -354,7 +366,7 @@ mod tests {
         conn.drop_unsent(&mut arena, |bytes| dropped.push(bytes[0]));
         assert_eq!(dropped, vec![3, 2]);
         assert_eq!(conn.queued_bytes(), 20);
-        conn.complete_send(20, &mut arena);
+        conn.complete_send(20, &mut arena, |_| {});
         assert_eq!(arena.frames_live(), 0);
     }
 }

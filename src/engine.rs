@@ -19,6 +19,7 @@ use crate::arena::Arena;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::heartbeat::{self, Heartbeat, Pulse, Watchdog};
+use crate::metrics::{Facts, LatencyCounts, Metrics, ShardMetrics};
 use crate::placement::{self, HugePages, ShardMemory};
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
@@ -195,6 +196,12 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         ),
         None => {}
     }
+    // Bound before anything else is set up, so a taken port fails at once.
+    let admin = settings
+        .admin_listen
+        .0
+        .map(crate::admin::bind)
+        .transpose()?;
     let listeners = bind_listeners(settings.listen, shards)?;
     let local = cluecast_sys::local_addr(listeners[0].as_raw_fd()).map_err(|e| e.to_string())?;
     // Each shard owns (and on drain closes) its listener from here on.
@@ -242,8 +249,15 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         durability => Some(open_store(settings, durability, epoch)?),
     };
     let storage_stop = Arc::new(AtomicBool::new(false));
+    let storage_commit_us = Arc::new(LatencyCounts::default());
     let (links, stored, storage_threads) = match store {
-        Some(store) => start_storage(settings, store, &ring_fds, &storage_stop)?,
+        Some(store) => start_storage(
+            settings,
+            store,
+            &ring_fds,
+            &storage_stop,
+            &storage_commit_us,
+        )?,
         None => (Vec::new(), Arc::from([]), Vec::new()),
     };
     let setups = shard_setups(
@@ -259,6 +273,7 @@ pub fn run(settings: &Settings) -> Result<(), String> {
         security,
     );
     let heartbeats: Arc<[Heartbeat]> = (0..shards).map(|_| Heartbeat::default()).collect();
+    let shard_metrics: Vec<Arc<ShardMetrics>> = setups.iter().map(|s| s.metrics.clone()).collect();
     let mut threads: Vec<JoinHandle<ShardStats>> = Vec::new();
     for (setup, ring) in setups.into_iter().zip(rings) {
         let id = setup.id;
@@ -269,6 +284,25 @@ pub fn run(settings: &Settings) -> Result<(), String> {
             .spawn(move || shard_main(cpu, ring, setup, &beats[id]))
             .map_err(|e| format!("spawning shard {id}: {e}"))?;
         threads.push(thread);
+    }
+    if let Some(listener) = admin {
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("--admin-listen: {e}"))?;
+        let metrics = Metrics {
+            facts: Facts {
+                version: env!("CARGO_PKG_VERSION"),
+                allocator: crate::build_info::ALLOCATOR,
+                durability: settings.durability.name(),
+                placement: placed.placement.clone(),
+            },
+            started: std::time::Instant::now(),
+            shards: shard_metrics,
+            heartbeats: heartbeats.clone(),
+            storage_commit_us,
+        };
+        crate::admin::start(listener, Arc::new(metrics))?;
+        crate::info!("cluecast: admin endpoint at http://{bound}/ (/metrics, /status, /log-level)");
     }
 
     // Ok(()) for a requested stop, Err when a shard stopped on its own or
@@ -374,6 +408,7 @@ fn start_storage(
     store: storage::db::Recovered,
     ring_fds: &[RawFd],
     stop: &Arc<AtomicBool>,
+    commit_us: &Arc<LatencyCounts>,
 ) -> Result<StorageStart, String> {
     let writer_bell = Doorbell::new().map_err(|e| e.to_string())?;
     let reader_bell = Doorbell::new().map_err(|e| e.to_string())?;
@@ -410,7 +445,8 @@ fn start_storage(
             age_ms: settings.retention_age_s.saturating_mul(1000),
         },
         writer_bell,
-    );
+    )
+    .recording_commits(commit_us.clone());
     let reader = Reader::new(db, settings.limits(), reader_ports, reader_bell);
     let writer_stop = stop.clone();
     let reader_stop = stop.clone();
@@ -482,6 +518,7 @@ pub fn shard_setups(
             stored_topics: stored_topics.clone(),
             keys: security.keys.clone(),
             tls: security.tls.clone(),
+            metrics: Arc::new(ShardMetrics::default()),
             sources: sources.clone(),
             handshakes_max: settings.handshakes_max,
             accept_rate: rate(settings.accepts_per_s),

@@ -8,9 +8,10 @@
 //! `arena` and `timer` are the state it keeps; `ring` is the only door to
 //! the kernel (with a simulated twin for tests); `storage` is the durable
 //! log and its threads; `config` and `cli` face the operator, `tune` checks
-//! and tunes the host for it, and `build_info` says how the binary was
-//! built.
+//! and tunes the host for it, `metrics` and `admin` tell how it is doing,
+//! and `build_info` says how the binary was built.
 
+pub mod admin;
 pub mod admission;
 pub mod arena;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod conn;
 pub mod engine;
 pub mod heartbeat;
 pub mod log;
+pub mod metrics;
 pub mod placement;
 pub mod ring;
 pub mod shard;

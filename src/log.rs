@@ -1,7 +1,15 @@
-//! One line per event on stderr, `level component: message`, which journald
-//! stamps and indexes. Levels above the one set at start-up are dropped.
+//! One line per event on stderr, `level component: message`. Levels above
+//! the one in effect are dropped; it is set at start-up (`run --log-level`)
+//! and may be changed while running (the admin listener's `/log-level`).
+//! When stderr is the journal (systemd's JOURNAL_STREAM names its device
+//! and inode), each line starts with its syslog priority (`<3>` error,
+//! `<4>` warn, `<6>` info, `<7>` debug) so journald records the level.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Once;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 #[repr(u8)]
@@ -12,25 +20,93 @@ pub enum Level {
     Debug = 3,
 }
 
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+
+    /// The syslog priority journald reads from a `<N>` line prefix.
+    fn syslog_priority(self) -> u8 {
+        match self {
+            Level::Error => 3,
+            Level::Warn => 4,
+            Level::Info => 6,
+            Level::Debug => 7,
+        }
+    }
+
+    fn from_u8(value: u8) -> Level {
+        match value {
+            0 => Level::Error,
+            1 => Level::Warn,
+            2 => Level::Info,
+            _ => Level::Debug,
+        }
+    }
+}
+
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static TO_JOURNAL: AtomicBool = AtomicBool::new(false);
+static DETECT_JOURNAL: Once = Once::new();
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn level() -> Level {
+    Level::from_u8(LEVEL.load(Ordering::Relaxed))
 }
 
 pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 
+/// Whether stderr is the stream systemd's JOURNAL_STREAM (`DEVICE:INODE`)
+/// names, rather than a file or pipe it was redirected to.
+fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// The line for one event: priority prefix (journal only), level, message
+/// with line breaks escaped so an event stays one line.
+fn line(level: Level, journal: bool, args: std::fmt::Arguments<'_>) -> String {
+    let message = args.to_string();
+    let message = if message.contains(['\n', '\r']) {
+        message.replace('\n', "\\n").replace('\r', "\\r")
+    } else {
+        message
+    };
+    match journal {
+        true => format!("<{}>{} {message}\n", level.syslog_priority(), level.name()),
+        false => format!("{} {message}\n", level.name()),
+    }
+}
+
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     if enabled(level) {
-        let tag = match level {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-        };
-        eprintln!("{tag} {args}");
+        DETECT_JOURNAL.call_once(|| TO_JOURNAL.store(stderr_is_journal(), Ordering::Relaxed));
+        let line = line(level, TO_JOURNAL.load(Ordering::Relaxed), args);
+        // One write per line, so lines of different threads never mix.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
@@ -42,3 +118,43 @@ macro_rules! warn { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Wa
 macro_rules! info { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) } }
 #[macro_export]
 macro_rules! debug { ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*)) } }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_carry_the_level_and_the_journal_priority_and_stay_one_line() {
+        let a = 7;
+        assert_eq!(
+            line(Level::Info, false, format_args!("x: {a}")),
+            "info x: 7\n"
+        );
+        assert_eq!(line(Level::Warn, true, format_args!("x")), "<4>warn x\n");
+        assert_eq!(line(Level::Error, true, format_args!("x")), "<3>error x\n");
+        assert_eq!(line(Level::Debug, true, format_args!("x")), "<7>debug x\n");
+        assert_eq!(
+            line(Level::Info, false, format_args!("a\nb\r")),
+            "info a\\nb\\r\n"
+        );
+    }
+
+    #[test]
+    fn journal_detection_needs_a_matching_stream() {
+        // Only the device and inode of stderr itself count.
+        std::env::set_var("JOURNAL_STREAM", "0:0");
+        assert!(!stderr_is_journal());
+        std::env::set_var("JOURNAL_STREAM", "garbage");
+        assert!(!stderr_is_journal());
+        std::env::remove_var("JOURNAL_STREAM");
+        assert!(!stderr_is_journal());
+        let fd = std::io::stderr().as_fd().try_clone_to_owned().unwrap();
+        let stderr = std::fs::File::from(fd).metadata().unwrap();
+        std::env::set_var(
+            "JOURNAL_STREAM",
+            format!("{}:{}", stderr.dev(), stderr.ino()),
+        );
+        assert!(stderr_is_journal(), "stderr's own device and inode match");
+        std::env::remove_var("JOURNAL_STREAM");
+    }
+}

@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cluecast_proto::{
-    decode, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits, Path, PathQuery,
-    Position, Publish, PublishAck, ResumePoint, StartMode, Subscribe, SubscribeStatus, Subscribed,
-    TopicClose, TopicClosed, Welcome, ACK_FLAG_DURABLE, PATH_FLAG_LAST, PROTOCOL_VERSION,
+    decode, event_publish_ts_ns, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits,
+    Path, PathQuery, Position, Publish, PublishAck, ResumePoint, StartMode, Subscribe,
+    SubscribeStatus, Subscribed, TopicClose, TopicClosed, Welcome, ACK_FLAG_DURABLE,
+    PATH_FLAG_LAST, PROTOCOL_VERSION,
 };
 use cluecast_sys::spsc;
 use slab::Slab;
@@ -35,6 +36,7 @@ use crate::admission::{Bucket, Rate, SourceCounts};
 use crate::arena::{Arena, FrameRef, Use};
 use crate::auth::{Grant, Keys};
 use crate::conn::{Conn, ConnState, SubRef};
+use crate::metrics::{Gauges, Recorder, ShardMetrics, UNCLASSIFIED};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
 use crate::storage::{
     decode_path_frames, Durability, Notice, PathRequest, ReadReply, ReadRequest, ReadStatus,
@@ -94,6 +96,8 @@ const DISK_RETRY_MS: u64 = 50;
 /// Bytes of history read from disk that one turn hands to subscribers; the
 /// rest waits for the next turn, after live events have gone out.
 const DISK_REPLY_BYTES_PER_TURN: usize = 256 << 10;
+/// How often the queue gauges walk every connection (a read of each).
+const QUEUE_WALK_INTERVAL_MS: u64 = 1_000;
 
 /// Everything a shard needs, built by the engine (or a test).
 pub struct ShardSetup {
@@ -133,6 +137,8 @@ pub struct ShardSetup {
     pub publish_rate: Rate,
     /// Serve TLS 1.3 with this certificate; None: plain TCP.
     pub tls: Option<Arc<TlsConfig>>,
+    /// Where the shard publishes its metrics (and heartbeat).
+    pub metrics: Arc<ShardMetrics>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -359,6 +365,14 @@ struct Core {
     wall_ns: u64,
     rng: u64,
     pub stats: ShardStats,
+    /// Counts for the metrics beyond `stats`, and their copying.
+    recorder: Recorder,
+    /// Subscriptions held by this shard's connections.
+    subscriptions: u64,
+    /// Queued bytes in all and on the deepest connection, as of the last
+    /// walk, and when to walk again.
+    queue_gauges: (u64, u64),
+    queue_walk_at_ms: u64,
 }
 
 /// FNV-1a: a stable hash every shard computes alike to find a topic's owner.
@@ -397,6 +411,15 @@ fn push_to_writer(
         ops.push(wake_op(link.writer_ring_fd, shard_id));
     }
     true
+}
+
+/// Records how long after its sequencing an EVENT frame was sent (other
+/// frames are not events and are skipped).
+fn record_publish_to_send(recorder: &mut Recorder, wall_ns: u64, frame: &[u8]) {
+    if let Some(published_ns) = event_publish_ts_ns(frame) {
+        // The wall clock may step back: a late event is never negative.
+        recorder.publish_to_send_us(wall_ns.saturating_sub(published_ns) / 1_000);
+    }
 }
 
 fn is_transient(errno: i32) -> bool {
@@ -470,6 +493,10 @@ impl<R: Ring> Shard<R> {
             wall_ns: ring.wall_ns(),
             rng: setup.epoch ^ (setup.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             stats: ShardStats::default(),
+            recorder: Recorder::new(setup.metrics),
+            subscriptions: 0,
+            queue_gauges: (0, 0),
+            queue_walk_at_ms: 0,
         };
         for stored in setup.stored_topics.iter() {
             let owned_here = topic_owner(&stored.name, core.shards) == core.id;
@@ -511,6 +538,10 @@ impl<R: Ring> Shard<R> {
             self.core.start_drain();
         }
         self.core.flush();
+        if self.core.recorder.due(self.core.now_ms) {
+            let stats = self.stats();
+            self.core.publish_metrics(&stats);
+        }
         Ok(!self.core.drained())
     }
 
@@ -1094,6 +1125,7 @@ impl Core {
         });
         let conn = &mut self.conns[index as usize];
         conn.subs.push(SubRef { topic: t, position });
+        self.subscriptions += 1;
         if catching_up {
             conn.catching_up += 1;
             self.stats.catch_ups += 1;
@@ -1107,6 +1139,7 @@ impl Core {
             return;
         };
         let sub_ref = conn.subs.swap_remove(i);
+        self.subscriptions -= 1;
         let topic = self.topics.get_mut(t);
         let removed = topic.subscribers.swap_remove(sub_ref.position as usize);
         debug_assert_eq!(removed.conn, index);
@@ -1552,7 +1585,7 @@ impl Core {
             return None;
         }
         self.send_to_peers(frame);
-        self.stats.published += 1;
+        self.count_published(t);
         self.deliver(t, seq, frame);
         Some(Ok((epoch, seq)))
     }
@@ -1738,7 +1771,7 @@ impl Core {
                     self.pending.pop_front();
                     self.pending_bytes -= len;
                     self.send_to_peers(frame);
-                    self.stats.published += 1;
+                    self.count_published(t);
                     self.deliver(t, seq, frame);
                     let answered = self.answer_publish(ack, Ok((epoch, seq)), true);
                     assert!(answered, "room for the ack was checked");
@@ -1963,10 +1996,28 @@ impl Core {
         }
     }
 
+    /// The metrics class of topic `t`, looked up once per topic.
+    fn topic_class(&mut self, t: u32) -> u8 {
+        let topic = self.topics.get_mut(t);
+        if topic.class == UNCLASSIFIED {
+            topic.class = self.recorder.class_of(&topic.name);
+        }
+        topic.class
+    }
+
+    /// Counts an event this shard sequenced and fans out.
+    fn count_published(&mut self, t: u32) {
+        self.stats.published += 1;
+        let class = self.topic_class(t);
+        self.recorder.event_in(class);
+    }
+
     /// Fans event `seq` of topic `t` out to the local subscribers and keeps it
     /// in history (which takes over the caller's reference).
     fn deliver(&mut self, t: u32, seq: u64, frame: FrameRef) {
         let len = self.arena.len(frame);
+        let class = self.topic_class(t);
+        let mut delivered = 0;
         let topic = self.topics.get_mut(t);
         for sub in topic.subscribers.iter_mut() {
             if sub.catching_up || seq < sub.next_seq {
@@ -1984,12 +2035,14 @@ impl Core {
             self.arena.retain(frame);
             conn.push(frame, len);
             sub.next_seq = seq + 1;
-            self.stats.deliveries += 1;
+            delivered += 1;
             if !conn.dirty && !conn.send_in_flight {
                 conn.dirty = true;
                 self.dirty.push(sub.conn);
             }
         }
+        self.stats.deliveries += delivered;
+        self.recorder.events_out(class, delivered);
         self.topics.append(t, seq, frame, &mut self.arena);
         let topic = self.topics.get_mut(t);
         if self.storage.is_some() && topic.stored_oldest_seq == 0 {
@@ -2217,9 +2270,14 @@ impl Core {
                     bytes += len;
                 },
             );
-            // Handed to TLS: the frames are done with.
+            // Handed to TLS: the frames are done with (sent, as far as
+            // the metrics tell).
             conn.start_send(frames, bytes);
-            conn.complete_send(bytes, &mut self.arena);
+            self.recorder.send_frames(frames);
+            let (recorder, wall_ns) = (&mut self.recorder, self.wall_ns);
+            conn.complete_send(bytes, &mut self.arena, |frame| {
+                record_publish_to_send(recorder, wall_ns, frame)
+            });
         }
         let out = tls.next_output();
         if !out.is_empty() {
@@ -2254,6 +2312,7 @@ impl Core {
                 token,
             ));
             self.stats.zero_copy_sends += 1;
+            self.recorder.send_frames(1);
             let conn = &mut self.conns[index as usize];
             conn.start_send(1, head_len - offset);
             conn.send_is_zero_copy = true;
@@ -2320,6 +2379,7 @@ impl Core {
                 token,
             ));
         }
+        self.recorder.send_frames(frames);
         let conn = &mut self.conns[index as usize];
         conn.start_send(frames, bytes);
         conn.send_is_zero_copy = false;
@@ -2348,8 +2408,14 @@ impl Core {
                     // Ciphertext: its frames were booked when encrypted.
                     tls.sent(sent);
                     conn.send_in_flight = false;
-                } else if conn.complete_send(sent, &mut self.arena) {
-                    self.stats.short_sends += 1;
+                } else {
+                    let (recorder, wall_ns) = (&mut self.recorder, self.wall_ns);
+                    let short = conn.complete_send(sent, &mut self.arena, |frame| {
+                        record_publish_to_send(recorder, wall_ns, frame)
+                    });
+                    if short {
+                        self.stats.short_sends += 1;
+                    }
                 }
                 let conn = &self.conns[index as usize];
                 let (state, catching_up) = (conn.state, conn.catching_up);
@@ -2534,6 +2600,30 @@ impl Core {
         );
         self.generations[index as usize] = (self.generations[index as usize] + 1) & GENERATION_MASK;
         self.stats.closed += 1;
+    }
+
+    // ---- metrics ----------------------------------------------------------
+
+    /// Copies the counters into the shard's shared block (see `metrics`).
+    fn publish_metrics(&mut self, stats: &ShardStats) {
+        if self.now_ms >= self.queue_walk_at_ms {
+            self.queue_walk_at_ms = self.now_ms + QUEUE_WALK_INTERVAL_MS;
+            let (mut total, mut deepest) = (0, 0);
+            for (_, conn) in self.conns.iter() {
+                total += conn.queued_bytes() as u64;
+                deepest = deepest.max(conn.queued_bytes() as u64);
+            }
+            self.queue_gauges = (total, deepest);
+        }
+        let gauges = Gauges {
+            connections: self.conns.len() as u64,
+            subscriptions: self.subscriptions,
+            topics: self.topics.count() as u64,
+            queued_bytes: self.queue_gauges.0,
+            queue_deepest_bytes: self.queue_gauges.1,
+        };
+        let wall_ms = self.wall_ns / 1_000_000;
+        self.recorder.publish(self.now_ms, wall_ms, stats, gauges);
     }
 
     // ---- time -------------------------------------------------------------

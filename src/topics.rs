@@ -50,6 +50,9 @@ pub struct Topic {
     /// On the owner: a close waits for its deletion to be durable, and
     /// publishes are refused meanwhile.
     pub closing: bool,
+    /// Its class among the shard's metrics (`metrics::UNCLASSIFIED` until
+    /// first counted).
+    pub class: u8,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +140,11 @@ impl Topics {
         }
     }
 
+    /// Topics in the table (with events, or only subscribed to).
+    pub fn count(&self) -> usize {
+        self.topics.len()
+    }
+
     pub fn get(&self, index: u32) -> &Topic {
         &self.topics[index as usize]
     }
@@ -174,6 +182,7 @@ impl Topics {
             subscribers: Vec::new(),
             sequenced_here: false,
             closing: false,
+            class: crate::metrics::UNCLASSIFIED,
         }) as u32;
         self.by_name.insert(name.into(), index);
         Some(index)
@@ -199,6 +208,7 @@ impl Topics {
             subscribers: Vec::new(),
             sequenced_here: owned_here,
             closing: false,
+            class: crate::metrics::UNCLASSIFIED,
         }) as u32;
         self.by_name.insert(stored.name.clone(), index);
         if owned_here {

@@ -211,6 +211,8 @@ fn a_data_directory_of_a_newer_format_is_refused() {
             "127.0.0.1:0",
             "--data-dir",
             data.path_str(),
+            "--admin-listen",
+            "off",
         ])
         .output()
         .unwrap();

@@ -40,7 +40,14 @@ fn a_wrong_flag_or_setting_is_refused_with_a_clear_line() {
 #[test]
 fn an_address_it_cannot_listen_on_is_reported() {
     // 192.0.2.1 (TEST-NET-1) is on no interface here: bind fails at once.
-    let err = refused_start(&["run", "--listen", "192.0.2.1:7400", "--insecure-no-auth"]);
+    let err = refused_start(&[
+        "run",
+        "--listen",
+        "192.0.2.1:7400",
+        "--insecure-no-auth",
+        "--admin-listen",
+        "off",
+    ]);
     assert!(err.contains("cannot listen on 192.0.2.1:7400"), "{err}");
 }
 
@@ -50,6 +57,7 @@ fn an_address_it_cannot_listen_on_is_reported() {
 fn blocked_io_uring_gives_one_actionable_line_and_a_failure_exit() {
     let mut command = Command::new(BIN);
     command.args(["run", "--listen", "127.0.0.1:0", "--shards", "1"]);
+    command.args(["--admin-listen", "off"]);
     // SAFETY: only async-signal-safe prctl calls between fork and exec.
     unsafe {
         command.pre_exec(|| {

@@ -7,5 +7,5 @@ pub mod client;
 pub mod codec;
 pub mod frame;
 
-pub use codec::{decode, valid_topic, DecodeError, Limits};
+pub use codec::{decode, event_publish_ts_ns, valid_topic, DecodeError, Limits};
 pub use frame::*;

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use super::db::{Batch, Db, TopicRow};
 use super::path_block::{decode_block, BlockBuilder};
 use super::{Durability, APPEND, CLOSE, DURABLE, FAILED, FLOOR, POSITION, RESUME};
+use crate::metrics::LatencyCounts;
 use crate::ring::uring::Doorbell;
 use cluecast_proto::{decode, Frame, Limits, Position, POSITION_BYTES};
 use cluecast_sys::spsc;
@@ -154,6 +155,9 @@ pub struct Writer {
     /// close), and its queue of topic ids.
     reclaimer: Option<(SyncSender<u64>, JoinHandle<()>)>,
     stats: WriterStats,
+    /// Microseconds from each successful batch's start to its commit (and
+    /// WAL sync) done, for the metrics.
+    commit_us: Arc<LatencyCounts>,
 }
 
 impl Writer {
@@ -212,7 +216,14 @@ impl Writer {
             failing: false,
             reclaimer: None,
             stats: WriterStats::default(),
+            commit_us: Arc::new(LatencyCounts::default()),
         }
+    }
+
+    /// Records each successful batch's commit time into `commit_us`.
+    pub fn recording_commits(mut self, commit_us: Arc<LatencyCounts>) -> Writer {
+        self.commit_us = commit_us;
+        self
     }
 
     /// Commits until `stop` is set (after every shard has stopped) and the
@@ -332,11 +343,10 @@ impl Writer {
         let db = self.db.clone();
         let result = self.write(&db, &records, &mut touched, sync);
         self.unsynced |= !sync && result.is_ok();
-        self.stats.commit_us_max = self
-            .stats
-            .commit_us_max
-            .max(started.elapsed().as_micros() as u64);
+        let commit_us = started.elapsed().as_micros() as u64;
+        self.stats.commit_us_max = self.stats.commit_us_max.max(commit_us);
         let Err(e) = result else {
+            self.commit_us.record(commit_us);
             self.stats.batches += 1;
             self.stats.events += records
                 .iter()

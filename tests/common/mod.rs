@@ -46,6 +46,8 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// The lines printed before the address (data directory, recovery, ...).
     pub startup_log: Vec<String>,
+    /// The admin listener's address (None when turned off).
+    pub admin: Option<SocketAddr>,
     _data_dir: Option<TempDir>,
 }
 
@@ -76,6 +78,10 @@ impl Server {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        // Several appliances run at once: each admin listener on a port of its own.
+        if !args.contains(&"--admin-listen") {
+            command.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         let data_dir = (!args.contains(&"--data-dir")).then(|| TempDir::new("data"));
         if let Some(dir) = &data_dir {
             command.args(["--data-dir", dir.path_str()]);
@@ -104,9 +110,14 @@ impl Server {
                 .expect("cluecast did not report its address in time");
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let admin = startup_log.iter().find_map(|line: &String| {
+                    let rest = line.split("admin endpoint at http://").nth(1)?;
+                    rest.split('/').next()?.parse().ok()
+                });
                 return Server {
                     child,
                     addr,
+                    admin,
                     log: rx,
                     startup_log,
                     _data_dir: data_dir,
