@@ -137,6 +137,12 @@ impl Server {
             }
             None => Command::new(&cmd.binary),
         };
+        // The appliance's admin listener defaults to a fixed port, which a
+        // second server (or one already on the host) would find taken; any
+        // free port serves. Older builds ignore the variable.
+        if std::env::var_os("CLUECAST_ADMIN_LISTEN").is_none() {
+            command.env("CLUECAST_ADMIN_LISTEN", "127.0.0.1:0");
+        }
         command
             .args(&cmd.args)
             .stdin(Stdio::null())
