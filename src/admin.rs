@@ -124,8 +124,10 @@ fn not_allowed(allow: &'static str) -> Response {
     }
 }
 
-/// The answer to a well-formed request.
-pub fn route(metrics: &Metrics, request: &Request<'_>) -> Response {
+/// The answer to a well-formed request. Reading is open to whoever reaches
+/// the listener; changing the log level only to this host, since a listener
+/// bound beyond loopback has no authentication.
+pub fn route(metrics: &Metrics, request: &Request<'_>, from_loopback: bool) -> Response {
     let uptime_ms = metrics.started.elapsed().as_millis() as u64;
     match (request.path, request.method) {
         ("/metrics", "GET") => Response {
@@ -144,6 +146,10 @@ pub fn route(metrics: &Metrics, request: &Request<'_>) -> Response {
         }
         ("/status", _) => not_allowed("GET"),
         ("/log-level", "GET") => text(200, format!("{}\n", crate::log::level().name())),
+        ("/log-level", "PUT") if !from_loopback => text(
+            403,
+            "the log level may be changed from the appliance's own host only\n",
+        ),
         ("/log-level", "PUT") => {
             let word = std::str::from_utf8(request.body).unwrap_or_default().trim();
             match Level::from_str(word, true) {
@@ -164,6 +170,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -197,13 +204,14 @@ fn serve(metrics: &Metrics, mut stream: TcpStream) -> std::io::Result<()> {
     let timeout = Some(Duration::from_millis(IO_TIMEOUT_MS));
     stream.set_read_timeout(timeout)?;
     stream.set_write_timeout(timeout)?;
+    let from_loopback = stream.peer_addr()?.ip().is_loopback();
     let mut buf = [0u8; REQUEST_BYTES_MAX];
     let mut len = 0;
     // A client trickling bytes gets the whole budget once, not per read.
     let deadline = Instant::now() + Duration::from_millis(IO_TIMEOUT_MS);
     let response = loop {
         match parse(&buf[..len]) {
-            Ok(Some(request)) => break route(metrics, &request),
+            Ok(Some(request)) => break route(metrics, &request, from_loopback),
             Err(refusal) => break text(refusal.status, format!("{}\n", refusal.message)),
             Ok(None) => {}
         }
@@ -474,5 +482,21 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.resize(REQUEST_BYTES_MAX, b'a');
         assert_eq!(status(&huge), 431);
+    }
+
+    #[test]
+    fn only_this_host_may_change_the_log_level() {
+        let (metrics, _) = crate::metrics::tests::one_shard();
+        let level = crate::log::level();
+        let put = b"PUT /log-level HTTP/1.1\r\nContent-Length: 5\r\n\r\ndebug";
+        let put = parse(put).unwrap().unwrap();
+        assert_eq!(route(&metrics, &put, false).status, 403);
+        assert_eq!(
+            crate::log::level(),
+            level,
+            "a refused request changes nothing"
+        );
+        let get = parse(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(route(&metrics, &get, false).status, 200);
     }
 }

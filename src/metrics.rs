@@ -859,7 +859,7 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::placement::{ShardPlacement, Steering};
 
@@ -913,7 +913,7 @@ mod tests {
         assert_eq!(shared.class_names.lock().unwrap().len(), CLASSES_MAX);
     }
 
-    fn one_shard() -> (Metrics, Recorder) {
+    pub(crate) fn one_shard() -> (Metrics, Recorder) {
         let shard = Arc::new(ShardMetrics::default());
         let metrics = Metrics {
             facts: Facts {
