@@ -36,6 +36,9 @@ enum Command {
         /// Most detailed log level printed
         #[arg(long, env = "CLUECAST_LOG_LEVEL", value_enum, default_value = "info")]
         log_level: Level,
+        /// How log lines are written: text, or one JSON object per line
+        #[arg(long, env = "CLUECAST_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: crate::log::Format,
         /// Print the settings in effect (defaults included) as TOML and exit
         #[arg(long)]
         print_settings: bool,
@@ -199,9 +202,11 @@ pub fn main() -> ExitCode {
         Command::Run {
             args,
             log_level,
+            log_format,
             print_settings,
         } => {
             crate::log::set_level(log_level);
+            crate::log::set_format(log_format);
             args.resolve().and_then(|settings| {
                 if print_settings {
                     // A TOML comment: the output stays a valid --config file.

@@ -1,6 +1,8 @@
-//! One line per event on stderr, `level component: message`. Levels above
-//! the one in effect are dropped; it is set at start-up (`run --log-level`)
-//! and may be changed while running (the admin listener's `/log-level`).
+//! One line per event on stderr: `level component: message`, or with
+//! `--log-format json` one JSON object (`ts_ns`, `level`, `component`,
+//! `msg`) for log shippers. Levels above the one in effect are dropped; it
+//! is set at start-up (`run --log-level`) and may be changed while running
+//! (the admin listener's `/log-level`).
 //! When stderr is the journal (systemd's JOURNAL_STREAM names its device
 //! and inode), each line starts with its syslog priority (`<3>` error,
 //! `<4>` warn, `<6>` info, `<7>` debug) so journald records the level.
@@ -50,12 +52,27 @@ impl Level {
     }
 }
 
+/// How each line is written (`run --log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[repr(u8)]
+pub enum Format {
+    /// `level component: message`
+    Text = 0,
+    /// `{"ts_ns":..,"level":..,"component":..,"msg":..}`
+    Json = 1,
+}
+
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
 static TO_JOURNAL: AtomicBool = AtomicBool::new(false);
 static DETECT_JOURNAL: Once = Once::new();
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn set_format(format: Format) {
+    FORMAT.store(format as u8, Ordering::Relaxed);
 }
 
 pub fn level() -> Level {
@@ -86,25 +103,55 @@ fn stderr_is_journal() -> bool {
         .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
-/// The line for one event: priority prefix (journal only), level, message
-/// with line breaks escaped so an event stays one line.
-fn line(level: Level, journal: bool, args: std::fmt::Arguments<'_>) -> String {
+/// The line for one event: priority prefix (journal only), then the level
+/// and message as text (line breaks escaped, so an event stays one line) or
+/// as a JSON object whose component is the message's `component: ` head.
+fn line(level: Level, format: Format, journal: bool, args: std::fmt::Arguments<'_>) -> String {
     let message = args.to_string();
-    let message = if message.contains(['\n', '\r']) {
-        message.replace('\n', "\\n").replace('\r', "\\r")
-    } else {
-        message
+    let prefix = match journal {
+        true => format!("<{}>", level.syslog_priority()),
+        false => String::new(),
     };
-    match journal {
-        true => format!("<{}>{} {message}\n", level.syslog_priority(), level.name()),
-        false => format!("{} {message}\n", level.name()),
+    match format {
+        Format::Text => {
+            let message = if message.contains(['\n', '\r']) {
+                message.replace('\n', "\\n").replace('\r', "\\r")
+            } else {
+                message
+            };
+            format!("{prefix}{} {message}\n", level.name())
+        }
+        Format::Json => {
+            let (component, msg) = split_component(&message);
+            let object = serde_json::json!({
+                "ts_ns": cluecast_sys::realtime_ns(),
+                "level": level.name(),
+                "component": component,
+                "msg": msg,
+            });
+            format!("{prefix}{object}\n")
+        }
+    }
+}
+
+/// `shard 0: queue full` is component `shard 0`, message `queue full`; a
+/// message without such a head (or with a long one) has component "".
+fn split_component(message: &str) -> (&str, &str) {
+    const COMPONENT_BYTES_MAX: usize = 32;
+    match message.split_once(": ") {
+        Some((component, rest)) if component.len() <= COMPONENT_BYTES_MAX => (component, rest),
+        _ => ("", message),
     }
 }
 
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     if enabled(level) {
         DETECT_JOURNAL.call_once(|| TO_JOURNAL.store(stderr_is_journal(), Ordering::Relaxed));
-        let line = line(level, TO_JOURNAL.load(Ordering::Relaxed), args);
+        let format = match FORMAT.load(Ordering::Relaxed) {
+            0 => Format::Text,
+            _ => Format::Json,
+        };
+        let line = line(level, format, TO_JOURNAL.load(Ordering::Relaxed), args);
         // One write per line, so lines of different threads never mix.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -127,16 +174,58 @@ mod tests {
     fn lines_carry_the_level_and_the_journal_priority_and_stay_one_line() {
         let a = 7;
         assert_eq!(
-            line(Level::Info, false, format_args!("x: {a}")),
+            line(Level::Info, Format::Text, false, format_args!("x: {a}")),
             "info x: 7\n"
         );
-        assert_eq!(line(Level::Warn, true, format_args!("x")), "<4>warn x\n");
-        assert_eq!(line(Level::Error, true, format_args!("x")), "<3>error x\n");
-        assert_eq!(line(Level::Debug, true, format_args!("x")), "<7>debug x\n");
         assert_eq!(
-            line(Level::Info, false, format_args!("a\nb\r")),
+            line(Level::Warn, Format::Text, true, format_args!("x")),
+            "<4>warn x\n"
+        );
+        assert_eq!(
+            line(Level::Error, Format::Text, true, format_args!("x")),
+            "<3>error x\n"
+        );
+        assert_eq!(
+            line(Level::Debug, Format::Text, true, format_args!("x")),
+            "<7>debug x\n"
+        );
+        assert_eq!(
+            line(Level::Info, Format::Text, false, format_args!("a\nb\r")),
             "info a\\nb\\r\n"
         );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each_with_the_component_split_off() {
+        let parse = |line: &str| -> serde_json::Value {
+            assert!(
+                line.ends_with('\n') && line.matches('\n').count() == 1,
+                "{line:?}"
+            );
+            serde_json::from_str(line).unwrap()
+        };
+        let v = parse(&line(
+            Level::Warn,
+            Format::Json,
+            false,
+            format_args!("shard 1: a \"quoted\"\nbreak"),
+        ));
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["component"], "shard 1");
+        assert_eq!(v["msg"], "a \"quoted\"\nbreak");
+        assert!(v["ts_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000);
+        let v = parse(&line(
+            Level::Info,
+            Format::Json,
+            false,
+            format_args!("no head"),
+        ));
+        assert_eq!(
+            (v["component"].as_str(), v["msg"].as_str()),
+            (Some(""), Some("no head"))
+        );
+        let journal = line(Level::Error, Format::Json, true, format_args!("x: y"));
+        assert!(journal.starts_with("<3>{"), "{journal}");
     }
 
     #[test]

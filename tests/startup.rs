@@ -182,3 +182,28 @@ fn refused_start(args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "{args:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_component_and_message() {
+    let server = Server::start(&["--log-format", "json", "--durability", "memory"]);
+    assert!(!server.startup_log.is_empty());
+    for line in &server.startup_log {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["ts_ns"].as_u64().is_some(), "{line}");
+        assert!(
+            ["error", "warn", "info", "debug"].contains(&v["level"].as_str().unwrap()),
+            "{line}"
+        );
+        assert_eq!(v["component"], "cluecast", "{line}");
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{line}");
+    }
+    assert!(
+        server
+            .startup_log
+            .iter()
+            .any(|l| l.contains(r#""msg":"placement: steering"#)),
+        "{:#?}",
+        server.startup_log
+    );
+}
