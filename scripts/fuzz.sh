@@ -11,6 +11,7 @@
 # without it this fails, or with CLUECAST_FUZZ_OPTIONAL=1 says SKIPPED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 seconds=${1:-30}
 if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
@@ -38,12 +39,13 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   unavailable "the nightly toolchain is missing: rustup toolchain install nightly"
 fi
 if [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $cargo_fuzz_version" ]]; then
-  echo "fuzz: installing cargo-fuzz $cargo_fuzz_version"
+  echo "fuzz: installing cargo-fuzz $cargo_fuzz_version (builds from source, about 3 minutes)"
   cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked --force --quiet ||
     unavailable "cannot install cargo-fuzz $cargo_fuzz_version"
 fi
 
 start=$SECONDS
+warn_first_build "$CARGO_TARGET_DIR" x86_64-unknown-linux-gnu/release 15
 cargo +nightly fuzz build
 echo "fuzz: targets built in $((SECONDS - start)) s"
 

@@ -3,7 +3,9 @@
 # on its built-in defaults (127.0.0.1:7400). Extra arguments go to `run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 scripts/setup.sh
+target=$(target_dir)
+warn_first_build "$target" release 12
 cargo build --release --bin cluecast
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-exec "$target_dir/release/cluecast" run "$@"
+exec "$target/release/cluecast" run "$@"

@@ -2,8 +2,10 @@
 # Installs what is missing and runs every check and test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 scripts/setup.sh
 cargo fmt --all -- --check
+warn_first_build "$(target_dir)" debug 10
 # The test profile: clippy then shares `cargo test`'s build of RocksDB
 # instead of compiling its C++ a second time.
 cargo clippy --workspace --all-targets --profile test -- -D warnings
