@@ -1249,7 +1249,7 @@ impl Core {
         if gap {
             // History moved past what this subscriber still needs.
             self.stats.slow_consumer_goaways += 1;
-            self.goaway_resume(index, GoAwayReason::SlowConsumer);
+            self.goaway_resume(index, GoAwayReason::SlowConsumer, 0);
         }
     }
 
@@ -2489,9 +2489,9 @@ impl Core {
     }
 
     /// GOAWAY naming where each subscription stands (a subscriber that fell
-    /// behind the history window, a token that expired): the client
+    /// behind the history window, a token that expired, a drain): the client
     /// reconnects and resumes (and learns what it missed) from there.
-    fn goaway_resume(&mut self, index: u32, reason: GoAwayReason) {
+    fn goaway_resume(&mut self, index: u32, reason: GoAwayReason, retry_after_ms: u32) {
         // Frames not yet handed to the kernel are not delivered: each
         // subscription resumes after the last sequence that was.
         let mut undelivered: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -2522,7 +2522,7 @@ impl Core {
         }
         let frame = Frame::GoAway(GoAway {
             reason,
-            retry_after_ms: 0,
+            retry_after_ms,
             reconnect: b"",
             resume: points
                 .iter()
@@ -2642,7 +2642,7 @@ impl Core {
                     let deadline = conn.last_rx_ms + self.idle_timeout_ms as u64;
                     if self.now_ms >= conn.token_deadline_ms {
                         self.stats.tokens_expired += 1;
-                        self.goaway_resume(index, GoAwayReason::TokenExpired);
+                        self.goaway_resume(index, GoAwayReason::TokenExpired, 0);
                     } else if self.now_ms >= deadline {
                         let message = format!("nothing received for {} ms", self.idle_timeout_ms);
                         self.error_close(index, ErrorCode::IdleTimeout, &message);
@@ -2683,13 +2683,7 @@ impl Core {
             .collect();
         for index in open {
             let retry_after_ms = self.jittered_retry();
-            let goaway = Frame::GoAway(GoAway {
-                reason: GoAwayReason::Shutdown,
-                retry_after_ms,
-                reconnect: b"",
-                resume: vec![],
-            });
-            self.send_then_close(index, &goaway);
+            self.goaway_resume(index, GoAwayReason::Shutdown, retry_after_ms);
         }
     }
 
