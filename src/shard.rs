@@ -331,6 +331,13 @@ struct Core {
     disk_retry_at_ms: u64,
     /// A read reply, copied out of its channel so the shard may act on it.
     reply_scratch: Vec<u8>,
+    /// POSITION records pushed to the writer, ever, and how many of them it
+    /// has written: a PATH_QUERY waits in `path_reads_waiting` (with the
+    /// count it must see, and its read request) until the positions
+    /// received before it are readable.
+    positions_pushed: u64,
+    positions_written: u64,
+    path_reads_waiting: VecDeque<(u64, Box<[u8]>)>,
 
     /// One block per connection sending at once, made the first time that
     /// many send together (so idle connections cost none): with fewer, a
@@ -473,6 +480,9 @@ impl<R: Ring> Shard<R> {
             disk_retry: Vec::new(),
             disk_retry_at_ms: 0,
             reply_scratch: Vec::new(),
+            positions_pushed: 0,
+            positions_written: 0,
+            path_reads_waiting: VecDeque::new(),
             iov_blocks,
             iov_free,
             ops: Vec::new(),
@@ -1268,14 +1278,16 @@ impl Core {
         let parts: [&[u8]; 3] = [&len, player, &position.to_bytes()];
         if push_to_writer(link, &mut self.ops, self.id, POSITION, &parts) {
             self.stats.positions += 1;
+            self.positions_pushed += 1;
         } else {
             // The writer is behind by a whole channel: overload, counted.
             self.stats.positions_not_stored += 1;
         }
     }
 
-    /// Passes a PATH_QUERY to the storage reader; the answer comes back as
-    /// whole PATH frames (`on_path_frames`).
+    /// Passes a PATH_QUERY to the storage reader once every position this
+    /// shard received before it is written (a connection reads its own
+    /// writes); the answer comes back as whole PATH frames (`on_path_frames`).
     fn path_query(&mut self, index: u32, query: &PathQuery<'_>) {
         let allowed = self.allowed(index, |g| g.may_read_path(query.player));
         let refusal = match &self.storage {
@@ -1284,7 +1296,7 @@ impl Core {
             Some(_) if self.conns[index as usize].path_query_in_flight => {
                 Some(ErrorCode::Overloaded)
             }
-            Some(link) => {
+            Some(_) => {
                 let request = PathRequest {
                     conn: index,
                     generation: self.generations[index as usize],
@@ -1292,29 +1304,74 @@ impl Core {
                     since_ms: query.since_ms,
                     player: query.player,
                 };
-                if link
-                    .read_tx
-                    .push(PATH_READ, &[&request.encode(), query.player])
-                {
-                    if link.read_tx.ring_doorbell() {
-                        self.ops.push(wake_op(link.reader_ring_fd, self.id));
-                    }
-                    self.conns[index as usize].path_query_in_flight = true;
-                    None
+                self.conns[index as usize].path_query_in_flight = true;
+                if self.positions_written >= self.positions_pushed {
+                    self.read_path(&request.encode(), query.player);
                 } else {
-                    Some(ErrorCode::Overloaded)
+                    let record = [&request.encode()[..], query.player].concat();
+                    let wait_for = self.positions_pushed;
+                    self.path_reads_waiting.push_back((wait_for, record.into()));
                 }
+                None
             }
         };
         if let Some(code) = refusal {
-            let answer = Frame::Path(Path {
-                request_id: query.request_id,
-                status: code as u16,
-                flags: PATH_FLAG_LAST,
-                positions: &[],
-            });
-            self.queue_control(index, &answer);
+            self.refuse_path(index, query.request_id, code);
         }
+    }
+
+    /// Hands a path read (`PathRequest` header, player) to the reader; a
+    /// full channel refuses it as Overloaded.
+    fn read_path(&mut self, header: &[u8], player: &[u8]) {
+        let link = self.storage.as_ref().expect("path reads need storage");
+        if link.read_tx.push(PATH_READ, &[header, player]) {
+            if link.read_tx.ring_doorbell() {
+                self.ops.push(wake_op(link.reader_ring_fd, self.id));
+            }
+            return;
+        }
+        let mut record = header.to_vec();
+        record.extend_from_slice(player);
+        let request = PathRequest::decode(&record);
+        self.end_path_read(&request, ErrorCode::Overloaded);
+    }
+
+    /// The writer has written positions up to `through`: the path reads
+    /// waiting for them go to the reader.
+    fn on_positions_written(&mut self, through: u64) {
+        self.positions_written = self.positions_written.max(through);
+        while let Some((wait_for, _)) = self.path_reads_waiting.front() {
+            if *wait_for > self.positions_written {
+                break;
+            }
+            let (_, record) = self.path_reads_waiting.pop_front().expect("front exists");
+            let request = PathRequest::decode(&record);
+            let (header, player) = record.split_at(record.len() - request.player.len());
+            self.read_path(header, player);
+        }
+    }
+
+    /// Answers a path read that will not reach the reader, if its
+    /// connection is still the one that asked.
+    fn end_path_read(&mut self, request: &PathRequest<'_>, code: ErrorCode) {
+        let alive = self.conns.get(request.conn as usize).is_some_and(|c| {
+            c.state == ConnState::Open
+                && self.generations[request.conn as usize] == request.generation
+        });
+        if alive {
+            self.conns[request.conn as usize].path_query_in_flight = false;
+            self.refuse_path(request.conn, request.request_id, code);
+        }
+    }
+
+    fn refuse_path(&mut self, index: u32, request_id: u32, code: ErrorCode) {
+        let answer = Frame::Path(Path {
+            request_id,
+            status: code as u16,
+            flags: PATH_FLAG_LAST,
+            positions: &[],
+        });
+        self.queue_control(index, &answer);
     }
 
     /// The reader's answer to a PATH_QUERY: control frames, outside the
@@ -1803,6 +1860,11 @@ impl Core {
     fn storage_failed(&mut self, message: &str) {
         self.stats.storage_failures += 1;
         crate::debug!("shard {}: storing events failed: {message}", self.id);
+        // The positions of a failed batch are readable only once a later one
+        // writes them: path reads waiting for them are refused, not held.
+        while let Some((_, record)) = self.path_reads_waiting.pop_front() {
+            self.end_path_read(&PathRequest::decode(&record), ErrorCode::StorageFailed);
+        }
         if self.storage.as_ref().map(|s| s.durability) == Some(Durability::Async) {
             self.storage_stalled = true;
             return;
@@ -1849,6 +1911,11 @@ impl Core {
                     self.durable_through = self.durable_through.max(through);
                     self.storage_stalled = false;
                     None
+                }
+                Notice::Paths { through } => {
+                    link.notice_rx.pop();
+                    self.on_positions_written(through);
+                    continue;
                 }
                 Notice::Failed { message, .. } => {
                     Some(String::from_utf8_lossy(message).into_owned())

@@ -73,6 +73,9 @@ pub const FAILED: u8 = 2;
 /// u64, u64 epoch, then the topic: retention deleted the events of the
 /// topic's history in that epoch before this sequence.
 pub const FLOOR: u8 = 3;
+/// u64: the shard's POSITION records, counted from 1, are written up to
+/// this one, so a path read from now on sees them.
+pub const PATHS: u8 = 4;
 
 // ---- shard <-> reader records -----------------------------------------------
 
@@ -283,6 +286,9 @@ pub enum Notice<'a> {
         epoch: u64,
         topic: &'a [u8],
     },
+    Paths {
+        through: u64,
+    },
 }
 
 impl<'a> Notice<'a> {
@@ -299,6 +305,7 @@ impl<'a> Notice<'a> {
                 epoch: be_u64(&body[8..]),
                 topic: &body[16..],
             },
+            PATHS => Notice::Paths { through },
             other => panic!("unknown storage notice kind {other}"),
         }
     }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
 use super::path_block::{decode_block, BlockBuilder};
-use super::{Durability, APPEND, CLOSE, DURABLE, FAILED, FLOOR, POSITION, RESUME};
+use super::{Durability, APPEND, CLOSE, DURABLE, FAILED, FLOOR, PATHS, POSITION, RESUME};
 use crate::metrics::LatencyCounts;
 use crate::ring::uring::Doorbell;
 use cluecast_proto::{decode, Frame, Limits, Position, POSITION_BYTES};
@@ -74,6 +74,11 @@ struct Port {
     /// New retention floors not yet told: (topic, oldest sequence kept,
     /// epoch of the history it applies to).
     floors: Vec<(Box<[u8]>, u64, u64)>,
+    /// POSITION records read, ever; how many of them are written; and how
+    /// many the shard was told of (its path reads wait for them).
+    positions_seen: u64,
+    positions_written: u64,
+    positions_told: u64,
 }
 
 /// A player's path block being filled, rewritten whole in every batch that
@@ -195,6 +200,9 @@ impl Writer {
                     failed: false,
                     owed: None,
                     floors: Vec::new(),
+                    positions_seen: 0,
+                    positions_written: 0,
+                    positions_told: 0,
                 })
                 .collect(),
             topics,
@@ -285,6 +293,13 @@ impl Writer {
         if !self.records.is_empty() || self.paths_dirty {
             self.commit_records();
         }
+        // Every position taken is written (or was lost, and logged): the
+        // shards' waiting path reads may go ahead.
+        if !self.paths_dirty {
+            for port in &mut self.ports {
+                port.positions_written = port.positions_seen;
+            }
+        }
         true
     }
 
@@ -318,6 +333,7 @@ impl Writer {
                     RESUME => port.failed = false,
                     POSITION => {
                         bytes += body.len();
+                        port.positions_seen += 1;
                         let body = body.to_vec();
                         self.add_position(&body);
                     }
@@ -783,6 +799,15 @@ impl Writer {
                     pushed = true;
                 }
             }
+            if port.positions_written > port.positions_told
+                && port
+                    .io
+                    .notice_tx
+                    .push(PATHS, &[&port.positions_written.to_be_bytes()])
+            {
+                port.positions_told = port.positions_written;
+                pushed = true;
+            }
             while let Some((topic, floor, epoch)) = port.floors.last() {
                 let (floor, epoch) = (floor.to_be_bytes(), epoch.to_be_bytes());
                 if !port.io.notice_tx.push(FLOOR, &[&floor, &epoch, topic]) {
@@ -836,7 +861,7 @@ mod tests {
                 Notice::Durable { through } | Notice::Failed { through, .. } => {
                     out.push((kind, through))
                 }
-                Notice::Floor { .. } => {}
+                Notice::Floor { .. } | Notice::Paths { .. } => {}
             }
             link.notice_rx.pop();
         }
