@@ -1,8 +1,9 @@
 //! The command line: `run` starts the appliance; `token` mints client
-//! tokens; `pub`, `sub`, `path` and `topic close` are small clients built on
-//! the reference client library, for operators and scripts; `tune` checks
-//! and tunes the host; `status` and `log-level` ask a running appliance's
-//! admin listener; `completions` and `man` describe the command line.
+//! tokens; `cert` makes a development CA and server certificate; `pub`,
+//! `sub`, `path` and `topic close` are small clients built on the reference
+//! client library, for operators and scripts; `tune` checks and tunes the
+//! host; `status` and `log-level` ask a running appliance's admin listener;
+//! `completions` and `man` describe the command line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,27 @@ enum Command {
         /// How long it is valid: seconds, or with a unit (90s, 15m, 1h, 7d)
         #[arg(long, default_value = "1h")]
         ttl: String,
+    },
+    /// Make a development CA and a server certificate signed by it, for TLS
+    ///
+    /// Writes DIR/ca.pem (the CA, for clients' --tls-ca), DIR/server.pem and
+    /// DIR/server-key.pem (for `run --tls-cert/--tls-key`), both valid for
+    /// 365 days, and prints the commands that use them.
+    Cert {
+        /// The directory to write into (created if needed)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A DNS name or IP address the server's certificate is valid for,
+        /// as clients write it in --server (repeatable)
+        #[arg(long = "name", value_name = "NAME", default_values = ["localhost", "127.0.0.1", "::1"])]
+        names: Vec<crate::cert::Name>,
+        /// Replace the files of an earlier run in DIR
+        #[arg(long)]
+        force: bool,
+        /// Also write the CA's private key (DIR/ca-key.pem, mode 0600), so it
+        /// can sign more later; without it, the CA signs nothing else
+        #[arg(long)]
+        keep_ca_key: bool,
     },
     /// Manage topics
     Topic {
@@ -246,6 +268,12 @@ pub fn main() -> ExitCode {
             paths,
             &ttl,
         ),
+        Command::Cert {
+            out,
+            names,
+            force,
+            keep_ca_key,
+        } => return crate::cert::main(&out, &names, force, keep_ca_key),
         Command::Topic {
             command: TopicCommand::Close { server, topic },
         } => close_topic(&server, &topic),

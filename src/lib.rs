@@ -8,14 +8,16 @@
 //! `arena` and `timer` are the state it keeps; `ring` is the only door to
 //! the kernel (with a simulated twin for tests); `storage` is the durable
 //! log and its threads; `config` and `cli` face the operator, `tune` checks
-//! and tunes the host for it, `metrics` and `admin` tell how it is doing,
-//! and `build_info` says how the binary was built.
+//! and tunes the host for it, `cert` makes development certificates for its
+//! TLS, `metrics` and `admin` tell how it is doing, and `build_info` says
+//! how the binary was built.
 
 pub mod admin;
 pub mod admission;
 pub mod arena;
 pub mod auth;
 pub mod build_info;
+pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod conn;

@@ -1,16 +1,19 @@
 //! TLS with real processes: a certificate made for the test, clients that
-//! verify it, events fanned out to many TLS subscribers in order, and a
-//! client that does not speak TLS cut off.
+//! verify it, events fanned out to many TLS subscribers in order, a client
+//! that does not speak TLS cut off, and certificates the CLI refuses, each
+//! with a message that says what is wrong and what to do.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cluecast_proto::{decode, Frame, Hello, Limits, Publish, StartMode, Subscribe};
-use common::{Server, TempDir};
+use common::{Server, TempDir, BIN};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
@@ -226,5 +229,165 @@ fn the_cli_and_the_reference_client_speak_tls_and_check_the_name() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        err.contains("certificate is not valid for 127.0.0.1")
+            && err.contains("it is for localhost"),
+        "{err}"
+    );
+}
+
+/// `cluecast sub` by `host` to `server`, trusting `ca`: it must be refused
+/// at once; what it printed.
+fn refused(server: &Server, host: &str, ca: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["sub", "hunt-refused", "--tls-ca", ca, "--server"])
+        .arg(format!("{host}:{}", server.addr.port()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("InvalidCertificate") && !err.contains("OtherError"),
+        "in words, not rustls's enum: {err}"
+    );
+    err
+}
+
+fn serve(cert: &str, key: &str) -> Server {
+    Server::start(&[
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--durability",
+        "memory",
+    ])
+}
+
+#[test]
+fn a_ca_certificate_served_as_the_servers_own_is_refused_in_words() {
+    let dir = TempDir::new("tls-ca-leaf");
+    let explained = |err: &str| {
+        assert!(
+            err.contains("the server presents a CA certificate (basicConstraints CA:TRUE)")
+                && err.contains("`cluecast cert`"),
+            "{err}"
+        )
+    };
+
+    // Self-signed and CA:TRUE, as openssl makes one by default.
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let made = params.self_signed(&key).unwrap();
+    let cert = dir.0.join("rcgen.pem");
+    let key_file = dir.0.join("rcgen-key.pem");
+    std::fs::write(&cert, made.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (cert, key_file) = (cert.to_str().unwrap(), key_file.to_str().unwrap());
+    let server = serve(cert, key_file);
+    explained(&refused(&server, "localhost", cert));
+    drop(server);
+
+    // The user's report, word for word, where openssl is installed.
+    let openssl = Command::new("openssl")
+        .current_dir(&dir.0)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "k.pem",
+            "-out",
+            "c.pem",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .output();
+    match openssl {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let cert = format!("{}/c.pem", dir.path_str());
+            let server = serve(&cert, &format!("{}/k.pem", dir.path_str()));
+            explained(&refused(&server, "localhost", &cert));
+        }
+        Err(e) => eprintln!(
+            "openssl not run ({e}): skipping the check with openssl's own self-signed certificate"
+        ),
+    }
+}
+
+#[test]
+fn certificates_for_another_name_from_another_ca_or_out_of_date_are_refused_in_words() {
+    let dir = TempDir::new("tls-words");
+    let make = |out: &str, names: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.args(["cert", "--out", out]);
+        for name in names {
+            command.args(["--name", name]);
+        }
+        let made = command.output().unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    };
+    let game = format!("{}/game", dir.path_str());
+    let other = format!("{}/other", dir.path_str());
+    make(&game, &["game.example"]);
+    make(&other, &[]);
+    let server = serve(
+        &format!("{game}/server.pem"),
+        &format!("{game}/server-key.pem"),
+    );
+
+    let err = refused(&server, "127.0.0.1", &format!("{game}/ca.pem"));
+    assert!(
+        err.contains("certificate is not valid for 127.0.0.1")
+            && err.contains("it is for game.example")
+            && err.contains("`cluecast cert --name 127.0.0.1`"),
+        "{err}"
+    );
+    let err = refused(&server, "127.0.0.1", &format!("{other}/ca.pem"));
+    assert!(err.contains("is not signed by a CA in --tls-ca"), "{err}");
+    drop(server);
+
+    // A certificate that ran out on 2021-01-01, signed by a CA of the test.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let ca_file = file("expired-ca.pem", ca.pem());
+    let server = serve(
+        &file("expired.pem", expired.pem()),
+        &file("expired-key.pem", key.serialize_pem()),
+    );
+    let err = refused(&server, "localhost", &ca_file);
+    assert!(
+        err.contains("certificate expired at 2021-01-01 00:00:00 UTC")
+            && err.contains("serve a renewed certificate"),
+        "{err}"
+    );
 }

@@ -20,6 +20,7 @@
 
 use crate::codec::{decode, valid_topic, Limits};
 use crate::frame::*;
+pub use crate::tls_error::TlsError;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -130,7 +131,11 @@ pub fn tls_trusting(
 enum Stream {
     Plain(TcpStream),
     #[cfg(feature = "tls")]
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Tls {
+        /// The name the server's certificate is checked against.
+        host: String,
+        stream: Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+    },
 }
 
 impl Stream {
@@ -147,9 +152,10 @@ impl Stream {
                 .map_err(|e| ClientError::InvalidInput(format!("TLS server name {host:?}: {e}")))?;
             let session = rustls::ClientConnection::new(tls.clone(), name)
                 .map_err(|e| ClientError::InvalidInput(format!("TLS: {e}")))?;
-            return Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(
-                session, tcp,
-            ))));
+            return Ok(Stream::Tls {
+                host: host.to_string(),
+                stream: Box::new(rustls::StreamOwned::new(session, tcp)),
+            });
         }
         #[cfg(not(feature = "tls"))]
         let _ = config;
@@ -160,8 +166,22 @@ impl Stream {
         match self {
             Stream::Plain(tcp) => tcp,
             #[cfg(feature = "tls")]
-            Stream::Tls(tls) => &tls.sock,
+            Stream::Tls { stream, .. } => &stream.sock,
         }
+    }
+
+    /// A failed read or write as the caller should see it: rustls's error
+    /// (the handshake's included, which runs inside the first write) in
+    /// words, anything else as I/O.
+    fn failure(&self, e: io::Error) -> ClientError {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls { host, .. } = self {
+            // rustls wraps its error in the io::Error it returns.
+            if let Some(error) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                return ClientError::Tls(TlsError::new(host, error.clone()));
+            }
+        }
+        ClientError::Io(e)
     }
 }
 
@@ -170,7 +190,7 @@ impl Read for Stream {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
             #[cfg(feature = "tls")]
-            Stream::Tls(tls) => tls.read(buf),
+            Stream::Tls { stream, .. } => stream.read(buf),
         }
     }
 }
@@ -180,7 +200,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
             #[cfg(feature = "tls")]
-            Stream::Tls(tls) => tls.write(buf),
+            Stream::Tls { stream, .. } => stream.write(buf),
         }
     }
 
@@ -188,7 +208,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(tcp) => tcp.flush(),
             #[cfg(feature = "tls")]
-            Stream::Tls(tls) => tls.flush(),
+            Stream::Tls { stream, .. } => stream.flush(),
         }
     }
 }
@@ -363,6 +383,9 @@ pub enum ClientError {
     /// The call's arguments or the configuration cannot work (bad topic,
     /// payload over the server's limit, ...). Nothing was sent.
     InvalidInput(String),
+    /// TLS with the server failed: most often its certificate was refused
+    /// (the text says why and what to do). Only with the `tls` feature.
+    Tls(TlsError),
 }
 
 impl ClientError {
@@ -374,6 +397,9 @@ impl ClientError {
                 Ok(ErrorCode::NotAuthorized | ErrorCode::UnsupportedVersion)
             ),
             ClientError::InvalidInput(_) => true,
+            // A refused certificate or a server that does not speak TLS is
+            // the configuration's to fix; retrying would hide it.
+            ClientError::Tls(_) => true,
             _ => false,
         }
     }
@@ -405,6 +431,7 @@ impl fmt::Display for ClientError {
             ClientError::Closed => f.write_str("connection closed"),
             ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
             ClientError::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            ClientError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -413,6 +440,7 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClientError::Io(e) => Some(e),
+            ClientError::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -1277,14 +1305,13 @@ impl Conn {
         frame.encode(&mut self.out);
         // A partial write leaves the stream mid-frame: any error here ends
         // the connection (the caller treats it as lost).
-        self.stream
-            .write_all(&self.out)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    ClientError::Timeout("the server to accept our data")
-                }
-                _ => ClientError::Io(e),
-            })?;
+        let written = self.stream.write_all(&self.out);
+        written.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                ClientError::Timeout("the server to accept our data")
+            }
+            _ => self.stream.failure(e),
+        })?;
         self.last_sent = Instant::now();
         Ok(())
     }
@@ -1386,7 +1413,7 @@ impl Conn {
             {
                 Ok(())
             }
-            Err(e) => Err(ClientError::Io(e)),
+            Err(e) => Err(self.stream.failure(e)),
         }
     }
 }
