@@ -6,7 +6,10 @@
 //! To regenerate the blocks after changing a vector here:
 //! `cargo test -p cluecast-proto --test vectors -- --ignored --nocapture`.
 
+mod doc;
+
 use cluecast_proto::*;
+use doc::{blocks, doc};
 
 /// Every vector, in document order.
 const NAMES: &[&str] = &[
@@ -117,7 +120,7 @@ fn expected(name: &str) -> Option<Frame<'static>> {
         }),
         "publish_ack_refused" => Frame::PublishAck(PublishAck {
             request_id: 8,
-            status: ErrorCode::PayloadTooLarge as u16,
+            status: ErrorCode::Overloaded as u16,
             flags: 0,
             epoch: 0,
             seq: 0,
@@ -178,91 +181,9 @@ fn expected(name: &str) -> Option<Frame<'static>> {
     })
 }
 
-struct Vector {
-    name: String,
-    line: usize,
-    bytes: Vec<u8>,
-}
-
-/// Extracts the vectors: a `<!-- vector: NAME -->` line, then a ```text
-/// block with a `frame:` line and a `hex:` line; hex may continue on the
-/// following lines up to the closing fence.
-fn parse(doc: &str) -> Vec<Vector> {
-    let lines: Vec<&str> = doc.lines().collect();
-    let mut vectors = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i].trim();
-        i += 1;
-        let Some(rest) = line.strip_prefix("<!-- vector:") else {
-            continue;
-        };
-        let name = rest
-            .strip_suffix("-->")
-            .unwrap_or_else(|| panic!("line {i}: vector marker not closed"))
-            .trim()
-            .to_string();
-        let start = i;
-        assert_eq!(
-            lines.get(i).map(|l| l.trim()),
-            Some("```text"),
-            "line {}: vector {name} must be followed by ```text",
-            i + 1
-        );
-        i += 1;
-        let mut saw_frame = false;
-        let mut hex = None::<String>;
-        loop {
-            let l = lines
-                .get(i)
-                .unwrap_or_else(|| panic!("vector {name} (line {start}): unterminated block"))
-                .trim();
-            i += 1;
-            if l == "```" {
-                break;
-            }
-            if l.starts_with("frame:") {
-                saw_frame = true;
-            } else if let Some(h) = l.strip_prefix("hex:") {
-                assert!(hex.is_none(), "vector {name}: two hex lines");
-                hex = Some(h.to_string());
-            } else if let Some(h) = hex.as_mut() {
-                h.push(' ');
-                h.push_str(l);
-            } else {
-                panic!("vector {name}: unexpected line {l:?}");
-            }
-        }
-        assert!(saw_frame, "vector {name}: no frame: line");
-        let hex = hex.unwrap_or_else(|| panic!("vector {name}: no hex: line"));
-        let bytes = hex
-            .split_whitespace()
-            .map(|b| {
-                assert_eq!(b.len(), 2, "vector {name}: {b:?} is not one byte");
-                u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("vector {name}: bad hex {b:?}"))
-            })
-            .collect();
-        vectors.push(Vector {
-            name,
-            line: start,
-            bytes,
-        });
-    }
-    vectors
-}
-
-fn doc() -> String {
-    // Read at run time, not baked in at build time: the build cache is
-    // shared between checkouts at different paths, and a test binary built
-    // in one must find the document of the checkout it runs in.
-    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
-    let path = format!("{dir}/../docs/PROTOCOL.md");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 #[test]
 fn document_vectors_match_the_codec() {
-    let vectors = parse(&doc());
+    let vectors = blocks(&doc(), "vector");
     // A broken parser must not pass by finding nothing.
     assert_eq!(vectors.len(), 21, "number of vectors in docs/PROTOCOL.md");
     assert_eq!(NAMES.len(), 21);
@@ -318,7 +239,7 @@ fn document_vectors_match_the_codec() {
 #[test]
 fn parser_reads_continuation_lines() {
     let doc = "x\n<!-- vector: a -->\n```text\nframe: Ping\nhex: 00 00\n     00 09\n```\n";
-    let v = parse(doc);
+    let v = blocks(doc, "vector");
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].name, "a");
     assert_eq!(v[0].bytes, [0, 0, 0, 9]);
@@ -332,15 +253,9 @@ fn print_vectors() {
         let frame = expected(name).unwrap();
         let mut bytes = Vec::new();
         frame.encode(&mut bytes);
-        println!("<!-- vector: {name} -->\n```text\nframe: {frame:?}");
-        for (i, chunk) in bytes.chunks(16).enumerate() {
-            let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
-            println!(
-                "{}{}",
-                if i == 0 { "hex: " } else { "     " },
-                hex.join(" ")
-            );
-        }
-        println!("```\n");
+        println!(
+            "{}",
+            doc::block("vector", name, &format!("{frame:?}"), &bytes)
+        );
     }
 }
