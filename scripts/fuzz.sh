@@ -39,7 +39,7 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   unavailable "the nightly toolchain is missing: rustup toolchain install nightly"
 fi
 if [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $cargo_fuzz_version" ]]; then
-  echo "fuzz: installing cargo-fuzz $cargo_fuzz_version (builds from source, about 3 minutes)"
+  echo "fuzz: installing cargo-fuzz $cargo_fuzz_version (builds from source, under a minute)"
   cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked --force --quiet ||
     unavailable "cannot install cargo-fuzz $cargo_fuzz_version"
 fi

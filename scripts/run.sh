@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 scripts/setup.sh
 target=$(target_dir)
-warn_first_build "$target" release 12
+warn_first_build "$target" release 16
 cargo build --release --bin cluecast
 exec "$target/release/cluecast" run "$@"
