@@ -236,6 +236,29 @@ fn the_cli_and_the_reference_client_speak_tls_and_check_the_name() {
     );
 }
 
+#[test]
+fn a_server_that_never_answers_the_handshake_times_out_the_connect() {
+    let dir = TempDir::new("tls-silent");
+    let (cert, _, _) = certificate(&dir);
+    // Accepts, reads nothing, says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(socket, _)| socket));
+    let mut config =
+        cluecast_proto::client::ClientConfig::new(format!("localhost:{}", addr.port()));
+    config.tls = Some(cluecast_proto::client::tls_trusting(std::path::Path::new(&cert)).unwrap());
+    config.connect_timeout_ms = 300;
+    // In a thread: a connect that hangs fails this test instead of hanging it.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let failed = cluecast_proto::client::Client::connect(config).is_err();
+        let _ = done_tx.send(failed);
+    });
+    let failed = done.recv_timeout(Duration::from_secs(3));
+    assert_eq!(failed, Ok(true), "the connect must fail within 3 s");
+    drop(held.join().unwrap());
+}
+
 /// `cluecast sub` by `host` to `server`, trusting `ca`: it must be refused
 /// at once; what it printed.
 fn refused(server: &Server, host: &str, ca: &str) -> String {

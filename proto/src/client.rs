@@ -144,6 +144,9 @@ impl Stream {
         // Frames are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
         tcp.set_write_timeout(Some(timeout))?;
+        // The TLS handshake reads inside the first write: a server that
+        // accepts and never answers must not hold it past the timeout.
+        tcp.set_read_timeout(Some(timeout))?;
         #[cfg(feature = "tls")]
         if let Some(tls) = &config.tls {
             let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
