@@ -20,11 +20,11 @@ use rustls_pki_types::DnsName;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
+use crate::config::DEFAULT_PORT;
+
 /// How long both certificates are valid: long enough for a project, short
 /// enough that a copy left lying around stops working.
 const VALIDITY_DAYS: i64 = 365;
-/// Port of `run`'s default --listen, for the printed `sub` command.
-const DEFAULT_PORT: u16 = 7400;
 
 const CA: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";

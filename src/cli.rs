@@ -91,8 +91,8 @@ enum Command {
     /// Make a development CA and a server certificate signed by it, for TLS
     ///
     /// Writes DIR/ca.pem (the CA, for clients' --tls-ca), DIR/server.pem and
-    /// DIR/server-key.pem (for `run --tls-cert/--tls-key`), both valid for
-    /// 365 days, and prints the commands that use them.
+    /// DIR/server-key.pem (for `run --tls-cert/--tls-key`), and prints how
+    /// long they are valid and the commands that use them.
     Cert {
         /// The directory to write into (created if needed)
         #[arg(long, value_name = "DIR")]

@@ -10,6 +10,9 @@ use cluecast_proto::Limits;
 use crate::placement::{HugePages, Steering};
 use crate::storage::Durability;
 
+/// The port clients reach the appliance on unless `--listen` says otherwise.
+pub const DEFAULT_PORT: u16 = 7400;
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $(#[arg($($arg:tt)*)])? $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
         #[derive(clap::Args, serde::Deserialize, Default, Debug, Clone)]
@@ -42,7 +45,7 @@ macro_rules! settings {
 
 settings! {
     /// Address to accept clients on (beyond loopback only with --auth-keys, or --insecure-no-auth)
-    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 7400)), "CLUECAST_LISTEN";
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)), "CLUECAST_LISTEN";
     /// Address of the admin listener (HTTP: /metrics, /status, /log-level; no authentication, so keep it on loopback or a private network); `off` disables it
     admin_listen: AdminListen = AdminListen(Some(SocketAddr::from(([127, 0, 0, 1], 7401)))), "CLUECAST_ADMIN_LISTEN";
     /// Key file (TOML, `KEY_ID = "HEX SECRET"` lines, mode 600): every client must present a token signed with one of its keys [default: none, no tokens checked]

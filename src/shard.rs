@@ -1306,7 +1306,7 @@ impl Core {
                 };
                 self.conns[index as usize].path_query_in_flight = true;
                 if self.positions_written >= self.positions_pushed {
-                    self.read_path(&request.encode(), query.player);
+                    self.read_path(&request);
                 } else {
                     let record = [&request.encode()[..], query.player].concat();
                     let wait_for = self.positions_pushed;
@@ -1320,20 +1320,20 @@ impl Core {
         }
     }
 
-    /// Hands a path read (`PathRequest` header, player) to the reader; a
-    /// full channel refuses it as Overloaded.
-    fn read_path(&mut self, header: &[u8], player: &[u8]) {
+    /// Hands a path read to the reader; a full channel refuses it as
+    /// Overloaded.
+    fn read_path(&mut self, request: &PathRequest<'_>) {
         let link = self.storage.as_ref().expect("path reads need storage");
-        if link.read_tx.push(PATH_READ, &[header, player]) {
+        if link
+            .read_tx
+            .push(PATH_READ, &[&request.encode(), request.player])
+        {
             if link.read_tx.ring_doorbell() {
                 self.ops.push(wake_op(link.reader_ring_fd, self.id));
             }
             return;
         }
-        let mut record = header.to_vec();
-        record.extend_from_slice(player);
-        let request = PathRequest::decode(&record);
-        self.end_path_read(&request, ErrorCode::Overloaded);
+        self.end_path_read(request, ErrorCode::Overloaded);
     }
 
     /// The writer has written positions up to `through`: the path reads
@@ -1345,9 +1345,7 @@ impl Core {
                 break;
             }
             let (_, record) = self.path_reads_waiting.pop_front().expect("front exists");
-            let request = PathRequest::decode(&record);
-            let (header, player) = record.split_at(record.len() - request.player.len());
-            self.read_path(header, player);
+            self.read_path(&PathRequest::decode(&record));
         }
     }
 
@@ -1906,6 +1904,7 @@ impl Core {
             let Some((kind, body)) = link.notice_rx.peek() else {
                 break;
             };
+            let mut positions_written = None;
             let failure = match Notice::decode(kind, body) {
                 Notice::Durable { through } => {
                     self.durable_through = self.durable_through.max(through);
@@ -1913,9 +1912,8 @@ impl Core {
                     None
                 }
                 Notice::Paths { through } => {
-                    link.notice_rx.pop();
-                    self.on_positions_written(through);
-                    continue;
+                    positions_written = Some(through);
+                    None
                 }
                 Notice::Failed { message, .. } => {
                     Some(String::from_utf8_lossy(message).into_owned())
@@ -1936,6 +1934,9 @@ impl Core {
                 }
             };
             link.notice_rx.pop();
+            if let Some(through) = positions_written {
+                self.on_positions_written(through);
+            }
             if let Some(message) = failure {
                 self.storage_failed(&message);
             }

@@ -175,29 +175,17 @@ fn presented_name(presented: &str) -> String {
 /// Seconds since 1970 as `YYYY-MM-DD HH:MM:SS UTC`.
 #[cfg(feature = "tls")]
 fn utc(unix_s: u64) -> String {
-    let (days, second_of_day) = (unix_s / 86_400, unix_s % 86_400);
-    // Days to a civil date (Howard Hinnant's days_from_civil, inverted),
-    // in eras of 400 years starting on 0000-03-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        second_of_day / 3_600,
-        second_of_day % 3_600 / 60,
-        second_of_day % 60
-    )
+    let at = i64::try_from(unix_s).map(time::OffsetDateTime::from_unix_timestamp);
+    match at {
+        Ok(Ok(at)) => format!(
+            "{} {:02}:{:02}:{:02} UTC",
+            at.date(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        _ => format!("{unix_s} s after 1970 UTC"),
+    }
 }
 
 #[cfg(all(test, feature = "tls"))]

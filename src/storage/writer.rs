@@ -74,10 +74,9 @@ struct Port {
     /// New retention floors not yet told: (topic, oldest sequence kept,
     /// epoch of the history it applies to).
     floors: Vec<(Box<[u8]>, u64, u64)>,
-    /// POSITION records read, ever; how many of them are written; and how
-    /// many the shard was told of (its path reads wait for them).
+    /// POSITION records read, ever, and how many of them the shard was told
+    /// are written (its path reads wait for them).
     positions_seen: u64,
-    positions_written: u64,
     positions_told: u64,
 }
 
@@ -201,7 +200,6 @@ impl Writer {
                     owed: None,
                     floors: Vec::new(),
                     positions_seen: 0,
-                    positions_written: 0,
                     positions_told: 0,
                 })
                 .collect(),
@@ -292,13 +290,6 @@ impl Writer {
         }
         if !self.records.is_empty() || self.paths_dirty {
             self.commit_records();
-        }
-        // Every position taken is written (or was lost, and logged): the
-        // shards' waiting path reads may go ahead.
-        if !self.paths_dirty {
-            for port in &mut self.ports {
-                port.positions_written = port.positions_seen;
-            }
         }
         true
     }
@@ -787,6 +778,9 @@ impl Writer {
     }
 
     fn send_owed_notices(&mut self) {
+        // With no path block waiting to be written, every position taken is
+        // written (or was lost, and logged): the shards' path reads may go.
+        let positions_written = !self.paths_dirty;
         for port in &mut self.ports {
             let mut pushed = false;
             if let Some((kind, through, message)) = &port.owed {
@@ -799,13 +793,14 @@ impl Writer {
                     pushed = true;
                 }
             }
-            if port.positions_written > port.positions_told
+            if positions_written
+                && port.positions_seen > port.positions_told
                 && port
                     .io
                     .notice_tx
-                    .push(PATHS, &[&port.positions_written.to_be_bytes()])
+                    .push(PATHS, &[&port.positions_seen.to_be_bytes()])
             {
-                port.positions_told = port.positions_written;
+                port.positions_told = port.positions_seen;
                 pushed = true;
             }
             while let Some((topic, floor, epoch)) = port.floors.last() {
