@@ -411,7 +411,11 @@ impl Writer {
         }
         if sync {
             // Nobody has these events yet: the shards fail them and give
-            // their sequences out again.
+            // their sequences out again. A shard that sent only positions is
+            // told too: its path reads wait for them and must not wait on.
+            for (told, port) in contributed.iter_mut().zip(&self.ports) {
+                *told |= port.positions_seen > port.positions_told;
+            }
             for i in (0..self.ports.len()).filter(|&i| contributed[i]) {
                 self.ports[i].failed = true;
                 let through = self.ports[i].appends_seen;
@@ -848,15 +852,15 @@ mod tests {
         out
     }
 
-    /// The DURABLE and FAILED notices the writer sent: (kind, through).
+    /// The DURABLE, FAILED and PATHS notices the writer sent: (kind, through).
     fn notices(link: &StorageLink) -> Vec<(u8, u64)> {
         let mut out = Vec::new();
         while let Some((kind, body)) = link.notice_rx.peek() {
             match Notice::decode(kind, body) {
-                Notice::Durable { through } | Notice::Failed { through, .. } => {
-                    out.push((kind, through))
-                }
-                Notice::Floor { .. } | Notice::Paths { .. } => {}
+                Notice::Durable { through }
+                | Notice::Failed { through, .. }
+                | Notice::Paths { through } => out.push((kind, through)),
+                Notice::Floor { .. } => {}
             }
             link.notice_rx.pop();
         }
@@ -936,6 +940,66 @@ mod tests {
         let found = db.read_events(second, b"hunt", 1, 1, usize::MAX, &mut out);
         assert_eq!(found.unwrap().0, ReadStatus::Found);
         assert_eq!(out, event(b"hunt", 22, 1));
+        drop(writer);
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Positions are told written (PATHS) once a batch wrote them; a batch
+    /// of positions alone that fails is told as FAILED, never as PATHS, so
+    /// the shard's waiting path reads are answered, not held.
+    #[test]
+    fn positions_are_told_written_or_failed() {
+        let dir =
+            std::env::temp_dir().join(format!("cluecast-writer-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Arc::new(Db::open(&dir, Durability::Sync, 1).unwrap().db);
+        let doorbell = Doorbell::new().unwrap();
+        let (links, writers, _readers) =
+            links(1, Durability::Sync, 1 << 20, &[-1], doorbell.fd(), -1);
+        let link = &links[0];
+        let no_retention = Retention {
+            events_max: 0,
+            age_ms: 0,
+        };
+        let mut writer = Writer::new(
+            db.clone(),
+            Durability::Sync,
+            Limits::DEFAULT,
+            writers,
+            std::iter::empty(),
+            no_retention,
+            doorbell,
+        );
+        let position = |ts_ms: u64| {
+            let fix = Position {
+                lat_e7: 1,
+                lon_e7: 2,
+                accuracy_cm: 3,
+                client_ts_ms: ts_ms,
+            };
+            let body = [&[6][..], b"walker", &fix.to_bytes()].concat();
+            assert!(link.append_tx.push(POSITION, &[&body]));
+        };
+
+        position(1);
+        position(2);
+        assert!(writer.round());
+        writer.send_owed_notices();
+        assert_eq!(notices(link), [(PATHS, 2)]);
+
+        position(3);
+        db.fail_commits(1);
+        assert!(writer.round());
+        writer.send_owed_notices();
+        assert_eq!(notices(link), [(FAILED, 0)]);
+
+        // The shard starts anew; the next batch writes the kept position too.
+        assert!(link.append_tx.push(RESUME, &[]));
+        position(4);
+        assert!(writer.round());
+        writer.send_owed_notices();
+        assert_eq!(notices(link), [(PATHS, 4)]);
         drop(writer);
         drop(db);
         std::fs::remove_dir_all(&dir).unwrap();
