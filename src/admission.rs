@@ -5,6 +5,17 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Whether a peer is this host's own client (a local proxy, a health
+/// check, a load test): 127.0.0.1 and ::1 are, and are not counted per
+/// source. Other loopback addresses count as sources of their own, so an
+/// attack from many addresses can be rehearsed on one host.
+pub fn is_this_host(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+    }
+}
+
 /// Connections per source address, counted in a fixed table shared by all
 /// shards. A source is an IPv4 address or an IPv6 /64 (one subscriber's
 /// whole prefix); sources hashing to the same slot share a count, so the
@@ -37,6 +48,11 @@ impl SourceCounts {
         let bits = self.slots.len().trailing_zeros();
         (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits.max(1))) as u32
             & (self.slots.len() as u32 - 1)
+    }
+
+    /// How many counters there are (slots are below it).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// Counts one more connection in `slot`; false (nothing counted) when
@@ -93,6 +109,12 @@ impl Bucket {
 
     /// Takes one token; false when the bucket is empty.
     pub fn take(&mut self, rate: Rate, now_ms: u64) -> bool {
+        self.take_leaving(rate, now_ms, 0)
+    }
+
+    /// Takes one token if `reserve` more would be left after it: the
+    /// reserve is for takers that pass 0.
+    pub fn take_leaving(&mut self, rate: Rate, now_ms: u64, reserve: u32) -> bool {
         if rate.per_s == 0 {
             return true;
         }
@@ -100,7 +122,7 @@ impl Bucket {
         self.refilled_ms = now_ms;
         self.milli_tokens =
             (self.milli_tokens + elapsed_ms * rate.per_s as u64).min(rate.burst as u64 * 1000);
-        if self.milli_tokens < 1000 {
+        if self.milli_tokens < (1 + reserve as u64) * 1000 {
             return false;
         }
         self.milli_tokens -= 1000;
@@ -135,6 +157,18 @@ mod tests {
     }
 
     #[test]
+    fn only_the_hosts_own_loopback_address_goes_uncounted() {
+        let this_host = ["127.0.0.1", "::1", "::ffff:127.0.0.1"];
+        let sources = ["127.0.0.2", "127.3.0.9", "192.0.2.1", "2001:db8::1"];
+        for ip in this_host {
+            assert!(is_this_host(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in sources {
+            assert!(!is_this_host(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
         let rate = Rate {
             per_s: 10,
@@ -148,6 +182,12 @@ mod tests {
         // A long pause refills up to the burst only.
         let taken = (0..20).filter(|_| bucket.take(rate, 60_000)).count();
         assert_eq!(taken, 5);
+        // A reserve: takers that must leave 2 tokens stop at 2; others
+        // take those.
+        let mut bucket = Bucket::new(rate, 0);
+        let reserved = (0..20).filter(|_| bucket.take_leaving(rate, 0, 2)).count();
+        assert_eq!(reserved, 3);
+        assert_eq!((0..20).filter(|_| bucket.take(rate, 0)).count(), 2);
         let unlimited = Rate { per_s: 0, burst: 0 };
         assert!((0..1000).all(|_| bucket.take(unlimited, 60_000)));
     }

@@ -13,6 +13,19 @@ use crate::storage::Durability;
 /// The port clients reach the appliance on unless `--listen` says otherwise.
 pub const DEFAULT_PORT: u16 = 7400;
 
+/// The handshake timeout's floor under pressure. From the shard's accept, a
+/// plain client's HELLO follows at once (it rides behind the handshake's
+/// last ACK) and a TLS client's after one round trip (the server's flight,
+/// then the client's Finished and HELLO). One second covers that round
+/// trip on a poor mobile link (400 ms) and one retransmission of the
+/// client's flight (at least 200 ms plus the round trip on Linux).
+const HANDSHAKE_TIMEOUT_MIN_MS: u32 = 1_000;
+/// TLS handshakes a shard begins per second by default: one costs the shard
+/// about 120 µs of CPU, resumed or not (X25519 either way; `cargo run
+/// --release --example tls_handshake`), so a ClientHello flood at this rate
+/// takes about a quarter of the shard's core.
+const TLS_HANDSHAKES_PER_S: u32 = 2_000;
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $(#[arg($($arg:tt)*)])? $name:ident : $ty:ty = $default:expr, $env:literal; )*) => {
         #[derive(clap::Args, serde::Deserialize, Default, Debug, Clone)]
@@ -66,12 +79,14 @@ settings! {
     payload_bytes_max: u32 = Limits::DEFAULT.payload_bytes_max, "CLUECAST_PAYLOAD_BYTES_MAX";
     /// Longest topic name accepted
     topic_bytes_max: u8 = Limits::DEFAULT.topic_bytes_max, "CLUECAST_TOPIC_BYTES_MAX";
-    /// Connections one source address (an IPv4 address, an IPv6 /64; loopback not counted) may hold, across all shards
+    /// Connections one source address (an IPv4 address, an IPv6 /64; 127.0.0.1 and ::1 not counted) may hold, across all shards
     connections_per_source_max: u32 = 1000, "CLUECAST_CONNECTIONS_PER_SOURCE_MAX";
-    /// Connections per shard that have not finished HELLO; past it, new ones are refused (GOAWAY with a retry hint)
+    /// Connections per shard that have not finished HELLO; a newcomer past it evicts the oldest (preferring sources that hold many) with GOAWAY ServerFull
     handshakes_max: u32 = 1024, "CLUECAST_HANDSHAKES_MAX";
-    /// Connections each shard accepts per second (a second's worth at once); past it, GOAWAY with a retry hint; 0: no limit
+    /// Connections each shard accepts per second (a second's worth at once, the last eighth kept for sources with no handshake open); past it, GOAWAY with a retry hint; 0: no limit
     accepts_per_s: u32 = 20_000, "CLUECAST_ACCEPTS_PER_S";
+    /// With TLS, handshakes each shard begins per second (a second's worth at once, the last eighth kept for sources with no handshake open); past it, new connections are closed; 0: no limit
+    tls_handshakes_per_s: u32 = TLS_HANDSHAKES_PER_S, "CLUECAST_TLS_HANDSHAKES_PER_S";
     /// Publishes one connection may make per second (a second's worth at once); past it, PUBLISH_ACK Overloaded; 0: no limit
     publish_rate_max: u32 = 0, "CLUECAST_PUBLISH_RATE_MAX";
     /// Subscriptions one connection may hold
@@ -92,8 +107,10 @@ settings! {
     heartbeat_ms: u32 = 30_000, "CLUECAST_HEARTBEAT_MS";
     /// A connection silent for this long is closed
     idle_timeout_ms: u32 = 90_000, "CLUECAST_IDLE_TIMEOUT_MS";
-    /// A connection must complete HELLO within this time
+    /// A connection must complete HELLO within this time (while at most half of --handshakes-max are in flight)
     handshake_timeout_ms: u32 = 5_000, "CLUECAST_HANDSHAKE_TIMEOUT_MS";
+    /// The handshake timeout when --handshakes-max are in flight (at most --handshake-timeout-ms); from half full it shortens towards this
+    handshake_timeout_min_ms: u32 = HANDSHAKE_TIMEOUT_MIN_MS, "CLUECAST_HANDSHAKE_TIMEOUT_MIN_MS";
     /// On SIGTERM/SIGINT, time allowed to flush go-away to every client
     drain_timeout_ms: u32 = 5_000, "CLUECAST_DRAIN_TIMEOUT_MS";
     /// Base of the retry hint sent to clients refused for capacity (jittered up to 2x)
@@ -292,6 +309,7 @@ impl Settings {
                 self.heartbeat_ms > 0
                     && self.idle_timeout_ms > self.heartbeat_ms
                     && self.handshake_timeout_ms > 0
+                    && self.handshake_timeout_min_ms > 0
                     && self.topics_max >= self.shards,
                 "timeouts must be non-zero, --idle-timeout-ms above --heartbeat-ms, \
                  and --topics-max at least --shards"

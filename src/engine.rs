@@ -23,7 +23,7 @@ use crate::metrics::{Facts, LatencyCounts, Metrics, ShardMetrics};
 use crate::placement::{self, HugePages, ShardMemory};
 use crate::ring::uring::{Doorbell, FixedBuffers, Uring, UringConfig};
 use crate::ring::Ring;
-use crate::shard::{Shard, ShardSetup, ShardStats, DRAIN_GRACE_MS};
+use crate::shard::{HandshakeLimits, Shard, ShardSetup, ShardStats, DRAIN_GRACE_MS};
 use crate::storage::db::{Db, TopicRow};
 use crate::storage::{self, Durability, Reader, Retention, StorageLink, StoredTopic, Writer};
 use crate::tls::TlsConfig;
@@ -520,8 +520,16 @@ pub fn shard_setups(
             tls: security.tls.clone(),
             metrics: Arc::new(ShardMetrics::default()),
             sources: sources.clone(),
-            handshakes_max: settings.handshakes_max,
+            handshakes: HandshakeLimits {
+                max: settings.handshakes_max,
+                timeout_ms: settings.handshake_timeout_ms,
+                // A timeout set below the floor is the floor too.
+                timeout_min_ms: settings
+                    .handshake_timeout_min_ms
+                    .min(settings.handshake_timeout_ms),
+            },
             accept_rate: rate(settings.accepts_per_s),
+            tls_handshake_rate: rate(settings.tls_handshakes_per_s),
             publish_rate: rate(settings.publish_rate_max),
             listener,
             connections_max,
@@ -538,7 +546,6 @@ pub fn shard_setups(
             zerocopy_bytes_min: settings.zerocopy_bytes_min,
             heartbeat_ms: settings.heartbeat_ms,
             idle_timeout_ms: settings.idle_timeout_ms,
-            handshake_timeout_ms: settings.handshake_timeout_ms,
             drain_timeout_ms: settings.drain_timeout_ms,
             retry_after_ms: settings.retry_after_ms,
             // The wire frame is the length prefix's value plus its 4 bytes.

@@ -163,7 +163,7 @@ struct Counter {
 }
 
 /// Every per-shard counter, in rendering order (a name's lines together).
-const COUNTERS: [Counter; 26] = [
+const COUNTERS: [Counter; 28] = [
     Counter {
         name: "cluecast_connections_accepted_total",
         labels: "",
@@ -173,8 +173,8 @@ const COUNTERS: [Counter; 26] = [
     Counter {
         name: "cluecast_connections_refused_total",
         labels: "reason=\"full\"",
-        help: "Connections refused with GOAWAY(ServerFull), by reason: shard full, source \
-               at its limit, too many handshakes, accept rate.",
+        help: "Connections refused with GOAWAY(ServerFull) (closed with TLS on), by reason: \
+               shard full, source at its limit, accept rate, TLS handshake rate.",
         read: |s| s.rejected_full,
     },
     Counter {
@@ -185,15 +185,28 @@ const COUNTERS: [Counter; 26] = [
     },
     Counter {
         name: "cluecast_connections_refused_total",
-        labels: "reason=\"handshakes\"",
-        help: "",
-        read: |s| s.refused_handshakes,
-    },
-    Counter {
-        name: "cluecast_connections_refused_total",
         labels: "reason=\"rate\"",
         help: "",
         read: |s| s.refused_rate,
+    },
+    Counter {
+        name: "cluecast_connections_refused_total",
+        labels: "reason=\"tls_rate\"",
+        help: "",
+        read: |s| s.refused_tls_rate,
+    },
+    Counter {
+        name: "cluecast_handshakes_evicted_total",
+        labels: "",
+        help: "Connections that had not finished HELLO, cut (GOAWAY ServerFull) to make room \
+               for a newcomer when the handshake table was full.",
+        read: |s| s.handshakes_evicted,
+    },
+    Counter {
+        name: "cluecast_handshakes_timed_out_total",
+        labels: "",
+        help: "Connections that sent no whole HELLO within the handshake timeout.",
+        read: |s| s.handshakes_timed_out,
     },
     Counter {
         name: "cluecast_connections_closed_total",
@@ -332,6 +345,10 @@ pub struct Gauges {
     /// Bytes queued for clients, in all and on the deepest connection.
     pub queued_bytes: u64,
     pub queue_deepest_bytes: u64,
+    /// Connections that have not finished HELLO, and the handshake timeout
+    /// that applies to them now (shorter under pressure).
+    pub handshakes: u64,
+    pub handshake_timeout_ms: u64,
 }
 
 /// One shard's block: written by that shard only, read by the admin thread.
@@ -344,6 +361,8 @@ pub struct ShardMetrics {
     topics: AtomicU64,
     queued_bytes: AtomicU64,
     queue_deepest_bytes: AtomicU64,
+    handshakes: AtomicU64,
+    handshake_timeout_ms: AtomicU64,
     /// Wall-clock milliseconds of the loop turn that last copied its
     /// counters here (0: not yet): the shard's heartbeat. A shard that is
     /// alive stamps it every `PUBLISH_INTERVAL_MS` (give or take one timer
@@ -457,6 +476,9 @@ impl Recorder {
         s.queued_bytes.store(gauges.queued_bytes, Ordering::Relaxed);
         s.queue_deepest_bytes
             .store(gauges.queue_deepest_bytes, Ordering::Relaxed);
+        s.handshakes.store(gauges.handshakes, Ordering::Relaxed);
+        s.handshake_timeout_ms
+            .store(gauges.handshake_timeout_ms, Ordering::Relaxed);
         for i in 0..=CLASSES_MAX {
             s.class_events_in[i].store(self.class_events_in[i], Ordering::Relaxed);
             s.class_events_out[i].store(self.class_events_out[i], Ordering::Relaxed);
@@ -519,6 +541,8 @@ impl ShardMetrics {
                 topics: load(&self.topics),
                 queued_bytes: load(&self.queued_bytes),
                 queue_deepest_bytes: load(&self.queue_deepest_bytes),
+                handshakes: load(&self.handshakes),
+                handshake_timeout_ms: load(&self.handshake_timeout_ms),
             },
             last_turn_ms: load(&self.last_turn_ms),
             class_names,
@@ -538,7 +562,7 @@ struct Series {
     read: fn(&ShardSnapshot) -> f64,
 }
 
-const SHARD_SERIES: [Series; 7] = [
+const SHARD_SERIES: [Series; 9] = [
     Series {
         name: "cluecast_cq_overflows_total",
         kind: "counter",
@@ -574,6 +598,19 @@ const SHARD_SERIES: [Series; 7] = [
         kind: "gauge",
         help: "Bytes queued for the connection with the most (walked once a second).",
         read: |s| s.gauges.queue_deepest_bytes as f64,
+    },
+    Series {
+        name: "cluecast_handshakes",
+        kind: "gauge",
+        help: "Connections that have not finished HELLO.",
+        read: |s| s.gauges.handshakes as f64,
+    },
+    Series {
+        name: "cluecast_handshake_timeout_seconds",
+        kind: "gauge",
+        help: "The handshake timeout now: shorter while more than half of --handshakes-max \
+               are in flight.",
+        read: |s| s.gauges.handshake_timeout_ms as f64 / 1000.0,
     },
     Series {
         name: "cluecast_shard_last_turn_timestamp_seconds",
@@ -972,10 +1009,13 @@ pub(crate) mod tests {
         recorder.publish_to_send_us(3);
         let stats = ShardStats {
             refused_rate: 2,
+            handshakes_evicted: 5,
             ..ShardStats::default()
         };
         let gauges = Gauges {
             connections: 4,
+            handshakes: 3,
+            handshake_timeout_ms: 1_500,
             ..Gauges::default()
         };
         recorder.publish(0, 1_500, &stats, gauges);
@@ -988,8 +1028,11 @@ pub(crate) mod tests {
              # HELP cluecast_uptime_seconds Seconds since start-up.\n\
              # TYPE cluecast_uptime_seconds gauge\n\
              cluecast_uptime_seconds 2.5\n",
-            "cluecast_connections_refused_total{shard=\"0\",reason=\"handshakes\"} 0\n\
-             cluecast_connections_refused_total{shard=\"0\",reason=\"rate\"} 2\n",
+            "cluecast_connections_refused_total{shard=\"0\",reason=\"rate\"} 2\n\
+             cluecast_connections_refused_total{shard=\"0\",reason=\"tls_rate\"} 0\n",
+            "cluecast_handshakes_evicted_total{shard=\"0\"} 5\n",
+            "cluecast_handshakes{shard=\"0\"} 3\n",
+            "cluecast_handshake_timeout_seconds{shard=\"0\"} 1.5\n",
             "# TYPE cluecast_connections gauge\ncluecast_connections{shard=\"0\"} 4\n",
             "cluecast_shard_last_turn_timestamp_seconds{shard=\"0\"} 1.5\n",
             "cluecast_shard_numa_node{shard=\"0\"} 0\n",

@@ -1,4 +1,4 @@
-//! A hashed timer wheel for connection deadlines (handshake, idle, linger).
+//! A hashed timer wheel for connection deadlines (idle, token expiry, linger).
 //!
 //! One timer per connection slot, linked through arrays sized at start-up, so
 //! scheduling and cancelling are O(1) and allocate nothing. Deadlines past the

@@ -1,12 +1,13 @@
 //! Admission limits with real processes: connections per source address,
-//! handshakes in flight, accepts per second and publishes per connection.
-//! Past each, a client gets the documented answer (GOAWAY ServerFull with a
-//! retry hint, or PUBLISH_ACK Overloaded), the refusal is counted, and room
-//! comes back when the cause goes.
+//! handshakes in flight (evicted for newcomers, timed out sooner under
+//! pressure), accepts per second and publishes per
+//! connection. Past each, a client gets the documented answer (GOAWAY
+//! ServerFull with a retry hint, ERROR HandshakeTimeout, or PUBLISH_ACK
+//! Overloaded), and room comes back when the cause goes.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{ErrorCode, Frame, GoAwayReason, Hello, Publish};
@@ -27,7 +28,15 @@ fn hello_frame() -> Vec<u8> {
 /// Connects and says HELLO: the admitted connection, or the retry hint of
 /// the GOAWAY(ServerFull) that refused it.
 fn try_open(addr: SocketAddr) -> Result<RawClient, u32> {
-    let mut c = RawClient::connect(addr);
+    say_hello(RawClient::connect(addr))
+}
+
+/// `try_open` from another source address.
+fn try_open_from(source: IpAddr, addr: SocketAddr) -> Result<RawClient, u32> {
+    say_hello(RawClient::connect_from(source, addr))
+}
+
+fn say_hello(mut c: RawClient) -> Result<RawClient, u32> {
     // A refused socket may be closed before HELLO arrives: not an error.
     let _ = c.send_raw(&hello_frame());
     let answer = c.recv(|f| match f {
@@ -44,12 +53,12 @@ fn try_open(addr: SocketAddr) -> Result<RawClient, u32> {
     }
 }
 
-/// Retries `try_open` until admitted (the server frees a slot once the
-/// socket it belonged to is closed, which takes a moment).
-fn open_within(addr: SocketAddr, within: Duration) -> RawClient {
+/// Retries `open` until admitted (the server frees a slot once the socket
+/// it belonged to is closed, which takes a moment).
+fn open_within(open: impl Fn() -> Result<RawClient, u32>, within: Duration) -> RawClient {
     let deadline = Instant::now() + within;
     loop {
-        match try_open(addr) {
+        match open() {
             Ok(c) => return c,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(hint) => panic!("still refused (retry hint {hint} ms)"),
@@ -59,44 +68,83 @@ fn open_within(addr: SocketAddr, within: Duration) -> RawClient {
 
 #[test]
 fn one_source_gets_its_limit_across_shards_and_its_room_back() {
-    // Loopback is not counted per source: connect over the host's address.
-    let Some(host) = common::host_address() else {
-        eprintln!("SKIPPED one_source_gets_its_limit...: this host has no non-loopback address");
-        return;
-    };
-    let server = Server::start(&[
-        "--listen",
-        "0.0.0.0:0",
-        "--insecure-no-auth",
-        "--shards",
-        "2",
-        "--connections-per-source-max",
-        "4",
-    ]);
-    let addr = SocketAddr::new(host, server.addr.port());
-    let mut held: Vec<RawClient> = (0..4).map(|_| try_open(addr).unwrap()).collect();
-    let hint = try_open(addr).err().expect("the fifth is refused");
+    let server = Server::start(&["--shards", "2", "--connections-per-source-max", "4"]);
+    // 127.0.0.2 is loopback, but not this host's own address: counted.
+    let source = IpAddr::from([127, 0, 0, 2]);
+    let open_from = || try_open_from(source, server.addr);
+    let mut held: Vec<RawClient> = (0..4).map(|_| open_from().unwrap()).collect();
+    let hint = open_from().err().expect("the fifth is refused");
     assert!(hint > 0, "a retry hint");
     held.pop();
-    held.push(open_within(addr, Duration::from_secs(5)));
-    assert!(try_open(addr).is_err(), "still at the limit");
-    // This host itself (loopback) is not held to it.
+    held.push(open_within(open_from, Duration::from_secs(5)));
+    assert!(open_from().is_err(), "still at the limit");
+    // This host itself (127.0.0.1) is not held to it.
     let local: Vec<RawClient> = (0..8).map(|_| try_open(server.addr).unwrap()).collect();
     assert_eq!(local.len(), 8);
 }
 
 #[test]
-fn handshakes_in_flight_are_bounded() {
+fn a_full_handshake_table_evicts_its_oldest_for_a_newcomer() {
     let server = Server::start(&["--shards", "1", "--handshakes-max", "2"]);
-    // Two connections that never say HELLO hold both places.
-    let silent: Vec<RawClient> = (0..2).map(|_| RawClient::connect(server.addr)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Two connections that never say HELLO fill the table.
+    let mut oldest = RawClient::connect(server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut younger = RawClient::connect(server.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    // A newcomer is let in, and the oldest silent one makes room.
+    assert!(try_open(server.addr).is_ok(), "the newcomer was refused");
+    let hint = oldest.recv(|f| match f {
+        Frame::GoAway(g) if g.reason == GoAwayReason::ServerFull => g.retry_after_ms,
+        other => panic!("the evicted connection got {other:?}"),
+    });
     assert!(
-        try_open(server.addr).is_err(),
-        "a third handshake is refused"
+        hint.is_some_and(|ms| ms > 0),
+        "GOAWAY ServerFull with a retry hint"
     );
-    drop(silent);
-    let _admitted = open_within(server.addr, Duration::from_secs(5));
+    assert!(oldest.closed_within(Duration::from_secs(2)));
+    // The younger one is still waiting, and may still finish its HELLO.
+    younger.send_raw(&hello_frame()).unwrap();
+    younger.expect(|f| matches!(f, Frame::Welcome(_)));
+}
+
+#[test]
+fn under_pressure_the_handshake_timeout_shortens_and_says_so() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--handshakes-max",
+        "4",
+        "--handshake-timeout-ms",
+        "5000",
+        "--handshake-timeout-min-ms",
+        "400",
+    ]);
+    let started = Instant::now();
+    let mut silent: Vec<RawClient> = (0..4).map(|_| RawClient::connect(server.addr)).collect();
+    // Full: the oldest goes after 400 ms, not 5 s. Then, with three in
+    // flight, the timeout is back to 2.7 s, so the others stay.
+    let code = silent[0].recv(|f| match f {
+        Frame::Error(e) => e.code,
+        other => panic!("expected ERROR, got {other:?}"),
+    });
+    let waited_ms = started.elapsed().as_millis();
+    assert_eq!(code, Some(ErrorCode::HandshakeTimeout as u16));
+    assert!(
+        (400..1_000).contains(&waited_ms),
+        "cut after {waited_ms} ms"
+    );
+    assert!(
+        server.logged("handshake timeout shortened to", Duration::from_secs(2)),
+        "the shortened timeout is logged"
+    );
+    for c in &mut silent[1..] {
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let read = std::io::Read::read(&mut c.stream, &mut byte);
+        assert!(read.is_err(), "a younger handshake was cut too: {read:?}");
+    }
 }
 
 #[test]

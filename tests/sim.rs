@@ -180,8 +180,9 @@ impl World {
         let keys = (rng.below(2) == 0).then(|| Arc::new(sim_keys(SIM_KEY)));
         let mut settings = settings(shard_count, zerocopy_bytes_min, durability);
         // Tight admission in a quarter of the seeds: two handshakes in
-        // flight per shard (the mute client holds one for 2 s) and 20
-        // accepts a second, so clients are refused at the door and retry.
+        // flight per shard (the mute client holds one until a newcomer
+        // evicts it) and 20 accepts a second, so clients are refused at the
+        // door or evicted, and retry.
         if rng.below(4) == 0 {
             settings.handshakes_max = 2;
             settings.accepts_per_s = 20;
@@ -1057,7 +1058,7 @@ impl Coverage {
         for shard in &world.shards {
             let stats = shard.stats();
             self.tokens_refused += stats.not_authorized;
-            self.admission_refusals += stats.refused_handshakes + stats.refused_rate;
+            self.admission_refusals += stats.handshakes_evicted + stats.refused_rate;
         }
     }
 }
@@ -1243,7 +1244,7 @@ fn engine_survives_faults_for_many_seeds() {
             ("expired tokens", c.tokens_expired),
             ("refused tokens", c.tokens_refused),
             (
-                "refusals for handshakes in flight or the accept rate",
+                "handshakes evicted for newcomers or refusals for the accept rate",
                 c.admission_refusals,
             ),
         ];

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
@@ -107,39 +107,74 @@ pub fn memlock_limit() -> io::Result<Limit> {
 /// A TCP listener with SO_REUSEPORT, so each shard can own one and the kernel
 /// spreads new connections across them.
 pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
+    let fd = tcp_socket(addr, 0)?;
+    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    // Accepted sockets inherit TCP_NODELAY: small frames must not wait for Nagle.
+    set_int_option(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    bind(&fd, addr)?;
+    // SAFETY: listen() on a descriptor we own.
+    check(
+        unsafe { libc::listen(fd.as_raw_fd(), backlog) },
+        &format!("listen {addr}"),
+    )?;
+    Ok(fd)
+}
+
+/// A TCP connection to `to` from the local address `from` (port chosen by
+/// the kernel): a client that looks like another host, e.g. from 127.0.0.2
+/// on loopback. With `nonblocking`, the connect is started and the socket
+/// returned at once (EINPROGRESS); wait for it to become writable.
+pub fn connect_from(from: IpAddr, to: SocketAddr, nonblocking: bool) -> io::Result<TcpStream> {
+    let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    let fd = tcp_socket(to, flags)?;
+    bind(&fd, SocketAddr::new(from, 0))?;
+    let (remote, remote_len) = sockaddr_from(to);
+    // SAFETY: `remote` holds a valid sockaddr of `remote_len` bytes.
+    let connected = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &remote as *const libc::sockaddr_storage as *const libc::sockaddr,
+            remote_len,
+        )
+    };
+    let in_progress = || io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS);
+    if connected < 0 && !(nonblocking && in_progress()) {
+        check(connected, &format!("connect {to} from {from}"))?;
+    }
+    Ok(TcpStream::from(fd))
+}
+
+/// A new TCP socket of `addr`'s family (close-on-exec, plus `flags`).
+fn tcp_socket(addr: SocketAddr, flags: libc::c_int) -> io::Result<OwnedFd> {
     let family = match addr {
         SocketAddr::V4(_) => libc::AF_INET,
         SocketAddr::V6(_) => libc::AF_INET6,
     };
     // SAFETY: socket() returns a new descriptor we own from here on.
-    let fd = unsafe {
+    unsafe {
         let raw = check(
-            libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+            libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0),
             "socket",
         )?;
-        OwnedFd::from_raw_fd(raw)
-    };
-    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    set_int_option(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-    // Accepted sockets inherit TCP_NODELAY: small frames must not wait for Nagle.
-    set_int_option(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+        Ok(OwnedFd::from_raw_fd(raw))
+    }
+}
+
+fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     let (storage, len) = sockaddr_from(addr);
     // SAFETY: storage holds a valid sockaddr of `len` bytes.
-    unsafe {
-        check(
+    check(
+        unsafe {
             libc::bind(
                 fd.as_raw_fd(),
                 &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
                 len,
-            ),
-            &format!("bind {addr}"),
-        )?;
-        check(
-            libc::listen(fd.as_raw_fd(), backlog),
-            &format!("listen {addr}"),
-        )?;
-    }
-    Ok(fd)
+            )
+        },
+        &format!("bind {addr}"),
+    )?;
+    Ok(())
 }
 
 /// The address a socket is bound to (useful after binding port 0).

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -189,7 +189,17 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawClient::wrap(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from `source` (e.g. 127.0.0.2: loopback, but counted as a
+    /// source of its own by the appliance).
+    pub fn connect_from(source: IpAddr, addr: SocketAddr) -> RawClient {
+        let stream = cluecast_sys::connect_from(source, addr, false).expect("connect");
+        RawClient::wrap(stream)
+    }
+
+    fn wrap(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -384,22 +394,4 @@ pub fn mint_token(keys: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// This host's first address that is not loopback (`ip -4 -o addr`), for
-/// tests that need a client the appliance does not see as local.
-pub fn host_address() -> Option<std::net::IpAddr> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| {
-            let address = line.split_whitespace().nth(3)?.split('/').next()?;
-            address
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .filter(|ip| !ip.is_loopback())
-        })
 }

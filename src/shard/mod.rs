@@ -23,6 +23,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+mod handshakes;
+
 use cluecast_proto::{
     decode, event_publish_ts_ns, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits,
     Path, PathQuery, Position, Publish, PublishAck, ResumePoint, StartMode, Subscribe,
@@ -32,7 +34,7 @@ use cluecast_proto::{
 use cluecast_sys::spsc;
 use slab::Slab;
 
-use crate::admission::{Bucket, Rate, SourceCounts};
+use crate::admission::{is_this_host, Bucket, Rate, SourceCounts};
 use crate::arena::{Arena, FrameRef, Use};
 use crate::auth::{Grant, Keys};
 use crate::conn::{Conn, ConnState, SubRef};
@@ -46,6 +48,8 @@ use crate::storage::{
 use crate::timer::TimerWheel;
 use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics};
+pub use handshakes::HandshakeLimits;
+use handshakes::{Handshakes, PressureReport, NO_SOURCE};
 
 /// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
 /// than this buys nothing for small frames).
@@ -55,6 +59,9 @@ const SEND_BYTES_MAX: usize = 64 << 10;
 /// GOAWAY(ServerFull) frames encoded at start-up, each with its own
 /// jittered retry hint; a refused client gets one at random.
 const REJECT_FRAMES: usize = 64;
+/// Of each admission rate's burst, the last 1/this is kept for sources that
+/// hold no handshake (see `may_enter`).
+const QUIET_RESERVE_PARTS: u32 = 8;
 /// Channel records handled per peer per turn, so one busy peer cannot starve
 /// the ring.
 const MESH_RECORDS_PER_TURN: usize = 4096;
@@ -120,7 +127,6 @@ pub struct ShardSetup {
     pub zerocopy_bytes_min: usize,
     pub heartbeat_ms: u32,
     pub idle_timeout_ms: u32,
-    pub handshake_timeout_ms: u32,
     pub drain_timeout_ms: u32,
     pub retry_after_ms: u32,
     pub arena: Arena,
@@ -132,8 +138,10 @@ pub struct ShardSetup {
     pub keys: Option<Arc<Keys>>,
     /// Connections per source address, shared by every shard.
     pub sources: Arc<SourceCounts>,
-    pub handshakes_max: u32,
+    pub handshakes: HandshakeLimits,
     pub accept_rate: Rate,
+    /// TLS handshakes begun per second (each costs an ECDHE and a signature).
+    pub tls_handshake_rate: Rate,
     pub publish_rate: Rate,
     /// Serve TLS 1.3 with this certificate; None: plain TCP.
     pub tls: Option<Arc<TlsConfig>>,
@@ -146,13 +154,17 @@ pub struct ShardSetup {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardStats {
     pub accepted: u64,
-    /// Connections refused (GOAWAY ServerFull with a retry hint): the shard
-    /// full, its source at its limit, too many handshakes in flight, or
-    /// accepts past the rate.
+    /// Connections refused (GOAWAY ServerFull with a retry hint; closed when
+    /// TLS is on): the shard full, its source at its limit, accepts or TLS
+    /// handshakes past their rate.
     pub rejected_full: u64,
     pub refused_source: u64,
-    pub refused_handshakes: u64,
     pub refused_rate: u64,
+    pub refused_tls_rate: u64,
+    /// Handshakes cut to make room for a newcomer (GOAWAY ServerFull), and
+    /// those that sent no whole HELLO in time (ERROR HandshakeTimeout).
+    pub handshakes_evicted: u64,
+    pub handshakes_timed_out: u64,
     /// Publishes answered Overloaded for their connection's rate.
     pub publishes_rate_limited: u64,
     pub closed: u64,
@@ -285,7 +297,6 @@ struct Core {
     zerocopy_bytes_min: usize,
     heartbeat_ms: u32,
     idle_timeout_ms: u32,
-    handshake_timeout_ms: u32,
     drain_timeout_ms: u32,
     retry_after_ms: u32,
 
@@ -356,11 +367,12 @@ struct Core {
 
     keys: Option<Arc<Keys>>,
     sources: Arc<SourceCounts>,
-    /// Connections in the Handshake state, and the most allowed.
-    handshakes: u32,
-    handshakes_max: u32,
+    /// Connections in the Handshake state.
+    handshakes: Handshakes,
     accept_rate: Rate,
     accepts: Bucket,
+    tls_handshake_rate: Rate,
+    tls_handshakes: Bucket,
     publish_rate: Rate,
     tls: Option<Arc<TlsConfig>>,
     /// Plaintext decrypted from one receive, before it is parsed.
@@ -440,6 +452,7 @@ impl<R: Ring> Shard<R> {
     pub fn new(ring: R, setup: ShardSetup) -> Shard<R> {
         let now_ms = ring.now_ms();
         let slots = setup.connections_max;
+        let handshakes = Handshakes::new(setup.handshakes, slots, setup.sources.slots());
         let iov_blocks = Vec::with_capacity(slots);
         let iov_free = Vec::with_capacity(slots);
         let mut core = Core {
@@ -451,7 +464,6 @@ impl<R: Ring> Shard<R> {
             zerocopy_bytes_min: setup.zerocopy_bytes_min,
             heartbeat_ms: setup.heartbeat_ms,
             idle_timeout_ms: setup.idle_timeout_ms,
-            handshake_timeout_ms: setup.handshake_timeout_ms,
             drain_timeout_ms: setup.drain_timeout_ms,
             retry_after_ms: setup.retry_after_ms,
             listener: Some(setup.listener),
@@ -490,10 +502,11 @@ impl<R: Ring> Shard<R> {
             recv_rearm: Vec::new(),
             keys: setup.keys,
             sources: setup.sources,
-            handshakes: 0,
-            handshakes_max: setup.handshakes_max,
+            handshakes,
             accept_rate: setup.accept_rate,
             accepts: Bucket::new(setup.accept_rate, now_ms),
+            tls_handshake_rate: setup.tls_handshake_rate,
+            tls_handshakes: Bucket::new(setup.tls_handshake_rate, now_ms),
             publish_rate: setup.publish_rate,
             tls: setup.tls,
             tls_plain: Vec::new(),
@@ -617,7 +630,7 @@ impl<R: Ring> Shard<R> {
 
     /// Connections that have not finished HELLO (0 once all are gone).
     pub fn handshakes(&self) -> u32 {
-        self.core.handshakes
+        self.core.handshakes.count()
     }
 
     /// Connections counted per source across every shard: 0 once all are
@@ -706,29 +719,17 @@ impl Core {
         }
         if c.result >= 0 {
             let fd = c.result;
-            // Loopback peers are this host (a local proxy, a load test):
-            // not counted per source.
             let source = peer
-                .filter(|ip| !ip.to_canonical().is_loopback())
+                .filter(|ip| !is_this_host(*ip))
                 .map(|ip| self.sources.slot(ip));
             if self.listener.is_none() {
                 self.close_orphan(fd);
-            } else if self.conns.len() >= self.connections_max {
-                self.stats.rejected_full += 1;
-                self.reject(fd);
-            } else if self.handshakes >= self.handshakes_max {
-                self.stats.refused_handshakes += 1;
-                self.reject(fd);
-            } else if !self.accepts.take(self.accept_rate, self.now_ms) {
-                self.stats.refused_rate += 1;
-                self.reject(fd);
-            } else if source.is_some_and(|slot| !self.sources.take(slot)) {
-                self.stats.refused_source += 1;
-                self.reject(fd);
-            } else {
+            } else if self.may_enter(source) {
                 // A socket already gone (no peer) is admitted uncounted; its
                 // first receive ends it.
                 self.admit(fd, source);
+            } else {
+                self.reject(fd);
             }
         } else if c.result != -libc::ECANCELED {
             crate::warn!(
@@ -742,6 +743,79 @@ impl Core {
         if !self.accept_armed && self.accept_retry_at_ms.is_none() {
             self.arm_accept();
         }
+    }
+
+    /// Whether a connection from `source` may come in (counted against its
+    /// source if so); a refusal is counted by its reason. A source holding
+    /// no handshake here is a newcomer: the last `1 / QUIET_RESERVE_PARTS`
+    /// of each rate's burst is kept for newcomers, so sources holding
+    /// handshakes open cannot use it all up.
+    fn may_enter(&mut self, source: Option<u32>) -> bool {
+        let quiet = self.handshakes.is_quiet(source.unwrap_or(NO_SOURCE));
+        let reserve = |rate: Rate| {
+            if quiet {
+                0
+            } else {
+                rate.burst / QUIET_RESERVE_PARTS
+            }
+        };
+        if self.conns.len() >= self.connections_max {
+            self.stats.rejected_full += 1;
+            return false;
+        }
+        if source.is_some_and(|slot| !self.sources.take(slot)) {
+            self.stats.refused_source += 1;
+            return false;
+        }
+        let (now_ms, accept_rate, tls_rate) =
+            (self.now_ms, self.accept_rate, self.tls_handshake_rate);
+        let refused = if !self
+            .accepts
+            .take_leaving(accept_rate, now_ms, reserve(accept_rate))
+        {
+            Some(&mut self.stats.refused_rate)
+        } else if self.tls.is_some()
+            && !self
+                .tls_handshakes
+                .take_leaving(tls_rate, now_ms, reserve(tls_rate))
+        {
+            Some(&mut self.stats.refused_tls_rate)
+        } else {
+            None
+        };
+        match refused {
+            None => true,
+            Some(count) => {
+                *count += 1;
+                if let Some(slot) = source {
+                    self.sources.release(slot);
+                }
+                false
+            }
+        }
+    }
+
+    /// Makes room in a full handshake table by cutting its likeliest
+    /// attacker (see `Handshakes::victim`) with GOAWAY ServerFull; a TLS
+    /// client still in its TLS handshake cannot be told anything and is
+    /// closed.
+    fn evict_handshake(&mut self) {
+        let Some(index) = self.handshakes.victim() else {
+            return;
+        };
+        self.stats.handshakes_evicted += 1;
+        self.handshakes.evicted();
+        let tls_unfinished = self.conns[index as usize]
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.handshaking());
+        if tls_unfinished {
+            self.abort(index);
+        } else {
+            let retry_after_ms = self.jittered_retry();
+            self.goaway_resume(index, GoAwayReason::ServerFull, retry_after_ms);
+        }
+        debug_assert!(!self.handshakes.contains(index));
     }
 
     fn close_orphan(&mut self, fd: RawFd) {
@@ -761,6 +835,9 @@ impl Core {
     }
 
     fn admit(&mut self, fd: RawFd, source: Option<u32>) {
+        if self.handshakes.is_full() {
+            self.evict_handshake();
+        }
         let index = self.insert(fd);
         let conn = &mut self.conns[index as usize];
         conn.source = source;
@@ -769,11 +846,10 @@ impl Core {
             .tls
             .as_ref()
             .map(|config| Box::new(TlsConn::new(config)));
-        self.handshakes += 1;
+        self.handshakes
+            .enter(index, source.unwrap_or(NO_SOURCE), self.now_ms);
         self.stats.accepted += 1;
         self.arm_recv(index);
-        self.timers
-            .schedule(index, self.now_ms + self.handshake_timeout_ms as u64);
     }
 
     /// Past a limit: a GOAWAY with a jittered retry hint, so a reconnect
@@ -1010,7 +1086,7 @@ impl Core {
                     subscriptions_max: self.subscriptions_max as u16,
                     topic_bytes_max: self.limits.topic_bytes_max,
                 });
-                self.handshakes -= 1;
+                self.handshakes.leave(index);
                 let conn = &mut self.conns[index as usize];
                 conn.state = ConnState::Open;
                 if conn.grant.is_none() {
@@ -2632,9 +2708,7 @@ impl Core {
 
     /// A connection that leaves without finishing HELLO frees its place.
     fn leave_handshake(&mut self, index: u32) {
-        if self.conns[index as usize].state == ConnState::Handshake {
-            self.handshakes -= 1;
-        }
+        self.handshakes.leave(index);
     }
 
     fn close_now(&mut self, index: u32) {
@@ -2663,7 +2737,7 @@ impl Core {
             self.sources.release(slot);
         }
         debug_assert!(
-            self.handshakes as usize <= self.conns.len(),
+            self.handshakes.count() as usize <= self.conns.len(),
             "more handshakes counted than connections"
         );
         self.generations[index as usize] = (self.generations[index as usize] + 1) & GENERATION_MASK;
@@ -2689,6 +2763,8 @@ impl Core {
             topics: self.topics.count() as u64,
             queued_bytes: self.queue_gauges.0,
             queue_deepest_bytes: self.queue_gauges.1,
+            handshakes: self.handshakes.count() as u64,
+            handshake_timeout_ms: self.handshakes.timeout_ms() as u64,
         };
         let wall_ms = self.wall_ns / 1_000_000;
         self.recorder.publish(self.now_ms, wall_ms, stats, gauges);
@@ -2698,14 +2774,21 @@ impl Core {
 
     fn expire_timers(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
+        // The timeout is for the whole HELLO: bytes trickling in do not
+        // extend it.
+        let timeout_ms = self.handshakes.timeout_ms();
+        self.handshakes.expire(self.now_ms, &mut fired);
+        for &index in &fired {
+            self.stats.handshakes_timed_out += 1;
+            let message = format!("no HELLO within {timeout_ms} ms");
+            self.error_close(index, ErrorCode::HandshakeTimeout, &message);
+        }
+        fired.clear();
+        self.report_handshake_pressure();
         self.timers.expire(self.now_ms, &mut fired);
         for &index in &fired {
             let conn = &self.conns[index as usize];
             match conn.state {
-                ConnState::Handshake => {
-                    let message = format!("no HELLO within {} ms", self.handshake_timeout_ms);
-                    self.error_close(index, ErrorCode::HandshakeTimeout, &message);
-                }
                 ConnState::Open => {
                     let deadline = conn.last_rx_ms + self.idle_timeout_ms as u64;
                     if self.now_ms >= conn.token_deadline_ms {
@@ -2721,11 +2804,35 @@ impl Core {
                 }
                 // The client would not take its last frames within the linger.
                 ConnState::Flushing => self.abort(index),
-                ConnState::Closing => {}
+                // Handshakes expire through their table.
+                ConnState::Handshake | ConnState::Closing => {}
             }
         }
         fired.clear();
         self.fired = fired;
+    }
+
+    fn report_handshake_pressure(&mut self) {
+        match self.handshakes.report(self.now_ms) {
+            Some(PressureReport::Under {
+                count,
+                max,
+                timeout_ms,
+                evicted,
+                timed_out,
+            }) => crate::warn!(
+                "shard {}: {count} of {max} handshakes in flight: handshake timeout shortened \
+                 to {timeout_ms} ms; since the last report {evicted} evicted for newcomers, \
+                 {timed_out} timed out",
+                self.id
+            ),
+            Some(PressureReport::Over) => crate::info!(
+                "shard {}: handshake pressure over: handshake timeout back to {} ms",
+                self.id,
+                self.handshakes.timeout_ms()
+            ),
+            None => {}
+        }
     }
 
     /// SIGTERM/SIGINT: stop accepting, tell every client to go away, and give
