@@ -323,8 +323,9 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Parses a duration like `90s`, `15m`, `1h`, `7d` (or plain seconds).
-pub fn parse_ttl(text: &str) -> Result<u64, String> {
+/// Parses a duration like `90s`, `15m`, `1h`, `7d` (or plain seconds) into
+/// seconds; 0 is allowed.
+pub fn parse_duration_s(text: &str) -> Result<u64, String> {
     let (number, unit) = match text.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => (&text[..text.len() - 1], c),
         _ => (text, 's'),
@@ -334,14 +335,22 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
         'm' => 60,
         'h' => 3600,
         'd' => 86_400,
-        _ => return Err(format!("ttl {text:?}: units are s, m, h, d")),
+        _ => return Err(format!("{text:?}: units are s, m, h, d")),
     };
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("ttl {text:?}: a whole number, then s, m, h or d"))?;
+        .map_err(|_| format!("{text:?}: a whole number, then s, m, h or d"))?;
     n.checked_mul(scale)
-        .filter(|&s| s > 0)
-        .ok_or_else(|| format!("ttl {text:?}: out of range"))
+        .ok_or_else(|| format!("{text:?}: out of range"))
+}
+
+/// A token's lifetime: a duration as [`parse_duration_s`] takes it, above 0.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    match parse_duration_s(text) {
+        Ok(0) => Err(format!("ttl {text:?}: out of range")),
+        Ok(s) => Ok(s),
+        Err(e) => Err(format!("ttl {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -489,5 +498,13 @@ k1 = \"ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100\"
         for bad in ["", "h", "1w", "-1h", "0s"] {
             assert!(parse_ttl(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_ttl("1w").unwrap_err(),
+            "ttl \"1w\": units are s, m, h, d"
+        );
+        // Other durations may be 0 (`--retry-for 0`: no retry).
+        assert_eq!(parse_duration_s("0").unwrap(), 0);
+        assert_eq!(parse_duration_s("0s").unwrap(), 0);
+        assert_eq!(parse_duration_s("30s").unwrap(), 30);
     }
 }

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use cluecast_proto::client::{tls_trusting, Client, ClientConfig, Delivery, Start};
+use cluecast_proto::client::{
+    tls_trusting, Client, ClientConfig, ClientError, ConnectRetry, Delivery, Start,
+};
 use cluecast_proto::{Position, SubscribeStatus};
 
-use crate::auth::{parse_ttl, Claims, Keys};
+use crate::auth::{parse_duration_s, parse_ttl, Claims, Keys};
 use crate::config::RunArgs;
 use crate::log::Level;
 
@@ -45,6 +47,11 @@ enum Command {
         print_settings: bool,
     },
     /// Publish one event and print the sequence it was given
+    ///
+    /// A full or restarting server is waited out (see --retry-for); once
+    /// connected, the event is sent once: if the connection drops before
+    /// the answer, the command fails, and the event may or may not have
+    /// been published.
     Pub {
         #[command(flatten)]
         server: Server,
@@ -53,6 +60,9 @@ enum Command {
     },
     /// Print a topic's events as `SEQ<TAB>PAYLOAD` lines; reconnects and
     /// resumes by itself when the server restarts
+    ///
+    /// A full or restarting server is waited out at the first connect too
+    /// (see --retry-for); after that, reconnecting goes on without a limit.
     Sub {
         #[command(flatten)]
         server: Server,
@@ -185,6 +195,23 @@ struct Server {
     /// or its CA); the server's name is checked against --server's host
     #[arg(long, env = "CLUECAST_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// How long to keep trying to connect while the server is full,
+    /// restarting or unreachable (one line on stderr per retry): seconds,
+    /// or with a unit (90s, 15m); 0: no retry, the first failure is final
+    #[arg(
+        long = "retry-for",
+        env = "CLUECAST_RETRY_FOR",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_retry_for_ms
+    )]
+    retry_for_ms: u64,
+}
+
+fn parse_retry_for_ms(text: &str) -> Result<u64, String> {
+    parse_duration_s(text)?
+        .checked_mul(1000)
+        .ok_or_else(|| format!("{text:?}: out of range"))
 }
 
 impl Server {
@@ -198,13 +225,17 @@ impl Server {
         Ok(config)
     }
 
+    /// Connects, waiting out refusals and failures for --retry-for; the
+    /// error says when it gave up.
     fn connect(&self, reconnect: bool) -> Result<Client, String> {
         let mut config = self.config()?;
         config.reconnect = reconnect;
-        Client::connect(config).map_err(|e| format!("{}: {e}", self.server))
+        config.connect_retry_ms = self.retry_for_ms;
+        Client::connect_observed(config, report_retry).map_err(|e| format!("{}: {e}", self.server))
     }
 
-    /// A connection for one request: a failure is reported, not retried.
+    /// A connection for one request: once it is up, a drop is reported,
+    /// not reconnected (the request may or may not have taken effect).
     fn connect_once(&self) -> Result<Client, String> {
         self.connect(false)
     }
@@ -440,6 +471,20 @@ fn print_path(server: &Server, player: &str, since: u64, format: PathFormat) -> 
         .lock()
         .write_all(out.as_bytes())
         .map_err(|e| e.to_string())
+}
+
+/// One line per wait before another connection attempt.
+fn report_retry(retry: &ConnectRetry<'_>) {
+    // A GOAWAY's own retry hint is the delay: not said twice.
+    let why = match retry.error {
+        ClientError::GoAway(g) => g.to_string(),
+        other => other.to_string(),
+    };
+    eprintln!(
+        "cluecast: {why}; retrying in {} ms (attempt {})",
+        retry.delay.as_millis(),
+        retry.attempt
+    );
 }
 
 fn report_gap(status: &SubscribeStatus, oldest_seq: u64) {

@@ -281,6 +281,7 @@ fn sigterm_sends_goaway_to_every_client_and_exits_zero() {
     let mut config = ClientConfig::new(server.addr.to_string());
     config.reconnect = false;
     config.connect_timeout_ms = 500;
+    config.connect_retry_ms = 0;
     assert!(Client::connect(config).is_err());
 }
 

@@ -93,16 +93,7 @@ impl TlsClient {
 fn tls_subscribers_get_every_event_and_plain_tcp_is_cut_off() {
     let dir = TempDir::new("tls");
     let (cert, key, root) = certificate(&dir);
-    let server = Server::start(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--shards",
-        "2",
-        "--durability",
-        "memory",
-    ]);
+    let server = serve(&cert, &key, &["--shards", "2"]);
     let told = |l: &String| l.contains("serving TLS 1.3");
     assert!(
         server.startup_log.iter().any(told),
@@ -248,6 +239,7 @@ fn a_server_that_never_answers_the_handshake_times_out_the_connect() {
         cluecast_proto::client::ClientConfig::new(format!("localhost:{}", addr.port()));
     config.tls = Some(cluecast_proto::client::tls_trusting(std::path::Path::new(&cert)).unwrap());
     config.connect_timeout_ms = 300;
+    config.connect_retry_ms = 0;
     // In a thread: a connect that hangs fails this test instead of hanging it.
     let (done_tx, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -257,6 +249,53 @@ fn a_server_that_never_answers_the_handshake_times_out_the_connect() {
     let failed = done.recv_timeout(Duration::from_secs(3));
     assert_eq!(failed, Ok(true), "the connect must fail within 3 s");
     drop(held.join().unwrap());
+}
+
+#[test]
+fn a_tls_connection_closed_by_a_full_server_is_retried_with_backoff() {
+    let dir = TempDir::new("tls-full");
+    let (cert, key, root) = certificate(&dir);
+    // One shard with room for one connection, held: with TLS, a newcomer is
+    // closed at once, with no GOAWAY it could read.
+    let server = serve(&cert, &key, &["--shards", "1", "--connections-max", "1"]);
+    let holder = TlsClient::open(server.addr, &root);
+    let publish = Command::new(BIN)
+        .args([
+            "pub",
+            "hunt-full",
+            "clue",
+            "--retry-for",
+            "10s",
+            "--tls-ca",
+            &cert,
+        ])
+        .arg("--server")
+        .arg(format!("localhost:{}", server.addr.port()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    drop(holder);
+    let out = publish.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    // Backoff with full jitter: after n failures, 0 to 100 ms × 2^n (at
+    // most 5 s); no retry hint, since none came.
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines.len() >= 2, "{err}");
+    for (failures, line) in (1u32..).zip(&lines) {
+        let (why, rest) = line.split_once("; retrying in ").expect(line);
+        assert!(
+            why.starts_with("cluecast: ") && !why.contains("GOAWAY"),
+            "{line}"
+        );
+        let (delay_ms, attempt) = rest.split_once(" ms (attempt ").expect(line);
+        assert_eq!(attempt, format!("{})", failures + 1), "{line}");
+        let window_ms = (100u64 << failures.min(6)).min(5_000);
+        assert!(delay_ms.parse::<u64>().unwrap() <= window_ms, "{line}");
+    }
 }
 
 /// `cluecast sub` by `host` to `server`, trusting `ca`: it must be refused
@@ -276,15 +315,18 @@ fn refused(server: &Server, host: &str, ca: &str) -> String {
     err
 }
 
-fn serve(cert: &str, key: &str) -> Server {
-    Server::start(&[
+/// An appliance serving TLS with `cert` and `key`, memory-only, with
+/// `args` beside.
+fn serve(cert: &str, key: &str, args: &[&str]) -> Server {
+    let tls = [
         "--tls-cert",
         cert,
         "--tls-key",
         key,
         "--durability",
         "memory",
-    ])
+    ];
+    Server::start(&[&tls[..], args].concat())
 }
 
 #[test]
@@ -309,7 +351,7 @@ fn a_ca_certificate_served_as_the_servers_own_is_refused_in_words() {
     std::fs::write(&cert, made.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     let (cert, key_file) = (cert.to_str().unwrap(), key_file.to_str().unwrap());
-    let server = serve(cert, key_file);
+    let server = serve(cert, key_file, &[]);
     explained(&refused(&server, "localhost", cert));
     drop(server);
 
@@ -342,7 +384,7 @@ fn a_ca_certificate_served_as_the_servers_own_is_refused_in_words() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let cert = format!("{}/c.pem", dir.path_str());
-            let server = serve(&cert, &format!("{}/k.pem", dir.path_str()));
+            let server = serve(&cert, &format!("{}/k.pem", dir.path_str()), &[]);
             explained(&refused(&server, "localhost", &cert));
         }
         Err(e) => eprintln!(
@@ -374,6 +416,7 @@ fn certificates_for_another_name_from_another_ca_or_out_of_date_are_refused_in_w
     let server = serve(
         &format!("{game}/server.pem"),
         &format!("{game}/server-key.pem"),
+        &[],
     );
 
     let err = refused(&server, "127.0.0.1", &format!("{game}/ca.pem"));
@@ -406,6 +449,7 @@ fn certificates_for_another_name_from_another_ca_or_out_of_date_are_refused_in_w
     let server = serve(
         &file("expired.pem", expired.pem()),
         &file("expired-key.pem", key.serialize_pem()),
+        &[],
     );
     let err = refused(&server, "localhost", &ca_file);
     assert!(

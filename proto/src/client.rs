@@ -8,6 +8,9 @@
 //!   that stays silent too long is dead) and answering server PINGs;
 //! * per-topic resume state `(epoch, last_seq)`, updated by SUBSCRIBED and by
 //!   every EVENT, used to drop duplicates;
+//! * a first connection refused (GOAWAY ServerFull or Shutdown instead of
+//!   WELCOME) or failed is tried again for a while (`connect_retry_ms`,
+//!   `crate::retry`), each wait shown to the caller's observer;
 //! * on a lost connection (EOF, I/O error, GOAWAY, ERROR, missed heartbeats):
 //!   exponential backoff with full jitter, reconnect, re-SUBSCRIBE every
 //!   topic with Resume, and report each new SUBSCRIBED so the caller sees
@@ -20,6 +23,8 @@
 
 use crate::codec::{decode, valid_topic, Limits};
 use crate::frame::*;
+pub use crate::retry::ConnectRetry;
+use crate::retry::{connect_with_retry, redirect_of, retry_delay};
 pub use crate::tls_error::TlsError;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -50,6 +55,11 @@ pub struct ClientConfig {
     pub token: Vec<u8>,
     /// Limit for the TCP connect, and again for the WELCOME that follows.
     pub connect_timeout_ms: u64,
+    /// How long [`Client::connect`] keeps trying when the server refuses
+    /// (GOAWAY ServerFull or Shutdown instead of WELCOME: after its
+    /// `retry_after_ms`) or the connection fails (with the backoff below).
+    /// 0: the first failure is returned at once.
+    pub connect_retry_ms: u64,
     /// How long `publish`, `close_topic`, `subscribe`, `unsubscribe` and
     /// `path` wait for their answer (for `path`: all of its frames). On
     /// expiry the connection is dropped (its state is unknown).
@@ -72,14 +82,17 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Defaults: a client id made of the process id and a random number,
-    /// no token, 5 s connect and request timeouts, reconnect with backoff
-    /// between 100 ms and 5 s, default limits.
+    /// no token, 5 s connect and request timeouts, a first connection
+    /// retried for 30 s (a restart or a flood is over by then; a server
+    /// that stays away is reported), reconnect with backoff between 100 ms
+    /// and 5 s, default limits.
     pub fn new(server: impl Into<String>) -> ClientConfig {
         ClientConfig {
             server: server.into(),
             client_id: format!("{}-{:016x}", std::process::id(), Rng::seeded().next_u64()),
             token: Vec::new(),
             connect_timeout_ms: 5_000,
+            connect_retry_ms: 30_000,
             request_timeout_ms: 5_000,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
@@ -223,6 +236,7 @@ impl fmt::Debug for ClientConfig {
             .field("client_id", &self.client_id)
             .field("token", &format_args!("<{} bytes>", self.token.len()))
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("connect_retry_ms", &self.connect_retry_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("backoff_min_ms", &self.backoff_min_ms)
             .field("backoff_max_ms", &self.backoff_max_ms)
@@ -325,6 +339,28 @@ impl From<&GoAway<'_>> for OwnedGoAway {
     }
 }
 
+/// The reason in words, then its name: "server full (GOAWAY ServerFull)".
+impl fmt::Display for OwnedGoAway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (GOAWAY {:?})",
+            goaway_words(self.reason),
+            self.reason
+        )
+    }
+}
+
+/// What a GOAWAY's reason means, for messages people read.
+fn goaway_words(reason: GoAwayReason) -> &'static str {
+    match reason {
+        GoAwayReason::Shutdown => "server shutting down",
+        GoAwayReason::SlowConsumer => "reading too slowly for the server",
+        GoAwayReason::ServerFull => "server full",
+        GoAwayReason::TokenExpired => "token expired",
+    }
+}
+
 /// The answer to [`Client::path`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathAnswer {
@@ -389,11 +425,18 @@ pub enum ClientError {
     /// TLS with the server failed: most often its certificate was refused
     /// (the text says why and what to do). Only with the `tls` feature.
     Tls(TlsError),
+    /// [`Client::connect`] tried `attempts` times over `elapsed_ms` (its
+    /// `connect_retry_ms`) and stopped; `last` is why the last one failed.
+    GaveUp {
+        attempts: u32,
+        elapsed_ms: u64,
+        last: Box<ClientError>,
+    },
 }
 
 impl ClientError {
     /// Errors that reconnecting cannot fix: the client stops trying.
-    fn is_fatal(&self) -> bool {
+    pub(crate) fn is_fatal(&self) -> bool {
         match self {
             ClientError::Server { code, .. } => matches!(
                 ErrorCode::try_from(*code),
@@ -428,13 +471,24 @@ impl fmt::Display for ClientError {
             ),
             ClientError::GoAway(g) => write!(
                 f,
-                "server sent GOAWAY ({:?}, retry after {} ms)",
-                g.reason, g.retry_after_ms
+                "{} (GOAWAY {:?}, retry after {} ms)",
+                goaway_words(g.reason),
+                g.reason,
+                g.retry_after_ms
             ),
             ClientError::Closed => f.write_str("connection closed"),
             ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
             ClientError::InvalidInput(m) => write!(f, "invalid input: {m}"),
             ClientError::Tls(e) => write!(f, "{e}"),
+            ClientError::GaveUp {
+                attempts,
+                elapsed_ms,
+                last,
+            } => write!(
+                f,
+                "{last}; gave up after {attempts} attempt{} over {elapsed_ms} ms",
+                if *attempts == 1 { "" } else { "s" }
+            ),
         }
     }
 }
@@ -444,6 +498,7 @@ impl std::error::Error for ClientError {
         match self {
             ClientError::Io(e) => Some(e),
             ClientError::Tls(e) => Some(e),
+            ClientError::GaveUp { last, .. } => Some(last.as_ref()),
             _ => None,
         }
     }
@@ -497,14 +552,31 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and completes the handshake. Fails at once (no retry) if
-    /// the server cannot be reached or refuses the client.
+    /// Connects and completes the handshake. A server that refuses (GOAWAY
+    /// ServerFull or Shutdown instead of WELCOME) or cannot be reached is
+    /// tried again until `connect_retry_ms` has passed, then
+    /// [`ClientError::GaveUp`]; with 0, the first failure is returned. Errors
+    /// that retrying cannot fix (NotAuthorized, UnsupportedVersion, TLS, bad
+    /// configuration) are returned at once.
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        Client::connect_observed(config, |_| {})
+    }
+
+    /// [`Client::connect`], telling `on_retry` about each wait before it
+    /// happens (the attempt that follows, the failure, the delay), so the
+    /// caller can show it.
+    pub fn connect_observed(
+        config: ClientConfig,
+        mut on_retry: impl FnMut(&ConnectRetry<'_>),
+    ) -> Result<Client, ClientError> {
         config
             .limits
             .validate()
             .map_err(ClientError::InvalidInput)?;
-        let (conn, welcome) = Conn::open(&config.server, &config)?;
+        let mut rng = Rng::seeded();
+        let (conn, welcome) = connect_with_retry(&config, &mut rng, &mut on_retry, |addr| {
+            Conn::open(addr, &config)
+        })?;
         Ok(Client {
             config,
             conn: Some(conn),
@@ -512,7 +584,7 @@ impl Client {
             subs: BTreeMap::new(),
             queue: VecDeque::new(),
             next_request_id: 1,
-            rng: Rng::seeded(),
+            rng,
             lost: None,
             connected_at: Instant::now(),
             attempts_before: 0,
@@ -788,6 +860,10 @@ impl Client {
             if !self.ensure_connected(deadline)? {
                 return Ok(None);
             }
+            // A reconnect queues its deliveries: hand them out before waiting.
+            if !self.queue.is_empty() {
+                continue;
+            }
             match self.recv(deadline) {
                 Ok(Some(inbound)) => self.handle_unsolicited(inbound),
                 Ok(None) => return Ok(None),
@@ -866,7 +942,8 @@ impl Client {
                 };
                 self.lost = Some(Lost {
                     reason: lost.reason,
-                    next_attempt: Instant::now() + self.retry_delay(attempts, goaway),
+                    next_attempt: Instant::now()
+                        + retry_delay(&self.config, &mut self.rng, attempts, goaway),
                     redirect: goaway.and_then(redirect_of),
                     attempts,
                 });
@@ -941,26 +1018,11 @@ impl Client {
         };
         self.lost = Some(Lost {
             reason: reason.to_string(),
-            next_attempt: Instant::now() + self.retry_delay(attempts, goaway),
+            next_attempt: Instant::now()
+                + retry_delay(&self.config, &mut self.rng, attempts, goaway),
             redirect: goaway.and_then(redirect_of),
             attempts,
         });
-    }
-
-    /// Delay before the next attempt: GOAWAY's `retry_after_ms` when given
-    /// (the server already jittered it), else exponential backoff with full
-    /// jitter: uniform in `0..=min(max, min * 2^failures)`, which spreads a
-    /// crowd of phones reconnecting at once.
-    fn retry_delay(&mut self, failures: u32, goaway: Option<&OwnedGoAway>) -> Duration {
-        if let Some(g) = goaway {
-            return Duration::from_millis(u64::from(g.retry_after_ms));
-        }
-        let window = self
-            .config
-            .backoff_min_ms
-            .saturating_mul(1 << failures.min(63))
-            .min(self.config.backoff_max_ms);
-        Duration::from_millis(self.rng.below_inclusive(window))
     }
 
     fn request_timed_out(&mut self, what: &'static str) -> ClientError {
@@ -1106,11 +1168,6 @@ fn state_after_subscribed(
         epoch: s.epoch,
         last_seq,
     }
-}
-
-/// GOAWAY's reconnect address, if it gave one.
-fn redirect_of(g: &OwnedGoAway) -> Option<String> {
-    (!g.reconnect.is_empty()).then(|| g.reconnect.clone())
 }
 
 /// Topics are checked ASCII by the decoder, so this never loses anything.
@@ -1440,10 +1497,10 @@ fn connect_any(addr: &str, timeout: Duration) -> Result<TcpStream, ClientError> 
 // Randomness for jitter and client ids (no dependency needed: xorshift64*
 // seeded from std's per-process random hasher keys and the clock).
 
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn seeded() -> Rng {
+    pub(crate) fn seeded() -> Rng {
         let mut h = RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let nanos = SystemTime::now()
@@ -1461,7 +1518,7 @@ impl Rng {
     }
 
     /// Uniform enough in `0..=n` for jitter.
-    fn below_inclusive(&mut self, n: u64) -> u64 {
+    pub(crate) fn below_inclusive(&mut self, n: u64) -> u64 {
         match n.checked_add(1) {
             Some(m) => self.next_u64() % m,
             None => self.next_u64(),
@@ -1504,56 +1561,11 @@ mod tests {
     }
 
     #[test]
-    fn backoff_stays_in_window() {
-        let mut config = ClientConfig::new("127.0.0.1:1");
-        config.backoff_min_ms = 100;
-        config.backoff_max_ms = 5_000;
-        let mut client = Client {
-            config,
-            conn: None,
-            welcome: Welcome {
-                version: 1,
-                heartbeat_ms: 0,
-                idle_timeout_ms: 0,
-                frame_bytes_max: 0,
-                payload_bytes_max: 0,
-                subscriptions_max: 0,
-                topic_bytes_max: 0,
-            },
-            subs: BTreeMap::new(),
-            queue: VecDeque::new(),
-            next_request_id: 1,
-            rng: Rng::seeded(),
-            lost: None,
-            connected_at: Instant::now(),
-            attempts_before: 0,
-            closed: false,
-            token_expired: false,
-        };
-        for failures in [0u32, 1, 3, 6, 10, 63, 64, 1000] {
-            let window = (100u64 << failures.min(20)).min(5_000);
-            for _ in 0..200 {
-                let d = client.retry_delay(failures, None);
-                assert!(d <= Duration::from_millis(window), "{failures}: {d:?}");
-            }
-        }
-        // Full jitter actually spreads: not everything at the top of the window.
-        let spread: BTreeSet<_> = (0..50).map(|_| client.retry_delay(10, None)).collect();
-        assert!(spread.len() > 10);
-        let g = OwnedGoAway {
-            reason: GoAwayReason::ServerFull,
-            retry_after_ms: 1234,
-            reconnect: String::new(),
-            resume: Vec::new(),
-        };
-        assert_eq!(client.retry_delay(0, Some(&g)), Duration::from_millis(1234));
-    }
-
-    #[test]
     fn default_config() {
         let c = ClientConfig::new("example.org:7000");
         assert!(c.reconnect);
         assert_eq!((c.backoff_min_ms, c.backoff_max_ms), (100, 5_000));
+        assert_eq!(c.connect_retry_ms, 30_000);
         assert!(c.client_id.len() <= usize::from(c.limits.client_id_bytes_max));
         assert_ne!(c.client_id, ClientConfig::new("x:1").client_id);
         assert!(!format!("{c:?}").contains("token: ["));

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod codec;
 pub mod frame;
+mod retry;
 mod tls_error;
 
 pub use codec::{decode, event_publish_ts_ns, valid_topic, DecodeError, Limits};

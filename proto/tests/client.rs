@@ -11,6 +11,9 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+#[path = "client/retry.rs"]
+mod retry;
+
 /// Longest any single step may take before the test fails.
 const STEP: Duration = Duration::from_secs(5);
 
@@ -45,7 +48,9 @@ fn no_reconnect(addr: &str) -> ClientConfig {
 }
 
 /// Runs `script` on a thread with a fresh listener; returns its address.
-fn serve(script: impl FnOnce(TcpListener) + Send + 'static) -> (String, JoinHandle<()>) {
+fn serve<T: Send + 'static>(
+    script: impl FnOnce(TcpListener) -> T + Send + 'static,
+) -> (String, JoinHandle<T>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     (addr, thread::spawn(move || script(listener)))
@@ -258,11 +263,16 @@ fn connect_fails_on_error_or_goaway() {
         }
         other => panic!("{:?}", other.err()),
     }
-    match Client::connect(config(&addr)) {
-        Err(ClientError::GoAway(g)) => {
-            assert_eq!(g.reason, GoAwayReason::ServerFull);
-            assert_eq!(g.retry_after_ms, 1_500);
-        }
+    // connect_retry_ms 0: the refusal is returned, not waited out.
+    let at_once = ClientConfig {
+        connect_retry_ms: 0,
+        ..config(&addr)
+    };
+    match Client::connect(at_once) {
+        Err(e @ ClientError::GoAway(_)) => assert_eq!(
+            e.to_string(),
+            "server full (GOAWAY ServerFull, retry after 1500 ms)"
+        ),
         other => panic!("{:?}", other.err()),
     }
     server.join().unwrap();
@@ -1020,7 +1030,7 @@ fn path_checks_the_player_and_times_out() {
 }
 
 #[test]
-fn connect_to_nothing_fails_fast() {
+fn connect_to_nothing_fails_fast_or_at_the_deadline() {
     // Bind then drop: nothing listens on that port now.
     let addr = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1028,11 +1038,30 @@ fn connect_to_nothing_fails_fast() {
         .unwrap()
         .to_string();
     let start = Instant::now();
-    assert!(matches!(
-        Client::connect(config(&addr)),
-        Err(ClientError::Io(_))
-    ));
+    let at_once = ClientConfig {
+        connect_retry_ms: 0,
+        ..config(&addr)
+    };
+    assert!(matches!(Client::connect(at_once), Err(ClientError::Io(_))));
     assert!(start.elapsed() < STEP);
+    // Refused is retried (with backoff) until the deadline.
+    let start = Instant::now();
+    let for_a_while = ClientConfig {
+        connect_retry_ms: 300,
+        ..config(&addr)
+    };
+    match Client::connect(for_a_while) {
+        Err(ClientError::GaveUp { attempts, last, .. }) => {
+            assert!(attempts > 1 && matches!(*last, ClientError::Io(_)));
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < STEP,
+        "{took:?}"
+    );
+    // A configuration error is not retried.
     let mut bad = config(&addr);
     bad.client_id = "x".repeat(65);
     assert!(matches!(
