@@ -288,3 +288,32 @@ fn the_admin_listener_can_be_turned_off() {
         .iter()
         .any(|l| l.contains("admin endpoint")));
 }
+
+#[test]
+fn every_documented_metric_is_served_and_every_served_one_documented() {
+    let server = Server::start(&["--shards", "2"]);
+    let served: std::collections::BTreeSet<String> = scrape(admin_of(&server))
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/OBSERVABILITY.md"
+    ))
+    .unwrap();
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `cluecast_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("cluecast_{name}"))
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && unserved.is_empty(),
+        "served but not in docs/OBSERVABILITY.md: {undocumented:?}; documented but not \
+         served: {unserved:?}"
+    );
+}
