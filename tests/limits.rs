@@ -108,6 +108,21 @@ fn a_full_handshake_table_evicts_its_oldest_for_a_newcomer() {
 }
 
 #[test]
+fn silent_sockets_cannot_fill_a_shard() {
+    let server = Server::start(&["--shards", "1", "--connections-max", "4"]);
+    // At most half the shard may be handshakes: the third silent socket
+    // evicts the first instead of taking the shard's last slots.
+    let silent: Vec<RawClient> = (0..6).map(|_| RawClient::connect(server.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(try_open(server.addr).is_ok(), "the newcomer was refused");
+    assert!(
+        try_open(server.addr).is_ok(),
+        "the second newcomer was refused"
+    );
+    drop(silent);
+}
+
+#[test]
 fn under_pressure_the_handshake_timeout_shortens_and_says_so() {
     let server = Server::start(&[
         "--shards",

@@ -452,7 +452,14 @@ impl<R: Ring> Shard<R> {
     pub fn new(ring: R, setup: ShardSetup) -> Shard<R> {
         let now_ms = ring.now_ms();
         let slots = setup.connections_max;
-        let handshakes = Handshakes::new(setup.handshakes, slots, setup.sources.slots());
+        // Handshakes hold at most half the slots: silent sockets then fill
+        // the handshake table (which evicts) before they could fill the
+        // shard (which refuses).
+        let limits = HandshakeLimits {
+            max: setup.handshakes.max.min((slots as u32 / 2).max(1)),
+            ..setup.handshakes
+        };
+        let handshakes = Handshakes::new(limits, slots, setup.sources.slots());
         let iov_blocks = Vec::with_capacity(slots);
         let iov_free = Vec::with_capacity(slots);
         let mut core = Core {
