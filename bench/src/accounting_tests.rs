@@ -51,6 +51,7 @@ fn run(faults: Faults) -> (Outcome, Stats, Vec<u64>) {
         connect_timeout: Duration::from_secs(10),
         scenario: fanload::Scenario::Fanout,
         tls: None,
+        attack: None,
     };
     let outcome = fanload::run(&plan, |_| {});
     stop.store(true, Ordering::Relaxed);

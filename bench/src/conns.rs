@@ -226,6 +226,7 @@ fn clients(args: &Args) -> Result<(), String> {
         match fanload::join(
             args.target.protocol(),
             server,
+            None,
             connect_timeout.min(left),
             &format!("conns-{nonce:08x}-{j}"),
             Some(&topic),

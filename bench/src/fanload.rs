@@ -31,15 +31,18 @@
 //! keep their schedule to within the kernel's timer slack, set to 1 µs.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{Frame, Limits, Position, Publish, SubscribeStatus};
 use hdrhistogram::Histogram;
 
+use crate::attack::{self, Attack};
 use crate::child::{result_struct, Mark};
 use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
+use crate::dial::{self, JoinError};
+use crate::newcomers::Newcomers;
 use crate::peers::{self, Message, Peer};
 use crate::stats::{latency_histogram, Percentiles};
 use crate::tls::{TlsClient, TlsLink, TlsTurn};
@@ -103,11 +106,14 @@ pub enum Scenario {
     },
     /// The first `subscribers` close their connections at once at `at`
     /// and come back spread evenly over `spread`, resuming where they
-    /// were (where the protocol can).
+    /// were (where the protocol can); with `newcomers`, each from an
+    /// address of its own, timed and retried when turned away
+    /// (newcomers.rs).
     Storm {
         at: Duration,
         subscribers: usize,
         spread: Duration,
+        newcomers: bool,
     },
     /// Every subscriber (a player) also sends its position
     /// `positions_per_s` times a second, upstream on its own connection
@@ -185,6 +191,9 @@ pub struct Plan {
     /// Speak TLS 1.3 on every connection (the appliance's `--tls-cert`);
     /// None: plain TCP.
     pub tls: Option<TlsClient>,
+    /// Attackers alongside, from the warm-up's start to the window's end
+    /// (attack.rs).
+    pub attack: Option<Attack>,
 }
 
 result_struct! {
@@ -241,6 +250,26 @@ result_struct! {
         pub catch_up_deliveries: u64,
         /// Hunt: positions sent upstream.
         pub positions_sent: u64,
+        /// Storm with newcomers (newcomers.rs): how many tried, got
+        /// SUBSCRIBED, attempts turned away before WELCOME and newcomers
+        /// turned away at least once; connect-to-SUBSCRIBED p50/p99/max.
+        pub newcomers: u64,
+        pub newcomers_subscribed: u64,
+        pub newcomer_refusals: u64,
+        pub newcomers_refused: u64,
+        pub newcomer_p50: u64,
+        pub newcomer_p99: u64,
+        pub newcomer_max: u64,
+        /// The attackers (attack.rs): connections opened, and how each
+        /// ended.
+        pub attack_opened: u64,
+        pub attack_failed: u64,
+        pub attack_goaway_server_full: u64,
+        pub attack_errors: u64,
+        pub attack_handshake_timeouts: u64,
+        pub attack_closed_silently: u64,
+        pub attack_welcomed: u64,
+        pub attack_held: u64,
         /// The rest: publish_ts_ns − due (sending, the server's receive
         /// and sequencing), per delivery.
         pub publish_p99: u64,
@@ -386,7 +415,7 @@ impl Drop for Epoll {
 }
 
 pub const READABLE: u32 = libc::EPOLLIN as u32;
-const WRITABLE: u32 = libc::EPOLLOUT as u32;
+pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
 
 // ---------------------------------------------------------------------------
 // Connections
@@ -994,13 +1023,15 @@ pub struct Joined {
 }
 
 /// Connects to `server` speaking `protocol` as `id` (over TLS with `tls`:
-/// the appliance only), subscribing to `topic` if given, live or (where
-/// the protocol can) resuming after a sequence; the server's limits and
+/// the appliance only; from the local address `source`, the appliance
+/// only, when given), subscribing to `topic` if given, live or (where the
+/// protocol can) resuming after a sequence; the server's limits and
 /// heartbeat, if it announces them, go to `limits` and `heartbeat_ms`.
 #[allow(clippy::too_many_arguments)]
 pub fn join(
     protocol: Protocol,
     server: SocketAddr,
+    source: Option<IpAddr>,
     timeout: Duration,
     id: &str,
     topic: Option<&str>,
@@ -1008,10 +1039,12 @@ pub fn join(
     limits: &mut Limits,
     heartbeat_ms: &mut u32,
     tls: Option<&TlsClient>,
-) -> Result<Joined, String> {
+) -> Result<Joined, JoinError> {
     if let Protocol::Peer(peer) = protocol {
-        if tls.is_some() {
-            return Err("TLS is for the appliance only".into());
+        if tls.is_some() || source.is_some() {
+            return Err(JoinError::Failed(
+                "TLS and source addresses are for the appliance only".into(),
+            ));
         }
         let (stream, buf) = peers::join(peer, server, timeout, id, topic)?;
         return Ok(Joined {
@@ -1023,7 +1056,7 @@ pub fn join(
         });
     }
     if let Some(tls) = tls {
-        let mut c = wire::connect_tls(server, id, timeout, tls)?;
+        let mut c = dial::connect_tls_from(server, source, id, timeout, tls)?;
         (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
         let (next_seq, gap) = subscribe(&mut c, topic, resume_after, timeout)?;
         let mut buf = c.buf;
@@ -1036,7 +1069,7 @@ pub fn join(
             tls: Some(Box::new(link)),
         });
     }
-    let mut c = wire::connect(server, id, timeout)?;
+    let mut c = dial::connect_from(server, source, id, timeout)?;
     (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
     let (next_seq, gap) = subscribe(&mut c, topic, resume_after, timeout)?;
     Ok(Joined {
@@ -1142,8 +1175,11 @@ struct StormRun {
     count: usize,
     /// CLOCK_REALTIME of the drop, once it happened.
     dropped_real_ns: Option<u64>,
+    /// Subscribers whose time to come back has come (the first ones).
     rejoined: usize,
     gaps: u64,
+    /// Each from its own address, timed, tried again when turned away.
+    newcomers: Option<Newcomers>,
 }
 
 impl StormRun {
@@ -1154,11 +1190,23 @@ impl StormRun {
 
     /// When something is next to do, ns from the start.
     fn next_ns(&self) -> u64 {
+        let retry_ns = self.newcomers.as_ref().map_or(u64::MAX, Newcomers::next_ns);
         match self.dropped_real_ns {
             None => self.at_ns,
-            Some(_) if self.rejoined < self.count => self.back_at(self.rejoined),
-            Some(_) => u64::MAX,
+            Some(_) if self.rejoined < self.count => self.back_at(self.rejoined).min(retry_ns),
+            Some(_) => retry_ns,
         }
+    }
+
+    /// The next subscriber due to connect by `now_ns` (from the start):
+    /// the next to come back, else a newcomer's retry.
+    fn due(&mut self, now_ns: u64) -> Option<usize> {
+        self.dropped_real_ns?;
+        if self.rejoined < self.count && now_ns >= self.back_at(self.rejoined) {
+            self.rejoined += 1;
+            return Some(self.rejoined - 1);
+        }
+        self.newcomers.as_mut()?.due(now_ns)
     }
 }
 
@@ -1222,22 +1270,25 @@ impl Positions {
     }
 }
 
-/// Brings subscriber `i` back after a storm on a fresh connection,
-/// resuming after the last sequence it had; Ok(true) when the resume left
-/// a gap.
+/// Brings subscriber `i` back after a storm on a fresh connection (from
+/// `source`, if given), resuming after the last sequence it had; Ok(true)
+/// when the resume left a gap.
+#[allow(clippy::too_many_arguments)]
 fn rejoin(
     s: &mut Sub,
     plan: &Plan,
+    source: Option<IpAddr>,
     topic: &str,
     id: &str,
     inbox: (usize, usize),
     epoll: &Epoll,
     token: usize,
-) -> Result<bool, String> {
+) -> Result<bool, JoinError> {
     let (mut limits, mut heartbeat_ms) = (Limits::DEFAULT, 0);
     let c = join(
         plan.protocol,
         plan.server,
+        source,
         plan.connect_timeout,
         id,
         Some(topic),
@@ -1310,6 +1361,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             at,
             subscribers,
             spread,
+            newcomers,
         } => {
             if subscribers == 0 || subscribers > plan.subscribers {
                 return Err(format!(
@@ -1324,6 +1376,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
                 dropped_real_ns: None,
                 rejoined: 0,
                 gaps: 0,
+                newcomers: newcomers.then(|| Newcomers::new(subscribers)),
             });
         }
         Scenario::Hunt { positions_per_s } => {
@@ -1350,7 +1403,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     }
     let upstreams = positions.is_some() && plan.protocol == Protocol::Peer(Peer::Resp);
     let sockets = plan.subscribers * if upstreams { 2 } else { 1 } + plan.publishers;
-    check_descriptors(sockets)?;
+    check_descriptors(sockets + plan.attack.as_ref().map_or(0, |a| a.sockets_max))?;
     // Wake-ups within 1 µs of the schedule instead of the default 50 µs.
     // SAFETY: prctl with an integer argument.
     unsafe {
@@ -1378,6 +1431,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         let c = join(
             plan.protocol,
             plan.server,
+            None,
             plan.connect_timeout,
             &format!("{id_base}-s{i}"),
             Some(&topics[topic]),
@@ -1386,6 +1440,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             &mut heartbeat_ms,
             plan.tls.as_ref(),
         )
+        .map_err(String::from)
         .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
         .map_err(|e| format!("subscriber {i}: {e}"))?;
         c.stream
@@ -1431,6 +1486,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         let c = join(
             plan.protocol,
             plan.server,
+            None,
             plan.connect_timeout,
             &format!("{id_base}-p{p}"),
             None,
@@ -1439,6 +1495,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             &mut heartbeat_ms,
             plan.tls.as_ref(),
         )
+        .map_err(String::from)
         .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
         .map_err(|e| format!("publisher {p}: {e}"))?;
         c.stream
@@ -1492,6 +1549,15 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     // publish_ts_ns), anchored at the same moment.
     let t0 = Instant::now();
     let real0 = cluecast_sys::realtime_ns();
+    // The attack begins with the warm-up, so the server is under siege
+    // before the storm, and ends with the window (dropped on an early
+    // return: that stops it too).
+    let mut attackers = plan
+        .attack
+        .as_ref()
+        .map(|a| a.start(plan.server))
+        .transpose()?;
+    let mut attacked = None;
     let since_t0 = || Instant::now().duration_since(t0).as_nanos() as u64;
     let mut next_ping = ping_every.map(|p| t0 + p);
     let (phase_lo, phase_hi) = match plan.scenario.phase() {
@@ -1565,6 +1631,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             mark(Mark::WindowEnd);
             marked += 1;
             phase = Phase::Drain;
+            attacked = attackers.take().map(attack::Running::stop);
             drain_deadline = window_end + plan.drain_timeout;
         }
         if phase == Phase::Drain {
@@ -1591,12 +1658,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
                 }
                 st.dropped_real_ns = Some(cluecast_sys::realtime_ns());
             }
-            while st.dropped_real_ns.is_some()
-                && st.rejoined < st.count
-                && since_t0() >= st.back_at(st.rejoined)
-            {
-                let i = st.rejoined;
-                st.rejoined += 1;
+            while let Some(i) = st.due(since_t0()) {
                 let s = &mut subs[i];
                 if !s.alive {
                     continue;
@@ -1604,9 +1666,19 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
                 let id = format!("{id_base}-s{i}");
                 let inbox = (sub_inbox_bytes, peek);
                 let token = plan.publishers + i;
-                match rejoin(s, plan, &topics[s.topic], &id, inbox, &epoll, token) {
-                    Ok(gap) => st.gaps += u64::from(gap),
-                    Err(e) => {
+                let source = st.newcomers.as_mut().map(|n| n.trying(i));
+                let back = rejoin(s, plan, source, &topics[s.topic], &id, inbox, &epoll, token);
+                match (back, st.newcomers.as_mut()) {
+                    (Ok(gap), n) => {
+                        st.gaps += u64::from(gap);
+                        if let Some(n) = n {
+                            n.subscribed(i);
+                        }
+                    }
+                    (Err(JoinError::Unwelcome(u)), Some(n)) => {
+                        n.refused(i, u.retry_after_ms, since_t0());
+                    }
+                    (Err(e), _) => {
                         (s.alive, s.away) = (false, false);
                         notes.subscriber(i, format!("coming back: {e}"));
                     }
@@ -1781,6 +1853,9 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
             }
             (None, _) => storm_note = Some("the storm never came (the run ended first)".into()),
         }
+        if let Some(n) = &st.newcomers {
+            n.fill(&mut o);
+        }
     }
     let fan = Percentiles::of(&rx.fanout);
     (o.fanout_p50, o.fanout_p99, o.fanout_max) = (fan.p50, fan.p99, fan.max);
@@ -1825,6 +1900,11 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     o.note = notes.joined();
     if let Some(note) = storm_note {
         set_note(&mut o.note, note);
+    }
+    match attacked {
+        Some(Ok(counts)) => counts.fill(&mut o),
+        Some(Err(e)) => set_note(&mut o.note, format!("attackers: {e}")),
+        None => {}
     }
     if !drained {
         set_note(

@@ -24,6 +24,11 @@
 //! `--tls-cert` / `--tls-key` and has the client process trust it; with
 //! `--vs-plain` every TLS run is paired with a plaintext run of the same
 //! load just before it, and the report compares the two.
+//!
+//! `storm --attack` pairs each storm with the same storm under a flood of
+//! unfinished handshakes, calm and attack alternating (under_attack.rs).
+
+mod under_attack;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,7 @@ use std::time::Duration;
 
 use cluecast_proto::Limits;
 
+use crate::attack::AttackFlags;
 use crate::child::{self, Followed, Role};
 use crate::cli::{Common, Durability};
 use crate::fanload::{self, Outcome, Plan, Protocol, Scenario};
@@ -98,6 +104,8 @@ pub struct StormFlags {
     /// Milliseconds over which they come back, evenly spread
     #[arg(long, default_value_t = 1000)]
     pub storm_spread_ms: u64,
+    #[command(flatten)]
+    pub attack: AttackFlags,
 }
 
 #[derive(clap::Args, Clone, Copy, Debug, PartialEq)]
@@ -172,9 +180,14 @@ impl Shape {
             ],
             Shape::Hunt(f) => vec![("--position-hz", f.position_hz.to_string())],
         };
+        let attack = match self {
+            Shape::Storm(f) => f.attack.flags(),
+            _ => Vec::new(),
+        };
         words
             .into_iter()
             .flat_map(|(k, v)| [k.to_string(), v])
+            .chain(attack)
             .collect()
     }
 
@@ -225,6 +238,7 @@ impl Shape {
                     at,
                     subscribers: f.storm_subscribers,
                     spread,
+                    newcomers: f.attack.attack.is_some(),
                 })
             }
             Shape::Hunt(f) => Ok(Scenario::Hunt {
@@ -340,6 +354,7 @@ pub fn main(args: &Args) -> Result<(), String> {
         return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
     }
     args.shape.scenario(args)?;
+    under_attack::check(args)?;
     if (args.tls || args.tls_ca.is_some()) && args.target != Target::Cluecast {
         return Err(format!(
             "--tls is for the cluecast target only (the appliance serves TLS 1.3 with \
@@ -369,6 +384,14 @@ pub fn main(args: &Args) -> Result<(), String> {
 /// protocol of child.rs on stdout.
 fn clients(args: &Args) -> Result<(), String> {
     let (server, nonce) = args.common.client_start("clients")?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(TlsClient::trusting(ca)?),
+        None => None,
+    };
+    let attack = match args.shape {
+        Shape::Storm(f) => f.attack.attackers(tls.as_ref()),
+        _ => None,
+    };
     let plan = Plan {
         server,
         protocol: args.target.protocol(),
@@ -384,10 +407,8 @@ fn clients(args: &Args) -> Result<(), String> {
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
         connect_timeout: Duration::from_millis(args.common.connect_timeout_ms),
         scenario: args.shape.scenario(args)?,
-        tls: match &args.tls_ca {
-            Some(ca) => Some(TlsClient::trusting(ca)?),
-            None => None,
-        },
+        tls,
+        attack,
     };
     let result = fanload::run(&plan, child::say_mark).and_then(|(o, latency)| {
         if let Some(path) = &args.hgrm_out {
@@ -478,6 +499,8 @@ struct Run {
     /// Longest stall a busy loop saw just before the run on the server's /
     /// the generator's CPU, ms (the host's own jitter).
     host_stall_ms: [f64; 2],
+    /// Storm --attack: the newcomers and the attackers.
+    admission: under_attack::Figures,
     /// The latency distribution (plot.rs's hgrm text), empty without one.
     hgrm: String,
     /// The server did not exit 0 on SIGTERM, or deliveries went wrong.
@@ -601,19 +624,22 @@ fn drive(args: &Args) -> Result<(), String> {
         true => Some(CertFiles::make()?),
         false => None,
     };
-    // The sides measured, in the order each round runs them.
-    let sides: Vec<Args> = match args.vs_plain {
-        true => vec![with_tls(args, false), with_tls(args, true)],
-        false => vec![with_tls(args, args.tls)],
+    // The sides measured, in the order each round runs them (with
+    // --attack, alternating).
+    let sides: Vec<Args> = match (args.vs_plain, under_attack::sides(args)) {
+        (true, _) => vec![with_tls(args, false), with_tls(args, true)],
+        (false, Some(sides)) => sides,
+        (false, None) => vec![with_tls(args, args.tls)],
     };
     let mut runs: Vec<Vec<Run>> = vec![Vec::with_capacity(args.repeat); sides.len()];
     for i in 0..args.repeat {
-        for (side, side_runs) in sides.iter().zip(&mut runs) {
+        for k in under_attack::order(args, i, sides.len()) {
+            let (side, side_runs) = (&sides[k], &mut runs[k]);
             let files = certs.as_ref().filter(|_| side.tls);
             let tag = match (args.vs_plain, side.tls) {
-                (false, _) => "",
-                (true, false) => " plain",
-                (true, true) => " TLS",
+                (false, _) => under_attack::tag(side),
+                (true, false) => " plain".into(),
+                (true, true) => " TLS".into(),
             };
             let (mut run, thrown) =
                 least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
@@ -623,7 +649,7 @@ fn drive(args: &Args) -> Result<(), String> {
                         i + 1,
                         args.repeat,
                         attempt_tag(attempt),
-                        summary(&run)
+                        summary(side, &run)
                     );
                     let score = run.disturbance();
                     (run, score)
@@ -650,8 +676,9 @@ fn drive(args: &Args) -> Result<(), String> {
             let mut md: Vec<String> = (sides.iter().zip(&runs))
                 .map(|(side, side_runs)| markdown_report(side, &host, side_runs))
                 .collect();
-            if let [plain, tls] = &runs[..] {
-                md.push(comparison_markdown(args, plain, tls));
+            match &runs[..] {
+                [plain, tls] if args.vs_plain => md.push(comparison_markdown(args, plain, tls)),
+                _ => md.extend(under_attack::comparison_markdown(args, &runs)),
             }
             md.join("\n")
         },
@@ -659,8 +686,9 @@ fn drive(args: &Args) -> Result<(), String> {
             let mut lines: String = (sides.iter().zip(&runs))
                 .map(|(side, side_runs)| json_report(side, side_runs))
                 .collect();
-            if let [plain, tls] = &runs[..] {
-                lines.push_str(&comparison_json(args, plain, tls));
+            match &runs[..] {
+                [plain, tls] if args.vs_plain => lines.push_str(&comparison_json(args, plain, tls)),
+                _ => lines.extend(under_attack::comparison_json(args, &runs)),
             }
             lines
         },
@@ -807,7 +835,12 @@ fn run_once(
     run.hgrm = std::fs::read_to_string(&hgrm_path).unwrap_or_default();
     let _ = std::fs::remove_file(&hgrm_path);
     match (result.as_ref().map(Outcome::from_result), window) {
-        (Some(Ok(o)), Some(w)) => fill_figures(args, &mut run, &o, &w, &stopped),
+        (Some(Ok(o)), Some(w)) => {
+            fill_figures(args, &mut run, &o, &w, &stopped);
+            run.admission = under_attack::Figures::of(&o, &stopped);
+            run.problems
+                .extend(under_attack::problems(args, &run.admission));
+        }
         (Some(Err(e)), _) => {
             run.failed = true;
             run.problems.push(e);
@@ -972,12 +1005,12 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     }
 }
 
-fn summary(run: &Run) -> String {
+fn summary(args: &Args, run: &Run) -> String {
     let figures = run.measured.then(|| {
         format!(
             "{:.0} offered/s, {:.0} deliveries/s, latency p50 {:.3} p99 {:.3} p99.9 {:.3} max \
              {:.3} ms, lost {} dup {} reordered {}, server {:.0}% CPU {:.0} MiB, generator \
-             {:.0}%",
+             {:.0}%{}",
             run.offered_per_s,
             run.deliveries_per_s,
             run.latency[0],
@@ -989,7 +1022,8 @@ fn summary(run: &Run) -> String {
             run.reordered,
             run.server_cpu_pct,
             run.server_rss_bytes / f64::from(1 << 20),
-            run.generator_cpu_pct
+            run.generator_cpu_pct,
+            under_attack::summary(args, run)
         )
     });
     report::summary(figures, &run.problems)
@@ -1059,6 +1093,7 @@ fn median_run(all: &[Run]) -> Run {
         sends_per_s: med(runs, |r| r.sends_per_s),
         connect_secs: med(runs, |r| r.connect_secs),
         host_stall_ms: std::array::from_fn(|i| med(runs, |r| r.host_stall_ms[i])),
+        admission: under_attack::Figures::median(runs),
         failed: all.iter().any(|r| r.failed),
         problems: Vec::new(),
         redone: all.iter().map(|r| r.redone).sum(),
@@ -1076,10 +1111,11 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# {} measurement (open loop), target `{}`{}{}\n",
+        "# {} measurement (open loop), target `{}`{}{}{}\n",
         args.shape.name(),
         args.target.name(),
         if args.tls { " over TLS 1.3" } else { "" },
+        under_attack::title(args),
         if args.label.is_empty() {
             String::new()
         } else {
@@ -1365,6 +1401,7 @@ fn scenario_section(s: &mut String, args: &Args, named: &[(String, &Run)]) {
                     num(r.phase[3], 3),
                 );
             }
+            under_attack::table(s, args, named);
         }
         Shape::Hunt(f) => {
             let _ = writeln!(
@@ -1416,7 +1453,7 @@ fn json_scenario(args: &Args, r: &Run) -> String {
         Shape::Storm(f) => format!(
             ",\"storm\":{{\"at_s\":{},\"spread_ms\":{},\"dropped\":{},\"back\":{},\
              \"gaps\":{},\"caught_up_ms\":{},\"catch_up_deliveries\":{},\
-             \"live_ms\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}",
+             \"live_ms\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}}}{}",
             json_num(f.storm_at),
             f.storm_spread_ms,
             r.storm[0],
@@ -1428,6 +1465,7 @@ fn json_scenario(args: &Args, r: &Run) -> String {
             json_num(r.phase[1]),
             json_num(r.phase[2]),
             json_num(r.phase[3]),
+            under_attack::json(args, r),
         ),
         Shape::Hunt(f) => format!(
             ",\"hunt\":{{\"position_hz\":{},\"positions_per_s\":{}}}",
@@ -1924,6 +1962,7 @@ mod tests {
             storm_at: 3.0,
             storm_subscribers: 5000,
             storm_spread_ms: 1000,
+            attack: AttackFlags::default(),
         };
         let err = Shape::Storm(storm).scenario(&args).unwrap_err();
         assert!(err.contains("--storm-subscribers"), "{err}");

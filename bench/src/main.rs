@@ -18,18 +18,21 @@
 
 #[cfg(test)]
 mod accounting_tests;
+mod attack;
 mod ceiling;
 mod child;
 mod cli;
 mod clients;
 mod conns;
 mod delivery;
+mod dial;
 mod durable;
 mod fanload;
 mod fanout;
 mod jitter;
 mod mqtt;
 mod nats;
+mod newcomers;
 mod peers;
 mod plot;
 mod procfs;

@@ -125,6 +125,30 @@ impl TlsClient {
         })
     }
 
+    /// This client without session resumption: every handshake a full one
+    /// (what a flood of ClientHellos costs the server most).
+    pub fn without_resumption(&self) -> TlsClient {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        TlsClient {
+            config: Arc::new(config),
+            name: self.name.clone(),
+        }
+    }
+
+    /// A fresh TLS 1.3 ClientHello, the bytes this client sends first:
+    /// what `storm --attack tls-hello` sends, and then nothing.
+    pub fn client_hello(&self) -> Result<Vec<u8>, String> {
+        let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello)
+                .map_err(|e| format!("TLS: {e}"))?;
+        }
+        Ok(hello)
+    }
+
     /// The TLS handshake on a connected socket, blocking until it is done
     /// (the client's Finished sent) or `deadline` has passed.
     pub fn handshake(&self, mut tcp: TcpStream, deadline: Instant) -> Result<TlsStream, String> {
@@ -374,6 +398,22 @@ mod tests {
         TlsClient::trusting(&files.cert).unwrap();
         drop(files);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_client_hello_is_one_fresh_handshake_record() {
+        let files = CertFiles::make().unwrap();
+        let client = TlsClient::trusting(&files.cert)
+            .unwrap()
+            .without_resumption();
+        let hello = client.client_hello().unwrap();
+        // A handshake record (0x16) holding a ClientHello (0x01), whole.
+        assert_eq!((hello[0], hello[5]), (0x16, 0x01));
+        assert_eq!(
+            u16::from_be_bytes([hello[3], hello[4]]) as usize,
+            hello.len() - 5
+        );
+        assert_ne!(hello, client.client_hello().unwrap(), "fresh each time");
     }
 
     /// Handshake blocking, then plaintext both ways over a non-blocking

@@ -12,6 +12,8 @@ use cluecast_proto::{
     decode, ErrorCode, Frame, FrameType, Hello, Limits, StartMode, Subscribe, SubscribeStatus,
 };
 
+use crate::dial::Unwelcome;
+
 /// Bytes of an EVENT up to and including its sequence number: length,
 /// type, seq.
 pub const EVENT_SEQ_END: usize = 4 + 1 + 8;
@@ -377,7 +379,8 @@ pub fn read_more<S: Blocking>(
 }
 
 /// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
-/// The stream must be blocking.
+/// `pick` sees every frame first (an ERROR or GOAWAY too, which then ends
+/// the wait unless picked). The stream must be blocking.
 pub fn await_frame<S: Blocking, T>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -389,12 +392,10 @@ pub fn await_frame<S: Blocking, T>(
     loop {
         loop {
             let (picked, used) = match decode(buf, limits) {
-                Ok(Some((frame, used))) => {
-                    if let Some(why) = refusal(&frame) {
-                        return Err(format!("{what}: {why}"));
-                    }
-                    (pick(&frame), used)
-                }
+                Ok(Some((frame, used))) => match (pick(&frame), refusal(&frame)) {
+                    (None, Some(why)) => return Err(format!("{what}: {why}")),
+                    (picked, _) => (picked, used),
+                },
                 Ok(None) => break,
                 Err(e) => return Err(format!("{what}: undecodable frame: {e}")),
             };
@@ -429,30 +430,19 @@ pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Str
     Ok(stream)
 }
 
-/// Connects and completes HELLO / WELCOME.
+/// Connects and completes HELLO / WELCOME (dial.rs: from a chosen
+/// address, over TLS).
 pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Connected, String> {
     let stream = tcp_connect(addr, timeout)?;
-    hello(stream, client_id, timeout)
-}
-
-/// Connects, completes the TLS handshake and then HELLO / WELCOME over it.
-pub fn connect_tls(
-    addr: SocketAddr,
-    client_id: &str,
-    timeout: Duration,
-    tls: &crate::tls::TlsClient,
-) -> Result<Connected<crate::tls::TlsStream>, String> {
-    let tcp = tcp_connect(addr, timeout)?;
-    let stream = tls.handshake(tcp, Instant::now() + timeout)?;
-    hello(stream, client_id, timeout)
+    Ok(hello(stream, client_id, timeout)?)
 }
 
 /// HELLO / WELCOME on a connected stream.
-fn hello<S: Blocking>(
+pub fn hello<S: Blocking>(
     mut stream: S,
     client_id: &str,
     timeout: Duration,
-) -> Result<Connected<S>, String> {
+) -> Result<Connected<S>, Unwelcome> {
     stream
         .tcp()
         .set_write_timeout(Some(timeout))
@@ -470,6 +460,7 @@ fn hello<S: Blocking>(
         .and_then(|_| stream.flush())
         .map_err(|e| format!("sending HELLO: {e}"))?;
     let mut buf = Vec::new();
+    let mut retry_after_ms = None;
     let welcome = await_frame(
         &mut stream,
         &mut buf,
@@ -478,9 +469,17 @@ fn hello<S: Blocking>(
         "waiting for WELCOME",
         |f| match f {
             Frame::Welcome(w) => Some(*w),
+            Frame::GoAway(g) => {
+                retry_after_ms = Some(g.retry_after_ms);
+                None
+            }
             _ => None,
         },
-    )?;
+    )
+    .map_err(|why| Unwelcome {
+        why,
+        retry_after_ms,
+    })?;
     let limits = Limits {
         frame_bytes_max: welcome.frame_bytes_max,
         payload_bytes_max: welcome.payload_bytes_max,

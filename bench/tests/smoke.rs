@@ -6,24 +6,12 @@
 //! The appliance is the `cluecast` binary next to this package's
 //! (`cargo test --workspace` builds both).
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
+use common::appliance;
 use serde_json::Value;
-
-/// The appliance built alongside cluecast-bench, or None with the reason.
-fn appliance() -> Result<PathBuf, String> {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_cluecast-bench"));
-    let path = bench.with_file_name("cluecast");
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} is not built: run `cargo test --workspace` or `cargo build -p cluecast`",
-            path.display()
-        ))
-    }
-}
 
 /// Runs cluecast-bench with `args` (one run, JSON output) against the
 /// appliance, asserts it succeeded, and returns every line it printed.

@@ -121,13 +121,23 @@ pub fn listen_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A TCP connection to `to` from the local address `from` (port chosen by
-/// the kernel): a client that looks like another host, e.g. from 127.0.0.2
-/// on loopback. With `nonblocking`, the connect is started and the socket
-/// returned at once (EINPROGRESS); wait for it to become writable.
+/// A TCP connection to `to` from the local address `from`: a client that
+/// looks like another host, e.g. from 127.0.0.2 on loopback. With
+/// `nonblocking`, the connect is started and the socket returned at once
+/// (EINPROGRESS); wait for it to become writable (`peer_addr` succeeds
+/// once it has connected).
 pub fn connect_from(from: IpAddr, to: SocketAddr, nonblocking: bool) -> io::Result<TcpStream> {
     let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     let fd = tcp_socket(to, flags)?;
+    // The port is picked at connect, per destination: a bind to port 0
+    // would take one of the host's ports for every connection, and a load
+    // generator opens tens of thousands.
+    set_int_option(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    )?;
     bind(&fd, SocketAddr::new(from, 0))?;
     let (remote, remote_len) = sockaddr_from(to);
     // SAFETY: `remote` holds a valid sockaddr of `remote_len` bytes.
