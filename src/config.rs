@@ -20,10 +20,10 @@ pub const DEFAULT_PORT: u16 = 7400;
 /// trip on a poor mobile link (400 ms) and one retransmission of the
 /// client's flight (at least 200 ms plus the round trip on Linux).
 const HANDSHAKE_TIMEOUT_MIN_MS: u32 = 1_000;
-/// TLS handshakes a shard begins per second by default: one costs the shard
-/// about 120 µs of CPU, resumed or not (X25519 either way; `cargo run
-/// --release --example tls_handshake`), so a ClientHello flood at this rate
-/// takes about a quarter of the shard's core.
+/// TLS handshakes a shard begins per second by default: a full one costs
+/// the shard about 115 µs of CPU and a resumed one 100 µs (X25519 either
+/// way; `cargo run --release --example tls_handshake`), so a ClientHello
+/// flood at this rate takes about a quarter of the shard's core.
 const TLS_HANDSHAKES_PER_S: u32 = 2_000;
 
 macro_rules! settings {
