@@ -175,6 +175,26 @@ fn accepts_past_the_rate_are_refused_then_admitted_again() {
 }
 
 #[test]
+fn the_last_of_the_accept_rate_is_kept_for_sources_with_no_handshake_open() {
+    // 8 a second: a burst of 8, the last one kept for newcomers.
+    let server = Server::start(&["--shards", "1", "--accepts-per-s", "8"]);
+    let (busy, quiet) = (IpAddr::from([127, 0, 0, 4]), IpAddr::from([127, 0, 0, 5]));
+    // A connection that never says HELLO keeps its source busy.
+    let _silent = RawClient::connect_from(busy, server.addr);
+    std::thread::sleep(Duration::from_millis(50));
+    let outcomes: Vec<Result<RawClient, u32>> =
+        (0..10).map(|_| try_open_from(busy, server.addr)).collect();
+    let admitted = outcomes.iter().filter(|o| o.is_ok()).count();
+    // 7 tokens left after the silent one: the busy source gets 6 of them
+    // (and whatever refilled meanwhile, at one per 125 ms).
+    assert!((6..=7).contains(&admitted), "{admitted} of 10 admitted");
+    assert!(
+        try_open_from(quiet, server.addr).is_ok(),
+        "a newcomer got no room from the reserve"
+    );
+}
+
+#[test]
 fn publishes_past_a_connections_rate_are_refused_and_the_connection_stays() {
     let server = Server::start(&["--durability", "memory", "--publish-rate-max", "50"]);
     let mut c = try_open(server.addr).unwrap();
