@@ -1,0 +1,359 @@
+//! Topics as subscribers see them: subscribe and unsubscribe, delivery of
+//! each event to the local subscribers, refills from history or disk for
+//! those catching up, and a topic's end.
+
+use super::*;
+
+/// How long a subscriber whose history is not yet on disk (or whose read
+/// failed) waits before asking again.
+const DISK_RETRY_MS: u64 = 50;
+
+impl Core {
+    pub(super) fn subscribe(&mut self, index: u32, s: Subscribe<'_>) {
+        if !self.allowed(index, |g| g.may_subscribe(s.topic)) {
+            let refused = Frame::Subscribed(Subscribed {
+                status: SubscribeStatus::NotAuthorized,
+                epoch: 0,
+                oldest_seq: 0,
+                last_seq: 0,
+                topic: s.topic,
+            });
+            self.queue_control(index, &refused);
+            return;
+        }
+        if let Some(existing) = self.topics.find(s.topic) {
+            // A repeated SUBSCRIBE restarts the subscription from its position.
+            self.unsubscribe(index, existing);
+        }
+        if self.conns[index as usize].subs.len() >= self.subscriptions_max {
+            let message = format!(
+                "at most {} subscriptions per connection",
+                self.subscriptions_max
+            );
+            self.error_close(index, ErrorCode::TooManySubscriptions, &message);
+            return;
+        }
+        let Some(t) = self.topics.find_or_create(s.topic, Purpose::Subscribe) else {
+            self.error_close(index, ErrorCode::Overloaded, "the topic table is full");
+            return;
+        };
+        let topic = self.topics.get(t);
+        let oldest = topic.oldest_retained_seq();
+        let (status, start) = match s.mode {
+            StartMode::Live => (SubscribeStatus::Ok, topic.last_seq + 1),
+            StartMode::Resume if s.epoch != 0 && s.epoch != topic.epoch => {
+                (SubscribeStatus::EpochChanged, oldest)
+            }
+            StartMode::Resume if s.last_seq.saturating_add(1) < oldest => {
+                (SubscribeStatus::NotRecovered, oldest)
+            }
+            StartMode::Resume => (SubscribeStatus::Ok, s.last_seq.saturating_add(1)),
+        };
+        let subscribed = Frame::Subscribed(Subscribed {
+            status,
+            epoch: topic.epoch,
+            oldest_seq: if oldest > topic.last_seq { 0 } else { oldest },
+            last_seq: topic.last_seq,
+            topic: s.topic,
+        });
+        let catching_up = start <= topic.last_seq;
+        if !self.queue_control(index, &subscribed) {
+            return;
+        }
+        let generation = self.generations[index as usize];
+        let topic = self.topics.get_mut(t);
+        let position = topic.subscribers.len() as u32;
+        topic.subscribers.push(Subscriber {
+            conn: index,
+            generation,
+            next_seq: start,
+            catching_up,
+            reading: false,
+        });
+        let conn = &mut self.conns[index as usize];
+        conn.subs.push(SubRef { topic: t, position });
+        self.subscriptions += 1;
+        if catching_up {
+            conn.catching_up += 1;
+            self.stats.catch_ups += 1;
+            self.refill(index);
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, index: u32, t: u32) {
+        let conn = &mut self.conns[index as usize];
+        let Some(i) = conn.subs.iter().position(|s| s.topic == t) else {
+            return;
+        };
+        let sub_ref = conn.subs.swap_remove(i);
+        self.subscriptions -= 1;
+        let topic = self.topics.get_mut(t);
+        let removed = topic.subscribers.swap_remove(sub_ref.position as usize);
+        debug_assert_eq!(removed.conn, index);
+        if removed.catching_up {
+            conn.catching_up -= 1;
+        }
+        // The subscriber moved into the hole must learn its new position.
+        if let Some(moved) = topic.subscribers.get(sub_ref.position as usize) {
+            let owner = &mut self.conns[moved.conn as usize];
+            let entry = owner
+                .subs
+                .iter_mut()
+                .find(|s| s.topic == t)
+                .expect("a subscriber's connection lists the subscription");
+            entry.position = sub_ref.position;
+        }
+        self.topics.remove_if_unused(t);
+    }
+
+    pub(super) fn unsubscribe_all(&mut self, index: u32) {
+        while let Some(sub) = self.conns[index as usize].subs.last().copied() {
+            self.unsubscribe(index, sub.topic);
+        }
+    }
+
+    /// Feeds catching-up subscriptions from history while the queue has room.
+    pub(super) fn refill(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        let mut gap = false;
+        let mut queued_any = false;
+        let mut retry_disk = false;
+        for i in 0..conn.subs.len() {
+            let sub_ref = conn.subs[i];
+            let topic = self.topics.get_mut(sub_ref.topic);
+            let position = sub_ref.position as usize;
+            if !topic.subscribers[position].catching_up {
+                continue;
+            }
+            let mut next_seq = topic.subscribers[position].next_seq;
+            let mut caught_up = false;
+            loop {
+                if next_seq > topic.last_seq {
+                    caught_up = true;
+                    break;
+                }
+                let Some(frame) = topic.history_frame(next_seq) else {
+                    if !topic.on_disk_only(next_seq) {
+                        gap = true;
+                    } else if !topic.subscribers[position].reading {
+                        // Ask for what fits in the queue now; the reply
+                        // continues this loop (`on_read_reply`).
+                        let room = self.queue_bytes_max.saturating_sub(conn.queued_bytes());
+                        let request = ReadRequest {
+                            conn: index,
+                            generation: self.generations[index as usize],
+                            epoch: topic.epoch,
+                            from: next_seq,
+                            to: topic.oldest_seq() - 1,
+                            bytes_max: room.min(u32::MAX as usize) as u32,
+                            topic: &topic.name,
+                        };
+                        let link = self
+                            .storage
+                            .as_ref()
+                            .expect("only stored topics are on disk");
+                        if room < self.queue_bytes_max / 4 {
+                            // Wait for the socket to drain: the next send's
+                            // completion refills.
+                        } else if link.read_tx.push(READ, &[&request.encode(), &topic.name]) {
+                            topic.subscribers[position].reading = true;
+                            self.stats.disk_reads += 1;
+                            if link.read_tx.ring_doorbell() {
+                                let ring_fd = link.reader_ring_fd;
+                                self.ops.push(wake_op(ring_fd, self.id));
+                            }
+                        } else {
+                            retry_disk = true;
+                        }
+                    }
+                    break;
+                };
+                let len = self.arena.len(frame);
+                if !conn.has_room(len, self.queue_bytes_max) {
+                    break;
+                }
+                self.arena.retain(frame);
+                conn.push(frame, len);
+                next_seq += 1;
+                queued_any = true;
+            }
+            let sub = &mut topic.subscribers[position];
+            sub.next_seq = next_seq;
+            if caught_up {
+                sub.catching_up = false;
+                conn.catching_up -= 1;
+            }
+            if gap {
+                break;
+            }
+        }
+        if queued_any {
+            self.mark_dirty(index);
+        }
+        if retry_disk {
+            self.retry_from_disk(index);
+        }
+        if gap {
+            // History moved past what this subscriber still needs.
+            self.stats.slow_consumer_goaways += 1;
+            self.goaway_resume(index, GoAwayReason::SlowConsumer, 0);
+        }
+    }
+
+    /// Ends a closed topic on this shard: every subscriber is told (the
+    /// TOPIC_CLOSED notice, request_id 0) and loses the subscription, and
+    /// the topic and its history go. The next event of the name starts anew.
+    pub(super) fn end_topic(&mut self, name: &[u8], last_seq: u64) {
+        let Some(t) = self.topics.find(name) else {
+            return;
+        };
+        let subscribers: Vec<u32> = self
+            .topics
+            .get(t)
+            .subscribers
+            .iter()
+            .map(|s| s.conn)
+            .collect();
+        for &conn in &subscribers {
+            self.unsubscribe(conn, t);
+        }
+        // A topic without events went with its last subscriber.
+        if self.topics.find(name) == Some(t) {
+            self.topics.remove(t, &mut self.arena);
+        }
+        let notice = Frame::TopicClosed(TopicClosed {
+            request_id: 0,
+            status: 0,
+            last_seq,
+            topic: name,
+        });
+        for conn in subscribers {
+            self.queue_control(conn, &notice);
+        }
+    }
+
+    /// Queues the events a disk read found for a catching-up subscriber, if
+    /// it is still the one that asked and still where it was.
+    pub(super) fn on_read_reply(&mut self, body: &[u8]) {
+        let (reply, topic_name, mut frames) = ReadReply::decode(body);
+        let index = reply.conn;
+        let alive = self.conns.get(index as usize).is_some_and(|c| {
+            c.state == ConnState::Open && self.generations[index as usize] == reply.generation
+        });
+        let Some(t) = self.topics.find(topic_name).filter(|_| alive) else {
+            return;
+        };
+        let conn = &mut self.conns[index as usize];
+        let Some(sub_ref) = conn.subs.iter().find(|s| s.topic == t).copied() else {
+            return;
+        };
+        let topic = self.topics.get_mut(t);
+        let sub = &mut topic.subscribers[sub_ref.position as usize];
+        if !sub.catching_up || !sub.reading || sub.next_seq != reply.from {
+            return;
+        }
+        sub.reading = false;
+        match reply.status {
+            ReadStatus::Found => {
+                let mut queued = false;
+                while let Ok(Some((Frame::Event(event), used))) = decode(frames, &self.limits) {
+                    let conn = &mut self.conns[index as usize];
+                    let sub = &mut self.topics.get_mut(t).subscribers[sub_ref.position as usize];
+                    assert_eq!(
+                        event.seq, sub.next_seq,
+                        "the reader returns events in order"
+                    );
+                    if !conn.has_room(used, self.queue_bytes_max) {
+                        break;
+                    }
+                    let Some(frame) = self.arena.alloc(used, Use::Event) else {
+                        break;
+                    };
+                    self.arena.bytes_mut(frame).copy_from_slice(&frames[..used]);
+                    let conn = &mut self.conns[index as usize];
+                    conn.push(frame, used);
+                    self.topics.get_mut(t).subscribers[sub_ref.position as usize].next_seq += 1;
+                    self.stats.disk_deliveries += 1;
+                    frames = &frames[used..];
+                    queued = true;
+                }
+                if queued {
+                    self.mark_dirty(index);
+                    self.refill(index);
+                }
+                // Nothing fitted: the next send's completion refills.
+            }
+            ReadStatus::Gone => {
+                // Nothing before `oldest` can be replayed without a gap any
+                // more: the subscriber is told (GOAWAY, then NotRecovered).
+                let topic = self.topics.get_mut(t);
+                topic.stored_oldest_seq = topic.stored_oldest_seq.max(reply.oldest);
+                self.refill(index);
+            }
+            ReadStatus::NotYet | ReadStatus::Failed => self.retry_from_disk(index),
+        }
+    }
+
+    /// Refills the connection from disk again shortly (the writer is
+    /// behind, a read failed, or the reader's channel was full).
+    fn retry_from_disk(&mut self, index: u32) {
+        if self.disk_retry.is_empty() {
+            self.disk_retry_at_ms = self.now_ms + DISK_RETRY_MS;
+        }
+        self.disk_retry.push(index);
+    }
+
+    /// The metrics class of topic `t`, looked up once per topic.
+    fn topic_class(&mut self, t: u32) -> u8 {
+        let topic = self.topics.get_mut(t);
+        if topic.class == UNCLASSIFIED {
+            topic.class = self.recorder.class_of(&topic.name);
+        }
+        topic.class
+    }
+
+    /// Counts an event this shard sequenced and fans out.
+    pub(super) fn count_published(&mut self, t: u32) {
+        self.stats.published += 1;
+        let class = self.topic_class(t);
+        self.recorder.event_in(class);
+    }
+
+    /// Fans event `seq` of topic `t` out to the local subscribers and keeps it
+    /// in history (which takes over the caller's reference).
+    pub(super) fn deliver(&mut self, t: u32, seq: u64, frame: FrameRef) {
+        let len = self.arena.len(frame);
+        let class = self.topic_class(t);
+        let mut delivered = 0;
+        let topic = self.topics.get_mut(t);
+        for sub in topic.subscribers.iter_mut() {
+            if sub.catching_up || seq < sub.next_seq {
+                continue;
+            }
+            let conn = &mut self.conns[sub.conn as usize];
+            if !conn.has_room(len, self.queue_bytes_max) {
+                // Full queue: this subscriber is fed from history as its
+                // socket drains; nobody else waits for it.
+                sub.catching_up = true;
+                conn.catching_up += 1;
+                self.stats.catch_ups += 1;
+                continue;
+            }
+            self.arena.retain(frame);
+            conn.push(frame, len);
+            sub.next_seq = seq + 1;
+            delivered += 1;
+            if !conn.dirty && !conn.send_in_flight {
+                conn.dirty = true;
+                self.dirty.push(sub.conn);
+            }
+        }
+        self.stats.deliveries += delivered;
+        self.recorder.events_out(class, delivered);
+        self.topics.append(t, seq, frame, &mut self.arena);
+        let topic = self.topics.get_mut(t);
+        if self.storage.is_some() && topic.stored_oldest_seq == 0 {
+            topic.stored_oldest_seq = seq;
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! Publishes and topic closes: forwarded to the topic's owner, sequenced
+//! there, held until durable in sync durability, and acknowledged. The
+//! owner's sequencing step (`sequence`, `order_close`) is where a
+//! replicated log's apply step will come in.
+
+use super::*;
+
+/// The longest answer: TOPIC_CLOSED with a 255-byte topic.
+const ANSWER_BYTES_MAX: usize = TOPIC_CLOSED_BYTES + 255;
+
+impl Core {
+    pub(super) fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
+        let refusal = if !self.allowed(index, |g| g.may_publish(p.topic)) {
+            Some(ErrorCode::NotAuthorized)
+        } else if !self.conns[index as usize]
+            .publishes
+            .take(self.publish_rate, self.now_ms)
+        {
+            self.stats.publishes_rate_limited += 1;
+            Some(ErrorCode::Overloaded)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            let ack = self.ack_frame(p.request_id, Err(code), false);
+            self.queue_control(index, &ack);
+            return;
+        }
+        let owner = topic_owner(p.topic, self.shards);
+        if owner == self.id {
+            let ack = AckTo::Local {
+                conn: index,
+                generation: self.generations[index as usize],
+                request_id: p.request_id,
+            };
+            self.sequence(p.topic, p.payload, ack);
+            return;
+        }
+        if !self.forward(owner, index, raw) {
+            let ack = self.ack_frame(p.request_id, Err(ErrorCode::Overloaded), false);
+            self.queue_control(index, &ack);
+        }
+    }
+
+    /// Passes a client's request to the topic's owner; false (counted as
+    /// overload) when the owner's channel is full.
+    fn forward(&mut self, owner: usize, index: u32, raw: &[u8]) -> bool {
+        let origin = self.origin(index);
+        let tx = self.mesh_tx[owner]
+            .as_ref()
+            .expect("a channel to every peer");
+        if !tx.push(RECORD_REQUEST, &[&origin, raw]) {
+            self.stats.overloaded += 1;
+            return false;
+        }
+        self.ring_doorbell(owner);
+        true
+    }
+
+    fn origin(&self, index: u32) -> [u8; ORIGIN_BYTES] {
+        let mut origin = [0u8; ORIGIN_BYTES];
+        origin[..4].copy_from_slice(&index.to_be_bytes());
+        origin[4..].copy_from_slice(&self.generations[index as usize].to_be_bytes());
+        origin
+    }
+
+    fn ack_frame(
+        &self,
+        request_id: u32,
+        result: Result<(u64, u64), ErrorCode>,
+        durable: bool,
+    ) -> Frame<'static> {
+        let (status, epoch, seq) = match result {
+            Ok((epoch, seq)) => (0, epoch, seq),
+            Err(code) => (code as u16, 0, 0),
+        };
+        Frame::PublishAck(PublishAck {
+            request_id,
+            status,
+            flags: if durable { ACK_FLAG_DURABLE } else { 0 },
+            epoch,
+            seq,
+        })
+    }
+
+    /// Answers a publish; false (nothing sent) when the peer's channel has no
+    /// room for the ack now.
+    fn answer_publish(
+        &mut self,
+        to: AckTo,
+        result: Result<(u64, u64), ErrorCode>,
+        durable: bool,
+    ) -> bool {
+        let ack = self.ack_frame(to.request_id(), result, durable);
+        self.answer(to, &ack)
+    }
+
+    /// Answers a TOPIC_CLOSE; false as for `answer_publish`.
+    fn answer_close(&mut self, to: AckTo, topic: &[u8], result: Result<u64, ErrorCode>) -> bool {
+        let (status, last_seq) = match result {
+            Ok(last_seq) => (0, last_seq),
+            Err(code) => (code as u16, 0),
+        };
+        let closed = Frame::TopicClosed(TopicClosed {
+            request_id: to.request_id(),
+            status,
+            last_seq,
+            topic,
+        });
+        self.answer(to, &closed)
+    }
+
+    /// Sends an answer to its requester: queued on the local connection
+    /// (if still there), or handed back over the origin shard's channel.
+    fn answer(&mut self, to: AckTo, frame: &Frame<'_>) -> bool {
+        match to {
+            AckTo::Local {
+                conn, generation, ..
+            } => {
+                let alive = self.conns.get(conn as usize).is_some_and(|c| {
+                    c.state == ConnState::Open && self.generations[conn as usize] == generation
+                });
+                if alive {
+                    self.queue_control(conn, frame);
+                }
+                true
+            }
+            AckTo::Peer { peer, origin, .. } => {
+                let mut bytes = [0u8; ANSWER_BYTES_MAX];
+                let len = frame.encoded_len();
+                frame.encode_to_slice(&mut bytes[..len]);
+                let tx = self.mesh_tx[peer]
+                    .as_ref()
+                    .expect("a channel to every peer");
+                if !tx.push(RECORD_ANSWER, &[&origin, &bytes[..len]]) {
+                    return false;
+                }
+                self.ring_doorbell(peer);
+                true
+            }
+        }
+    }
+
+    /// Whether every peer's channel has room for a record of `len` bytes,
+    /// and the channel of `answer`'s peer for an answer of its bytes after it.
+    fn peers_have_room(&self, len: usize, answer: Option<(usize, usize)>) -> bool {
+        self.mesh_tx.iter().enumerate().all(|(peer, tx)| {
+            tx.as_ref().is_none_or(|tx| match answer {
+                Some((to, answer_bytes)) if to == peer => tx.has_room_for(&[len, answer_bytes]),
+                _ => tx.has_room(len),
+            })
+        })
+    }
+
+    /// Hands an event to every peer shard (room was checked).
+    fn send_to_peers(&mut self, frame: FrameRef) {
+        for peer in 0..self.shards {
+            if let Some(tx) = &self.mesh_tx[peer] {
+                let pushed = tx.push(RECORD_EVENT, &[self.arena.bytes(frame)]);
+                assert!(pushed, "room was checked before sequencing");
+                self.ring_doorbell(peer);
+            }
+        }
+    }
+
+    /// Sequences a publish for a topic this shard owns and answers it: at
+    /// once, or (`sync` durability) once the WAL sync covering it is done.
+    /// A peer's ack always has room here (see `on_forwarded`).
+    pub(super) fn sequence(&mut self, name: &[u8], payload: &[u8], ack: AckTo) {
+        let result = self.try_sequence(name, payload, ack);
+        if let Some(result) = result {
+            let answered = self.answer_publish(ack, result, false);
+            assert!(answered, "room for the ack was checked");
+        }
+    }
+
+    /// The answer to give now, or None when the event waits for durability.
+    fn try_sequence(
+        &mut self,
+        name: &[u8],
+        payload: &[u8],
+        ack: AckTo,
+    ) -> Option<Result<(u64, u64), ErrorCode>> {
+        let t = self.topics.find_or_create(name, Purpose::Event);
+        let Some(t) = t.filter(|&t| self.topics.claim_sequencing(t)) else {
+            // Past this shard's share of --topics-max: a topic made just now
+            // for this publish must not linger.
+            if let Some(t) = t {
+                self.topics.remove_if_unused(t);
+            }
+            self.stats.overloaded += 1;
+            return Some(Err(ErrorCode::Overloaded));
+        };
+        if self.resume_owed || self.storage_stalled {
+            return Some(Err(ErrorCode::StorageFailed));
+        }
+        if self.topics.get(t).closing {
+            // Until the close is done the name has no history to add to.
+            self.stats.overloaded += 1;
+            return Some(Err(ErrorCode::Overloaded));
+        }
+        if self.topics.get(t).assigned_seq == 0 {
+            // A new history: an epoch of its own, so a client holding a
+            // sequence of an earlier history of this name (closed, or lost
+            // with a wiped data directory) is never handed one of this.
+            let epoch = self.fresh_epoch();
+            self.topics.get_mut(t).epoch = epoch;
+        }
+        let topic = self.topics.get(t);
+        let (seq, epoch) = (topic.assigned_seq + 1, topic.epoch);
+        let event = Frame::Event(Event {
+            seq,
+            epoch,
+            publish_ts_ns: self.wall_ns,
+            topic: name,
+            payload,
+        });
+        let len = event.encoded_len();
+        let durability = self.storage.as_ref().map(|s| s.durability);
+        let wait_for_sync = durability == Some(Durability::Sync);
+        // In sync durability the events held until durable are bounded too
+        // (a peer that stops draining must not make them pile up).
+        let storage_has_room = self.storage.as_ref().is_none_or(|s| {
+            s.append_tx.has_room(len)
+                && (!wait_for_sync || self.pending_bytes + len <= s.pending_bytes_max)
+        });
+        // Synced events reach the peers later, when durable.
+        let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
+        let room = storage_has_room && (wait_for_sync || self.peers_have_room(len, answer));
+        let frame = if room {
+            self.alloc(len, Use::Event)
+        } else {
+            None
+        };
+        let Some(frame) = frame else {
+            self.stats.overloaded += 1;
+            return Some(Err(ErrorCode::Overloaded));
+        };
+        event.encode_to_slice(self.arena.bytes_mut(frame));
+        if let Some(link) = &self.storage {
+            let bytes = self.arena.bytes(frame);
+            let pushed = push_to_writer(link, &mut self.ops, self.id, APPEND, &[bytes]);
+            assert!(pushed, "room was checked before sequencing");
+            self.appends += 1;
+        }
+        if wait_for_sync {
+            self.pending_bytes += len;
+            self.topics.get_mut(t).assigned_seq = seq;
+            self.hold_until_durable(t, ack, Awaiting::Event { seq, epoch, frame });
+            return None;
+        }
+        self.send_to_peers(frame);
+        self.count_published(t);
+        self.deliver(t, seq, frame);
+        Some(Ok((epoch, seq)))
+    }
+
+    /// A TOPIC_CLOSE from a client: carried out by the topic's owner.
+    pub(super) fn close_topic(&mut self, index: u32, close: TopicClose<'_>, raw: &[u8]) {
+        let owner = topic_owner(close.topic, self.shards);
+        let ack = AckTo::Local {
+            conn: index,
+            generation: self.generations[index as usize],
+            request_id: close.request_id,
+        };
+        // Closing a hunt is the publishers' right.
+        if !self.allowed(index, |g| g.may_publish(close.topic)) {
+            self.answer_close(ack, close.topic, Err(ErrorCode::NotAuthorized));
+        } else if owner == self.id {
+            self.order_close(close.topic, ack);
+        } else if !self.forward(owner, index, raw) {
+            self.answer_close(ack, close.topic, Err(ErrorCode::Overloaded));
+        }
+    }
+
+    /// Closes a topic this shard owns, after every event sequenced before
+    /// the request: at once, or (sync durability, history stored) once the
+    /// writer's deletion is durable. The requester's answer always has room
+    /// (see `on_forwarded`).
+    pub(super) fn order_close(&mut self, name: &[u8], ack: AckTo) {
+        let t = self.topics.find(name);
+        // Whatever of its history may be on disk, or on its way there.
+        let stored =
+            self.storage.is_some() && t.is_some_and(|t| self.topics.get(t).assigned_seq > 0);
+        let wait_for_sync =
+            stored && self.storage.as_ref().map(|s| s.durability) == Some(Durability::Sync);
+        let refusal = if t.is_some_and(|t| self.topics.get(t).closing) {
+            Some(ErrorCode::Overloaded)
+        } else if stored && (self.resume_owed || self.storage_stalled) {
+            Some(ErrorCode::StorageFailed)
+        } else if (!wait_for_sync && !self.close_has_room(name, ack))
+            || self
+                .storage
+                .as_ref()
+                .is_some_and(|s| stored && !s.append_tx.has_room(name.len()))
+        {
+            Some(ErrorCode::Overloaded)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
+            if code == ErrorCode::Overloaded {
+                self.stats.overloaded += 1;
+            }
+            let answered = self.answer_close(ack, name, Err(code));
+            assert!(answered, "room for the answer was checked");
+            return;
+        }
+        if stored {
+            let link = self.storage.as_ref().expect("stored");
+            let pushed = push_to_writer(link, &mut self.ops, self.id, CLOSE, &[name]);
+            assert!(pushed, "room was checked");
+            self.appends += 1;
+        }
+        if wait_for_sync {
+            let t = t.expect("stored");
+            self.topics.get_mut(t).closing = true;
+            self.hold_until_durable(t, ack, Awaiting::Close { name: name.into() });
+            return;
+        }
+        self.finish_close(name, ack);
+    }
+
+    /// Holds what waits for the WAL sync that covers the latest append.
+    fn hold_until_durable(&mut self, topic: u32, ack: AckTo, what: Awaiting) {
+        self.pending.push_back(Pending {
+            append: self.appends,
+            topic,
+            ack,
+            failed: false,
+            what,
+        });
+    }
+
+    /// Whether every peer has room for the news of a close, and the
+    /// requester's shard for the answer after it.
+    fn close_has_room(&self, name: &[u8], ack: AckTo) -> bool {
+        let answer_bytes = ORIGIN_BYTES + TOPIC_CLOSED_BYTES + name.len();
+        self.peers_have_room(8 + name.len(), ack.peer().map(|peer| (peer, answer_bytes)))
+    }
+
+    /// The owner's last step of a close (room was checked): every shard ends
+    /// the topic, then the requester learns its last sequence.
+    fn finish_close(&mut self, name: &[u8], ack: AckTo) {
+        let last_seq = self
+            .topics
+            .find(name)
+            .map_or(0, |t| self.topics.get(t).last_seq);
+        for peer in 0..self.shards {
+            if let Some(tx) = &self.mesh_tx[peer] {
+                let pushed = tx.push(RECORD_CLOSED, &[&last_seq.to_be_bytes(), name]);
+                assert!(pushed, "room was checked before closing");
+                self.ring_doorbell(peer);
+            }
+        }
+        crate::info!(
+            "shard {}: topic {:?} closed after sequence {last_seq}; its history is deleted",
+            self.id,
+            String::from_utf8_lossy(name)
+        );
+        self.end_topic(name, last_seq);
+        let answered = self.answer_close(ack, name, Ok(last_seq));
+        assert!(answered, "room for the answer was checked");
+    }
+
+    /// Delivers the events and carries out the closes the writer has made
+    /// durable, and answers their requesters, in order; stops at the first
+    /// whose peer has no room.
+    pub(super) fn release_pending(&mut self) {
+        while let Some(front) = self.pending.front() {
+            let (failed, ack, t) = (front.failed, front.ack, front.topic);
+            if failed {
+                let answered = match front.what {
+                    Awaiting::Event { .. } => {
+                        self.answer_publish(ack, Err(ErrorCode::StorageFailed), false)
+                    }
+                    Awaiting::Close { ref name } => {
+                        let name = name.clone();
+                        self.answer_close(ack, &name, Err(ErrorCode::StorageFailed))
+                    }
+                };
+                if !answered {
+                    self.mesh_backlog = true;
+                    return;
+                }
+                let pending = self.pending.pop_front().expect("front exists");
+                if let Awaiting::Event { frame, .. } = pending.what {
+                    self.pending_bytes -= self.arena.len(frame);
+                    self.arena.release(frame);
+                }
+                continue;
+            }
+            if front.append > self.durable_through {
+                return;
+            }
+            match front.what {
+                Awaiting::Event { seq, epoch, frame } => {
+                    let len = self.arena.len(frame);
+                    let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
+                    if !self.peers_have_room(len, answer) {
+                        self.mesh_backlog = true;
+                        return;
+                    }
+                    self.pending.pop_front();
+                    self.pending_bytes -= len;
+                    self.send_to_peers(frame);
+                    self.count_published(t);
+                    self.deliver(t, seq, frame);
+                    let answered = self.answer_publish(ack, Ok((epoch, seq)), true);
+                    assert!(answered, "room for the ack was checked");
+                }
+                Awaiting::Close { ref name } => {
+                    if !self.close_has_room(name, ack) {
+                        self.mesh_backlog = true;
+                        return;
+                    }
+                    let Some(Pending {
+                        what: Awaiting::Close { name },
+                        ..
+                    }) = self.pending.pop_front()
+                    else {
+                        unreachable!("the front is this close");
+                    };
+                    debug_assert!(self.topics.get(t).closing);
+                    self.finish_close(&name, ack);
+                }
+            }
+        }
+    }
+
+    /// A frame from the arena, evicting the oldest history if memory is short.
+    pub(super) fn alloc(&mut self, len: usize, purpose: Use) -> Option<FrameRef> {
+        loop {
+            if let Some(frame) = self.arena.alloc(len, purpose) {
+                return Some(frame);
+            }
+            if !self.topics.evict_for_memory(&mut self.arena) {
+                return None;
+            }
+        }
+    }
+}
