@@ -544,8 +544,11 @@ impl World {
                 };
                 // The close in flight, or one already answered (the notice
                 // may reach a subscriber after the answer reached the closer).
+                // Its history's epoch is known once SUBSCRIBED named it, even
+                // before any event: a subscriber catching up from 0 when the
+                // close came may have received none (protocol section 8).
                 let closed_after = match self.ended_epochs.get(&position.epoch) {
-                    Some(&ended) if position.last_seq > 0 => Some(ended),
+                    Some(&ended) => Some(ended),
                     _ if self.closing == Some(topic) => {
                         self.close_notices_in_flight += 1;
                         Some((
