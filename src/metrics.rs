@@ -16,15 +16,13 @@ use std::time::Instant;
 
 use crate::heartbeat::Heartbeat;
 use crate::placement::Placement;
-use crate::shard::ShardStats;
+use crate::stats::ShardStats;
 
 /// How often a shard copies its counters into its block.
 pub const PUBLISH_INTERVAL_MS: u64 = 100;
 /// Topic classes counted apart per shard; later ones count as `other`
 /// (which makes 32 series per shard and direction).
 pub const CLASSES_MAX: usize = 31;
-/// A topic whose class is not looked up yet.
-pub const UNCLASSIFIED: u8 = u8::MAX;
 /// The class index of `other`.
 const CLASS_OTHER: usize = CLASSES_MAX;
 /// Longest class name kept (a topic name is at most 255 bytes).

@@ -13,6 +13,9 @@ use slab::Slab;
 use crate::arena::{Arena, FrameRef};
 use crate::storage::StoredTopic;
 
+/// A topic whose metrics class is not looked up yet.
+pub const UNCLASSIFIED: u8 = u8::MAX;
+
 /// One local subscriber of a topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Subscriber {
@@ -50,7 +53,7 @@ pub struct Topic {
     /// On the owner: a close waits for its deletion to be durable, and
     /// publishes are refused meanwhile.
     pub closing: bool,
-    /// Its class among the shard's metrics (`metrics::UNCLASSIFIED` until
+    /// Its class among the shard's metrics (`UNCLASSIFIED` until
     /// first counted).
     pub class: u8,
 }
@@ -182,7 +185,7 @@ impl Topics {
             subscribers: Vec::new(),
             sequenced_here: false,
             closing: false,
-            class: crate::metrics::UNCLASSIFIED,
+            class: UNCLASSIFIED,
         }) as u32;
         self.by_name.insert(name.into(), index);
         Some(index)
@@ -208,7 +211,7 @@ impl Topics {
             subscribers: Vec::new(),
             sequenced_here: owned_here,
             closing: false,
-            class: crate::metrics::UNCLASSIFIED,
+            class: UNCLASSIFIED,
         }) as u32;
         self.by_name.insert(stored.name.clone(), index);
         if owned_here {
