@@ -20,7 +20,6 @@ pub const UNCLASSIFIED: u8 = u8::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Subscriber {
     pub conn: u32,
-    pub generation: u32,
     /// The next sequence this subscriber is to get.
     pub next_seq: u64,
     /// True while the subscriber is fed from history (after a resume, or when

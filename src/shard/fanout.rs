@@ -60,12 +60,10 @@ impl Core {
         if !self.queue_control(index, &subscribed) {
             return;
         }
-        let generation = self.generations[index as usize];
         let topic = self.topics.get_mut(t);
         let position = topic.subscribers.len() as u32;
         topic.subscribers.push(Subscriber {
             conn: index,
-            generation,
             next_seq: start,
             catching_up,
             reading: false,
@@ -155,13 +153,16 @@ impl Core {
                         if room < self.queue_bytes_max / 4 {
                             // Wait for the socket to drain: the next send's
                             // completion refills.
-                        } else if link.read_tx.push(READ, &[&request.encode(), &topic.name]) {
+                        } else if push_and_wake(
+                            &link.read_tx,
+                            link.reader_ring_fd,
+                            &mut self.ops,
+                            self.id,
+                            READ,
+                            &[&request.encode(), &topic.name],
+                        ) {
                             topic.subscribers[position].reading = true;
                             self.stats.disk_reads += 1;
-                            if link.read_tx.ring_doorbell() {
-                                let ring_fd = link.reader_ring_fd;
-                                self.ops.push(wake_op(ring_fd, self.id));
-                            }
                         } else {
                             retry_disk = true;
                         }
@@ -237,8 +238,9 @@ impl Core {
     pub(super) fn on_read_reply(&mut self, body: &[u8]) {
         let (reply, topic_name, mut frames) = ReadReply::decode(body);
         let index = reply.conn;
-        let alive = self.conns.get(index as usize).is_some_and(|c| {
-            c.state == ConnState::Open && self.generations[index as usize] == reply.generation
+        let alive = self.is_open(ConnId {
+            index,
+            generation: reply.generation,
         });
         let Some(t) = self.topics.find(topic_name).filter(|_| alive) else {
             return;

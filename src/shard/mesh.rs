@@ -1,5 +1,6 @@
 //! The channels between shards: events fanned out by their owner,
-//! forwarded requests and their answers, and topic closes.
+//! forwarded requests and their answers, and topic closes, as typed
+//! records encoded and decoded here only.
 
 use super::*;
 
@@ -7,14 +8,81 @@ use super::*;
 /// the ring.
 const MESH_RECORDS_PER_TURN: usize = 4096;
 
+const RECORD_EVENT: u8 = 1;
+const RECORD_REQUEST: u8 = 2;
+const RECORD_ANSWER: u8 = 3;
+const RECORD_CLOSED: u8 = 4;
+
+/// What one shard tells another.
+pub(super) enum MeshRecord<'a> {
+    /// An event its owner sequenced, as the EVENT frame subscribers get.
+    Event(&'a [u8]),
+    /// A client's PUBLISH or TOPIC_CLOSE (the frame), for the topic's owner.
+    Request { origin: ConnId, frame: &'a [u8] },
+    /// The owner's answer to a request: an encoded PUBLISH_ACK or
+    /// TOPIC_CLOSED for the origin connection.
+    Answer { origin: ConnId, frame: &'a [u8] },
+    /// The owner closed a topic after `last_seq`.
+    Closed { last_seq: u64, topic: &'a [u8] },
+}
+
+impl<'a> MeshRecord<'a> {
+    /// Pushes the record onto a peer's channel, waking the peer if it
+    /// sleeps; false when the channel is full.
+    pub(super) fn push(
+        &self,
+        tx: &spsc::Sender,
+        ring_fd: RawFd,
+        ops: &mut Vec<(Op, u64)>,
+        shard_id: usize,
+    ) -> bool {
+        let mut push =
+            |kind, parts: &[&[u8]]| push_and_wake(tx, ring_fd, ops, shard_id, kind, parts);
+        match *self {
+            MeshRecord::Event(frame) => push(RECORD_EVENT, &[frame]),
+            MeshRecord::Request { origin, frame } => {
+                push(RECORD_REQUEST, &[&origin.to_bytes(), frame])
+            }
+            MeshRecord::Answer { origin, frame } => {
+                push(RECORD_ANSWER, &[&origin.to_bytes(), frame])
+            }
+            MeshRecord::Closed { last_seq, topic } => {
+                push(RECORD_CLOSED, &[&last_seq.to_be_bytes(), topic])
+            }
+        }
+    }
+
+    /// A record as a peer shard of this process pushed it.
+    fn decode(kind: u8, body: &'a [u8]) -> MeshRecord<'a> {
+        match kind {
+            RECORD_EVENT => MeshRecord::Event(body),
+            RECORD_REQUEST | RECORD_ANSWER => {
+                let (origin, frame) = body.split_at(ConnId::BYTES);
+                let origin = ConnId::from_bytes(origin);
+                if kind == RECORD_REQUEST {
+                    MeshRecord::Request { origin, frame }
+                } else {
+                    MeshRecord::Answer { origin, frame }
+                }
+            }
+            RECORD_CLOSED => {
+                let (last_seq, topic) = body.split_at(8);
+                let last_seq = u64::from_be_bytes(last_seq.try_into().expect("8 bytes"));
+                MeshRecord::Closed { last_seq, topic }
+            }
+            other => panic!("unknown channel record kind {other}"),
+        }
+    }
+}
+
 impl Core {
-    pub(super) fn ring_doorbell(&mut self, peer: usize) {
+    /// Pushes `record` to `peer`, waking it if it sleeps; false when its
+    /// channel is full.
+    pub(super) fn push_to_peer(&mut self, peer: usize, record: &MeshRecord<'_>) -> bool {
         let tx = self.mesh_tx[peer]
             .as_ref()
             .expect("a channel to every peer");
-        if tx.ring_doorbell() {
-            self.ops.push(wake_op(self.peer_ring_fds[peer], self.id));
-        }
+        record.push(tx, self.peer_ring_fds[peer], &mut self.ops, self.id)
     }
 
     pub(super) fn drain_mesh(&mut self) {
@@ -29,17 +97,14 @@ impl Core {
                     self.mesh_backlog = true;
                     break;
                 }
-                let done = match kind {
-                    RECORD_EVENT => self.on_peer_event(body),
-                    RECORD_REQUEST => self.on_forwarded(peer, body),
-                    RECORD_ANSWER => self.on_peer_answer(body),
-                    RECORD_CLOSED => {
-                        let (last_seq, name) = body.split_at(8);
-                        let last_seq = u64::from_be_bytes(last_seq.try_into().expect("8 bytes"));
-                        self.end_topic(name, last_seq);
+                let done = match MeshRecord::decode(kind, body) {
+                    MeshRecord::Event(frame) => self.on_peer_event(frame),
+                    MeshRecord::Request { origin, frame } => self.on_forwarded(peer, origin, frame),
+                    MeshRecord::Answer { origin, frame } => self.on_peer_answer(origin, frame),
+                    MeshRecord::Closed { last_seq, topic } => {
+                        self.end_topic(topic, last_seq);
                         true
                     }
-                    other => panic!("unknown channel record kind {other}"),
                 };
                 if !done {
                     // No memory or no room to answer: keep the record and
@@ -79,8 +144,7 @@ impl Core {
     /// A request a peer passed on to this shard, the topic's owner. It waits
     /// in the channel (false) until the peer's channel has room for the
     /// answer, so the answer always has room.
-    fn on_forwarded(&mut self, peer: usize, body: &[u8]) -> bool {
-        let (origin, raw) = body.split_at(ORIGIN_BYTES);
+    fn on_forwarded(&mut self, peer: usize, origin: ConnId, raw: &[u8]) -> bool {
         let Ok(Some((frame, _))) = decode(raw, &self.limits) else {
             panic!("a peer shard forwarded a malformed request");
         };
@@ -88,7 +152,7 @@ impl Core {
             Frame::Publish(p) => (p.request_id, ACK_RECORD_BYTES),
             Frame::TopicClose(c) => (
                 c.request_id,
-                ORIGIN_BYTES + TOPIC_CLOSED_BYTES + c.topic.len(),
+                ConnId::BYTES + TOPIC_CLOSED_BYTES + c.topic.len(),
             ),
             other => panic!("a peer shard forwarded {:?}", other.frame_type()),
         };
@@ -100,7 +164,7 @@ impl Core {
         }
         let ack = AckTo::Peer {
             peer,
-            origin: origin.try_into().expect("origin bytes"),
+            origin,
             request_id,
         };
         match frame {
@@ -112,16 +176,11 @@ impl Core {
     }
 
     /// The owner's answer to a request this shard forwarded.
-    fn on_peer_answer(&mut self, body: &[u8]) -> bool {
-        let (origin, ack) = body.split_at(ORIGIN_BYTES);
-        let index = u32::from_be_bytes(origin[..4].try_into().expect("4 bytes"));
-        let generation = u32::from_be_bytes(origin[4..].try_into().expect("4 bytes"));
-        let alive = self.conns.contains(index as usize)
-            && self.generations[index as usize] == generation
-            && self.conns[index as usize].state == ConnState::Open;
-        if !alive {
+    fn on_peer_answer(&mut self, origin: ConnId, ack: &[u8]) -> bool {
+        if !self.is_open(origin) {
             return true; // the requester left; its answer has nobody to go to
         }
+        let index = origin.index;
         let Some(frame) = self.alloc(ack.len(), Use::Control) else {
             return false;
         };

@@ -68,6 +68,7 @@ use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics, UNCLASSIFIED};
 pub use handshakes::HandshakeLimits;
 use handshakes::{Handshakes, PressureReport, NO_SOURCE};
+use mesh::MeshRecord;
 
 /// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
 /// than this buys nothing for small frames).
@@ -79,20 +80,8 @@ const TIMER_SLOTS: usize = 1024;
 /// closes may take before the shard stops anyway.
 pub const DRAIN_GRACE_MS: u64 = 1_000;
 
-/// Channel record kinds.
-const RECORD_EVENT: u8 = 1;
-/// A client's PUBLISH or TOPIC_CLOSE for the topic's owner: origin, then
-/// the frame.
-const RECORD_REQUEST: u8 = 2;
-/// The owner's answer to a forwarded request: origin, then the encoded
-/// PUBLISH_ACK or TOPIC_CLOSED.
-const RECORD_ANSWER: u8 = 3;
-/// The owner closed a topic: its last sequence (u64), then the topic.
-const RECORD_CLOSED: u8 = 4;
-/// Forwarded requests and their answers start with the origin connection's id.
-const ORIGIN_BYTES: usize = 8;
 /// An answer record carrying a PUBLISH_ACK (28 bytes).
-const ACK_RECORD_BYTES: usize = ORIGIN_BYTES + 28;
+const ACK_RECORD_BYTES: usize = ConnId::BYTES + 28;
 /// A TOPIC_CLOSED frame without its topic's bytes.
 const TOPIC_CLOSED_BYTES: usize = 20;
 
@@ -168,18 +157,47 @@ impl IovBlock {
     }
 }
 
+/// A connection as it is remembered across a wait (an ack, a disk read, a
+/// peer shard's answer): its slot, and the slot's generation then, so that
+/// a later connection in the same slot is never taken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    /// Its size in a channel record.
+    const BYTES: usize = 8;
+
+    fn to_bytes(self) -> [u8; ConnId::BYTES] {
+        let mut bytes = [0u8; ConnId::BYTES];
+        bytes[..4].copy_from_slice(&self.index.to_be_bytes());
+        bytes[4..].copy_from_slice(&self.generation.to_be_bytes());
+        bytes
+    }
+
+    /// Reads the first `BYTES` of a record this process wrote.
+    fn from_bytes(bytes: &[u8]) -> ConnId {
+        let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        ConnId {
+            index: word(0),
+            generation: word(4),
+        }
+    }
+}
+
 /// Who gets a publish's acknowledgement.
 #[derive(Clone, Copy, Debug)]
 enum AckTo {
     Local {
-        conn: u32,
-        generation: u32,
+        conn: ConnId,
         request_id: u32,
     },
     /// A publish forwarded by a peer shard: the ack goes back over its channel.
     Peer {
         peer: usize,
-        origin: [u8; ORIGIN_BYTES],
+        origin: ConnId,
         request_id: u32,
     },
 }
@@ -355,20 +373,22 @@ fn wake_op(ring_fd: RawFd, shard_id: usize) -> (Op, u64) {
     (op, token)
 }
 
-/// Hands a record to the storage writer, waking it if it sleeps; false when
-/// its channel is full.
-fn push_to_writer(
-    link: &StorageLink,
+/// Hands a record to another thread (a peer shard, the storage writer or
+/// reader) and, if that thread sleeps, queues the wake of its ring: the one
+/// place a channel's doorbell is rung. False when the channel is full.
+fn push_and_wake(
+    tx: &spsc::Sender,
+    ring_fd: RawFd,
     ops: &mut Vec<(Op, u64)>,
     shard_id: usize,
     kind: u8,
     parts: &[&[u8]],
 ) -> bool {
-    if !link.append_tx.push(kind, parts) {
+    if !tx.push(kind, parts) {
         return false;
     }
-    if link.append_tx.ring_doorbell() {
-        ops.push(wake_op(link.writer_ring_fd, shard_id));
+    if tx.ring_doorbell() {
+        ops.push(wake_op(ring_fd, shard_id));
     }
     true
 }
@@ -610,6 +630,21 @@ impl Drop for Core {
 }
 
 impl Core {
+    fn conn_id(&self, index: u32) -> ConnId {
+        ConnId {
+            index,
+            generation: self.generations[index as usize],
+        }
+    }
+
+    /// Whether `id` is still the connection it was, and open (past HELLO,
+    /// not closing): the one liveness check for anything that waited.
+    fn is_open(&self, id: ConnId) -> bool {
+        self.conns.get(id.index as usize).is_some_and(|c| {
+            c.state == ConnState::Open && self.generations[id.index as usize] == id.generation
+        })
+    }
+
     fn token(&self, kind: OpKind, index: u32) -> u64 {
         Token::new(kind, self.generations[index as usize], index).encode()
     }

@@ -16,7 +16,14 @@ impl Core {
         };
         let len = [player.len() as u8];
         let parts: [&[u8]; 3] = [&len, player, &position.to_bytes()];
-        if push_to_writer(link, &mut self.ops, self.id, POSITION, &parts) {
+        if push_and_wake(
+            &link.append_tx,
+            link.writer_ring_fd,
+            &mut self.ops,
+            self.id,
+            POSITION,
+            &parts,
+        ) {
             self.stats.positions += 1;
             self.positions_pushed += 1;
         } else {
@@ -64,13 +71,15 @@ impl Core {
     /// Overloaded.
     fn read_path(&mut self, request: &PathRequest<'_>) {
         let link = self.storage.as_ref().expect("path reads need storage");
-        if link
-            .read_tx
-            .push(PATH_READ, &[&request.encode(), request.player])
-        {
-            if link.read_tx.ring_doorbell() {
-                self.ops.push(wake_op(link.reader_ring_fd, self.id));
-            }
+        let parts: [&[u8]; 2] = [&request.encode(), request.player];
+        if push_and_wake(
+            &link.read_tx,
+            link.reader_ring_fd,
+            &mut self.ops,
+            self.id,
+            PATH_READ,
+            &parts,
+        ) {
             return;
         }
         self.end_path_read(request, ErrorCode::Overloaded);
@@ -92,11 +101,11 @@ impl Core {
     /// Answers a path read that will not reach the reader, if its
     /// connection is still the one that asked.
     pub(super) fn end_path_read(&mut self, request: &PathRequest<'_>, code: ErrorCode) {
-        let alive = self.conns.get(request.conn as usize).is_some_and(|c| {
-            c.state == ConnState::Open
-                && self.generations[request.conn as usize] == request.generation
-        });
-        if alive {
+        let asker = ConnId {
+            index: request.conn,
+            generation: request.generation,
+        };
+        if self.is_open(asker) {
             self.conns[request.conn as usize].path_query_in_flight = false;
             self.refuse_path(request.conn, request.request_id, code);
         }
@@ -116,10 +125,7 @@ impl Core {
     /// queue bound (one answer per connection at a time, bounded in size).
     pub(super) fn on_path_frames(&mut self, body: &[u8]) {
         let (index, generation, mut frames) = decode_path_frames(body);
-        let alive = self.conns.get(index as usize).is_some_and(|c| {
-            c.state == ConnState::Open && self.generations[index as usize] == generation
-        });
-        if !alive {
+        if !self.is_open(ConnId { index, generation }) {
             return;
         }
         self.conns[index as usize].path_query_in_flight = false;

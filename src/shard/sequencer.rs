@@ -29,8 +29,7 @@ impl Core {
         let owner = topic_owner(p.topic, self.shards);
         if owner == self.id {
             let ack = AckTo::Local {
-                conn: index,
-                generation: self.generations[index as usize],
+                conn: self.conn_id(index),
                 request_id: p.request_id,
             };
             self.sequence(p.topic, p.payload, ack);
@@ -45,23 +44,13 @@ impl Core {
     /// Passes a client's request to the topic's owner; false (counted as
     /// overload) when the owner's channel is full.
     fn forward(&mut self, owner: usize, index: u32, raw: &[u8]) -> bool {
-        let origin = self.origin(index);
-        let tx = self.mesh_tx[owner]
-            .as_ref()
-            .expect("a channel to every peer");
-        if !tx.push(RECORD_REQUEST, &[&origin, raw]) {
+        let origin = self.conn_id(index);
+        let request = MeshRecord::Request { origin, frame: raw };
+        if !self.push_to_peer(owner, &request) {
             self.stats.overloaded += 1;
             return false;
         }
-        self.ring_doorbell(owner);
         true
-    }
-
-    fn origin(&self, index: u32) -> [u8; ORIGIN_BYTES] {
-        let mut origin = [0u8; ORIGIN_BYTES];
-        origin[..4].copy_from_slice(&index.to_be_bytes());
-        origin[4..].copy_from_slice(&self.generations[index as usize].to_be_bytes());
-        origin
     }
 
     fn ack_frame(
@@ -114,14 +103,9 @@ impl Core {
     /// (if still there), or handed back over the origin shard's channel.
     fn answer(&mut self, to: AckTo, frame: &Frame<'_>) -> bool {
         match to {
-            AckTo::Local {
-                conn, generation, ..
-            } => {
-                let alive = self.conns.get(conn as usize).is_some_and(|c| {
-                    c.state == ConnState::Open && self.generations[conn as usize] == generation
-                });
-                if alive {
-                    self.queue_control(conn, frame);
+            AckTo::Local { conn, .. } => {
+                if self.is_open(conn) {
+                    self.queue_control(conn.index, frame);
                 }
                 true
             }
@@ -129,14 +113,11 @@ impl Core {
                 let mut bytes = [0u8; ANSWER_BYTES_MAX];
                 let len = frame.encoded_len();
                 frame.encode_to_slice(&mut bytes[..len]);
-                let tx = self.mesh_tx[peer]
-                    .as_ref()
-                    .expect("a channel to every peer");
-                if !tx.push(RECORD_ANSWER, &[&origin, &bytes[..len]]) {
-                    return false;
-                }
-                self.ring_doorbell(peer);
-                true
+                let answer = MeshRecord::Answer {
+                    origin,
+                    frame: &bytes[..len],
+                };
+                self.push_to_peer(peer, &answer)
             }
         }
     }
@@ -154,12 +135,11 @@ impl Core {
 
     /// Hands an event to every peer shard (room was checked).
     fn send_to_peers(&mut self, frame: FrameRef) {
-        for peer in 0..self.shards {
-            if let Some(tx) = &self.mesh_tx[peer] {
-                let pushed = tx.push(RECORD_EVENT, &[self.arena.bytes(frame)]);
-                assert!(pushed, "room was checked before sequencing");
-                self.ring_doorbell(peer);
-            }
+        let event = MeshRecord::Event(self.arena.bytes(frame));
+        for (peer, tx) in self.mesh_tx.iter().enumerate() {
+            let Some(tx) = tx else { continue };
+            let pushed = event.push(tx, self.peer_ring_fds[peer], &mut self.ops, self.id);
+            assert!(pushed, "room was checked before sequencing");
         }
     }
 
@@ -239,7 +219,14 @@ impl Core {
         event.encode_to_slice(self.arena.bytes_mut(frame));
         if let Some(link) = &self.storage {
             let bytes = self.arena.bytes(frame);
-            let pushed = push_to_writer(link, &mut self.ops, self.id, APPEND, &[bytes]);
+            let pushed = push_and_wake(
+                &link.append_tx,
+                link.writer_ring_fd,
+                &mut self.ops,
+                self.id,
+                APPEND,
+                &[bytes],
+            );
             assert!(pushed, "room was checked before sequencing");
             self.appends += 1;
         }
@@ -259,8 +246,7 @@ impl Core {
     pub(super) fn close_topic(&mut self, index: u32, close: TopicClose<'_>, raw: &[u8]) {
         let owner = topic_owner(close.topic, self.shards);
         let ack = AckTo::Local {
-            conn: index,
-            generation: self.generations[index as usize],
+            conn: self.conn_id(index),
             request_id: close.request_id,
         };
         // Closing a hunt is the publishers' right.
@@ -308,7 +294,14 @@ impl Core {
         }
         if stored {
             let link = self.storage.as_ref().expect("stored");
-            let pushed = push_to_writer(link, &mut self.ops, self.id, CLOSE, &[name]);
+            let pushed = push_and_wake(
+                &link.append_tx,
+                link.writer_ring_fd,
+                &mut self.ops,
+                self.id,
+                CLOSE,
+                &[name],
+            );
             assert!(pushed, "room was checked");
             self.appends += 1;
         }
@@ -335,7 +328,7 @@ impl Core {
     /// Whether every peer has room for the news of a close, and the
     /// requester's shard for the answer after it.
     fn close_has_room(&self, name: &[u8], ack: AckTo) -> bool {
-        let answer_bytes = ORIGIN_BYTES + TOPIC_CLOSED_BYTES + name.len();
+        let answer_bytes = ConnId::BYTES + TOPIC_CLOSED_BYTES + name.len();
         self.peers_have_room(8 + name.len(), ack.peer().map(|peer| (peer, answer_bytes)))
     }
 
@@ -346,12 +339,14 @@ impl Core {
             .topics
             .find(name)
             .map_or(0, |t| self.topics.get(t).last_seq);
-        for peer in 0..self.shards {
-            if let Some(tx) = &self.mesh_tx[peer] {
-                let pushed = tx.push(RECORD_CLOSED, &[&last_seq.to_be_bytes(), name]);
-                assert!(pushed, "room was checked before closing");
-                self.ring_doorbell(peer);
-            }
+        let closed = MeshRecord::Closed {
+            last_seq,
+            topic: name,
+        };
+        let me = self.id;
+        for peer in (0..self.shards).filter(|&peer| peer != me) {
+            let pushed = self.push_to_peer(peer, &closed);
+            assert!(pushed, "room was checked before closing");
         }
         crate::info!(
             "shard {}: topic {:?} closed after sequence {last_seq}; its history is deleted",

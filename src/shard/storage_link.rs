@@ -46,11 +46,17 @@ impl Core {
 
     fn send_resume(&mut self) {
         let Some(link) = &self.storage else { return };
-        if self.resume_owed && link.append_tx.push(RESUME, &[]) {
+        if self.resume_owed
+            && push_and_wake(
+                &link.append_tx,
+                link.writer_ring_fd,
+                &mut self.ops,
+                self.id,
+                RESUME,
+                &[],
+            )
+        {
             self.resume_owed = false;
-            if link.append_tx.ring_doorbell() {
-                self.ops.push(wake_op(link.writer_ring_fd, self.id));
-            }
         }
     }
 
