@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod placement;
 pub mod ring;
 pub mod shard;
+pub mod sizing;
 pub mod stats;
 pub mod storage;
 pub mod timer;

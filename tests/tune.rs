@@ -492,7 +492,7 @@ fn read_fixture(name: &str, path: &str) -> String {
 
 #[test]
 fn the_open_file_limit_needed_is_the_least_that_gives_the_connections() {
-    use cluecast::engine::{connection_capacity, nofile_needed};
+    use cluecast::sizing::{connection_capacity, nofile_needed};
     for (connections, shards) in [(1, 1), (100, 3), (767, 2), (768, 2), (50_000, 8)] {
         let needed = nofile_needed(connections, shards);
         assert!(connection_capacity(needed, shards) >= connections);

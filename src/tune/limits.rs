@@ -54,11 +54,11 @@ pub fn check_limits(
                 "each shard holds (limit - 64) / shards connections, less those kept for \
                  refusing: {NOFILE_TARGET} gives each of {} shard(s) {}",
                 settings.shards,
-                crate::engine::connection_capacity(NOFILE_TARGET, settings.shards)
+                crate::sizing::connection_capacity(NOFILE_TARGET, settings.shards)
             ),
         ),
         wanted => (
-            crate::engine::nofile_needed(wanted, settings.shards),
+            crate::sizing::nofile_needed(wanted, settings.shards),
             format!(
                 "--connections-max {wanted} on each of {} shard(s)",
                 settings.shards

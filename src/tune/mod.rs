@@ -21,7 +21,7 @@ use std::process::ExitCode;
 pub use host::Host;
 
 use crate::config::{RunArgs, Settings};
-use crate::engine::MemoryPlan;
+use crate::sizing::MemoryPlan;
 
 /// One part of the host `tune` looks at (`--only`).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -328,10 +328,10 @@ impl Target {
         }
         let settings = run.resolve_for_cpus(cpus.len())?;
         let shard_cpus = (0..settings.shards)
-            .map(|id| crate::engine::shard_cpu(&cpus, id))
+            .map(|id| crate::sizing::shard_cpu(&cpus, id))
             .collect();
         Ok(Target {
-            memory: crate::engine::memory_plan(&settings),
+            memory: crate::sizing::memory_plan(&settings),
             shards: settings.shards,
             settings,
             nic,

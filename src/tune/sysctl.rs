@@ -158,7 +158,7 @@ mod tests {
     fn the_drop_in_admits_what_the_engine_and_the_unit_ask_for() {
         let settings = wanted().unwrap();
         let value = |key: &str| settings.iter().find(|s| s.key == key).unwrap().values[0];
-        assert!(value("net.core.somaxconn") >= crate::engine::LISTEN_BACKLOG as u64);
+        assert!(value("net.core.somaxconn") >= crate::sizing::LISTEN_BACKLOG as u64);
         assert!(value("fs.nr_open") >= super::super::limits::NOFILE_TARGET);
     }
 
