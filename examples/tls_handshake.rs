@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluecast::tls::{TlsConfig, TlsConn};
+use cluecast_proto::client::tls_trusting;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::{ClientConfig, ClientConnection};
 
 const ROUNDS: usize = 5;
 const HANDSHAKES_PER_ROUND: u32 = 400;
@@ -27,21 +28,12 @@ fn main() {
     std::fs::write(&cert, certified.cert.pem()).expect("writing the certificate");
     std::fs::write(&key, certified.key_pair.serialize_pem()).expect("writing the key");
     let server = TlsConfig::load(&cert, &key).expect("the server's configuration");
+    let client = tls_trusting(&cert).expect("the client's configuration");
     std::fs::remove_dir_all(&dir).expect("removing the temporary directory");
 
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(certified.cert.der().clone())
-        .expect("a trusted root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut full = client.clone();
+    let mut full = (*client).clone();
     full.resumption = rustls::client::Resumption::disabled();
-    let (full, resuming) = (Arc::new(full), Arc::new(client));
+    let (full, resuming) = (Arc::new(full), client);
 
     for (what, config) in [("full", &full), ("resumed", &resuming)] {
         // The first handshake of a resuming client is a full one that

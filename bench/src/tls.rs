@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::server::ScratchDir;
 use crate::wire::{self, Blocking, Inbox};
@@ -103,26 +103,9 @@ impl std::fmt::Debug for TlsClient {
 impl TlsClient {
     /// Trusting the certificates of the PEM file `ca`.
     pub fn trusting(ca: &Path) -> Result<TlsClient, String> {
-        let shown = ca.display();
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{shown}: {e}"))? {
-            let cert = cert.map_err(|e| format!("{shown}: {e}"))?;
-            roots.add(cert).map_err(|e| format!("{shown}: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("{shown}: no certificate in it"));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| format!("TLS 1.3: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = cluecast_proto::client::tls_trusting(ca)?;
         let name = ServerName::try_from(SERVER_NAME).map_err(|e| e.to_string())?;
-        Ok(TlsClient {
-            config: Arc::new(config),
-            name,
-        })
+        Ok(TlsClient { config, name })
     }
 
     /// This client without session resumption: every handshake a full one
