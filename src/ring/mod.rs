@@ -13,6 +13,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod uring;
 

@@ -16,6 +16,7 @@
 pub mod db;
 pub mod path_block;
 pub mod reader;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod writer;
 
