@@ -713,34 +713,65 @@ mod tests {
         out
     }
 
+    /// A sync writer for one shard, no retention, over a fresh data
+    /// directory named after `test` (removed by `TestWriter::finish`).
+    struct TestWriter {
+        dir: std::path::PathBuf,
+        db: Arc<Db>,
+        link: StorageLink,
+        writer: Writer,
+        _readers: Vec<crate::storage::ReaderPort>,
+    }
+
+    impl TestWriter {
+        fn new(test: &str) -> TestWriter {
+            let dir = std::env::temp_dir().join(format!("cluecast-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let db = Arc::new(Db::open(&dir, Durability::Sync, 1).unwrap().db);
+            let doorbell = Doorbell::new().unwrap();
+            // No shard ring to wake (-1): the wake-ups fail, and nobody minds.
+            let (links, writers, readers) =
+                links(1, Durability::Sync, 1 << 20, &[-1], doorbell.fd(), -1);
+            let no_retention = Retention {
+                events_max: 0,
+                age_ms: 0,
+            };
+            let writer = Writer::new(
+                db.clone(),
+                Durability::Sync,
+                Limits::DEFAULT,
+                writers,
+                std::iter::empty(),
+                no_retention,
+                doorbell,
+            );
+            let link = links.into_iter().next().expect("one link");
+            TestWriter {
+                dir,
+                db,
+                link,
+                writer,
+                _readers: readers,
+            }
+        }
+
+        fn finish(self) {
+            let TestWriter {
+                dir, db, writer, ..
+            } = self;
+            drop(writer);
+            drop(db);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
     /// A close and the next history's first event in one batch: if the
     /// batch fails, the writer's rows and the disk are as before it; sent
     /// again, the old history is gone and the new one stands under a new id.
     #[test]
     fn a_close_in_a_failed_batch_changes_nothing_and_succeeds_when_sent_again() {
-        let dir =
-            std::env::temp_dir().join(format!("cluecast-writer-close-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = Arc::new(Db::open(&dir, Durability::Sync, 1).unwrap().db);
-        let doorbell = Doorbell::new().unwrap();
-        // No shard ring to wake (-1): the wake-ups fail, and nobody minds.
-        let (links, writers, _readers) =
-            links(1, Durability::Sync, 1 << 20, &[-1], doorbell.fd(), -1);
-        let link = &links[0];
-        let no_retention = Retention {
-            events_max: 0,
-            age_ms: 0,
-        };
-        let topics = std::iter::empty();
-        let mut writer = Writer::new(
-            db.clone(),
-            Durability::Sync,
-            Limits::DEFAULT,
-            writers,
-            topics,
-            no_retention,
-            doorbell,
-        );
+        let mut t = TestWriter::new("writer-close");
+        let (db, link, writer) = (t.db.clone(), &t.link, &mut t.writer);
         let append = |kind: u8, body: &[u8]| assert!(link.append_tx.push(kind, &[body]));
 
         for seq in 1..=3 {
@@ -786,9 +817,8 @@ mod tests {
         let found = db.read_events(second, b"hunt", 1, 1, usize::MAX, &mut out);
         assert_eq!(found.unwrap().0, ReadStatus::Found);
         assert_eq!(out, event(b"hunt", 22, 1));
-        drop(writer);
         drop(db);
-        std::fs::remove_dir_all(&dir).unwrap();
+        t.finish();
     }
 
     /// Positions are told written (PATHS) once a batch wrote them; a batch
@@ -796,27 +826,8 @@ mod tests {
     /// the shard's waiting path reads are answered, not held.
     #[test]
     fn positions_are_told_written_or_failed() {
-        let dir =
-            std::env::temp_dir().join(format!("cluecast-writer-paths-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = Arc::new(Db::open(&dir, Durability::Sync, 1).unwrap().db);
-        let doorbell = Doorbell::new().unwrap();
-        let (links, writers, _readers) =
-            links(1, Durability::Sync, 1 << 20, &[-1], doorbell.fd(), -1);
-        let link = &links[0];
-        let no_retention = Retention {
-            events_max: 0,
-            age_ms: 0,
-        };
-        let mut writer = Writer::new(
-            db.clone(),
-            Durability::Sync,
-            Limits::DEFAULT,
-            writers,
-            std::iter::empty(),
-            no_retention,
-            doorbell,
-        );
+        let mut t = TestWriter::new("writer-paths");
+        let (db, link, writer) = (t.db.clone(), &t.link, &mut t.writer);
         let position = |ts_ms: u64| {
             let fix = Position {
                 lat_e7: 1,
@@ -846,8 +857,7 @@ mod tests {
         assert!(writer.round());
         writer.send_owed_notices();
         assert_eq!(notices(link), [(PATHS, 4)]);
-        drop(writer);
         drop(db);
-        std::fs::remove_dir_all(&dir).unwrap();
+        t.finish();
     }
 }
