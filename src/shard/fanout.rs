@@ -146,21 +146,14 @@ impl Core {
                             bytes_max: room.min(u32::MAX as usize) as u32,
                             topic: &topic.name,
                         };
-                        let link = self
+                        let ports = self
                             .storage
                             .as_ref()
                             .expect("only stored topics are on disk");
                         if room < self.queue_bytes_max / 4 {
                             // Wait for the socket to drain: the next send's
                             // completion refills.
-                        } else if push_and_wake(
-                            &link.read_tx,
-                            link.reader_ring_fd,
-                            &mut self.ops,
-                            self.id,
-                            READ,
-                            &[&request.encode(), &topic.name],
-                        ) {
+                        } else if ports.to_reader(&mut self.ops, &ToReader::Read(request)) {
                             topic.subscribers[position].reading = true;
                             self.stats.disk_reads += 1;
                         } else {
@@ -235,8 +228,8 @@ impl Core {
 
     /// Queues the events a disk read found for a catching-up subscriber, if
     /// it is still the one that asked and still where it was.
-    pub(super) fn on_read_reply(&mut self, body: &[u8]) {
-        let (reply, topic_name, mut frames) = ReadReply::decode(body);
+    pub(super) fn on_read_reply(&mut self, reply: &ReadReply, topic_name: &[u8], frames: &[u8]) {
+        let mut frames = frames;
         let index = reply.conn;
         let alive = self.is_open(ConnId {
             index,

@@ -29,15 +29,8 @@ pub(super) enum MeshRecord<'a> {
 impl<'a> MeshRecord<'a> {
     /// Pushes the record onto a peer's channel, waking the peer if it
     /// sleeps; false when the channel is full.
-    pub(super) fn push(
-        &self,
-        tx: &spsc::Sender,
-        ring_fd: RawFd,
-        ops: &mut Vec<(Op, u64)>,
-        shard_id: usize,
-    ) -> bool {
-        let mut push =
-            |kind, parts: &[&[u8]]| push_and_wake(tx, ring_fd, ops, shard_id, kind, parts);
+    fn push(&self, channel: &Channel, ops: &mut Vec<(Op, u64)>) -> bool {
+        let mut push = |kind, parts: &[&[u8]]| channel.push(ops, kind, parts);
         match *self {
             MeshRecord::Event(frame) => push(RECORD_EVENT, &[frame]),
             MeshRecord::Request { origin, frame } => {
@@ -75,26 +68,73 @@ impl<'a> MeshRecord<'a> {
     }
 }
 
+/// This shard's ends of the channels to every other shard, indexed by peer
+/// shard id (None at this shard's own index).
+pub(super) struct Mesh {
+    peers: Vec<Option<Channel>>,
+    inbound: Vec<Option<spsc::Receiver>>,
+}
+
+impl Mesh {
+    pub(super) fn new(
+        shard_id: usize,
+        tx: Vec<Option<spsc::Sender>>,
+        rx: Vec<Option<spsc::Receiver>>,
+        peer_ring_fds: &[RawFd],
+    ) -> Mesh {
+        assert_eq!(tx.len(), rx.len());
+        assert_eq!(tx.len(), peer_ring_fds.len());
+        let peers = tx
+            .into_iter()
+            .zip(peer_ring_fds)
+            .map(|(tx, &ring_fd)| tx.map(|tx| Channel::new(tx, ring_fd, shard_id)))
+            .collect();
+        Mesh { peers, inbound: rx }
+    }
+
+    fn peer(&self, peer: usize) -> &Channel {
+        self.peers[peer].as_ref().expect("a channel to every peer")
+    }
+}
+
 impl Core {
     /// Pushes `record` to `peer`, waking it if it sleeps; false when its
     /// channel is full.
     pub(super) fn push_to_peer(&mut self, peer: usize, record: &MeshRecord<'_>) -> bool {
-        let tx = self.mesh_tx[peer]
-            .as_ref()
-            .expect("a channel to every peer");
-        record.push(tx, self.peer_ring_fds[peer], &mut self.ops, self.id)
+        record.push(self.mesh.peer(peer), &mut self.ops)
+    }
+
+    /// Whether every peer's channel has room for a record of `len` bytes,
+    /// and the channel of `answer`'s peer for an answer of its bytes after it.
+    pub(super) fn peers_have_room(&self, len: usize, answer: Option<(usize, usize)>) -> bool {
+        self.mesh.peers.iter().enumerate().all(|(peer, channel)| {
+            channel.as_ref().is_none_or(|channel| match answer {
+                Some((to, answer_bytes)) if to == peer => {
+                    channel.has_room_for(&[len, answer_bytes])
+                }
+                _ => channel.has_room(len),
+            })
+        })
+    }
+
+    /// Hands an event to every peer shard (room was checked).
+    pub(super) fn send_to_peers(&mut self, frame: FrameRef) {
+        let event = MeshRecord::Event(self.arena.bytes(frame));
+        for channel in self.mesh.peers.iter().flatten() {
+            let pushed = event.push(channel, &mut self.ops);
+            assert!(pushed, "room was checked before sequencing");
+        }
     }
 
     pub(super) fn drain_mesh(&mut self) {
-        self.mesh_backlog = false;
-        let receivers = std::mem::take(&mut self.mesh_rx);
+        let receivers = std::mem::take(&mut self.mesh.inbound);
         for (peer, rx) in receivers.iter().enumerate() {
             let Some(rx) = rx else { continue };
             rx.clear_doorbell();
             let mut handled = 0;
             while let Some((kind, body)) = rx.peek() {
                 if handled == MESH_RECORDS_PER_TURN {
-                    self.mesh_backlog = true;
+                    self.work_left = true;
                     break;
                 }
                 let done = match MeshRecord::decode(kind, body) {
@@ -109,14 +149,14 @@ impl Core {
                 if !done {
                     // No memory or no room to answer: keep the record and
                     // push back on the peer until a later turn.
-                    self.mesh_backlog = true;
+                    self.work_left = true;
                     break;
                 }
                 rx.pop();
                 handled += 1;
             }
         }
-        self.mesh_rx = receivers;
+        self.mesh.inbound = receivers;
     }
 
     fn on_peer_event(&mut self, body: &[u8]) -> bool {
@@ -156,10 +196,7 @@ impl Core {
             ),
             other => panic!("a peer shard forwarded {:?}", other.frame_type()),
         };
-        let tx = self.mesh_tx[peer]
-            .as_ref()
-            .expect("a channel to every peer");
-        if !tx.has_room(answer_bytes) {
+        if !self.mesh.peer(peer).has_room(answer_bytes) {
             return false;
         }
         let ack = AckTo::Peer {

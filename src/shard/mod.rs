@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 mod accept;
+mod channel;
 mod fanout;
 mod handshakes;
 mod mesh;
@@ -59,16 +60,17 @@ use crate::metrics::{Gauges, Recorder, ShardMetrics};
 use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
 use crate::stats::ShardStats;
 use crate::storage::{
-    decode_path_frames, Durability, Notice, PathRequest, ReadReply, ReadRequest, ReadStatus,
-    StorageLink, StoredTopic, APPEND, CLOSE, EVENTS, PATH_FRAMES, PATH_READ, POSITION, READ,
-    RESUME,
+    Durability, FromReader, Notice, PathRequest, ReadReply, ReadRequest, ReadStatus, StorageLink,
+    StoredTopic, ToReader, ToWriter,
 };
 use crate::timer::TimerWheel;
 use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics, UNCLASSIFIED};
+use channel::Channel;
 pub use handshakes::HandshakeLimits;
 use handshakes::{Handshakes, PressureReport, NO_SOURCE};
-use mesh::MeshRecord;
+use mesh::{Mesh, MeshRecord};
+use storage_link::StoragePorts;
 
 /// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
 /// than this buys nothing for small frames).
@@ -276,14 +278,13 @@ struct Core {
     timers: TimerWheel,
     fired: Vec<u32>,
 
-    mesh_tx: Vec<Option<spsc::Sender>>,
-    mesh_rx: Vec<Option<spsc::Receiver>>,
-    peer_ring_fds: Vec<RawFd>,
-    /// A channel still had records after this turn's budget, or durable
-    /// events wait for room in a peer's channel.
-    mesh_backlog: bool,
+    mesh: Mesh,
+    /// Work was left for the next turn (a channel still had records after
+    /// this turn's budget, or durable events wait for room in a peer's
+    /// channel): it must not sleep.
+    work_left: bool,
 
-    storage: Option<StorageLink>,
+    storage: Option<StoragePorts>,
     /// APPEND records pushed to the writer, ever (the writer counts alike).
     appends: u64,
     durable_through: u64,
@@ -291,16 +292,9 @@ struct Core {
     /// events' bytes.
     pending: VecDeque<Pending>,
     pending_bytes: usize,
-    /// A write failed: publishes are refused until RESUME reaches the writer.
-    resume_owed: bool,
-    /// An async write failed and the writer retries it: publishes are
-    /// refused until the next DURABLE notice.
-    storage_stalled: bool,
     /// Subscribers to feed from disk again at `disk_retry_at_ms`.
     disk_retry: Vec<u32>,
     disk_retry_at_ms: u64,
-    /// A read reply, copied out of its channel so the shard may act on it.
-    reply_scratch: Vec<u8>,
     /// POSITION records pushed to the writer, ever, and how many of them it
     /// has written: a PATH_QUERY waits in `path_reads_waiting` (with the
     /// count it must see, and its read request) until the positions
@@ -363,36 +357,6 @@ pub fn topic_owner(topic: &[u8], shards: usize) -> usize {
     (hash % shards as u64) as usize
 }
 
-/// The MSG_RING that wakes the thread sleeping on `ring_fd`.
-fn wake_op(ring_fd: RawFd, shard_id: usize) -> (Op, u64) {
-    let token = Token::new(OpKind::Wake, 0, shard_id as u32).encode();
-    let op = Op::Wake {
-        ring_fd,
-        user_data: token,
-    };
-    (op, token)
-}
-
-/// Hands a record to another thread (a peer shard, the storage writer or
-/// reader) and, if that thread sleeps, queues the wake of its ring: the one
-/// place a channel's doorbell is rung. False when the channel is full.
-fn push_and_wake(
-    tx: &spsc::Sender,
-    ring_fd: RawFd,
-    ops: &mut Vec<(Op, u64)>,
-    shard_id: usize,
-    kind: u8,
-    parts: &[&[u8]],
-) -> bool {
-    if !tx.push(kind, parts) {
-        return false;
-    }
-    if tx.ring_doorbell() {
-        ops.push(wake_op(ring_fd, shard_id));
-    }
-    true
-}
-
 fn is_transient(errno: i32) -> bool {
     matches!(
         errno,
@@ -437,20 +401,15 @@ impl<R: Ring> Shard<R> {
             topics: Topics::new(setup.topic_limits),
             timers: TimerWheel::new(slots, TIMER_SLOTS, TIMER_TICK_MS, now_ms),
             fired: Vec::new(),
-            mesh_tx: setup.mesh_tx,
-            mesh_rx: setup.mesh_rx,
-            peer_ring_fds: setup.peer_ring_fds,
-            mesh_backlog: false,
-            storage: setup.storage,
+            mesh: Mesh::new(setup.id, setup.mesh_tx, setup.mesh_rx, &setup.peer_ring_fds),
+            work_left: false,
+            storage: setup.storage.map(|link| StoragePorts::new(link, setup.id)),
             appends: 0,
             durable_through: 0,
             pending: VecDeque::new(),
             pending_bytes: 0,
-            resume_owed: false,
-            storage_stalled: false,
             disk_retry: Vec::new(),
             disk_retry_at_ms: 0,
-            reply_scratch: Vec::new(),
             positions_pushed: 0,
             positions_written: 0,
             path_reads_waiting: VecDeque::new(),
@@ -498,7 +457,7 @@ impl<R: Ring> Shard<R> {
         for (op, user_data) in self.core.ops.drain(..) {
             self.ring.push(op, user_data);
         }
-        let timeout_ms = if self.core.mesh_backlog {
+        let timeout_ms = if self.core.work_left {
             0
         } else {
             TIMER_TICK_MS as u32
@@ -512,6 +471,7 @@ impl<R: Ring> Shard<R> {
             self.dispatch(c);
         }
         self.completions.clear();
+        self.core.work_left = false;
         self.core.drain_mesh();
         self.core.drain_storage();
         self.core.release_pending();

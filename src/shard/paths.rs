@@ -10,20 +10,15 @@ impl Core {
     /// history there is no path; both are counted, not stored.
     pub(super) fn store_position(&mut self, index: u32, position: &Position) {
         let player = &self.conns[index as usize].player;
-        let Some(link) = self.storage.as_ref().filter(|_| !player.is_empty()) else {
+        let Some(ports) = self.storage.as_ref().filter(|_| !player.is_empty()) else {
             self.stats.positions_not_stored += 1;
             return;
         };
-        let len = [player.len() as u8];
-        let parts: [&[u8]; 3] = [&len, player, &position.to_bytes()];
-        if push_and_wake(
-            &link.append_tx,
-            link.writer_ring_fd,
-            &mut self.ops,
-            self.id,
-            POSITION,
-            &parts,
-        ) {
+        let record = ToWriter::Position {
+            player,
+            position: *position,
+        };
+        if ports.to_writer(&mut self.ops, &record) {
             self.stats.positions += 1;
             self.positions_pushed += 1;
         } else {
@@ -70,16 +65,8 @@ impl Core {
     /// Hands a path read to the reader; a full channel refuses it as
     /// Overloaded.
     fn read_path(&mut self, request: &PathRequest<'_>) {
-        let link = self.storage.as_ref().expect("path reads need storage");
-        let parts: [&[u8]; 2] = [&request.encode(), request.player];
-        if push_and_wake(
-            &link.read_tx,
-            link.reader_ring_fd,
-            &mut self.ops,
-            self.id,
-            PATH_READ,
-            &parts,
-        ) {
+        let ports = self.storage.as_ref().expect("path reads need storage");
+        if ports.to_reader(&mut self.ops, &ToReader::PathRead(request.clone())) {
             return;
         }
         self.end_path_read(request, ErrorCode::Overloaded);
@@ -123,11 +110,12 @@ impl Core {
 
     /// The reader's answer to a PATH_QUERY: control frames, outside the
     /// queue bound (one answer per connection at a time, bounded in size).
-    pub(super) fn on_path_frames(&mut self, body: &[u8]) {
-        let (index, generation, mut frames) = decode_path_frames(body);
-        if !self.is_open(ConnId { index, generation }) {
+    pub(super) fn on_path_frames(&mut self, asker: ConnId, frames: &[u8]) {
+        if !self.is_open(asker) {
             return;
         }
+        let index = asker.index;
+        let mut frames = frames;
         self.conns[index as usize].path_query_in_flight = false;
         while frames.len() >= 4 {
             let len = 4 + u32::from_be_bytes(frames[..4].try_into().expect("4 bytes")) as usize;

@@ -122,27 +122,6 @@ impl Core {
         }
     }
 
-    /// Whether every peer's channel has room for a record of `len` bytes,
-    /// and the channel of `answer`'s peer for an answer of its bytes after it.
-    fn peers_have_room(&self, len: usize, answer: Option<(usize, usize)>) -> bool {
-        self.mesh_tx.iter().enumerate().all(|(peer, tx)| {
-            tx.as_ref().is_none_or(|tx| match answer {
-                Some((to, answer_bytes)) if to == peer => tx.has_room_for(&[len, answer_bytes]),
-                _ => tx.has_room(len),
-            })
-        })
-    }
-
-    /// Hands an event to every peer shard (room was checked).
-    fn send_to_peers(&mut self, frame: FrameRef) {
-        let event = MeshRecord::Event(self.arena.bytes(frame));
-        for (peer, tx) in self.mesh_tx.iter().enumerate() {
-            let Some(tx) = tx else { continue };
-            let pushed = event.push(tx, self.peer_ring_fds[peer], &mut self.ops, self.id);
-            assert!(pushed, "room was checked before sequencing");
-        }
-    }
-
     /// Sequences a publish for a topic this shard owns and answers it: at
     /// once, or (`sync` durability) once the WAL sync covering it is done.
     /// A peer's ack always has room here (see `on_forwarded`).
@@ -171,7 +150,7 @@ impl Core {
             self.stats.overloaded += 1;
             return Some(Err(ErrorCode::Overloaded));
         };
-        if self.resume_owed || self.storage_stalled {
+        if self.storage.as_ref().is_some_and(|s| s.failing()) {
             return Some(Err(ErrorCode::StorageFailed));
         }
         if self.topics.get(t).closing {
@@ -196,13 +175,13 @@ impl Core {
             payload,
         });
         let len = event.encoded_len();
-        let durability = self.storage.as_ref().map(|s| s.durability);
+        let durability = self.storage.as_ref().map(|s| s.durability());
         let wait_for_sync = durability == Some(Durability::Sync);
         // In sync durability the events held until durable are bounded too
         // (a peer that stops draining must not make them pile up).
         let storage_has_room = self.storage.as_ref().is_none_or(|s| {
-            s.append_tx.has_room(len)
-                && (!wait_for_sync || self.pending_bytes + len <= s.pending_bytes_max)
+            s.writer_has_room(len)
+                && (!wait_for_sync || self.pending_bytes + len <= s.pending_bytes_max())
         });
         // Synced events reach the peers later, when durable.
         let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
@@ -217,16 +196,9 @@ impl Core {
             return Some(Err(ErrorCode::Overloaded));
         };
         event.encode_to_slice(self.arena.bytes_mut(frame));
-        if let Some(link) = &self.storage {
-            let bytes = self.arena.bytes(frame);
-            let pushed = push_and_wake(
-                &link.append_tx,
-                link.writer_ring_fd,
-                &mut self.ops,
-                self.id,
-                APPEND,
-                &[bytes],
-            );
+        if let Some(ports) = &self.storage {
+            let record = ToWriter::Append(self.arena.bytes(frame));
+            let pushed = ports.to_writer(&mut self.ops, &record);
             assert!(pushed, "room was checked before sequencing");
             self.appends += 1;
         }
@@ -269,16 +241,16 @@ impl Core {
         let stored =
             self.storage.is_some() && t.is_some_and(|t| self.topics.get(t).assigned_seq > 0);
         let wait_for_sync =
-            stored && self.storage.as_ref().map(|s| s.durability) == Some(Durability::Sync);
+            stored && self.storage.as_ref().map(|s| s.durability()) == Some(Durability::Sync);
         let refusal = if t.is_some_and(|t| self.topics.get(t).closing) {
             Some(ErrorCode::Overloaded)
-        } else if stored && (self.resume_owed || self.storage_stalled) {
+        } else if stored && self.storage.as_ref().is_some_and(|s| s.failing()) {
             Some(ErrorCode::StorageFailed)
         } else if (!wait_for_sync && !self.close_has_room(name, ack))
             || self
                 .storage
                 .as_ref()
-                .is_some_and(|s| stored && !s.append_tx.has_room(name.len()))
+                .is_some_and(|s| stored && !s.writer_has_room(name.len()))
         {
             Some(ErrorCode::Overloaded)
         } else {
@@ -293,15 +265,8 @@ impl Core {
             return;
         }
         if stored {
-            let link = self.storage.as_ref().expect("stored");
-            let pushed = push_and_wake(
-                &link.append_tx,
-                link.writer_ring_fd,
-                &mut self.ops,
-                self.id,
-                CLOSE,
-                &[name],
-            );
+            let ports = self.storage.as_ref().expect("stored");
+            let pushed = ports.to_writer(&mut self.ops, &ToWriter::Close(name));
             assert!(pushed, "room was checked");
             self.appends += 1;
         }
@@ -375,7 +340,7 @@ impl Core {
                     }
                 };
                 if !answered {
-                    self.mesh_backlog = true;
+                    self.work_left = true;
                     return;
                 }
                 let pending = self.pending.pop_front().expect("front exists");
@@ -393,7 +358,7 @@ impl Core {
                     let len = self.arena.len(frame);
                     let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
                     if !self.peers_have_room(len, answer) {
-                        self.mesh_backlog = true;
+                        self.work_left = true;
                         return;
                     }
                     self.pending.pop_front();
@@ -406,7 +371,7 @@ impl Core {
                 }
                 Awaiting::Close { ref name } => {
                     if !self.close_has_room(name, ack) {
-                        self.mesh_backlog = true;
+                        self.work_left = true;
                         return;
                     }
                     let Some(Pending {

@@ -1,8 +1,70 @@
-//! The shard's end of the storage writer's channels: notices (durable,
-//! failed, positions written) and read replies in, and the resume after a
-//! failed write.
+//! The shard's ends of the storage channels: records out to the writer
+//! and the reader, notices (durable, failed, positions written) and read
+//! replies in, and the state of a failed write until the writer recovers.
 
 use super::*;
+
+pub(super) struct StoragePorts {
+    durability: Durability,
+    /// Bytes of sequenced events the shard may hold while they wait for
+    /// their WAL sync.
+    pending_bytes_max: usize,
+    writer: Channel,
+    reader: Channel,
+    notices: spsc::Receiver,
+    replies: spsc::Receiver,
+    /// A read reply, copied out of its channel so the shard may act on it.
+    reply_scratch: Vec<u8>,
+    /// A write failed: publishes are refused until RESUME reaches the writer.
+    resume_owed: bool,
+    /// An async write failed and the writer retries it: publishes are
+    /// refused until the next DURABLE notice.
+    stalled: bool,
+}
+
+impl StoragePorts {
+    pub(super) fn new(link: StorageLink, shard_id: usize) -> StoragePorts {
+        StoragePorts {
+            durability: link.durability,
+            pending_bytes_max: link.pending_bytes_max,
+            writer: Channel::new(link.append_tx, link.writer_ring_fd, shard_id),
+            reader: Channel::new(link.read_tx, link.reader_ring_fd, shard_id),
+            notices: link.notice_rx,
+            replies: link.reply_rx,
+            reply_scratch: Vec::new(),
+            resume_owed: false,
+            stalled: false,
+        }
+    }
+
+    pub(super) fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub(super) fn pending_bytes_max(&self) -> usize {
+        self.pending_bytes_max
+    }
+
+    /// Whether a write failed and the writer has not recovered yet: stored
+    /// topics take no publishes or closes meanwhile.
+    pub(super) fn failing(&self) -> bool {
+        self.resume_owed || self.stalled
+    }
+
+    pub(super) fn writer_has_room(&self, len: usize) -> bool {
+        self.writer.has_room(len)
+    }
+
+    /// Hands a record to the writer; false when its channel is full.
+    pub(super) fn to_writer(&self, ops: &mut Vec<(Op, u64)>, record: &ToWriter<'_>) -> bool {
+        record.push_with(|kind, parts| self.writer.push(ops, kind, parts))
+    }
+
+    /// Hands a request to the reader; false when its channel is full.
+    pub(super) fn to_reader(&self, ops: &mut Vec<(Op, u64)>, record: &ToReader<'_>) -> bool {
+        record.push_with(|kind, parts| self.reader.push(ops, kind, parts))
+    }
+}
 
 /// Bytes of history read from disk that one turn hands to subscribers; the
 /// rest waits for the next turn, after live events have gone out.
@@ -22,8 +84,9 @@ impl Core {
         while let Some((_, record)) = self.path_reads_waiting.pop_front() {
             self.end_path_read(&PathRequest::decode(&record), ErrorCode::StorageFailed);
         }
-        if self.storage.as_ref().map(|s| s.durability) == Some(Durability::Async) {
-            self.storage_stalled = true;
+        let ports = self.storage.as_mut().expect("failures come from storage");
+        if ports.durability == Durability::Async {
+            ports.stalled = true;
             return;
         }
         for pending in self.pending.iter_mut().rev() {
@@ -40,40 +103,35 @@ impl Core {
                 Awaiting::Close { .. } => topic.closing = false,
             }
         }
-        self.resume_owed = true;
+        self.storage.as_mut().expect("storage").resume_owed = true;
         self.send_resume();
     }
 
     fn send_resume(&mut self) {
-        let Some(link) = &self.storage else { return };
-        if self.resume_owed
-            && push_and_wake(
-                &link.append_tx,
-                link.writer_ring_fd,
-                &mut self.ops,
-                self.id,
-                RESUME,
-                &[],
-            )
-        {
-            self.resume_owed = false;
+        let Some(ports) = &mut self.storage else {
+            return;
+        };
+        if ports.resume_owed && ports.to_writer(&mut self.ops, &ToWriter::Resume) {
+            ports.resume_owed = false;
         }
     }
 
     /// Notices from the writer and history from the reader.
     pub(super) fn drain_storage(&mut self) {
-        let Some(link) = &self.storage else { return };
-        link.notice_rx.clear_doorbell();
+        let Some(ports) = &self.storage else { return };
+        ports.notices.clear_doorbell();
         loop {
-            let Some(link) = &self.storage else { return };
-            let Some((kind, body)) = link.notice_rx.peek() else {
+            let Some(ports) = &mut self.storage else {
+                return;
+            };
+            let Some((kind, body)) = ports.notices.peek() else {
                 break;
             };
             let mut positions_written = None;
             let failure = match Notice::decode(kind, body) {
                 Notice::Durable { through } => {
+                    ports.stalled = false;
                     self.durable_through = self.durable_through.max(through);
-                    self.storage_stalled = false;
                     None
                 }
                 Notice::Paths { through } => {
@@ -98,7 +156,7 @@ impl Core {
                     None
                 }
             };
-            link.notice_rx.pop();
+            ports.notices.pop();
             if let Some(through) = positions_written {
                 self.on_positions_written(through);
             }
@@ -111,29 +169,44 @@ impl Core {
         // never holds up the turn that carries live events.
         let mut reply_bytes = 0;
         let mut first = true;
-        while let Some(link) = &self.storage {
+        while let Some(ports) = &mut self.storage {
             if first {
-                link.reply_rx.clear_doorbell();
+                ports.replies.clear_doorbell();
                 first = false;
             }
-            let Some((kind, body)) = link.reply_rx.peek() else {
+            let Some((kind, body)) = ports.replies.peek() else {
                 break;
             };
             if reply_bytes >= DISK_REPLY_BYTES_PER_TURN {
-                self.mesh_backlog = true;
+                self.work_left = true;
                 break;
             }
             reply_bytes += body.len();
-            let mut scratch = std::mem::take(&mut self.reply_scratch);
+            let mut scratch = std::mem::take(&mut ports.reply_scratch);
             scratch.clear();
             scratch.extend_from_slice(body);
-            link.reply_rx.pop();
-            match kind {
-                EVENTS => self.on_read_reply(&scratch),
-                PATH_FRAMES => self.on_path_frames(&scratch),
-                other => panic!("unknown storage reply kind {other}"),
+            ports.replies.pop();
+            match FromReader::decode(kind, &scratch) {
+                FromReader::Events {
+                    reply,
+                    topic,
+                    frames,
+                } => self.on_read_reply(&reply, topic, frames),
+                FromReader::PathFrames {
+                    conn,
+                    generation,
+                    frames,
+                } => {
+                    let asker = ConnId {
+                        index: conn,
+                        generation,
+                    };
+                    self.on_path_frames(asker, frames);
+                }
             }
-            self.reply_scratch = scratch;
+            if let Some(ports) = &mut self.storage {
+                ports.reply_scratch = scratch;
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod writer;
 
 use std::os::fd::RawFd;
 
+use cluecast_proto::{Position, POSITION_BYTES};
 use cluecast_sys::spsc;
 
 pub use reader::{Reader, ReaderPort};
@@ -54,15 +55,64 @@ impl Durability {
 
 // ---- shard -> writer records ----------------------------------------------
 
-/// An event to store: its encoded EVENT frame.
-pub const APPEND: u8 = 1;
-/// The shard has failed every append after a FAILED notice and starts anew.
-pub const RESUME: u8 = 2;
-/// A player's position: str8 player, then the 20-byte POSITION body.
-pub const POSITION: u8 = 3;
-/// The topic (the record's body) is closed: delete its events and its row.
-/// Counted among the shard's appends, so DURABLE and FAILED cover it too.
-pub const CLOSE: u8 = 4;
+const APPEND: u8 = 1;
+const RESUME: u8 = 2;
+const POSITION: u8 = 3;
+const CLOSE: u8 = 4;
+
+/// What a shard hands the writer, on its append channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToWriter<'a> {
+    /// An event to store: its encoded EVENT frame.
+    Append(&'a [u8]),
+    /// The shard has failed every append after a FAILED notice and starts
+    /// anew.
+    Resume,
+    /// A player's position (str8 player, then the POSITION body).
+    Position {
+        player: &'a [u8],
+        position: Position,
+    },
+    /// The topic is closed: delete its events and its row. Counted among
+    /// the shard's appends, so DURABLE and FAILED cover it too.
+    Close(&'a [u8]),
+}
+
+impl<'a> ToWriter<'a> {
+    /// Hands the record's kind and parts to `push` (a channel's push) and
+    /// returns what it returns.
+    pub fn push_with(&self, push: impl FnOnce(u8, &[&[u8]]) -> bool) -> bool {
+        match *self {
+            ToWriter::Append(frame) => push(APPEND, &[frame]),
+            ToWriter::Resume => push(RESUME, &[]),
+            ToWriter::Position { player, position } => {
+                // Players are client ids, at most 255 bytes (str8 in HELLO).
+                let len = [player.len() as u8];
+                push(POSITION, &[&len, player, &position.to_bytes()])
+            }
+            ToWriter::Close(topic) => push(CLOSE, &[topic]),
+        }
+    }
+
+    /// A record as a shard of this process pushed it.
+    pub fn decode(kind: u8, body: &'a [u8]) -> ToWriter<'a> {
+        match kind {
+            APPEND => ToWriter::Append(body),
+            RESUME => ToWriter::Resume,
+            POSITION => {
+                let player_len = body[0] as usize;
+                let (player, fix) = body[1..].split_at(player_len);
+                let fix: &[u8; POSITION_BYTES] = fix.try_into().expect("a whole position");
+                ToWriter::Position {
+                    player,
+                    position: Position::from_bytes(fix),
+                }
+            }
+            CLOSE => ToWriter::Close(body),
+            other => panic!("unknown storage record kind {other}"),
+        }
+    }
+}
 
 // ---- writer -> shard records ----------------------------------------------
 
@@ -80,16 +130,88 @@ pub const PATHS: u8 = 4;
 
 // ---- shard <-> reader records -----------------------------------------------
 
-/// Shard -> reader: a `ReadRequest`.
-pub const READ: u8 = 1;
-/// Shard -> reader: a `PathRequest`.
-pub const PATH_READ: u8 = 2;
-/// Reader -> shard: a `ReadReply` header, the topic (str8), then whole
-/// EVENT frames.
-pub const EVENTS: u8 = 1;
-/// Reader -> shard: connection (u32) and generation (u32), then the whole
-/// PATH frames answering its query.
-pub const PATH_FRAMES: u8 = 2;
+const READ: u8 = 1;
+const PATH_READ: u8 = 2;
+const EVENTS: u8 = 1;
+const PATH_FRAMES: u8 = 2;
+
+/// What a shard asks the reader, on its read channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToReader<'a> {
+    Read(ReadRequest<'a>),
+    PathRead(PathRequest<'a>),
+}
+
+impl<'a> ToReader<'a> {
+    /// Hands the record's kind and parts to `push` (a channel's push) and
+    /// returns what it returns.
+    pub fn push_with(&self, push: impl FnOnce(u8, &[&[u8]]) -> bool) -> bool {
+        match self {
+            ToReader::Read(read) => push(READ, &[&read.encode(), read.topic]),
+            ToReader::PathRead(path) => push(PATH_READ, &[&path.encode(), path.player]),
+        }
+    }
+
+    /// A record as a shard of this process pushed it.
+    pub fn decode(kind: u8, body: &'a [u8]) -> ToReader<'a> {
+        match kind {
+            READ => ToReader::Read(ReadRequest::decode(body)),
+            PATH_READ => ToReader::PathRead(PathRequest::decode(body)),
+            other => panic!("unknown read record kind {other}"),
+        }
+    }
+}
+
+/// The reader's answer to a `ToReader` record, on the shard's reply channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FromReader<'a> {
+    /// A `ReadReply` header, the topic, then whole EVENT frames.
+    Events {
+        reply: ReadReply,
+        topic: &'a [u8],
+        frames: &'a [u8],
+    },
+    /// The connection that asked, then the whole PATH frames answering its
+    /// query.
+    PathFrames {
+        conn: u32,
+        generation: u32,
+        frames: &'a [u8],
+    },
+}
+
+impl<'a> FromReader<'a> {
+    /// The kind of record a reply to `request` is pushed as.
+    pub fn kind_answering(request: &ToReader<'_>) -> u8 {
+        match request {
+            ToReader::Read(_) => EVENTS,
+            ToReader::PathRead(_) => PATH_FRAMES,
+        }
+    }
+
+    /// A reply as the reader of this process pushed it.
+    pub fn decode(kind: u8, body: &'a [u8]) -> FromReader<'a> {
+        match kind {
+            EVENTS => {
+                let (reply, topic, frames) = ReadReply::decode(body);
+                FromReader::Events {
+                    reply,
+                    topic,
+                    frames,
+                }
+            }
+            PATH_FRAMES => {
+                assert!(body.len() >= 8, "a short path reply");
+                FromReader::PathFrames {
+                    conn: be_u32(&body[0..]),
+                    generation: be_u32(&body[4..]),
+                    frames: &body[8..],
+                }
+            }
+            other => panic!("unknown storage reply kind {other}"),
+        }
+    }
+}
 
 /// A PATH_QUERY passed on to the reader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,11 +251,14 @@ impl<'a> PathRequest<'a> {
     }
 }
 
-/// The connection and generation at the front of a PATH_FRAMES reply, and
-/// the frames after them.
-pub fn decode_path_frames(body: &[u8]) -> (u32, u32, &[u8]) {
-    assert!(body.len() >= 8, "a short path reply");
-    (be_u32(&body[0..]), be_u32(&body[4..]), &body[8..])
+impl PathRequest<'_> {
+    /// Starts the reply to this request in `out`: the connection that asked.
+    /// The PATH frames follow.
+    pub fn start_reply(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.conn.to_be_bytes());
+        out.extend_from_slice(&self.generation.to_be_bytes());
+    }
 }
 
 /// Events of one topic's history in `epoch` a subscriber still needs,
@@ -250,7 +375,7 @@ impl ReadReply {
     }
 
     /// The header, the topic and the frames.
-    pub fn decode(body: &[u8]) -> (ReadReply, &[u8], &[u8]) {
+    fn decode(body: &[u8]) -> (ReadReply, &[u8], &[u8]) {
         assert!(body.len() >= READ_REPLY_HEADER_BYTES, "a short read reply");
         let status = match body[16] {
             0 => ReadStatus::Found,

@@ -18,8 +18,8 @@ use cluecast_sys::spsc;
 use super::db::Db;
 use super::path_block::decode_block;
 use super::{
-    PathRequest, ReadRequest, ReadStatus, EVENTS, PATH_FRAMES, PATH_READ, READ,
-    READ_REPLY_BYTES_MAX, READ_REPLY_HEADER_BYTES,
+    FromReader, PathRequest, ReadRequest, ReadStatus, ToReader, READ_REPLY_BYTES_MAX,
+    READ_REPLY_HEADER_BYTES,
 };
 use crate::ring::uring::Doorbell;
 
@@ -89,23 +89,23 @@ impl Reader {
         for i in 0..self.ports.len() {
             self.ports[i].read_rx.clear_doorbell();
             while let Some((kind, body)) = self.ports[i].read_rx.peek() {
-                let (reply_kind, reply_bytes_max) = match kind {
-                    READ => {
-                        let bytes_max = ReadRequest::decode(body).bytes_max as usize;
-                        let frames = bytes_max.min(READ_REPLY_BYTES_MAX);
-                        (EVENTS, READ_REPLY_HEADER_BYTES + 256 + frames)
+                let request = ToReader::decode(kind, body);
+                let reply_kind = FromReader::kind_answering(&request);
+                let reply_bytes_max = match &request {
+                    ToReader::Read(read) => {
+                        let frames = (read.bytes_max as usize).min(READ_REPLY_BYTES_MAX);
+                        READ_REPLY_HEADER_BYTES + 256 + frames
                     }
-                    PATH_READ => (PATH_FRAMES, PATH_REPLY_BYTES_MAX),
-                    other => panic!("unknown read record kind {other}"),
+                    ToReader::PathRead(_) => PATH_REPLY_BYTES_MAX,
                 };
                 if !self.ports[i].reply_tx.has_room(reply_bytes_max) {
                     blocked = true;
                     break;
                 }
                 let body = body.to_vec();
-                match kind {
-                    READ => self.serve_events(&ReadRequest::decode(&body)),
-                    _ => self.serve_path(&PathRequest::decode(&body)),
+                match ToReader::decode(kind, &body) {
+                    ToReader::Read(read) => self.serve_events(&read),
+                    ToReader::PathRead(path) => self.serve_path(&path),
                 }
                 let port = &self.ports[i];
                 let pushed = port.reply_tx.push(reply_kind, &[&self.reply]);
@@ -150,10 +150,7 @@ impl Reader {
     /// damaged block is reported (logged, and flagged in the answer), never
     /// decoded into positions.
     fn serve_path(&mut self, request: &PathRequest<'_>) {
-        self.reply.clear();
-        self.reply.extend_from_slice(&request.conn.to_be_bytes());
-        self.reply
-            .extend_from_slice(&request.generation.to_be_bytes());
+        request.start_reply(&mut self.reply);
         let mut found: Vec<Position> = Vec::new();
         let mut corrupt = false;
         let player = String::from_utf8_lossy(request.player);

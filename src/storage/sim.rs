@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use cluecast_proto::{decode, Frame, Limits};
 
 use super::{
-    Durability, ReadRequest, ReadStatus, ReaderPort, WriterPort, APPEND, CLOSE, DURABLE, EVENTS,
-    FAILED, POSITION, READ_REPLY_BYTES_MAX, RESUME,
+    Durability, FromReader, ReadStatus, ReaderPort, ToReader, ToWriter, WriterPort, DURABLE,
+    FAILED, READ_REPLY_BYTES_MAX,
 };
 use crate::ring::sim::Rng;
 
@@ -123,33 +123,32 @@ impl SimStorage {
     fn take_appends(&mut self, i: usize) {
         let port = &mut self.ports[i];
         while let Some((kind, body)) = port.writer.append_rx.peek() {
-            match kind {
-                APPEND => {
+            match ToWriter::decode(kind, body) {
+                ToWriter::Append(frame) => {
                     port.appends_seen += 1;
                     if !port.failed {
-                        let Ok(Some((Frame::Event(e), _))) = decode(body, &self.limits) else {
+                        let Ok(Some((Frame::Event(e), _))) = decode(frame, &self.limits) else {
                             panic!("a shard appended a malformed event");
                         };
                         self.batch.push(Appended {
                             port: i,
                             topic: e.topic.into(),
-                            event: Some((e.epoch, e.seq, body.to_vec())),
+                            event: Some((e.epoch, e.seq, frame.to_vec())),
                         });
                     }
                 }
-                CLOSE => {
+                ToWriter::Close(topic) => {
                     port.appends_seen += 1;
                     if !port.failed {
                         self.batch.push(Appended {
                             port: i,
-                            topic: body.into(),
+                            topic: topic.into(),
                             event: None,
                         });
                     }
                 }
-                RESUME => port.failed = false,
-                POSITION => {} // paths are not simulated
-                other => panic!("unknown storage record kind {other}"),
+                ToWriter::Resume => port.failed = false,
+                ToWriter::Position { .. } => {} // paths are not simulated
             }
             port.writer.append_rx.pop();
         }
@@ -217,8 +216,12 @@ impl SimStorage {
     }
 
     fn serve_reads(&mut self, i: usize) {
-        while let Some((_, body)) = self.ports[i].reader.read_rx.peek() {
-            let request = ReadRequest::decode(body);
+        while let Some((kind, body)) = self.ports[i].reader.read_rx.peek() {
+            let asked = ToReader::decode(kind, body);
+            let reply_kind = FromReader::kind_answering(&asked);
+            let ToReader::Read(request) = asked else {
+                panic!("path reads are not simulated");
+            };
             let mut reply = Vec::new();
             let frames_at = request.start_reply(&mut reply);
             let bytes_max = (request.bytes_max as usize).min(READ_REPLY_BYTES_MAX);
@@ -261,7 +264,7 @@ impl SimStorage {
             self.stats.reads += 1;
             request.finish_reply(&mut reply, status, oldest);
             let port = &self.ports[i];
-            if !port.reader.reply_tx.push(EVENTS, &[&reply]) {
+            if !port.reader.reply_tx.push(reply_kind, &[&reply]) {
                 return; // the shard drains its replies every turn
             }
             port.reader.read_rx.pop();

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
 use super::path_block::{decode_block, BlockBuilder};
-use super::{Durability, APPEND, CLOSE, DURABLE, FAILED, FLOOR, PATHS, POSITION, RESUME};
+use super::{Durability, ToWriter, DURABLE, FAILED, FLOOR, PATHS};
 use crate::metrics::LatencyCounts;
 use crate::ring::uring::Doorbell;
-use cluecast_proto::{decode, Frame, Limits, Position, POSITION_BYTES};
+use cluecast_proto::{decode, Frame, Limits, Position};
 use cluecast_sys::spsc;
 
 mod retention;
@@ -307,27 +307,28 @@ impl Writer {
                     break;
                 };
                 read_any = true;
-                match kind {
-                    APPEND | CLOSE => {
+                match ToWriter::decode(kind, body) {
+                    ToWriter::Append(frame) => {
                         port.appends_seen += 1;
                         if !port.failed {
-                            bytes += body.len();
-                            let change = if kind == APPEND {
-                                Change::Append(body.to_vec())
-                            } else {
-                                Change::Close(body.into())
-                            };
-                            self.records.push((i, change));
+                            bytes += frame.len();
+                            self.records.push((i, Change::Append(frame.to_vec())));
                         }
                     }
-                    RESUME => port.failed = false,
-                    POSITION => {
+                    ToWriter::Close(topic) => {
+                        port.appends_seen += 1;
+                        if !port.failed {
+                            bytes += topic.len();
+                            self.records.push((i, Change::Close(topic.into())));
+                        }
+                    }
+                    ToWriter::Resume => port.failed = false,
+                    ToWriter::Position { player, position } => {
                         bytes += body.len();
                         port.positions_seen += 1;
-                        let body = body.to_vec();
-                        self.add_position(&body);
+                        let player = player.to_vec();
+                        self.add_position(&player, &position);
                     }
-                    other => panic!("unknown storage record kind {other}"),
                 }
                 self.ports[i].io.append_rx.pop();
             }
@@ -485,11 +486,7 @@ impl Writer {
 
     /// Adds a POSITION record to its player's open block, sealing it once
     /// full. Kept in memory until a batch writes it (failed batches too).
-    fn add_position(&mut self, body: &[u8]) {
-        let player_len = body[0] as usize;
-        let (player, fix) = body[1..].split_at(player_len);
-        let fix: &[u8; POSITION_BYTES] = fix.try_into().expect("a whole position");
-        let position = Position::from_bytes(fix);
+    fn add_position(&mut self, player: &[u8], position: &Position) {
         if !self.paths.contains_key(player) {
             match self.load_path(player) {
                 Ok(path) => {
@@ -505,7 +502,7 @@ impl Writer {
             }
         }
         let path = self.paths.get_mut(player).expect("inserted above");
-        path.builder.push(&position);
+        path.builder.push(position);
         path.dirty = true;
         path.last_used = Instant::now();
         self.paths_dirty = true;
@@ -682,7 +679,7 @@ impl Drop for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{links, Notice, ReadStatus, StorageLink};
+    use crate::storage::{links, Notice, ReadStatus, StorageLink, APPEND, CLOSE, POSITION, RESUME};
     use cluecast_proto::Event;
 
     fn event(topic: &[u8], epoch: u64, seq: u64) -> Vec<u8> {
