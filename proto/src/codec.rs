@@ -634,10 +634,12 @@ impl Frame<'_> {
             Frame::Subscribed(s) => 1 + 8 + 8 + 8 + 1 + s.topic.len(),
             Frame::Unsubscribe { topic } | Frame::Unsubscribed { topic } => 1 + topic.len(),
             Frame::Publish(p) => 4 + 1 + p.topic.len() + p.payload.len(),
-            Frame::PublishAck(_) => 4 + 2 + 1 + 8 + 8,
+            Frame::PublishAck(_) => PublishAck::ENCODED_BYTES - HEADER_BYTES,
             Frame::Event(e) => 8 + 8 + 8 + 1 + e.topic.len() + e.payload.len(),
             Frame::TopicClose(c) => 4 + 1 + c.topic.len(),
-            Frame::TopicClosed(c) => 4 + 2 + 8 + 1 + c.topic.len(),
+            Frame::TopicClosed(c) => {
+                TopicClosed::ENCODED_BYTES_BEFORE_TOPIC - HEADER_BYTES + c.topic.len()
+            }
             Frame::Position(_) => POSITION_BYTES,
             Frame::PathQuery(q) => 4 + 8 + 1 + q.player.len(),
             Frame::Path(p) => 4 + 2 + 1 + p.positions.len(),

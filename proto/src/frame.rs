@@ -347,6 +347,11 @@ pub struct PublishAck {
     pub seq: u64,
 }
 
+impl PublishAck {
+    /// Every PUBLISH_ACK's encoded size, header included.
+    pub const ENCODED_BYTES: usize = HEADER_BYTES + 4 + 2 + 1 + 8 + 8;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event<'a> {
     pub seq: u64,
@@ -378,6 +383,11 @@ pub struct TopicClosed<'a> {
     /// on refusal.
     pub last_seq: u64,
     pub topic: &'a [u8],
+}
+
+impl TopicClosed<'_> {
+    /// A TOPIC_CLOSED's encoded size, header included, without its topic.
+    pub const ENCODED_BYTES_BEFORE_TOPIC: usize = HEADER_BYTES + 4 + 2 + 8 + 1;
 }
 
 /// A position fix, in fixed point so every client encodes it identically.
@@ -547,6 +557,11 @@ pub struct GoAway<'a> {
 pub struct ErrorFrame<'a> {
     pub code: u16,
     pub message: &'a [u8],
+}
+
+impl ErrorFrame<'_> {
+    /// The longest text an ERROR carries (its length is one byte).
+    pub const MESSAGE_BYTES_MAX: usize = 255;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

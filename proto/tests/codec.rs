@@ -1170,3 +1170,44 @@ fn topic_closed_round_trip_and_lengths() {
         "TOPIC_CLOSED body has bytes after its last field"
     );
 }
+
+#[test]
+fn fixed_sizes_match_what_the_encoder_writes() {
+    let ack = Frame::PublishAck(PublishAck {
+        request_id: 1,
+        status: 0,
+        flags: ACK_FLAG_DURABLE,
+        epoch: 2,
+        seq: 3,
+    });
+    let mut out = Vec::new();
+    ack.encode(&mut out);
+    assert_eq!(out.len(), PublishAck::ENCODED_BYTES);
+
+    let topic = [b't'; TOPIC_BYTES_HARD_MAX];
+    let closed = Frame::TopicClosed(TopicClosed {
+        request_id: 1,
+        status: 0,
+        last_seq: 9,
+        topic: &topic,
+    });
+    out.clear();
+    closed.encode(&mut out);
+    assert_eq!(
+        out.len(),
+        TopicClosed::ENCODED_BYTES_BEFORE_TOPIC + TOPIC_BYTES_HARD_MAX
+    );
+
+    let longest = [b'e'; ErrorFrame::MESSAGE_BYTES_MAX];
+    let error = Frame::Error(ErrorFrame {
+        code: 1,
+        message: &longest,
+    });
+    out.clear();
+    error.encode(&mut out);
+    let limits = Limits::DEFAULT;
+    let Ok(Some((Frame::Error(back), _))) = decode(&out, &limits) else {
+        panic!("the longest ERROR decodes");
+    };
+    assert_eq!(back.message.len(), ErrorFrame::MESSAGE_BYTES_MAX);
+}

@@ -47,9 +47,36 @@ impl Completion {
         (self.flags & F_BUFFER != 0).then_some((self.flags >> BUFFER_ID_SHIFT) as u16)
     }
 
+    /// What the result means: the one place a completion's errno is named.
+    pub fn outcome(&self) -> Outcome {
+        match self.result {
+            n if n >= 0 => Outcome::Done(n as u32),
+            e if e == -libc::ECANCELED => Outcome::Cancelled,
+            e if e == -libc::ENOBUFS => Outcome::NoBuffers,
+            e if [libc::EAGAIN, libc::EINTR, libc::ENOMEM].contains(&-e) => Outcome::Transient,
+            e => Outcome::Failed(io::Error::from_raw_os_error(-e)),
+        }
+    }
+
     pub fn with_buffer_flags(buffer_id: u16, more: bool) -> u32 {
         F_BUFFER | ((buffer_id as u32) << BUFFER_ID_SHIFT) | if more { F_MORE } else { 0 }
     }
+}
+
+/// A completion's result, named.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Bytes moved, or the new descriptor of an accept.
+    Done(u32),
+    /// Cancelled by the shard itself (a cancel, or closing its socket).
+    Cancelled,
+    /// No buffer: a buffer-select receive found none provided, or the
+    /// kernel had no memory for a send's buffers. Try again later.
+    NoBuffers,
+    /// Interrupted or out of memory for the moment: try again.
+    Transient,
+    /// Anything else (reset, broken pipe, out of descriptors, ...).
+    Failed(io::Error),
 }
 
 /// An operation to submit. Raw pointers must outlive the operation.
@@ -194,6 +221,29 @@ mod tests {
         assert_eq!(decoded, token);
         assert_eq!(decoded.generation, 0x23_4567);
         assert_eq!(Token::decode(0), None);
+    }
+
+    #[test]
+    fn outcomes_name_the_errnos_handlers_act_on() {
+        let outcome = |result| {
+            Completion {
+                user_data: 0,
+                result,
+                flags: 0,
+            }
+            .outcome()
+        };
+        assert!(matches!(outcome(7), Outcome::Done(7)));
+        assert!(matches!(outcome(0), Outcome::Done(0)));
+        assert!(matches!(outcome(-libc::ECANCELED), Outcome::Cancelled));
+        assert!(matches!(outcome(-libc::ENOBUFS), Outcome::NoBuffers));
+        for errno in [libc::EAGAIN, libc::EINTR, libc::ENOMEM] {
+            assert!(matches!(outcome(-errno), Outcome::Transient));
+        }
+        let Outcome::Failed(e) = outcome(-libc::ECONNRESET) else {
+            panic!("a reset is a failure");
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET));
     }
 
     #[test]

@@ -27,28 +27,32 @@ impl Core {
         if !c.more() {
             self.accept_armed = false;
         }
-        if c.result >= 0 {
-            let fd = c.result;
-            let source = peer
-                .filter(|ip| !is_this_host(*ip))
-                .map(|ip| self.sources.slot(ip));
-            if self.listener.is_none() {
-                self.close_orphan(fd);
-            } else if self.may_enter(source) {
-                // A socket already gone (no peer) is admitted uncounted; its
-                // first receive ends it.
-                self.admit(fd, source);
-            } else {
-                self.reject(fd);
+        match c.outcome() {
+            Outcome::Done(fd) => {
+                let fd = fd as RawFd;
+                let source = peer
+                    .filter(|ip| !is_this_host(*ip))
+                    .map(|ip| self.sources.slot(ip));
+                if self.listener.is_none() {
+                    self.close_orphan(fd);
+                } else if self.may_enter(source) {
+                    // A socket already gone (no peer) is admitted uncounted;
+                    // its first receive ends it.
+                    self.admit(fd, source);
+                } else {
+                    self.reject(fd);
+                }
             }
-        } else if c.result != -libc::ECANCELED {
-            crate::warn!(
-                "shard {}: accept failed: {}",
-                self.id,
-                io::Error::from_raw_os_error(-c.result)
-            );
-            // Out of descriptors or memory: give the system a moment.
-            self.accept_retry_at_ms = Some(self.now_ms + 100);
+            Outcome::Cancelled => {}
+            _ => {
+                crate::warn!(
+                    "shard {}: accept failed: {}",
+                    self.id,
+                    io::Error::from_raw_os_error(-c.result)
+                );
+                // Out of descriptors or memory: give the system a moment.
+                self.accept_retry_at_ms = Some(self.now_ms + 100);
+            }
         }
         if !self.accept_armed && self.accept_retry_at_ms.is_none() {
             self.arm_accept();
@@ -195,7 +199,8 @@ impl Core {
         let (which, sent) = (token.generation & 0xff, token.generation >> 8);
         let sent = sent + c.result.max(0) as u32;
         let unfinished = c.result > 0 && (sent as usize) < self.reject_frame_bytes;
-        if unfinished || (c.result < 0 && is_transient(-c.result)) {
+        let transient = matches!(c.outcome(), Outcome::Transient | Outcome::NoBuffers);
+        if unfinished || transient {
             self.send_reject(fd, which, sent);
         } else {
             self.close_orphan(fd);

@@ -192,7 +192,7 @@ impl Core {
             Frame::Publish(p) => (p.request_id, ACK_RECORD_BYTES),
             Frame::TopicClose(c) => (
                 c.request_id,
-                ConnId::BYTES + TOPIC_CLOSED_BYTES + c.topic.len(),
+                ConnId::BYTES + TopicClosed::ENCODED_BYTES_BEFORE_TOPIC + c.topic.len(),
             ),
             other => panic!("a peer shard forwarded {:?}", other.frame_type()),
         };

@@ -47,7 +47,7 @@ use cluecast_proto::{
     decode, event_publish_ts_ns, ErrorCode, ErrorFrame, Event, Frame, GoAway, GoAwayReason, Limits,
     Path, PathQuery, Position, Publish, PublishAck, ResumePoint, StartMode, Subscribe,
     SubscribeStatus, Subscribed, TopicClose, TopicClosed, Welcome, ACK_FLAG_DURABLE,
-    PATH_FLAG_LAST, PROTOCOL_VERSION,
+    PATH_FLAG_LAST, PROTOCOL_VERSION, TOPIC_BYTES_HARD_MAX,
 };
 use cluecast_sys::spsc;
 use slab::Slab;
@@ -57,7 +57,7 @@ use crate::arena::{Arena, FrameRef, Use};
 use crate::auth::{Grant, Keys};
 use crate::conn::{Conn, ConnState, SubRef};
 use crate::metrics::{Gauges, Recorder, ShardMetrics};
-use crate::ring::{Completion, Op, OpKind, Ring, Token, GENERATION_MASK};
+use crate::ring::{Completion, Op, OpKind, Outcome, Ring, Token, GENERATION_MASK};
 use crate::stats::ShardStats;
 use crate::storage::{
     Durability, FromReader, Notice, PathRequest, ReadReply, ReadRequest, ReadStatus, StorageLink,
@@ -82,10 +82,8 @@ const TIMER_SLOTS: usize = 1024;
 /// closes may take before the shard stops anyway.
 pub const DRAIN_GRACE_MS: u64 = 1_000;
 
-/// An answer record carrying a PUBLISH_ACK (28 bytes).
-const ACK_RECORD_BYTES: usize = ConnId::BYTES + 28;
-/// A TOPIC_CLOSED frame without its topic's bytes.
-const TOPIC_CLOSED_BYTES: usize = 20;
+/// An answer record carrying a PUBLISH_ACK.
+const ACK_RECORD_BYTES: usize = ConnId::BYTES + PublishAck::ENCODED_BYTES;
 
 /// Everything a shard needs, built by the engine (or a test).
 pub struct ShardSetup {
@@ -355,13 +353,6 @@ pub fn topic_owner(topic: &[u8], shards: usize) -> usize {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % shards as u64) as usize
-}
-
-fn is_transient(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::EAGAIN | libc::EINTR | libc::ENOBUFS | libc::ENOMEM
-    )
 }
 
 impl<R: Ring> Shard<R> {

@@ -35,8 +35,8 @@ impl Core {
             conn.recv_armed = false;
         }
         let reading = matches!(conn.state, ConnState::Handshake | ConnState::Open);
-        match c.result {
-            n if n > 0 => {
+        match c.outcome() {
+            Outcome::Done(n) if n > 0 => {
                 if reading {
                     conn.last_rx_ms = self.now_ms;
                     self.on_bytes(index, bytes);
@@ -48,19 +48,15 @@ impl Core {
                     }
                 }
             }
-            0 => {
-                if reading {
-                    self.abort(index);
-                }
-            }
-            e if e == -libc::ENOBUFS => {
+            Outcome::NoBuffers => {
                 self.stats.recv_no_buffers += 1;
                 if reading {
                     // Buffers come back at the end of this turn's handlers.
                     self.recv_rearm.push(index);
                 }
             }
-            e if e == -libc::ECANCELED => {}
+            Outcome::Cancelled => {}
+            // The peer closed, or the connection failed.
             _ => {
                 if reading {
                     self.abort(index);
@@ -353,8 +349,8 @@ impl Core {
         if let Some(block) = conn.iov_block.take() {
             self.iov_free.push(block);
         }
-        match c.result {
-            n if n > 0 => {
+        match c.outcome() {
+            Outcome::Done(n) if n > 0 => {
                 let sent = n as usize;
                 self.stats.sends += 1;
                 self.stats.send_bytes += sent as u64;
@@ -383,7 +379,7 @@ impl Core {
                     self.mark_dirty(index);
                 }
             }
-            e if e < 0 && is_transient(-e) => {
+            Outcome::Transient | Outcome::NoBuffers => {
                 let conn = &mut self.conns[index as usize];
                 conn.abandon_send();
                 if conn.state != ConnState::Closing {

@@ -5,8 +5,8 @@
 
 use super::*;
 
-/// The longest answer: TOPIC_CLOSED with a 255-byte topic.
-const ANSWER_BYTES_MAX: usize = TOPIC_CLOSED_BYTES + 255;
+/// The longest answer: TOPIC_CLOSED with the longest topic.
+const ANSWER_BYTES_MAX: usize = TopicClosed::ENCODED_BYTES_BEFORE_TOPIC + TOPIC_BYTES_HARD_MAX;
 
 impl Core {
     pub(super) fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
@@ -293,7 +293,7 @@ impl Core {
     /// Whether every peer has room for the news of a close, and the
     /// requester's shard for the answer after it.
     fn close_has_room(&self, name: &[u8], ack: AckTo) -> bool {
-        let answer_bytes = ConnId::BYTES + TOPIC_CLOSED_BYTES + name.len();
+        let answer_bytes = ConnId::BYTES + TopicClosed::ENCODED_BYTES_BEFORE_TOPIC + name.len();
         self.peers_have_room(8 + name.len(), ack.peer().map(|peer| (peer, answer_bytes)))
     }
 

@@ -163,8 +163,8 @@ impl Core {
 
     pub(super) fn error_close(&mut self, index: u32, code: ErrorCode, message: &str) {
         self.stats.errors_sent += 1;
-        // ERROR carries at most 255 bytes of text; cut on a character boundary.
-        let end = (0..=message.len().min(255))
+        // Cut to what an ERROR carries, on a character boundary.
+        let end = (0..=message.len().min(ErrorFrame::MESSAGE_BYTES_MAX))
             .rev()
             .find(|&i| message.is_char_boundary(i))
             .unwrap_or(0);
