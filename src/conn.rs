@@ -25,14 +25,6 @@ pub enum ConnState {
     Closing,
 }
 
-/// One of the connection's subscriptions: which topic, and where this
-/// connection sits in that topic's subscriber list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SubRef {
-    pub topic: u32,
-    pub position: u32,
-}
-
 pub struct Conn {
     pub fd: RawFd,
     pub state: ConnState,
@@ -59,9 +51,6 @@ pub struct Conn {
     pub close_in_flight: bool,
     /// Waiting in the shard's list of connections to send to.
     pub dirty: bool,
-    pub subs: Vec<SubRef>,
-    /// Subscriptions being fed from history.
-    pub catching_up: u16,
     /// The player whose positions this connection sends: its token's
     /// subject, or without authentication HELLO's client_id (empty when the
     /// client gave none; no allocation then).
@@ -101,8 +90,6 @@ impl Conn {
             recv_armed: false,
             close_in_flight: false,
             dirty: false,
-            subs: Vec::new(),
-            catching_up: 0,
             player: Box::default(),
             grant: None,
             token_deadline_ms: u64::MAX,

@@ -1,12 +1,59 @@
 //! Topics as subscribers see them: subscribe and unsubscribe, delivery of
 //! each event to the local subscribers, refills from history or disk for
-//! those catching up, and a topic's end.
+//! those catching up, and a topic's end. Owns each connection's list of
+//! subscriptions (`Subscriptions`); the topics own their subscriber lists.
 
 use super::*;
 
 /// How long a subscriber whose history is not yet on disk (or whose read
 /// failed) waits before asking again.
 const DISK_RETRY_MS: u64 = 50;
+
+/// One of a connection's subscriptions: which topic, and where the
+/// connection sits in that topic's subscriber list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SubRef {
+    topic: u32,
+    position: u32,
+}
+
+#[derive(Default)]
+struct SlotSubscriptions {
+    subs: Vec<SubRef>,
+    /// Subscriptions being fed from history.
+    catching_up: u16,
+}
+
+/// The subscriptions of every connection slot. A slot's list is allocated
+/// when first used and kept for the slot's next connection.
+pub(super) struct Subscriptions {
+    by_slot: Vec<SlotSubscriptions>,
+    /// Subscriptions held by this shard's connections.
+    total: u64,
+}
+
+impl Subscriptions {
+    pub(super) fn new(slots: usize) -> Subscriptions {
+        Subscriptions {
+            by_slot: (0..slots).map(|_| SlotSubscriptions::default()).collect(),
+            total: 0,
+        }
+    }
+
+    pub(super) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether some subscription of the connection in `index` is fed from
+    /// history.
+    pub(super) fn catching_up(&self, index: u32) -> bool {
+        self.by_slot[index as usize].catching_up > 0
+    }
+
+    pub(super) fn none(&self, index: u32) -> bool {
+        self.by_slot[index as usize].subs.is_empty()
+    }
+}
 
 impl Core {
     pub(super) fn subscribe(&mut self, index: u32, s: Subscribe<'_>) {
@@ -25,7 +72,7 @@ impl Core {
             // A repeated SUBSCRIBE restarts the subscription from its position.
             self.unsubscribe(index, existing);
         }
-        if self.conns[index as usize].subs.len() >= self.subscriptions_max {
+        if self.subscriptions.by_slot[index as usize].subs.len() >= self.subscriptions_max {
             let message = format!(
                 "at most {} subscriptions per connection",
                 self.subscriptions_max
@@ -68,32 +115,32 @@ impl Core {
             catching_up,
             reading: false,
         });
-        let conn = &mut self.conns[index as usize];
-        conn.subs.push(SubRef { topic: t, position });
-        self.subscriptions += 1;
+        let slot = &mut self.subscriptions.by_slot[index as usize];
+        slot.subs.push(SubRef { topic: t, position });
+        self.subscriptions.total += 1;
         if catching_up {
-            conn.catching_up += 1;
+            slot.catching_up += 1;
             self.stats.catch_ups += 1;
             self.refill(index);
         }
     }
 
     pub(super) fn unsubscribe(&mut self, index: u32, t: u32) {
-        let conn = &mut self.conns[index as usize];
-        let Some(i) = conn.subs.iter().position(|s| s.topic == t) else {
+        let slot = &mut self.subscriptions.by_slot[index as usize];
+        let Some(i) = slot.subs.iter().position(|s| s.topic == t) else {
             return;
         };
-        let sub_ref = conn.subs.swap_remove(i);
-        self.subscriptions -= 1;
+        let sub_ref = slot.subs.swap_remove(i);
+        self.subscriptions.total -= 1;
         let topic = self.topics.get_mut(t);
         let removed = topic.subscribers.swap_remove(sub_ref.position as usize);
         debug_assert_eq!(removed.conn, index);
         if removed.catching_up {
-            conn.catching_up -= 1;
+            slot.catching_up -= 1;
         }
         // The subscriber moved into the hole must learn its new position.
         if let Some(moved) = topic.subscribers.get(sub_ref.position as usize) {
-            let owner = &mut self.conns[moved.conn as usize];
+            let owner = &mut self.subscriptions.by_slot[moved.conn as usize];
             let entry = owner
                 .subs
                 .iter_mut()
@@ -105,7 +152,11 @@ impl Core {
     }
 
     pub(super) fn unsubscribe_all(&mut self, index: u32) {
-        while let Some(sub) = self.conns[index as usize].subs.last().copied() {
+        while let Some(sub) = self.subscriptions.by_slot[index as usize]
+            .subs
+            .last()
+            .copied()
+        {
             self.unsubscribe(index, sub.topic);
         }
     }
@@ -113,11 +164,12 @@ impl Core {
     /// Feeds catching-up subscriptions from history while the queue has room.
     pub(super) fn refill(&mut self, index: u32) {
         let conn = &mut self.conns[index as usize];
+        let slot = &mut self.subscriptions.by_slot[index as usize];
         let mut gap = false;
         let mut queued_any = false;
         let mut retry_disk = false;
-        for i in 0..conn.subs.len() {
-            let sub_ref = conn.subs[i];
+        for i in 0..slot.subs.len() {
+            let sub_ref = slot.subs[i];
             let topic = self.topics.get_mut(sub_ref.topic);
             let position = sub_ref.position as usize;
             if !topic.subscribers[position].catching_up {
@@ -175,7 +227,7 @@ impl Core {
             sub.next_seq = next_seq;
             if caught_up {
                 sub.catching_up = false;
-                conn.catching_up -= 1;
+                slot.catching_up -= 1;
             }
             if gap {
                 break;
@@ -238,8 +290,8 @@ impl Core {
         let Some(t) = self.topics.find(topic_name).filter(|_| alive) else {
             return;
         };
-        let conn = &mut self.conns[index as usize];
-        let Some(sub_ref) = conn.subs.iter().find(|s| s.topic == t).copied() else {
+        let slot = &self.subscriptions.by_slot[index as usize];
+        let Some(sub_ref) = slot.subs.iter().find(|s| s.topic == t).copied() else {
             return;
         };
         let topic = self.topics.get_mut(t);
@@ -330,7 +382,7 @@ impl Core {
                 // Full queue: this subscriber is fed from history as its
                 // socket drains; nobody else waits for it.
                 sub.catching_up = true;
-                conn.catching_up += 1;
+                self.subscriptions.by_slot[sub.conn as usize].catching_up += 1;
                 self.stats.catch_ups += 1;
                 continue;
             }
@@ -350,5 +402,19 @@ impl Core {
         if self.storage.is_some() && topic.stored_oldest_seq == 0 {
             topic.stored_oldest_seq = seq;
         }
+    }
+
+    /// Each subscription of the connection in `index`: its topic and the
+    /// next sequence it is owed.
+    pub(super) fn subscribed(&self, index: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.subscriptions.by_slot[index as usize]
+            .subs
+            .iter()
+            .map(|s| {
+                (
+                    s.topic,
+                    self.topics.get(s.topic).subscribers[s.position as usize].next_seq,
+                )
+            })
     }
 }

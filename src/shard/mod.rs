@@ -55,7 +55,7 @@ use slab::Slab;
 use crate::admission::{is_this_host, Bucket, Rate, SourceCounts};
 use crate::arena::{Arena, FrameRef, Use};
 use crate::auth::{Grant, Keys};
-use crate::conn::{Conn, ConnState, SubRef};
+use crate::conn::{Conn, ConnState};
 use crate::metrics::{Gauges, Recorder, ShardMetrics};
 use crate::ring::{Completion, Op, OpKind, Outcome, Ring, Token, GENERATION_MASK};
 use crate::stats::ShardStats;
@@ -67,6 +67,7 @@ use crate::timer::TimerWheel;
 use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics, UNCLASSIFIED};
 use channel::Channel;
+use fanout::Subscriptions;
 pub use handshakes::HandshakeLimits;
 use handshakes::{Handshakes, PressureReport, NO_SOURCE};
 use mesh::{Mesh, MeshRecord};
@@ -337,8 +338,7 @@ struct Core {
     pub stats: ShardStats,
     /// Counts for the metrics beyond `stats`, and their copying.
     recorder: Recorder,
-    /// Subscriptions held by this shard's connections.
-    subscriptions: u64,
+    subscriptions: Subscriptions,
     /// Queued bytes in all and on the deepest connection, as of the last
     /// walk, and when to walk again.
     queue_gauges: (u64, u64),
@@ -426,7 +426,7 @@ impl<R: Ring> Shard<R> {
             rng: setup.epoch ^ (setup.id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
             stats: ShardStats::default(),
             recorder: Recorder::new(setup.metrics),
-            subscriptions: 0,
+            subscriptions: Subscriptions::new(slots),
             queue_gauges: (0, 0),
             queue_walk_at_ms: 0,
         };

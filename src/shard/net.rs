@@ -168,7 +168,8 @@ impl Core {
                 let open = self
                     .conns
                     .get(index as usize)
-                    .is_some_and(|c| c.state == ConnState::Open && c.catching_up > 0);
+                    .is_some_and(|c| c.state == ConnState::Open)
+                    && self.subscriptions.catching_up(index);
                 if open {
                     self.refill(index);
                 }
@@ -368,9 +369,8 @@ impl Core {
                         self.stats.short_sends += 1;
                     }
                 }
-                let conn = &self.conns[index as usize];
-                let (state, catching_up) = (conn.state, conn.catching_up);
-                if state == ConnState::Open && catching_up > 0 {
+                let state = self.conns[index as usize].state;
+                if state == ConnState::Open && self.subscriptions.catching_up(index) {
                     self.refill(index);
                 }
                 let conn = &self.conns[index as usize];
@@ -438,7 +438,7 @@ impl Core {
         if conn.state != ConnState::Closing || !conn.quiescent() {
             return;
         }
-        debug_assert!(conn.subs.is_empty());
+        debug_assert!(self.subscriptions.none(index));
         conn.release_all(&mut self.arena);
         if let Some(block) = conn.iov_block.take() {
             self.iov_free.push(block);

@@ -197,9 +197,8 @@ impl Core {
         // The list is cut short rather than exceed the frame limit.
         let mut room = self.limits.frame_bytes_max as usize - 64;
         let mut points: Vec<(u64, u64, Box<[u8]>)> = Vec::new();
-        for s in &self.conns[index as usize].subs {
-            let topic = self.topics.get(s.topic);
-            let next = topic.subscribers[s.position as usize].next_seq;
+        for (t, next) in self.subscribed(index) {
+            let topic = self.topics.get(t);
             let first_undelivered = undelivered
                 .iter()
                 .filter(|(_, name)| name[..] == topic.name[..])
@@ -247,7 +246,7 @@ impl Core {
         }
         let gauges = Gauges {
             connections: self.conns.len() as u64,
-            subscriptions: self.subscriptions,
+            subscriptions: self.subscriptions.total(),
             topics: self.topics.count() as u64,
             queued_bytes: self.queue_gauges.0,
             queue_deepest_bytes: self.queue_gauges.1,
