@@ -12,20 +12,85 @@ const REJECT_FRAMES: usize = 64;
 /// hold no handshake (see `may_enter`).
 const QUIET_RESERVE_PARTS: u32 = 8;
 
+/// The listener, and the limits on what comes in through it.
+pub(super) struct Door {
+    /// None once a drain has closed it.
+    listener: Option<RawFd>,
+    armed: bool,
+    /// An accept failed (out of descriptors or memory): try again then.
+    retry_at_ms: Option<u64>,
+    accept_rate: Rate,
+    accepts: Bucket,
+    tls_handshake_rate: Rate,
+    tls_handshakes: Bucket,
+    /// The GOAWAY(ServerFull) frames, back to back; never moved or freed,
+    /// so the kernel may read them while a refusal is in flight.
+    reject_frames: Box<[u8]>,
+    reject_frame_bytes: usize,
+}
+
+impl Door {
+    pub(super) fn new(
+        listener: RawFd,
+        accept_rate: Rate,
+        tls_handshake_rate: Rate,
+        now_ms: u64,
+    ) -> Door {
+        Door {
+            listener: Some(listener),
+            armed: false,
+            retry_at_ms: None,
+            accept_rate,
+            accepts: Bucket::new(accept_rate, now_ms),
+            tls_handshake_rate,
+            tls_handshakes: Bucket::new(tls_handshake_rate, now_ms),
+            reject_frames: Box::default(),
+            reject_frame_bytes: 0,
+        }
+    }
+}
+
 impl Core {
     pub(super) fn arm_accept(&mut self) {
-        if let Some(listener) = self.listener {
+        if let Some(listener) = self.door.listener {
             self.ops.push((
                 Op::AcceptMulti { listener },
                 Token::new(OpKind::Accept, 0, 0).encode(),
             ));
-            self.accept_armed = true;
+            self.door.armed = true;
         }
+    }
+
+    /// Arms the accept again once the pause after a failed one is over.
+    pub(super) fn retry_accept(&mut self) {
+        if self.door.retry_at_ms.is_some_and(|at| self.now_ms >= at) {
+            self.door.retry_at_ms = None;
+            if !self.door.armed {
+                self.arm_accept();
+            }
+        }
+    }
+
+    /// Stops accepting for good (a drain): cancels the accept and closes
+    /// the listener.
+    pub(super) fn close_door(&mut self) {
+        let Some(listener) = self.door.listener.take() else {
+            return;
+        };
+        if self.door.armed {
+            self.ops.push((
+                Op::Cancel {
+                    target: Token::new(OpKind::Accept, 0, 0).encode(),
+                },
+                Token::new(OpKind::Cancel, 0, 0).encode(),
+            ));
+        }
+        self.close_orphan(listener);
     }
 
     pub(super) fn on_accept(&mut self, c: Completion, peer: Option<IpAddr>) {
         if !c.more() {
-            self.accept_armed = false;
+            self.door.armed = false;
         }
         match c.outcome() {
             Outcome::Done(fd) => {
@@ -33,7 +98,7 @@ impl Core {
                 let source = peer
                     .filter(|ip| !is_this_host(*ip))
                     .map(|ip| self.sources.slot(ip));
-                if self.listener.is_none() {
+                if self.door.listener.is_none() {
                     self.close_orphan(fd);
                 } else if self.may_enter(source) {
                     // A socket already gone (no peer) is admitted uncounted;
@@ -51,10 +116,10 @@ impl Core {
                     io::Error::from_raw_os_error(-c.result)
                 );
                 // Out of descriptors or memory: give the system a moment.
-                self.accept_retry_at_ms = Some(self.now_ms + 100);
+                self.door.retry_at_ms = Some(self.now_ms + 100);
             }
         }
-        if !self.accept_armed && self.accept_retry_at_ms.is_none() {
+        if !self.door.armed && self.door.retry_at_ms.is_none() {
             self.arm_accept();
         }
     }
@@ -81,15 +146,16 @@ impl Core {
             self.stats.refused_source += 1;
             return false;
         }
+        let door = &mut self.door;
         let (now_ms, accept_rate, tls_rate) =
-            (self.now_ms, self.accept_rate, self.tls_handshake_rate);
-        let refused = if !self
+            (self.now_ms, door.accept_rate, door.tls_handshake_rate);
+        let refused = if !door
             .accepts
             .take_leaving(accept_rate, now_ms, reserve(accept_rate))
         {
             Some(&mut self.stats.refused_rate)
         } else if self.tls.is_some()
-            && !self
+            && !door
                 .tls_handshakes
                 .take_leaving(tls_rate, now_ms, reserve(tls_rate))
         {
@@ -181,12 +247,12 @@ impl Core {
     }
 
     fn send_reject(&mut self, fd: RawFd, which: u32, sent: u32) {
-        let at = which as usize * self.reject_frame_bytes + sent as usize;
-        let end = (which as usize + 1) * self.reject_frame_bytes;
+        let at = which as usize * self.door.reject_frame_bytes + sent as usize;
+        let end = (which as usize + 1) * self.door.reject_frame_bytes;
         self.ops.push((
             Op::Send {
                 fd,
-                ptr: self.reject_frames[at..end].as_ptr(),
+                ptr: self.door.reject_frames[at..end].as_ptr(),
                 len: (end - at) as u32,
             },
             Token::new(OpKind::Reject, sent << 8 | which, fd as u32).encode(),
@@ -198,7 +264,7 @@ impl Core {
         let fd = token.index as RawFd;
         let (which, sent) = (token.generation & 0xff, token.generation >> 8);
         let sent = sent + c.result.max(0) as u32;
-        let unfinished = c.result > 0 && (sent as usize) < self.reject_frame_bytes;
+        let unfinished = c.result > 0 && (sent as usize) < self.door.reject_frame_bytes;
         let transient = matches!(c.outcome(), Outcome::Transient | Outcome::NoBuffers);
         if unfinished || transient {
             self.send_reject(fd, which, sent);
@@ -218,10 +284,10 @@ impl Core {
                 reconnect: b"",
                 resume: vec![],
             });
-            self.reject_frame_bytes = frame.encoded_len();
+            self.door.reject_frame_bytes = frame.encoded_len();
             frame.encode(&mut bytes);
         }
-        self.reject_frames = bytes.into_boxed_slice();
+        self.door.reject_frames = bytes.into_boxed_slice();
     }
 
     pub(super) fn jittered_retry(&mut self) -> u32 {

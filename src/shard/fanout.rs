@@ -24,12 +24,16 @@ struct SlotSubscriptions {
     catching_up: u16,
 }
 
-/// The subscriptions of every connection slot. A slot's list is allocated
-/// when first used and kept for the slot's next connection.
+/// The subscriptions of every connection slot, and the connections waiting
+/// to be fed from disk again. A slot's list is allocated when first used
+/// and kept for the slot's next connection.
 pub(super) struct Subscriptions {
     by_slot: Vec<SlotSubscriptions>,
     /// Subscriptions held by this shard's connections.
     total: u64,
+    /// Connections to feed from disk again at `disk_retry_at_ms`.
+    disk_retry: Vec<u32>,
+    disk_retry_at_ms: u64,
 }
 
 impl Subscriptions {
@@ -37,6 +41,8 @@ impl Subscriptions {
         Subscriptions {
             by_slot: (0..slots).map(|_| SlotSubscriptions::default()).collect(),
             total: 0,
+            disk_retry: Vec::new(),
+            disk_retry_at_ms: 0,
         }
     }
 
@@ -341,13 +347,34 @@ impl Core {
         }
     }
 
+    /// Feeds the subscribers waiting for the disk again, once their pause
+    /// is over.
+    pub(super) fn retry_disk_reads(&mut self) {
+        let waiting = &mut self.subscriptions;
+        if !waiting.disk_retry.is_empty() && self.now_ms >= waiting.disk_retry_at_ms {
+            for index in std::mem::take(&mut waiting.disk_retry) {
+                // The slot may hold another connection by now; refill only
+                // touches subscriptions that are catching up.
+                let open = self
+                    .conns
+                    .get(index as usize)
+                    .is_some_and(|c| c.state == ConnState::Open)
+                    && self.subscriptions.catching_up(index);
+                if open {
+                    self.refill(index);
+                }
+            }
+        }
+    }
+
     /// Refills the connection from disk again shortly (the writer is
     /// behind, a read failed, or the reader's channel was full).
     fn retry_from_disk(&mut self, index: u32) {
-        if self.disk_retry.is_empty() {
-            self.disk_retry_at_ms = self.now_ms + DISK_RETRY_MS;
+        let waiting = &mut self.subscriptions;
+        if waiting.disk_retry.is_empty() {
+            waiting.disk_retry_at_ms = self.now_ms + DISK_RETRY_MS;
         }
-        self.disk_retry.push(index);
+        waiting.disk_retry.push(index);
     }
 
     /// The metrics class of topic `t`, looked up once per topic.

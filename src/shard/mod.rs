@@ -66,11 +66,14 @@ use crate::storage::{
 use crate::timer::TimerWheel;
 use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics, UNCLASSIFIED};
+use accept::Door;
 use channel::Channel;
 use fanout::Subscriptions;
 pub use handshakes::HandshakeLimits;
 use handshakes::{Handshakes, PressureReport, NO_SOURCE};
 use mesh::{Mesh, MeshRecord};
+use paths::PathReads;
+use sequencer::Appends;
 use storage_link::StoragePorts;
 
 /// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
@@ -218,30 +221,6 @@ impl AckTo {
     }
 }
 
-/// An event sequenced here, or a close ordered here, waiting for the WAL
-/// sync that makes it durable (`sync` durability) before anyone sees it.
-struct Pending {
-    /// Its number among this shard's appends.
-    append: u64,
-    topic: u32,
-    ack: AckTo,
-    /// The write failed: answer with an error, change nothing.
-    failed: bool,
-    what: Awaiting,
-}
-
-enum Awaiting {
-    /// Delivered to subscribers and acknowledged once durable.
-    Event {
-        seq: u64,
-        epoch: u64,
-        frame: FrameRef,
-    },
-    /// The topic ends everywhere once its deletion is durable. Its name is
-    /// kept for the answer: after a failure the topic may go before that.
-    Close { name: Box<[u8]> },
-}
-
 pub struct Shard<R: Ring> {
     ring: R,
     core: Core,
@@ -260,17 +239,11 @@ struct Core {
     drain_timeout_ms: u32,
     retry_after_ms: u32,
 
-    listener: Option<RawFd>,
-    accept_armed: bool,
-    accept_retry_at_ms: Option<u64>,
+    door: Door,
 
     conns: Slab<Conn>,
     generations: Vec<u32>,
     connections_max: usize,
-    /// The GOAWAY(ServerFull) frames, back to back; never moved or freed, so
-    /// the kernel may read them while a refusal is in flight.
-    reject_frames: Box<[u8]>,
-    reject_frame_bytes: usize,
 
     arena: Arena,
     topics: Topics,
@@ -285,22 +258,8 @@ struct Core {
 
     storage: Option<StoragePorts>,
     /// APPEND records pushed to the writer, ever (the writer counts alike).
-    appends: u64,
-    durable_through: u64,
-    /// Events and closes waiting for durability, in append order, and the
-    /// events' bytes.
-    pending: VecDeque<Pending>,
-    pending_bytes: usize,
-    /// Subscribers to feed from disk again at `disk_retry_at_ms`.
-    disk_retry: Vec<u32>,
-    disk_retry_at_ms: u64,
-    /// POSITION records pushed to the writer, ever, and how many of them it
-    /// has written: a PATH_QUERY waits in `path_reads_waiting` (with the
-    /// count it must see, and its read request) until the positions
-    /// received before it are readable.
-    positions_pushed: u64,
-    positions_written: u64,
-    path_reads_waiting: VecDeque<(u64, Box<[u8]>)>,
+    appends: Appends,
+    path_reads: PathReads,
 
     /// One block per connection sending at once, made the first time that
     /// many send together (so idle connections cost none): with fewer, a
@@ -321,10 +280,6 @@ struct Core {
     sources: Arc<SourceCounts>,
     /// Connections in the Handshake state.
     handshakes: Handshakes,
-    accept_rate: Rate,
-    accepts: Bucket,
-    tls_handshake_rate: Rate,
-    tls_handshakes: Bucket,
     publish_rate: Rate,
     tls: Option<Arc<TlsConfig>>,
     /// Plaintext decrypted from one receive, before it is parsed.
@@ -380,14 +335,15 @@ impl<R: Ring> Shard<R> {
             idle_timeout_ms: setup.idle_timeout_ms,
             drain_timeout_ms: setup.drain_timeout_ms,
             retry_after_ms: setup.retry_after_ms,
-            listener: Some(setup.listener),
-            accept_armed: false,
-            accept_retry_at_ms: None,
+            door: Door::new(
+                setup.listener,
+                setup.accept_rate,
+                setup.tls_handshake_rate,
+                now_ms,
+            ),
             conns: Slab::with_capacity(slots),
             generations: vec![0; slots],
             connections_max: setup.connections_max,
-            reject_frames: Box::default(),
-            reject_frame_bytes: 0,
             arena: setup.arena,
             topics: Topics::new(setup.topic_limits),
             timers: TimerWheel::new(slots, TIMER_SLOTS, TIMER_TICK_MS, now_ms),
@@ -395,15 +351,8 @@ impl<R: Ring> Shard<R> {
             mesh: Mesh::new(setup.id, setup.mesh_tx, setup.mesh_rx, &setup.peer_ring_fds),
             work_left: false,
             storage: setup.storage.map(|link| StoragePorts::new(link, setup.id)),
-            appends: 0,
-            durable_through: 0,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            disk_retry: Vec::new(),
-            disk_retry_at_ms: 0,
-            positions_pushed: 0,
-            positions_written: 0,
-            path_reads_waiting: VecDeque::new(),
+            appends: Appends::default(),
+            path_reads: PathReads::default(),
             iov_blocks,
             iov_free,
             ops: Vec::new(),
@@ -412,10 +361,6 @@ impl<R: Ring> Shard<R> {
             keys: setup.keys,
             sources: setup.sources,
             handshakes,
-            accept_rate: setup.accept_rate,
-            accepts: Bucket::new(setup.accept_rate, now_ms),
-            tls_handshake_rate: setup.tls_handshake_rate,
-            tls_handshakes: Bucket::new(setup.tls_handshake_rate, now_ms),
             publish_rate: setup.publish_rate,
             tls: setup.tls,
             tls_plain: Vec::new(),
@@ -470,6 +415,10 @@ impl<R: Ring> Shard<R> {
         if self.core.stop.load(Ordering::Relaxed) && self.core.drain_deadline_ms.is_none() {
             self.core.start_drain();
         }
+        // What this turn's handlers left for its end, then the sends.
+        self.core.rearm_receives();
+        self.core.retry_disk_reads();
+        self.core.retry_accept();
         self.core.flush();
         if self.core.recorder.due(self.core.now_ms) {
             let stats = self.stats();
@@ -571,11 +520,7 @@ impl Drop for Core {
     fn drop(&mut self) {
         // Frames go back to the arena; the ring (dropped with the shard)
         // cancels whatever the kernel still had.
-        for pending in std::mem::take(&mut self.pending) {
-            if let Awaiting::Event { frame, .. } = pending.what {
-                self.arena.release(frame);
-            }
-        }
+        self.release_held();
         self.topics.clear_history(&mut self.arena);
     }
 }

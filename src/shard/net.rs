@@ -149,8 +149,9 @@ impl Core {
         true
     }
 
-    /// Starts one send on every connection that has frames and none in flight.
-    pub(super) fn flush(&mut self) {
+    /// Rearms the receives that ran out of buffers this turn (the buffers
+    /// are back once its handlers are done).
+    pub(super) fn rearm_receives(&mut self) {
         // Slots listed this turn may have been freed (and even reused) by a
         // later completion of the same batch: look before touching.
         for index in std::mem::take(&mut self.recv_rearm) {
@@ -161,26 +162,10 @@ impl Core {
                 self.arm_recv(index);
             }
         }
-        if !self.disk_retry.is_empty() && self.now_ms >= self.disk_retry_at_ms {
-            for index in std::mem::take(&mut self.disk_retry) {
-                // The slot may hold another connection by now; refill only
-                // touches subscriptions that are catching up.
-                let open = self
-                    .conns
-                    .get(index as usize)
-                    .is_some_and(|c| c.state == ConnState::Open)
-                    && self.subscriptions.catching_up(index);
-                if open {
-                    self.refill(index);
-                }
-            }
-        }
-        if self.accept_retry_at_ms.is_some_and(|at| self.now_ms >= at) {
-            self.accept_retry_at_ms = None;
-            if !self.accept_armed {
-                self.arm_accept();
-            }
-        }
+    }
+
+    /// Starts one send on every connection that has frames and none in flight.
+    pub(super) fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &index in &dirty {
             let Some(conn) = self.conns.get_mut(index as usize) else {

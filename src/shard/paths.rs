@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// POSITION records pushed to the writer, ever, and how many of them it
+/// has written: a PATH_QUERY waits in `waiting` (with the count it must
+/// see, and its read request) until the positions received before it are
+/// readable.
+#[derive(Default)]
+pub(super) struct PathReads {
+    positions_pushed: u64,
+    positions_written: u64,
+    waiting: VecDeque<(u64, Box<[u8]>)>,
+}
+
 impl Core {
     /// Appends a position to its player's path. Positions of a client that
     /// gave no client_id have no player to belong to, and with memory-only
@@ -20,7 +31,7 @@ impl Core {
         };
         if ports.to_writer(&mut self.ops, &record) {
             self.stats.positions += 1;
-            self.positions_pushed += 1;
+            self.path_reads.positions_pushed += 1;
         } else {
             // The writer is behind by a whole channel: overload, counted.
             self.stats.positions_not_stored += 1;
@@ -47,12 +58,12 @@ impl Core {
                     player: query.player,
                 };
                 self.conns[index as usize].path_query_in_flight = true;
-                if self.positions_written >= self.positions_pushed {
+                if self.path_reads.positions_written >= self.path_reads.positions_pushed {
                     self.read_path(&request);
                 } else {
                     let record = [&request.encode()[..], query.player].concat();
-                    let wait_for = self.positions_pushed;
-                    self.path_reads_waiting.push_back((wait_for, record.into()));
+                    let wait_for = self.path_reads.positions_pushed;
+                    self.path_reads.waiting.push_back((wait_for, record.into()));
                 }
                 None
             }
@@ -75,13 +86,21 @@ impl Core {
     /// The writer has written positions up to `through`: the path reads
     /// waiting for them go to the reader.
     pub(super) fn on_positions_written(&mut self, through: u64) {
-        self.positions_written = self.positions_written.max(through);
-        while let Some((wait_for, _)) = self.path_reads_waiting.front() {
-            if *wait_for > self.positions_written {
+        self.path_reads.positions_written = self.path_reads.positions_written.max(through);
+        while let Some((wait_for, _)) = self.path_reads.waiting.front() {
+            if *wait_for > self.path_reads.positions_written {
                 break;
             }
-            let (_, record) = self.path_reads_waiting.pop_front().expect("front exists");
+            let (_, record) = self.path_reads.waiting.pop_front().expect("front exists");
             self.read_path(&PathRequest::decode(&record));
+        }
+    }
+
+    /// The positions of a failed batch are readable only once a later one
+    /// writes them: path reads waiting for them are refused, not held.
+    pub(super) fn refuse_waiting_path_reads(&mut self) {
+        while let Some((_, record)) = self.path_reads.waiting.pop_front() {
+            self.end_path_read(&PathRequest::decode(&record), ErrorCode::StorageFailed);
         }
     }
 

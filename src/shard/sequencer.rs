@@ -8,6 +8,43 @@ use super::*;
 /// The longest answer: TOPIC_CLOSED with the longest topic.
 const ANSWER_BYTES_MAX: usize = TopicClosed::ENCODED_BYTES_BEFORE_TOPIC + TOPIC_BYTES_HARD_MAX;
 
+/// An event sequenced here, or a close ordered here, waiting for the WAL
+/// sync that makes it durable (`sync` durability) before anyone sees it.
+struct Pending {
+    /// Its number among this shard's appends.
+    append: u64,
+    topic: u32,
+    ack: AckTo,
+    /// The write failed: answer with an error, change nothing.
+    failed: bool,
+    what: Awaiting,
+}
+
+enum Awaiting {
+    /// Delivered to subscribers and acknowledged once durable.
+    Event {
+        seq: u64,
+        epoch: u64,
+        frame: FrameRef,
+    },
+    /// The topic ends everywhere once its deletion is durable. Its name is
+    /// kept for the answer: after a failure the topic may go before that.
+    Close { name: Box<[u8]> },
+}
+
+/// This shard's appends to the writer (events and closes, counted from 1
+/// as the writer counts them), how far they are durable, and what waits for
+/// that.
+#[derive(Default)]
+pub(super) struct Appends {
+    pushed: u64,
+    durable_through: u64,
+    /// Events and closes waiting for durability, in append order, and the
+    /// events' bytes.
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+}
+
 impl Core {
     pub(super) fn publish(&mut self, index: u32, p: Publish<'_>, raw: &[u8]) {
         let refusal = if !self.allowed(index, |g| g.may_publish(p.topic)) {
@@ -181,7 +218,7 @@ impl Core {
         // (a peer that stops draining must not make them pile up).
         let storage_has_room = self.storage.as_ref().is_none_or(|s| {
             s.writer_has_room(len)
-                && (!wait_for_sync || self.pending_bytes + len <= s.pending_bytes_max())
+                && (!wait_for_sync || self.appends.pending_bytes + len <= s.pending_bytes_max())
         });
         // Synced events reach the peers later, when durable.
         let answer = ack.peer().map(|peer| (peer, ACK_RECORD_BYTES));
@@ -200,10 +237,10 @@ impl Core {
             let record = ToWriter::Append(self.arena.bytes(frame));
             let pushed = ports.to_writer(&mut self.ops, &record);
             assert!(pushed, "room was checked before sequencing");
-            self.appends += 1;
+            self.appends.pushed += 1;
         }
         if wait_for_sync {
-            self.pending_bytes += len;
+            self.appends.pending_bytes += len;
             self.topics.get_mut(t).assigned_seq = seq;
             self.hold_until_durable(t, ack, Awaiting::Event { seq, epoch, frame });
             return None;
@@ -268,7 +305,7 @@ impl Core {
             let ports = self.storage.as_ref().expect("stored");
             let pushed = ports.to_writer(&mut self.ops, &ToWriter::Close(name));
             assert!(pushed, "room was checked");
-            self.appends += 1;
+            self.appends.pushed += 1;
         }
         if wait_for_sync {
             let t = t.expect("stored");
@@ -281,8 +318,8 @@ impl Core {
 
     /// Holds what waits for the WAL sync that covers the latest append.
     fn hold_until_durable(&mut self, topic: u32, ack: AckTo, what: Awaiting) {
-        self.pending.push_back(Pending {
-            append: self.appends,
+        self.appends.pending.push_back(Pending {
+            append: self.appends.pushed,
             topic,
             ack,
             failed: false,
@@ -327,7 +364,7 @@ impl Core {
     /// durable, and answers their requesters, in order; stops at the first
     /// whose peer has no room.
     pub(super) fn release_pending(&mut self) {
-        while let Some(front) = self.pending.front() {
+        while let Some(front) = self.appends.pending.front() {
             let (failed, ack, t) = (front.failed, front.ack, front.topic);
             if failed {
                 let answered = match front.what {
@@ -343,14 +380,14 @@ impl Core {
                     self.work_left = true;
                     return;
                 }
-                let pending = self.pending.pop_front().expect("front exists");
+                let pending = self.appends.pending.pop_front().expect("front exists");
                 if let Awaiting::Event { frame, .. } = pending.what {
-                    self.pending_bytes -= self.arena.len(frame);
+                    self.appends.pending_bytes -= self.arena.len(frame);
                     self.arena.release(frame);
                 }
                 continue;
             }
-            if front.append > self.durable_through {
+            if front.append > self.appends.durable_through {
                 return;
             }
             match front.what {
@@ -361,8 +398,8 @@ impl Core {
                         self.work_left = true;
                         return;
                     }
-                    self.pending.pop_front();
-                    self.pending_bytes -= len;
+                    self.appends.pending.pop_front();
+                    self.appends.pending_bytes -= len;
                     self.send_to_peers(frame);
                     self.count_published(t);
                     self.deliver(t, seq, frame);
@@ -377,7 +414,7 @@ impl Core {
                     let Some(Pending {
                         what: Awaiting::Close { name },
                         ..
-                    }) = self.pending.pop_front()
+                    }) = self.appends.pending.pop_front()
                     else {
                         unreachable!("the front is this close");
                     };
@@ -396,6 +433,40 @@ impl Core {
             }
             if !self.topics.evict_for_memory(&mut self.arena) {
                 return None;
+            }
+        }
+    }
+
+    /// The writer made this shard's appends durable up to `through`.
+    pub(super) fn on_durable(&mut self, through: u64) {
+        self.appends.durable_through = self.appends.durable_through.max(through);
+    }
+
+    /// In sync durability the writer failed every append after the last
+    /// durable one: those events are answered with an error once their
+    /// turn comes, and their sequences are given out again.
+    pub(super) fn fail_undurable_appends(&mut self) {
+        for pending in self.appends.pending.iter_mut().rev() {
+            // Older entries are durable, or failed by an earlier notice
+            // (and are only waiting to be answered).
+            if pending.append <= self.appends.durable_through || pending.failed {
+                break;
+            }
+            pending.failed = true;
+            let topic = self.topics.get_mut(pending.topic);
+            match pending.what {
+                // Newest first, so each topic ends at its first failed sequence.
+                Awaiting::Event { seq, .. } => topic.assigned_seq = seq - 1,
+                Awaiting::Close { .. } => topic.closing = false,
+            }
+        }
+    }
+
+    /// Gives the frames still held for durability back to the arena.
+    pub(super) fn release_held(&mut self) {
+        for pending in std::mem::take(&mut self.appends.pending) {
+            if let Awaiting::Event { frame, .. } = pending.what {
+                self.arena.release(frame);
             }
         }
     }

@@ -324,17 +324,7 @@ impl Core {
     /// them the drain deadline to receive it.
     pub(super) fn start_drain(&mut self) {
         self.drain_deadline_ms = Some(self.now_ms + self.drain_timeout_ms as u64);
-        if let Some(listener) = self.listener.take() {
-            if self.accept_armed {
-                self.ops.push((
-                    Op::Cancel {
-                        target: Token::new(OpKind::Accept, 0, 0).encode(),
-                    },
-                    Token::new(OpKind::Cancel, 0, 0).encode(),
-                ));
-            }
-            self.close_orphan(listener);
-        }
+        self.close_door();
         let open: Vec<u32> = self
             .conns
             .iter()

@@ -79,30 +79,13 @@ impl Core {
     fn storage_failed(&mut self, message: &str) {
         self.stats.storage_failures += 1;
         crate::debug!("shard {}: storing events failed: {message}", self.id);
-        // The positions of a failed batch are readable only once a later one
-        // writes them: path reads waiting for them are refused, not held.
-        while let Some((_, record)) = self.path_reads_waiting.pop_front() {
-            self.end_path_read(&PathRequest::decode(&record), ErrorCode::StorageFailed);
-        }
+        self.refuse_waiting_path_reads();
         let ports = self.storage.as_mut().expect("failures come from storage");
         if ports.durability == Durability::Async {
             ports.stalled = true;
             return;
         }
-        for pending in self.pending.iter_mut().rev() {
-            // Older entries are durable, or failed by an earlier notice
-            // (and are only waiting to be answered).
-            if pending.append <= self.durable_through || pending.failed {
-                break;
-            }
-            pending.failed = true;
-            let topic = self.topics.get_mut(pending.topic);
-            match pending.what {
-                // Newest first, so each topic ends at its first failed sequence.
-                Awaiting::Event { seq, .. } => topic.assigned_seq = seq - 1,
-                Awaiting::Close { .. } => topic.closing = false,
-            }
-        }
+        self.fail_undurable_appends();
         self.storage.as_mut().expect("storage").resume_owed = true;
         self.send_resume();
     }
@@ -127,11 +110,11 @@ impl Core {
             let Some((kind, body)) = ports.notices.peek() else {
                 break;
             };
-            let mut positions_written = None;
+            let (mut durable_through, mut positions_written) = (None, None);
             let failure = match Notice::decode(kind, body) {
                 Notice::Durable { through } => {
                     ports.stalled = false;
-                    self.durable_through = self.durable_through.max(through);
+                    durable_through = Some(through);
                     None
                 }
                 Notice::Paths { through } => {
@@ -157,6 +140,9 @@ impl Core {
                 }
             };
             ports.notices.pop();
+            if let Some(through) = durable_through {
+                self.on_durable(through);
+            }
             if let Some(through) = positions_written {
                 self.on_positions_written(through);
             }
