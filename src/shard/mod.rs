@@ -553,6 +553,18 @@ impl Core {
             .then_some(token.index)
     }
 
+    /// A frame from the arena, evicting the oldest history if memory is short.
+    pub(super) fn alloc(&mut self, len: usize, purpose: Use) -> Option<FrameRef> {
+        loop {
+            if let Some(frame) = self.arena.alloc(len, purpose) {
+                return Some(frame);
+            }
+            if !self.topics.evict_for_memory(&mut self.arena) {
+                return None;
+            }
+        }
+    }
+
     /// An epoch for a new history (0 means none yet).
     fn fresh_epoch(&mut self) -> u64 {
         loop {

@@ -1,6 +1,8 @@
 //! Bytes in and out of a connection: receives (decrypted first under TLS),
 //! the queue of frames each connection sends, gathered sends (zero-copy for
-//! large frames) and their completions, and closing.
+//! large frames) and their completions, and closing. It calls up into the
+//! protocol only through session's events `on_frames`, `on_sent` and
+//! `on_closing`.
 
 use super::*;
 
@@ -354,10 +356,7 @@ impl Core {
                         self.stats.short_sends += 1;
                     }
                 }
-                let state = self.conns[index as usize].state;
-                if state == ConnState::Open && self.subscriptions.catching_up(index) {
-                    self.refill(index);
-                }
+                self.on_sent(index);
                 let conn = &self.conns[index as usize];
                 let more = conn.has_output() || conn.state == ConnState::Flushing;
                 if more && conn.state != ConnState::Closing {
@@ -387,7 +386,6 @@ impl Core {
         if conn.state == ConnState::Closing {
             return;
         }
-        self.unsubscribe_all(index);
         self.conns[index as usize].drop_unsent(&mut self.arena, |_| {});
         let conn = &self.conns[index as usize];
         if conn.recv_armed {
@@ -408,14 +406,13 @@ impl Core {
     }
 
     fn close_now(&mut self, index: u32) {
-        self.leave_handshake(index);
+        self.on_closing(index);
         let token = self.token(OpKind::Close, index);
         let conn = &mut self.conns[index as usize];
         debug_assert_ne!(conn.state, ConnState::Closing);
         conn.state = ConnState::Closing;
         conn.close_in_flight = true;
         self.ops.push((Op::Close { fd: conn.fd }, token));
-        self.timers.cancel(index);
     }
 
     pub(super) fn free_if_done(&mut self, index: u32) {

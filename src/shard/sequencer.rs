@@ -425,18 +425,6 @@ impl Core {
         }
     }
 
-    /// A frame from the arena, evicting the oldest history if memory is short.
-    pub(super) fn alloc(&mut self, len: usize, purpose: Use) -> Option<FrameRef> {
-        loop {
-            if let Some(frame) = self.arena.alloc(len, purpose) {
-                return Some(frame);
-            }
-            if !self.topics.evict_for_memory(&mut self.arena) {
-                return None;
-            }
-        }
-    }
-
     /// The writer made this shard's appends durable up to `through`.
     pub(super) fn on_durable(&mut self, through: u64) {
         self.appends.durable_through = self.appends.durable_through.max(through);

@@ -1,6 +1,8 @@
 //! A connection's protocol life: HELLO and its token, frame dispatch,
 //! ERROR and GOAWAY (with resume points), the handshake and idle timers,
-//! the drain on SIGTERM, and the metrics copy.
+//! the drain on SIGTERM, and the metrics copy. `net` reaches the protocol
+//! only through the three events here: `on_frames`, `on_sent` and
+//! `on_closing`.
 
 use super::*;
 
@@ -148,7 +150,7 @@ impl Core {
         if !self.queue_control(index, frame) {
             return;
         }
-        self.leave_handshake(index);
+        self.handshakes.leave(index);
         let conn = &mut self.conns[index as usize];
         conn.state = ConnState::Flushing;
         if conn.recv_armed {
@@ -229,8 +231,21 @@ impl Core {
     }
 
     /// A connection that leaves without finishing HELLO frees its place.
-    pub(super) fn leave_handshake(&mut self, index: u32) {
+    /// net's event: a send of the connection completed, so its queue has
+    /// room again: subscriptions catching up are fed from history.
+    pub(super) fn on_sent(&mut self, index: u32) {
+        let open = self.conns[index as usize].state == ConnState::Open;
+        if open && self.subscriptions.catching_up(index) {
+            self.refill(index);
+        }
+    }
+
+    /// net's event: the connection is closing. It leaves its topics, the
+    /// handshake table and the timers.
+    pub(super) fn on_closing(&mut self, index: u32) {
+        self.unsubscribe_all(index);
         self.handshakes.leave(index);
+        self.timers.cancel(index);
     }
 
     /// Copies the counters into the shard's shared block (see `metrics`).
