@@ -22,7 +22,7 @@ pub const DEFAULT_PORT: u16 = 7400;
 const HANDSHAKE_TIMEOUT_MIN_MS: u32 = 1_000;
 /// TLS handshakes a shard begins per second by default: a full one costs
 /// the shard about 115 µs of CPU and a resumed one 100 µs (X25519 either
-/// way; `cargo run --release --example tls_handshake`), so a ClientHello
+/// way; `cargo bench --bench tls_handshake`), so a ClientHello
 /// flood at this rate takes about a quarter of the shard's core.
 const TLS_HANDSHAKES_PER_S: u32 = 2_000;
 

@@ -49,7 +49,7 @@ const EVENT_VALUE_HEADER_BYTES: usize = 8;
 const TOPIC_VALUE_BYTES: usize = 24;
 
 /// How the events family's table is laid out and compressed: data block
-/// size and the bottom level's zstd dictionary. `examples/event_compression.rs`
+/// size and the bottom level's zstd dictionary. `benches/event_compression.rs`
 /// measures the choices (docs/STORAGE.md, "Compression").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventTable {

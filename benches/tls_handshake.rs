@@ -6,7 +6,7 @@
 //! `--tls-handshakes-per-s` costs the shard that many full handshakes a
 //! second.
 //!
-//! `cargo run --release --example tls_handshake`
+//! `cargo bench --bench tls_handshake`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

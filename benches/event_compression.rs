@@ -3,8 +3,8 @@
 //! level, and the cost of resume reads. docs/STORAGE.md, "Compression",
 //! holds the results.
 //!
-//! `cargo run --release --example event_compression [-- --topics 200
-//! --events 5000 --reads 2000 --span 64 --repeat 3 --seed 1 --dir /tmp]`;
+//! `cargo bench --bench event_compression [-- --topics 200 --events 5000
+//! --reads 2000 --span 64 --repeat 3 --seed 1 --dir /tmp]`;
 //! `-- --samples 20` prints the first hunt's first 20 payloads instead;
 //! `-- --config 2` measures only the second configuration (for its memory).
 //!
@@ -62,54 +62,49 @@ const CONFIGS: [Config; 4] = [
     },
 ];
 
+/// Measures the events family's table choices on a treasure-hunt stream.
+#[derive(clap::Parser)]
 struct Params {
-    topics: usize,
+    /// Hunts (topics) written.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    topics: u64,
+    /// Events per hunt; more than `--span`.
+    #[arg(long, default_value_t = 5000)]
     events: u64,
+    /// Resume reads timed per run.
+    #[arg(long, default_value_t = 2000)]
     reads: usize,
+    /// Events per resume read.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     span: u64,
-    repeat: usize,
+    /// Runs per configuration (the table shows medians).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    #[arg(long, default_value_t = 1)]
     seed: u64,
-    dir: PathBuf,
+    /// Where the data directories go (default: the system's temporary one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Print this many payloads of the first hunt and stop.
+    #[arg(long, default_value_t = 0)]
     samples: usize,
     /// Measure only this configuration (its row, from 1).
-    only: Option<usize>,
+    #[arg(long = "config", value_parser = clap::value_parser!(u64).range(1..=CONFIGS.len() as u64))]
+    only: Option<u64>,
+    /// Passed by `cargo bench`; nothing to do with the measurement.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn params() -> Params {
-    let mut p = Params {
-        topics: 200,
-        events: 5000,
-        reads: 2000,
-        span: 64,
-        repeat: 3,
-        seed: 1,
-        dir: std::env::temp_dir(),
-        samples: 0,
-        only: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = pair.get(1).map(String::as_str).unwrap_or("");
-        let number = || -> u64 {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("{} wants a number", pair[0]))
-        };
-        match pair[0].as_str() {
-            "--topics" => p.topics = number() as usize,
-            "--events" => p.events = number(),
-            "--reads" => p.reads = number() as usize,
-            "--span" => p.span = number(),
-            "--repeat" => p.repeat = number() as usize,
-            "--seed" => p.seed = number(),
-            "--dir" => p.dir = PathBuf::from(value),
-            "--samples" => p.samples = number() as usize,
-            "--config" => p.only = Some(number() as usize),
-            other => panic!("unknown argument {other}"),
-        }
+    let p = <Params as clap::Parser>::parse();
+    if p.events <= p.span {
+        eprintln!(
+            "--events ({}) must be more than --span ({})",
+            p.events, p.span
+        );
+        std::process::exit(2);
     }
-    assert!(p.events > p.span && p.span > 0 && p.topics > 0 && p.repeat > 0);
     p
 }
 
@@ -557,7 +552,9 @@ struct Run {
 
 fn run(p: &Params, table: EventTable, dir: &Path) -> Result<Run, String> {
     let _ = std::fs::remove_dir_all(dir);
-    let mut hunts: Vec<Hunt> = (0..p.topics).map(|n| Hunt::new(p.seed, n)).collect();
+    let mut hunts: Vec<Hunt> = (0..p.topics as usize)
+        .map(|n| Hunt::new(p.seed, n))
+        .collect();
     let names: Vec<String> = hunts.iter().map(|h| format!("hunt.{}", h.id)).collect();
     let recovered = Db::open_with(dir, Durability::Async, 1, table)?;
     let db = recovered.db;
@@ -612,7 +609,7 @@ fn run(p: &Params, table: EventTable, dir: &Path) -> Result<Run, String> {
     let mut out = Vec::with_capacity(1 << 20);
     let mut times = Vec::with_capacity(p.reads);
     for _ in 0..p.reads {
-        let t = rng.below(p.topics as u64) as usize;
+        let t = rng.below(p.topics) as usize;
         let from = rng.range(1, p.events - p.span + 1);
         out.clear();
         let start = Instant::now();
@@ -663,8 +660,10 @@ fn main() {
     }
     let dir = p
         .dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
         .join(format!("cluecast-event-compression-{}", std::process::id()));
-    let total = p.topics as u64 * p.events;
+    let total = p.topics * p.events;
     eprintln!(
         "{} hunts x {} events, {} reads of {} events per run, {} runs per configuration",
         p.topics, p.events, p.reads, p.span, p.repeat
@@ -672,7 +671,7 @@ fn main() {
     let mut runs: Vec<Vec<Run>> = CONFIGS.iter().map(|_| Vec::new()).collect();
     for rep in 0..p.repeat {
         for (c, config) in CONFIGS.iter().enumerate() {
-            if p.only.is_some_and(|only| only != c + 1) {
+            if p.only.is_some_and(|only| only != c as u64 + 1) {
                 continue;
             }
             let r = run(&p, config.table, &dir).unwrap_or_else(|e| panic!("{}: {e}", config.name));

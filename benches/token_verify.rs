@@ -2,7 +2,7 @@
 //! typical phone token (one key, two subscribe patterns), median of five
 //! rounds. A reconnect storm of N phones costs N of these on the shards.
 //!
-//! `cargo run --release --example token_verify`
+//! `cargo bench --bench token_verify`
 
 use std::time::Instant;
 
