@@ -15,7 +15,8 @@
 //! its deletion is ordered after its last event and covered by the same
 //! notices. The writer also owns what changes the log besides appends:
 //! players' open path blocks (positions ride the same channels and batches)
-//! and retention (range deletes, then a FLOOR notice to every shard).
+//! and retention (range deletes, then a FLOOR notice to every shard), each
+//! in a file of its own (`paths`, `retention`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,16 +26,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::db::{Batch, Db, TopicRow};
-use super::path_block::{decode_block, BlockBuilder};
 use super::{Durability, ToWriter, DURABLE, FAILED, FLOOR, PATHS};
 use crate::metrics::LatencyCounts;
 use crate::ring::uring::Doorbell;
-use cluecast_proto::{decode, Frame, Limits, Position};
+use cluecast_proto::{decode, Frame, Limits};
 use cluecast_sys::spsc;
 
+mod paths;
 mod retention;
 #[cfg(test)]
 mod tests;
+
+use paths::OpenPath;
 
 /// Most appended bytes one batch takes; the rest waits for the next round.
 const BATCH_BYTES_MAX: usize = 8 << 20;
@@ -46,11 +49,6 @@ const ASYNC_WAL_SYNC: Duration = Duration::from_millis(200);
 const ASYNC_RETRY: Duration = Duration::from_millis(100);
 /// How often a failing database is closed and opened again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
-/// Players whose open path block is kept in memory; past it, those idle
-/// for `PATH_IDLE` are let go (their block is on disk and is read back when
-/// they move again).
-const OPEN_PATHS_MAX: usize = 100_000;
-const PATH_IDLE: Duration = Duration::from_secs(60);
 /// How often topics are checked for events past the retention age: a
 /// quarter of the age, within these bounds.
 const AGE_CHECK_MIN: Duration = Duration::from_millis(100);
@@ -79,16 +77,6 @@ struct Port {
     /// are written (its path reads wait for them).
     positions_seen: u64,
     positions_told: u64,
-}
-
-/// A player's path block being filled, rewritten whole in every batch that
-/// adds to it and sealed once full.
-struct OpenPath {
-    block: u32,
-    builder: BlockBuilder,
-    /// Changed since the last successful batch.
-    dirty: bool,
-    last_used: Instant,
 }
 
 struct Row {
@@ -484,84 +472,6 @@ impl Writer {
             }
         }
         batch.commit(sync)
-    }
-
-    /// Adds a POSITION record to its player's open block, sealing it once
-    /// full. Kept in memory until a batch writes it (failed batches too).
-    fn add_position(&mut self, player: &[u8], position: &Position) {
-        if !self.paths.contains_key(player) {
-            match self.load_path(player) {
-                Ok(path) => {
-                    self.paths.insert(player.into(), path);
-                }
-                Err(e) => {
-                    crate::error!(
-                        "storage: cannot read the path of player {:?}: {e}; a position is lost",
-                        String::from_utf8_lossy(player)
-                    );
-                    return;
-                }
-            }
-        }
-        let path = self.paths.get_mut(player).expect("inserted above");
-        path.builder.push(position);
-        path.dirty = true;
-        path.last_used = Instant::now();
-        self.paths_dirty = true;
-        if path.builder.is_full() {
-            self.sealed
-                .push((player.into(), path.block, path.builder.finish()));
-            path.block += 1;
-            path.builder.clear();
-        }
-    }
-
-    /// A player's open block as stored: the newest block if it has room,
-    /// else a new one after it. A damaged newest block is left as it is
-    /// (and reported): the path continues in the next block.
-    fn load_path(&self, player: &[u8]) -> Result<OpenPath, String> {
-        let mut path = OpenPath {
-            block: 0,
-            builder: BlockBuilder::new(),
-            dirty: false,
-            last_used: Instant::now(),
-        };
-        let Some((block, bytes)) = self.db.last_path_block(player)? else {
-            return Ok(path);
-        };
-        path.block = block + 1;
-        match decode_block(&bytes) {
-            Ok(positions) => {
-                for p in &positions {
-                    path.builder.push(p);
-                }
-                if !path.builder.is_full() {
-                    path.block = block;
-                } else {
-                    path.builder.clear();
-                }
-            }
-            Err(e) => crate::error!(
-                "storage: block {block} of player {:?}'s path is damaged ({e}); it is kept \
-                 as it is and the path continues in block {}",
-                String::from_utf8_lossy(player),
-                block + 1
-            ),
-        }
-        Ok(path)
-    }
-
-    /// After a successful batch: nothing of the paths waits any more; idle
-    /// players are let go when too many are open.
-    fn paths_written(&mut self) {
-        self.sealed.clear();
-        self.paths_dirty = false;
-        for path in self.paths.values_mut() {
-            path.dirty = false;
-        }
-        if self.paths.len() > OPEN_PATHS_MAX {
-            self.paths.retain(|_, p| p.last_used.elapsed() < PATH_IDLE);
-        }
     }
 
     fn sync_wal(&mut self) -> Result<(), String> {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::storage::{links, Notice, ReadStatus, StorageLink, APPEND, CLOSE, POSITION, RESUME};
-use cluecast_proto::Event;
+use cluecast_proto::{Event, Position};
 
 fn event(topic: &[u8], epoch: u64, seq: u64) -> Vec<u8> {
     let mut out = Vec::new();
