@@ -26,12 +26,12 @@ pub mod steer;
 
 pub use clock::realtime_ns;
 pub use cpu::{allowed_cpus, pin_current_thread};
-pub use limits::{memlock_limit, raise_nofile_limit, Limit};
+pub use limits::{raise_nofile_limit, Limit};
 pub use random::{random_bytes, random_u64};
 pub use region::{huge_pages_for, PageKind, Region, Span, HUGE_PAGE_BYTES};
 pub use signals::{block_shutdown_signals, wait_shutdown_signal};
 pub use socket::{
-    close, connect_from, get_int_option, listen_reuseport, local_addr, peer_addr, set_int_option,
+    connect_from, get_int_option, listen_reuseport, local_addr, peer_addr, set_int_option,
 };
 
 /// A negative return as the OS error, prefixed with what failed.

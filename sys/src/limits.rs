@@ -42,12 +42,6 @@ pub fn raise_nofile_limit() -> io::Result<Limit> {
     get_rlimit(libc::RLIMIT_NOFILE, "getrlimit(RLIMIT_NOFILE)")
 }
 
-/// The locked-memory limit, which bounds registered io_uring buffers for
-/// processes without CAP_IPC_LOCK.
-pub fn memlock_limit() -> io::Result<Limit> {
-    get_rlimit(libc::RLIMIT_MEMLOCK, "getrlimit(RLIMIT_MEMLOCK)")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

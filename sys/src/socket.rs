@@ -216,12 +216,6 @@ fn sockaddr_to(storage: &libc::sockaddr_storage) -> io::Result<SocketAddr> {
     }
 }
 
-/// Closes a descriptor outside the ring (start-up and error paths only).
-pub fn close(fd: RawFd) {
-    // SAFETY: the caller owns fd and does not use it again.
-    unsafe { libc::close(fd) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

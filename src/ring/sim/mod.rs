@@ -41,8 +41,8 @@ use ring::BufferPool;
 /// Fake descriptors count up from here and are never reused, so a stale fd
 /// is always detectable.
 const FIRST_FD: RawFd = 1000;
-/// Wall clock at virtual time zero (November 2023), so timestamps look real.
-/// The simulated wall clock at time 0 (tests mint tokens against it).
+/// The simulated wall clock at time 0 (November 2023, so timestamps look
+/// real; tests mint tokens against it).
 pub const WALL_BASE_NS: u64 = 1_700_000_000_000_000_000;
 
 #[derive(Clone, Copy, Debug)]
