@@ -53,10 +53,10 @@ impl Door {
 impl Core {
     pub(super) fn arm_accept(&mut self) {
         if let Some(listener) = self.door.listener {
-            self.ops.push((
+            self.outbox.push(
                 Op::AcceptMulti { listener },
                 Token::new(OpKind::Accept, 0, 0).encode(),
-            ));
+            );
             self.door.armed = true;
         }
     }
@@ -78,12 +78,12 @@ impl Core {
             return;
         };
         if self.door.armed {
-            self.ops.push((
+            self.outbox.push(
                 Op::Cancel {
                     target: Token::new(OpKind::Accept, 0, 0).encode(),
                 },
                 Token::new(OpKind::Cancel, 0, 0).encode(),
-            ));
+            );
         }
         self.close_orphan(listener);
     }
@@ -199,10 +199,10 @@ impl Core {
     }
 
     pub(super) fn close_orphan(&mut self, fd: RawFd) {
-        self.ops.push((
+        self.outbox.push(
             Op::Close { fd },
             Token::new(OpKind::CloseOrphan, 0, 0).encode(),
-        ));
+        );
     }
 
     fn insert(&mut self, fd: RawFd) -> u32 {
@@ -249,14 +249,14 @@ impl Core {
     fn send_reject(&mut self, fd: RawFd, which: u32, sent: u32) {
         let at = which as usize * self.door.reject_frame_bytes + sent as usize;
         let end = (which as usize + 1) * self.door.reject_frame_bytes;
-        self.ops.push((
+        self.outbox.push(
             Op::Send {
                 fd,
                 ptr: self.door.reject_frames[at..end].as_ptr(),
                 len: (end - at) as u32,
             },
             Token::new(OpKind::Reject, sent << 8 | which, fd as u32).encode(),
-        ));
+        );
     }
 
     /// A refusal's send completed: finish a short one, else close.

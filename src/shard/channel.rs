@@ -1,13 +1,32 @@
-//! A channel from this shard to another thread of the process (a peer
-//! shard, the storage writer or reader): the bounded queue and the doorbell
-//! that wakes the thread when it sleeps. `push` is the one place a doorbell
-//! is rung.
+//! What leaves the shard: the `Outbox` of ring operations its handlers
+//! produce during a turn, and each `Channel` to another thread of the
+//! process (a peer shard, the storage writer or reader): the bounded queue
+//! and the doorbell that wakes the thread when it sleeps. `Channel::push`
+//! is the one place a doorbell is rung.
 
 use std::os::fd::RawFd;
 
 use cluecast_sys::spsc;
 
 use crate::ring::{Op, OpKind, Token};
+
+/// Ring operations produced by this turn's handlers, submitted together at
+/// the start of the next wait.
+#[derive(Default)]
+pub(super) struct Outbox {
+    ops: Vec<(Op, u64)>,
+}
+
+impl Outbox {
+    pub(super) fn push(&mut self, op: Op, user_data: u64) {
+        self.ops.push((op, user_data));
+    }
+
+    /// Everything queued, in order, leaving the outbox empty.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = (Op, u64)> + '_ {
+        self.ops.drain(..)
+    }
+}
 
 pub(super) struct Channel {
     tx: spsc::Sender,
@@ -38,14 +57,15 @@ impl Channel {
     }
 
     /// Hands a record (its parts back to back) to the other thread and, if
-    /// that thread sleeps, queues its wake in `ops`. False when the channel
-    /// is full.
-    pub(super) fn push(&self, ops: &mut Vec<(Op, u64)>, kind: u8, parts: &[&[u8]]) -> bool {
+    /// that thread sleeps, queues its wake in the outbox. False when the
+    /// channel is full.
+    pub(super) fn push(&self, outbox: &mut Outbox, kind: u8, parts: &[&[u8]]) -> bool {
         if !self.tx.push(kind, parts) {
             return false;
         }
         if self.tx.ring_doorbell() {
-            ops.push(self.wake);
+            let (op, user_data) = self.wake;
+            outbox.push(op, user_data);
         }
         true
     }

@@ -211,7 +211,7 @@ impl Core {
                         if room < self.queue_bytes_max / 4 {
                             // Wait for the socket to drain: the next send's
                             // completion refills.
-                        } else if ports.to_reader(&mut self.ops, &ToReader::Read(request)) {
+                        } else if ports.to_reader(&mut self.outbox, &ToReader::Read(request)) {
                             topic.subscribers[position].reading = true;
                             self.stats.disk_reads += 1;
                         } else {

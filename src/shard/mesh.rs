@@ -29,8 +29,8 @@ pub(super) enum MeshRecord<'a> {
 impl<'a> MeshRecord<'a> {
     /// Pushes the record onto a peer's channel, waking the peer if it
     /// sleeps; false when the channel is full.
-    fn push(&self, channel: &Channel, ops: &mut Vec<(Op, u64)>) -> bool {
-        let mut push = |kind, parts: &[&[u8]]| channel.push(ops, kind, parts);
+    fn push(&self, channel: &Channel, outbox: &mut Outbox) -> bool {
+        let mut push = |kind, parts: &[&[u8]]| channel.push(outbox, kind, parts);
         match *self {
             MeshRecord::Event(frame) => push(RECORD_EVENT, &[frame]),
             MeshRecord::Request { origin, frame } => {
@@ -101,7 +101,7 @@ impl Core {
     /// Pushes `record` to `peer`, waking it if it sleeps; false when its
     /// channel is full.
     pub(super) fn push_to_peer(&mut self, peer: usize, record: &MeshRecord<'_>) -> bool {
-        record.push(self.mesh.peer(peer), &mut self.ops)
+        record.push(self.mesh.peer(peer), &mut self.outbox)
     }
 
     /// Whether every peer's channel has room for a record of `len` bytes,
@@ -121,7 +121,7 @@ impl Core {
     pub(super) fn send_to_peers(&mut self, frame: FrameRef) {
         let event = MeshRecord::Event(self.arena.bytes(frame));
         for channel in self.mesh.peers.iter().flatten() {
-            let pushed = event.push(channel, &mut self.ops);
+            let pushed = event.push(channel, &mut self.outbox);
             assert!(pushed, "room was checked before sequencing");
         }
     }

@@ -67,7 +67,7 @@ use crate::timer::TimerWheel;
 use crate::tls::{TlsConfig, TlsConn};
 use crate::topics::{Purpose, Subscriber, TopicLimits, Topics, UNCLASSIFIED};
 use accept::Door;
-use channel::Channel;
+use channel::{Channel, Outbox};
 use fanout::Subscriptions;
 pub use handshakes::HandshakeLimits;
 use handshakes::{Handshakes, PressureReport, NO_SOURCE};
@@ -269,8 +269,7 @@ struct Core {
     iov_blocks: Vec<IovBlock>,
     iov_free: Vec<u32>,
 
-    /// Operations produced by handlers, pushed to the ring at the end of a turn.
-    ops: Vec<(Op, u64)>,
+    outbox: Outbox,
     /// Connections with frames to send and no send in flight.
     dirty: Vec<u32>,
     /// Connections whose multishot receive ended for want of buffers.
@@ -355,7 +354,7 @@ impl<R: Ring> Shard<R> {
             path_reads: PathReads::default(),
             iov_blocks,
             iov_free,
-            ops: Vec::new(),
+            outbox: Outbox::default(),
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
             keys: setup.keys,
@@ -390,7 +389,7 @@ impl<R: Ring> Shard<R> {
 
     /// One turn of the loop. Returns false once a drain has finished.
     pub fn turn(&mut self) -> io::Result<bool> {
-        for (op, user_data) in self.core.ops.drain(..) {
+        for (op, user_data) in self.core.outbox.drain() {
             self.ring.push(op, user_data);
         }
         let timeout_ms = if self.core.work_left {

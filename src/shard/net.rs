@@ -28,7 +28,7 @@ impl Core {
         conn.recv_armed = true;
         let fd = conn.fd;
         let token = self.token(OpKind::Recv, index);
-        self.ops.push((Op::RecvMulti { fd }, token));
+        self.outbox.push(Op::RecvMulti { fd }, token);
     }
 
     pub(super) fn on_recv(&mut self, index: u32, c: Completion, bytes: &[u8]) {
@@ -224,7 +224,7 @@ impl Core {
             let fd = conn.fd;
             conn.send_in_flight = true;
             let token = self.token(OpKind::Send, index);
-            self.ops.push((Op::Send { fd, ptr, len }, token));
+            self.outbox.push(Op::Send { fd, ptr, len }, token);
         }
         self.conns[index as usize].tls = Some(tls);
     }
@@ -241,7 +241,7 @@ impl Core {
         let token = self.token(OpKind::Send, index);
         let zero_copy = self.zerocopy_bytes_min > 0 && head_len >= self.zerocopy_bytes_min;
         if zero_copy {
-            self.ops.push((
+            self.outbox.push(
                 Op::SendZeroCopy {
                     fd,
                     ptr: self.arena.ptr(head, offset),
@@ -249,7 +249,7 @@ impl Core {
                     buf_index: self.arena.buf_index(),
                 },
                 token,
-            ));
+            );
             self.stats.zero_copy_sends += 1;
             self.recorder.send_frames(1);
             let conn = &mut self.conns[index as usize];
@@ -300,23 +300,23 @@ impl Core {
             let b = &mut self.iov_blocks[block as usize];
             b.msg.msg_iov = b.iov.as_mut_ptr();
             b.msg.msg_iovlen = frames;
-            self.ops.push((
+            self.outbox.push(
                 Op::SendVectored {
                     fd,
                     msg: &b.msg as *const libc::msghdr,
                 },
                 token,
-            ));
+            );
             self.conns[index as usize].iov_block = Some(block);
         } else {
-            self.ops.push((
+            self.outbox.push(
                 Op::Send {
                     fd,
                     ptr: self.arena.ptr(head, offset),
                     len: (head_len - offset) as u32,
                 },
                 token,
-            ));
+            );
         }
         self.recorder.send_frames(frames);
         let conn = &mut self.conns[index as usize];
@@ -390,17 +390,17 @@ impl Core {
         let conn = &self.conns[index as usize];
         if conn.recv_armed {
             let token = self.token(OpKind::Recv, index);
-            self.ops.push((
+            self.outbox.push(
                 Op::Cancel { target: token },
                 Token::new(OpKind::Cancel, 0, index).encode(),
-            ));
+            );
         }
         if conn.send_in_flight {
             let token = self.token(OpKind::Send, index);
-            self.ops.push((
+            self.outbox.push(
                 Op::Cancel { target: token },
                 Token::new(OpKind::Cancel, 0, index).encode(),
-            ));
+            );
         }
         self.close_now(index);
     }
@@ -412,7 +412,7 @@ impl Core {
         debug_assert_ne!(conn.state, ConnState::Closing);
         conn.state = ConnState::Closing;
         conn.close_in_flight = true;
-        self.ops.push((Op::Close { fd: conn.fd }, token));
+        self.outbox.push(Op::Close { fd: conn.fd }, token);
     }
 
     pub(super) fn free_if_done(&mut self, index: u32) {

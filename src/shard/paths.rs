@@ -29,7 +29,7 @@ impl Core {
             player,
             position: *position,
         };
-        if ports.to_writer(&mut self.ops, &record) {
+        if ports.to_writer(&mut self.outbox, &record) {
             self.stats.positions += 1;
             self.path_reads.positions_pushed += 1;
         } else {
@@ -77,7 +77,7 @@ impl Core {
     /// Overloaded.
     fn read_path(&mut self, request: &PathRequest<'_>) {
         let ports = self.storage.as_ref().expect("path reads need storage");
-        if ports.to_reader(&mut self.ops, &ToReader::PathRead(request.clone())) {
+        if ports.to_reader(&mut self.outbox, &ToReader::PathRead(request.clone())) {
             return;
         }
         self.end_path_read(request, ErrorCode::Overloaded);

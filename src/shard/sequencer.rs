@@ -235,7 +235,7 @@ impl Core {
         event.encode_to_slice(self.arena.bytes_mut(frame));
         if let Some(ports) = &self.storage {
             let record = ToWriter::Append(self.arena.bytes(frame));
-            let pushed = ports.to_writer(&mut self.ops, &record);
+            let pushed = ports.to_writer(&mut self.outbox, &record);
             assert!(pushed, "room was checked before sequencing");
             self.appends.pushed += 1;
         }
@@ -303,7 +303,7 @@ impl Core {
         }
         if stored {
             let ports = self.storage.as_ref().expect("stored");
-            let pushed = ports.to_writer(&mut self.ops, &ToWriter::Close(name));
+            let pushed = ports.to_writer(&mut self.outbox, &ToWriter::Close(name));
             assert!(pushed, "room was checked");
             self.appends.pushed += 1;
         }

@@ -155,10 +155,10 @@ impl Core {
         conn.state = ConnState::Flushing;
         if conn.recv_armed {
             let token = self.token(OpKind::Recv, index);
-            self.ops.push((
+            self.outbox.push(
                 Op::Cancel { target: token },
                 Token::new(OpKind::Cancel, 0, index).encode(),
-            ));
+            );
         }
         self.timers.schedule(index, self.now_ms + LINGER_MS);
     }

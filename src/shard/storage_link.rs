@@ -56,13 +56,13 @@ impl StoragePorts {
     }
 
     /// Hands a record to the writer; false when its channel is full.
-    pub(super) fn to_writer(&self, ops: &mut Vec<(Op, u64)>, record: &ToWriter<'_>) -> bool {
-        record.push_with(|kind, parts| self.writer.push(ops, kind, parts))
+    pub(super) fn to_writer(&self, outbox: &mut Outbox, record: &ToWriter<'_>) -> bool {
+        record.push_with(|kind, parts| self.writer.push(outbox, kind, parts))
     }
 
     /// Hands a request to the reader; false when its channel is full.
-    pub(super) fn to_reader(&self, ops: &mut Vec<(Op, u64)>, record: &ToReader<'_>) -> bool {
-        record.push_with(|kind, parts| self.reader.push(ops, kind, parts))
+    pub(super) fn to_reader(&self, outbox: &mut Outbox, record: &ToReader<'_>) -> bool {
+        record.push_with(|kind, parts| self.reader.push(outbox, kind, parts))
     }
 }
 
@@ -94,7 +94,7 @@ impl Core {
         let Some(ports) = &mut self.storage else {
             return;
         };
-        if ports.resume_owed && ports.to_writer(&mut self.ops, &ToWriter::Resume) {
+        if ports.resume_owed && ports.to_writer(&mut self.outbox, &ToWriter::Resume) {
             ports.resume_owed = false;
         }
     }
