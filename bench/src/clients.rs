@@ -20,10 +20,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{Event, Frame, Limits, Publish};
+use cluecast_proto::{Event, EventHead, Frame, Limits, Publish};
 
 use crate::child::{result_struct, Mark};
-use crate::wire::{self, event_seq, pollfd, refusal, set_note, Inbox, Turn, EVENT_SEQ_END};
+use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn};
 
 /// Per-connection receive buffer. Only non-event frames (small) are ever
 /// held whole, so this only sets how much one read() may return.
@@ -151,7 +151,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             .map_err(|e| format!("socket options: {e}"))?;
         subs.push(Sub {
             stream,
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, EVENT_SEQ_END)?,
+            inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
             next_seq: last_seq + 1,
             received: 0,
             bytes: 0,
@@ -166,7 +166,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         .map_err(|e| format!("socket options: {e}"))?;
     let mut publisher = Publisher {
         stream,
-        inbox: Inbox::new(&c.buf, INBOX_BYTES, EVENT_SEQ_END)?,
+        inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
         out: Vec::with_capacity(PUBLISH_BACKLOG_BYTES + plan.payload_bytes + 512),
         out_pos: 0,
         in_flight: 0,
@@ -416,7 +416,7 @@ fn read_subscriber(s: &mut Sub, limits: &Limits, seq_errors: &mut u64) -> Result
         s.inbox.drain(
             limits,
             |head, len| {
-                let seq = event_seq(head);
+                let seq = head.seq();
                 if seq != *next_seq {
                     *seq_errors += 1;
                 }

@@ -23,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{Frame, Limits, Publish, ACK_FLAG_DURABLE};
+use cluecast_proto::{EventHead, Frame, Limits, Publish, ACK_FLAG_DURABLE};
 
 use crate::child::{self, result_struct, Followed, Mark, Role};
 use crate::cli::{Common, Durability};
@@ -35,7 +35,7 @@ use crate::stats::{
     Percentiles,
 };
 use crate::targets::{self, Launch, Target};
-use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn, EVENT_SEQ_END};
+use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn};
 
 /// Time for the server to print `listening on`.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -336,7 +336,7 @@ fn run_clients(args: &Args, server: std::net::SocketAddr, nonce: u64) -> Result<
             .and_then(|_| wire::enable_rx_timestamps(&c.stream))
             .map_err(|e| format!("socket options: {e}"))?;
         pubs.push(Pub {
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, EVENT_SEQ_END)?,
+            inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
             stream: c.stream,
             out: Vec::with_capacity(64 << 10),
             out_pos: 0,

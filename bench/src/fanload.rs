@@ -35,7 +35,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{Frame, Limits, Position, Publish, SubscribeStatus};
+use cluecast_proto::{EventHead, Frame, Limits, Position, Publish, SubscribeStatus};
 use hdrhistogram::Histogram;
 
 use crate::attack::{self, Attack};
@@ -46,7 +46,7 @@ use crate::newcomers::Newcomers;
 use crate::peers::{self, Message, Peer};
 use crate::stats::{latency_histogram, Percentiles};
 use crate::tls::{TlsClient, TlsLink, TlsTurn};
-use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox, Turn};
+use crate::wire::{self, refusal, set_note, Inbox, Turn};
 
 /// A subscriber's receive buffer: events here are a few hundred bytes.
 const SUB_INBOX_BYTES: usize = 16 << 10;
@@ -617,14 +617,14 @@ struct Rx {
 
 impl Rx {
     /// One EVENT, received at `recv_ns` (kernel) and read at `read_ns`.
-    fn delivery(&mut self, head: &[u8], recv_ns: u64, read_ns: u64, sub: &mut SubView<'_>) {
+    fn delivery(&mut self, head: EventHead<'_>, recv_ns: u64, read_ns: u64, sub: &mut SubView<'_>) {
         self.delivered += 1;
-        let seq = event_seq(head);
+        let seq = head.seq();
         if seq != *sub.next_seq {
             self.seq_errors += 1;
         }
         *sub.next_seq = seq.wrapping_add(1);
-        match event_ts_and_payload(head) {
+        match head.publish_ts_ns().zip(head.payload()) {
             Some((ts, payload)) => self.stamped(payload, Some(ts), recv_ns, read_ns, sub),
             None => self.invalid += 1,
         }
@@ -1411,7 +1411,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     }
     let topic_len_max = topics.iter().map(String::len).max().unwrap_or(0);
     // Each EVENT is looked at up to the end of the payload's stamp.
-    let peek = wire::EVENT_TOPIC_AT + 1 + topic_len_max + STAMP_BYTES;
+    let peek = EventHead::payload_at(topic_len_max) + STAMP_BYTES;
     let id_base = format!("fanout-{}", std::process::id());
 
     // A RESP message is parsed whole, so it must fit in a quarter of the
@@ -1501,7 +1501,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         c.stream
             .set_nonblocking(true)
             .map_err(|e| format!("socket options: {e}"))?;
-        let inbox = Inbox::new(&c.buf, PUB_INBOX_BYTES, wire::EVENT_SEQ_END)?;
+        let inbox = Inbox::new(&c.buf, PUB_INBOX_BYTES, EventHead::BYTES_MIN)?;
         let payload = (0..plan.payload_bytes).map(|i| (i % 251) as u8).collect();
         let mut pb = Pub::new(c.stream, inbox, payload, plan.topics);
         pb.tls = c.tls;
@@ -1926,7 +1926,7 @@ mod tests {
     fn ack_request_ids_map_back_to_counters() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let inbox = Inbox::new(&[], PUB_INBOX_BYTES, wire::EVENT_SEQ_END).unwrap();
+        let inbox = Inbox::new(&[], PUB_INBOX_BYTES, EventHead::BYTES_MIN).unwrap();
         let mut p = Pub::new(stream, inbox, Vec::new(), 4);
         assert_eq!(p.counter_of(0), None, "nothing sent yet");
         p.next = 10;

@@ -39,7 +39,7 @@ use std::process::Command;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{Frame, Limits, Publish, StartMode, Subscribe, SubscribeStatus};
+use cluecast_proto::{EventHead, Frame, Limits, Publish, StartMode, Subscribe, SubscribeStatus};
 use hdrhistogram::Histogram;
 
 use crate::child::{self, result_struct, ResultLine, Role};
@@ -52,7 +52,7 @@ use crate::report::{self, command_line, json_num, json_str, mib, num, thousands}
 use crate::server::Server;
 use crate::stats::{latency_histogram, median, Percentiles};
 use crate::targets::{self, Launch, Target};
-use crate::wire::{self, event_seq, event_ts_and_payload, refusal, set_note, Inbox, Turn};
+use crate::wire::{self, refusal, set_note, Inbox, Turn};
 
 /// Time for the server to print `listening on`.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -588,7 +588,7 @@ fn live_run(
     );
 
     let topic_len_max = topics.iter().map(String::len).max().unwrap_or(0);
-    let peek = wire::EVENT_TOPIC_AT + 1 + topic_len_max + STAMP_BYTES;
+    let peek = EventHead::payload_at(topic_len_max) + STAMP_BYTES;
     let mut subs = Vec::with_capacity(args.live);
     let mut heartbeat_ms = 0;
     for i in 0..args.live {
@@ -613,7 +613,7 @@ fn live_run(
     let limits = publisher.limits;
     let mut pub_stream = publisher.stream;
     set_live_socket(&pub_stream)?;
-    let mut pub_inbox = Inbox::new(&publisher.buf, INBOX_BYTES, wire::EVENT_SEQ_END)?;
+    let mut pub_inbox = Inbox::new(&publisher.buf, INBOX_BYTES, EventHead::BYTES_MIN)?;
     let mut pub_out: Vec<u8> = Vec::with_capacity(64 << 10);
 
     crate::child::say("ready");
@@ -895,8 +895,10 @@ fn read_live(
         s.inbox.drain(
             limits,
             |head, _| {
-                order.see(event_seq(head));
-                let Some((ts, due)) = event_ts_and_payload(head)
+                order.see(head.seq());
+                let Some((ts, due)) = head
+                    .publish_ts_ns()
+                    .zip(head.payload())
                     .and_then(|(ts, p)| Some((ts, Stamp::read(p)?.scheduled_ns)))
                 else {
                     bad = Some("an EVENT without a stamp");
@@ -977,7 +979,7 @@ fn resume_run(
         (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
         set_live_socket(&c.stream)?;
         clients.push(Client {
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, wire::EVENT_SEQ_END)?,
+            inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
             stream: c.stream,
             topic: j % args.topics,
             after: 0,
@@ -1214,7 +1216,7 @@ fn start_storm(
         }
     }
     set_live_socket(&probe.stream)?;
-    let inbox = Inbox::new(&probe.buf, INBOX_BYTES, wire::EVENT_TOPIC_AT + 1 + 64)?;
+    let inbox = Inbox::new(&probe.buf, INBOX_BYTES, EventHead::payload_at(64))?;
     Ok((probe.stream, inbox, newest))
 }
 
@@ -1235,11 +1237,9 @@ fn read_probe(
         inbox.drain(
             limits,
             |head, _| {
-                let at = wire::EVENT_TOPIC_AT;
-                let len = head.get(at).copied().unwrap_or(0) as usize;
-                let name = head.get(at + 1..at + 1 + len).unwrap_or(&[]);
-                if let Some(k) = topics.iter().position(|t| t.as_bytes() == name) {
-                    newest[k] = newest[k].max(event_seq(head));
+                let name = head.topic();
+                if let Some(k) = topics.iter().position(|t| Some(t.as_bytes()) == name) {
+                    newest[k] = newest[k].max(head.seq());
                 }
             },
             |f| match refusal(f) {
@@ -1271,7 +1271,7 @@ fn read_client(c: &mut Client, limits: &Limits, newest: &[u64]) -> Result<(), St
         c.inbox.drain(
             limits,
             |head, _| {
-                let seq = event_seq(head);
+                let seq = head.seq();
                 order.see(seq);
                 if caught_up.is_none() && seq >= head_of_topic {
                     *caught_up = Some(recv_ns);

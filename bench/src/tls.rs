@@ -346,6 +346,7 @@ impl TlsTurn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cluecast_proto::EventHead;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     use std::net::TcpListener;
@@ -438,7 +439,7 @@ mod tests {
         assert_eq!(taken, 0);
         let want = 200 * 4 + 20_000;
         let mut got = buf.clone();
-        let mut inbox = Inbox::new(&[], 16 << 10, wire::EVENT_SEQ_END).unwrap();
+        let mut inbox = Inbox::new(&[], 16 << 10, EventHead::BYTES_MIN).unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         while got.len() < want && Instant::now() < until {
             let mut turn = TlsTurn::new(4);

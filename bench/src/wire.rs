@@ -9,40 +9,19 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{
-    decode, ErrorCode, Frame, FrameType, Hello, Limits, StartMode, Subscribe, SubscribeStatus,
+    decode, ErrorCode, EventHead, Frame, FrameType, Hello, Limits, StartMode, Subscribe,
+    SubscribeStatus,
 };
 
 use crate::dial::Unwelcome;
 
-/// Bytes of an EVENT up to and including its sequence number: length,
-/// type, seq.
-pub const EVENT_SEQ_END: usize = 4 + 1 + 8;
-/// Offset of the topic's length byte in an EVENT: after length, type, seq,
-/// epoch and publish_ts_ns.
-pub const EVENT_TOPIC_AT: usize = 4 + 1 + 8 + 8 + 8;
-/// Smallest valid EVENT length prefix: type, seq, epoch, ts, topic length.
-const EVENT_LEN_MIN: u32 = 1 + 8 + 8 + 8 + 1;
-
-/// The sequence number of an EVENT from its first bytes (at least
-/// [`EVENT_SEQ_END`] of them, which [`Inbox`] guarantees).
-pub fn event_seq(head: &[u8]) -> u64 {
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&head[5..EVENT_SEQ_END]);
-    u64::from_be_bytes(seq)
-}
-
-/// The server's `publish_ts_ns` and the first bytes of the payload, from
-/// the first bytes of an EVENT; None when `head` ends before the payload.
-pub fn event_ts_and_payload(head: &[u8]) -> Option<(u64, &[u8])> {
-    let ts: [u8; 8] = head.get(21..29)?.try_into().ok()?;
-    let topic_len = *head.get(EVENT_TOPIC_AT)? as usize;
-    let payload = head.get(EVENT_TOPIC_AT + 1 + topic_len..)?;
-    Some((u64::from_be_bytes(ts), payload))
-}
+/// Smallest valid EVENT length prefix: it counts what follows it (4 bytes)
+/// up to the payload, here after an empty topic.
+const EVENT_LEN_MIN: u32 = (EventHead::payload_at(0) - 4) as u32;
 
 /// A connection's unparsed input. EVENTs are handed over by their first
-/// `peek` bytes once those are buffered, and the rest of each is skipped as
-/// it arrives; other frames are decoded whole.
+/// `peek` bytes ([`EventHead`]) once those are buffered, and the rest of
+/// each is skipped as it arrives; other frames are decoded whole.
 pub struct Inbox {
     buf: Box<[u8]>,
     start: usize,
@@ -63,7 +42,7 @@ impl Inbox {
     /// handshake), handing over the first `peek` bytes of each EVENT.
     pub fn new(leftover: &[u8], capacity: usize, peek: usize) -> Result<Inbox, String> {
         let free_min = capacity / 4;
-        if peek < EVENT_SEQ_END || peek > free_min {
+        if peek < EventHead::BYTES_MIN || peek > free_min {
             return Err(format!(
                 "an inbox of {capacity} bytes cannot peek {peek} bytes of each event"
             ));
@@ -157,7 +136,7 @@ impl Inbox {
     pub fn drain(
         &mut self,
         limits: &Limits,
-        mut on_event: impl FnMut(&[u8], u64),
+        mut on_event: impl FnMut(EventHead<'_>, u64),
         mut on_frame: impl FnMut(&Frame<'_>) -> Result<(), String>,
     ) -> Result<(), String> {
         loop {
@@ -170,7 +149,7 @@ impl Inbox {
                     return Ok(());
                 }
                 if let Some(bytes) = self.pending.take() {
-                    on_event(&self.pending_head, bytes);
+                    on_event(event_head(&self.pending_head)?, bytes);
                 }
                 continue;
             }
@@ -190,7 +169,7 @@ impl Inbox {
                 }
                 let take = total.min(avail);
                 if take == total {
-                    on_event(&head[..want], total as u64);
+                    on_event(event_head(&head[..want])?, total as u64);
                 } else {
                     // Keep the head: the buffer is reused before the frame
                     // ends.
@@ -250,6 +229,12 @@ impl Inbox {
         (self.start, self.end) = (0, 0);
         bytes
     }
+}
+
+/// The head of an EVENT whose first bytes are buffered; [`Inbox::new`]
+/// makes sure that those hold its seq.
+fn event_head(bytes: &[u8]) -> Result<EventHead<'_>, String> {
+    EventHead::new(bytes).ok_or_else(|| "an EVENT head without its seq".to_string())
 }
 
 /// Asks the kernel to stamp received data with its arrival time (read
@@ -674,7 +659,7 @@ mod tests {
             inbox
                 .drain(
                     &limits,
-                    |head, bytes| events.push((event_seq(head), bytes, head.to_vec())),
+                    |head, bytes| events.push((head.seq(), bytes, head.bytes().to_vec())),
                     |_| {
                         others += 1;
                         Ok(())
@@ -693,7 +678,7 @@ mod tests {
         wire.extend(event(2, &big));
         wire.extend(event(3, b""));
         let frames = [event(1, b"hello"), event(2, &big), event(3, b"")];
-        for peek in [EVENT_SEQ_END, 40] {
+        for peek in [EventHead::BYTES_MIN, 40] {
             for step in [1, 3, 13, 4096, 65_536, wire.len()] {
                 let (events, others) = feed(&wire, step, peek);
                 let want: Vec<(u64, u64, Vec<u8>)> = frames
@@ -708,18 +693,6 @@ mod tests {
     }
 
     #[test]
-    fn event_head_fields() {
-        let frame = event(5, b"payload-bytes");
-        assert_eq!(event_seq(&frame), 5);
-        let (ts, payload) = event_ts_and_payload(&frame).unwrap();
-        assert_eq!(ts, 1_005);
-        assert_eq!(payload, b"payload-bytes");
-        let (_, cut) = event_ts_and_payload(&frame[..frame.len() - 6]).unwrap();
-        assert_eq!(cut, b"payload");
-        assert_eq!(event_ts_and_payload(&frame[..EVENT_TOPIC_AT]), None);
-    }
-
-    #[test]
     fn kernel_stamps_received_data() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -728,7 +701,7 @@ mod tests {
         // The kernel switches receive timestamps on in deferred work, so
         // the first segments after the first socket asks may go unstamped:
         // try a few times.
-        let mut inbox = Inbox::new(&[], 4096, EVENT_SEQ_END).unwrap();
+        let mut inbox = Inbox::new(&[], 4096, EventHead::BYTES_MIN).unwrap();
         let (before, stamp, after) = (0..50)
             .find_map(|_| {
                 let before = cluecast_sys::realtime_ns();
@@ -753,7 +726,7 @@ mod tests {
 
     #[test]
     fn inbox_rejects_garbage() {
-        let peek = EVENT_SEQ_END;
+        let peek = EventHead::BYTES_MIN;
         let mut inbox =
             Inbox::new(&[0, 0, 0, 2, FrameType::Event as u8, 0, 0], 4096, peek).unwrap();
         let r = inbox.drain(&Limits::DEFAULT, |_, _| {}, |_| Ok(()));

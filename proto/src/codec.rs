@@ -173,17 +173,6 @@ pub fn valid_topic(topic: &[u8], limits: &Limits) -> bool {
 // ---------------------------------------------------------------------------
 // Decoding
 
-/// The `publish_ts_ns` of an encoded EVENT frame, read in place without
-/// decoding the rest; None for any other frame (or too few bytes).
-pub fn event_publish_ts_ns(frame: &[u8]) -> Option<u64> {
-    const AT: usize = HEADER_BYTES + 8 + 8;
-    if frame.get(HEADER_BYTES - 1) != Some(&(FrameType::Event as u8)) {
-        return None;
-    }
-    let bytes = frame.get(AT..AT + 8)?;
-    Some(u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
-}
-
 /// Decodes one frame from the front of `buf`.
 ///
 /// * `Ok(None)`: `buf` is a prefix of a frame; call again with more bytes.
@@ -840,24 +829,6 @@ impl Frame<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_event_s_publish_time_is_read_in_place() {
-        let mut bytes = Vec::new();
-        Frame::Event(Event {
-            seq: 3,
-            epoch: 9,
-            publish_ts_ns: 0x0102_0304_0506_0708,
-            topic: b"t",
-            payload: b"p",
-        })
-        .encode(&mut bytes);
-        assert_eq!(event_publish_ts_ns(&bytes), Some(0x0102_0304_0506_0708));
-        assert_eq!(event_publish_ts_ns(&bytes[..HEADER_BYTES + 20]), None);
-        let mut pong = Vec::new();
-        Frame::Pong { nonce: 1 }.encode(&mut pong);
-        assert_eq!(event_publish_ts_ns(&pong), None);
-    }
 
     #[test]
     fn default_limits_are_consistent() {

@@ -5,9 +5,11 @@
 
 pub mod client;
 pub mod codec;
+pub mod event_head;
 pub mod frame;
 mod retry;
 mod tls_error;
 
-pub use codec::{decode, event_publish_ts_ns, valid_topic, DecodeError, Limits};
+pub use codec::{decode, valid_topic, DecodeError, Limits};
+pub use event_head::{event_publish_ts_ns, EventHead};
 pub use frame::*;
