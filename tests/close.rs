@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use cluecast::shard::topic_owner;
 use cluecast_proto::client::{Client, ClientConfig, Delivery, Start};
 use cluecast_proto::{
-    decode, ErrorCode, Frame, GoAwayReason, Hello, Publish, StartMode, SubscribeStatus, TopicClose,
+    ErrorCode, Filled, Frame, GoAwayReason, Hello, Publish, StartMode, SubscribeStatus, TopicClose,
     ACK_FLAG_DURABLE,
 };
 use common::{RawClient, Server, TempDir};
@@ -173,19 +173,13 @@ fn open_admitted(addr: SocketAddr) -> RawClient {
         );
         let mut c = RawClient::connect(addr);
         if c.send_raw(&hello).is_ok() {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 256];
             loop {
-                match decode(&buf, &c.limits) {
-                    Ok(Some((Frame::Welcome(_), used))) => {
-                        let rest = buf[used..].to_vec();
-                        c.extend(&rest);
-                        return c;
-                    }
-                    Ok(Some((Frame::GoAway(_), _))) | Err(_) => break,
-                    Ok(Some((other, _))) => panic!("expected WELCOME or GOAWAY, got {other:?}"),
-                    Ok(None) => match c.stream.read(&mut chunk) {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                match c.next_frame() {
+                    Ok(Some(Frame::Welcome(_))) => return c,
+                    Ok(Some(Frame::GoAway(_))) | Err(_) => break,
+                    Ok(Some(other)) => panic!("expected WELCOME or GOAWAY, got {other:?}"),
+                    Ok(None) => match c.fill() {
+                        Ok(Filled::Bytes(_)) => {}
                         _ => break, // refused: EOF or reset
                     },
                 }

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::StartMode;
+use cluecast_proto::{Filled, StartMode};
 use common::{RawClient, Server};
 
 /// p99 publish-to-receive latency (µs) of `subscribers` readers while one
@@ -36,7 +36,6 @@ fn fanout_p99_us(
                 let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
                 let mut done = vec![false; group.len()];
                 let deadline = Instant::now() + Duration::from_secs(60);
-                let mut buf = vec![0u8; 1 << 16];
                 while done.iter().any(|d| !d) && Instant::now() < deadline {
                     let mut fds: Vec<libc::pollfd> = group
                         .iter()
@@ -52,12 +51,7 @@ fn fanout_p99_us(
                         if fds[i].revents == 0 {
                             continue;
                         }
-                        while let Ok(n) = std::io::Read::read(&mut c.stream, &mut buf) {
-                            if n == 0 {
-                                break;
-                            }
-                            c.extend(&buf[..n]);
-                        }
+                        while let Ok(Filled::Bytes(_)) = c.fill() {}
                         while let Some((seq, sent_ns)) = c.take_event() {
                             let now_ns = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluecast_proto::{decode, Frame, Hello, Limits, Publish, StartMode, Subscribe};
-use common::{Server, TempDir, BIN};
+use common::{RawClient, Server, TempDir, BIN};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -32,61 +32,39 @@ fn certificate(dir: &TempDir) -> (String, String, CertificateDer<'static>) {
     )
 }
 
-/// A client speaking the protocol over TLS, trusting only `root`.
-struct TlsClient {
-    stream: StreamOwned<ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-}
+/// What a TLS client's wait for a frame fails with when the server has
+/// closed the connection instead.
+const CLOSED: &str = "the server closed the connection";
 
-impl TlsClient {
-    fn open(addr: SocketAddr, root: &CertificateDer<'static>) -> TlsClient {
-        let mut roots = RootCertStore::empty();
-        roots.add(root.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = ServerName::try_from("localhost").unwrap();
-        let session = ClientConnection::new(Arc::new(config), name).unwrap();
-        let tcp = TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let mut client = TlsClient {
-            stream: StreamOwned::new(session, tcp),
-            buf: Vec::new(),
-        };
-        client.send(&Frame::Hello(Hello {
-            version_min: 1,
-            version_max: 1,
-            client_id: b"tls-test",
-            token: b"",
-        }));
-        client.recv(|f| assert!(matches!(f, Frame::Welcome(_)), "{f:?}"));
-        client
-    }
+/// A client speaking the protocol over TLS.
+type TlsClient = RawClient<StreamOwned<ClientConnection, TcpStream>>;
 
-    fn send(&mut self, frame: &Frame<'_>) {
-        let mut bytes = Vec::new();
-        frame.encode(&mut bytes);
-        self.stream.write_all(&bytes).unwrap();
-        self.stream.flush().unwrap();
-    }
-
-    fn recv<T>(&mut self, f: impl FnOnce(Frame<'_>) -> T) -> T {
-        loop {
-            if let Some((frame, used)) = decode(&self.buf, &Limits::DEFAULT).unwrap() {
-                let out = f(frame);
-                self.buf.drain(..used);
-                return out;
-            }
-            let mut chunk = [0u8; 16 << 10];
-            let n = self.stream.read(&mut chunk).expect("read over TLS");
-            assert!(n > 0, "the server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
+/// Connects over TLS, trusting only `root`, and completes the handshake.
+fn open_tls(addr: SocketAddr, root: &CertificateDer<'static>) -> TlsClient {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let session = ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut client = RawClient::over(StreamOwned::new(session, tcp));
+    client.send(&Frame::Hello(Hello {
+        version_min: 1,
+        version_max: 1,
+        client_id: b"tls-test",
+        token: b"",
+    }));
+    client
+        .recv(|f| assert!(matches!(f, Frame::Welcome(_)), "{f:?}"))
+        .expect(CLOSED);
+    client
 }
 
 #[test]
@@ -103,18 +81,19 @@ fn tls_subscribers_get_every_event_and_plain_tcp_is_cut_off() {
 
     let mut subscribers: Vec<TlsClient> = (0..40)
         .map(|_| {
-            let mut c = TlsClient::open(server.addr, &root);
+            let mut c = open_tls(server.addr, &root);
             c.send(&Frame::Subscribe(Subscribe {
                 mode: StartMode::Live,
                 epoch: 0,
                 last_seq: 0,
                 topic: b"hunt-tls",
             }));
-            c.recv(|f| assert!(matches!(f, Frame::Subscribed(_)), "{f:?}"));
+            c.recv(|f| assert!(matches!(f, Frame::Subscribed(_)), "{f:?}"))
+                .expect(CLOSED);
             c
         })
         .collect();
-    let mut publisher = TlsClient::open(server.addr, &root);
+    let mut publisher = open_tls(server.addr, &root);
     let payload = vec![b'c'; 300];
     for request_id in 1..=200u32 {
         publisher.send(&Frame::Publish(Publish {
@@ -124,17 +103,20 @@ fn tls_subscribers_get_every_event_and_plain_tcp_is_cut_off() {
         }));
     }
     for request_id in 1..=200u32 {
-        publisher.recv(|f| match f {
-            Frame::PublishAck(a) => assert_eq!((a.request_id, a.status), (request_id, 0)),
-            other => panic!("{other:?}"),
-        });
+        publisher
+            .recv(|f| match f {
+                Frame::PublishAck(a) => assert_eq!((a.request_id, a.status), (request_id, 0)),
+                other => panic!("{other:?}"),
+            })
+            .expect(CLOSED);
     }
     for s in &mut subscribers {
         for seq in 1..=200u64 {
             s.recv(|f| match f {
                 Frame::Event(e) => assert_eq!((e.seq, e.payload.len()), (seq, 300)),
                 other => panic!("{other:?}"),
-            });
+            })
+            .expect(CLOSED);
         }
     }
 
@@ -258,7 +240,7 @@ fn a_tls_connection_closed_by_a_full_server_is_retried_with_backoff() {
     // One shard with room for one connection, held: with TLS, a newcomer is
     // closed at once, with no GOAWAY it could read.
     let server = serve(&cert, &key, &["--shards", "1", "--connections-max", "1"]);
-    let holder = TlsClient::open(server.addr, &root);
+    let holder = open_tls(server.addr, &root);
     let publish = Command::new(BIN)
         .args([
             "pub",

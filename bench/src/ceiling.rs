@@ -574,7 +574,7 @@ mod tests {
     use super::*;
     use crate::delivery::{Stamp, Track, STAMP_BYTES};
     use crate::wire::{self, await_frame, Connected};
-    use cluecast_proto::{Publish, StartMode, Subscribe};
+    use cluecast_proto::{FrameConn, Publish, StartMode, Subscribe};
     use std::io::Write;
     use std::time::{Duration, Instant};
 
@@ -606,17 +606,10 @@ mod tests {
         let deadline = Instant::now() + TIMEOUT;
         (0..n)
             .map(|_| {
-                await_frame(
-                    &mut c.stream,
-                    &mut c.buf,
-                    &c.limits,
-                    deadline,
-                    "EVENT",
-                    |f| match f {
-                        Frame::Event(e) => Some((e.seq, Stamp::read(e.payload)?.counter)),
-                        _ => None,
-                    },
-                )
+                await_frame(&mut c.conn, deadline, "EVENT", |f| match f {
+                    Frame::Event(e) => Some((e.seq, Stamp::read(e.payload)?.counter)),
+                    _ => None,
+                })
                 .unwrap()
             })
             .collect()
@@ -657,20 +650,13 @@ mod tests {
             })
             .encode(&mut out);
         }
-        p.stream.write_all(&out).unwrap();
+        p.conn.stream.write_all(&out).unwrap();
         let deadline = Instant::now() + TIMEOUT;
         for n in 0..100u32 {
-            let id = await_frame(
-                &mut p.stream,
-                &mut p.buf,
-                &p.limits,
-                deadline,
-                "ack",
-                |f| match f {
-                    Frame::PublishAck(a) => Some(a.request_id),
-                    _ => None,
-                },
-            )
+            let id = await_frame(&mut p.conn, deadline, "ack", |f| match f {
+                Frame::PublishAck(a) => Some(a.request_id),
+                _ => None,
+            })
             .unwrap();
             assert_eq!(id, n);
         }
@@ -697,18 +683,17 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let order = [0u64, 1, 2, 4, 3, 6, 7, 8, 9];
         let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+            let (s, _) = listener.accept().unwrap();
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .unwrap();
             let deadline = Instant::now() + TIMEOUT;
-            let mut buf = Vec::new();
             let lim = Limits::DEFAULT;
-            await_frame(&mut s, &mut buf, &lim, deadline, "HELLO", |f| {
+            let mut conn = FrameConn::new(s, lim);
+            await_frame(&mut conn, deadline, "HELLO", |f| {
                 matches!(f, Frame::Hello(_)).then_some(())
             })
             .unwrap();
-            let mut out = Vec::new();
-            Frame::Welcome(Welcome {
+            conn.send(&Frame::Welcome(Welcome {
                 version: 1,
                 heartbeat_ms: 0,
                 idle_timeout_ms: 0,
@@ -716,10 +701,9 @@ mod tests {
                 payload_bytes_max: lim.payload_bytes_max,
                 subscriptions_max: 1,
                 topic_bytes_max: lim.topic_bytes_max,
-            })
-            .encode(&mut out);
-            s.write_all(&out).unwrap();
-            await_frame(&mut s, &mut buf, &lim, deadline, "SUBSCRIBE", |f| {
+            }))
+            .unwrap();
+            await_frame(&mut conn, deadline, "SUBSCRIBE", |f| {
                 matches!(
                     f,
                     Frame::Subscribe(Subscribe {
@@ -730,7 +714,7 @@ mod tests {
                 .then_some(())
             })
             .unwrap();
-            out.clear();
+            let mut out = Vec::new();
             Frame::Subscribed(Subscribed {
                 status: SubscribeStatus::Ok,
                 epoch: EPOCH,
@@ -756,7 +740,7 @@ mod tests {
                 })
                 .encode(&mut out);
             }
-            s.write_all(&out).unwrap();
+            conn.stream.write_all(&out).unwrap();
         });
         let (mut c, _) = subscriber(addr, "t");
         let got = events(&mut c, order.len());

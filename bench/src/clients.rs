@@ -142,16 +142,16 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
             &format!("{id_base}-s{i}"),
             plan.connect_timeout,
         )?;
-        (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
+        (limits, heartbeat_ms) = (c.conn.limits, c.heartbeat_ms);
         wire::check_payload(plan.payload_bytes, &limits)?;
         let last_seq = c.subscribe_live(topic, plan.connect_timeout)?;
-        let stream = c.stream;
+        let (stream, leftover) = c.conn.into_parts();
         stream
             .set_nonblocking(true)
             .map_err(|e| format!("socket options: {e}"))?;
         subs.push(Sub {
             stream,
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
+            inbox: Inbox::new(&leftover, INBOX_BYTES, EventHead::BYTES_MIN)?,
             next_seq: last_seq + 1,
             received: 0,
             bytes: 0,
@@ -160,13 +160,13 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         });
     }
     let c = wire::connect(plan.server, &format!("{id_base}-pub"), plan.connect_timeout)?;
-    let stream = c.stream;
+    let (stream, leftover) = c.conn.into_parts();
     stream
         .set_nonblocking(true)
         .map_err(|e| format!("socket options: {e}"))?;
     let mut publisher = Publisher {
         stream,
-        inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
+        inbox: Inbox::new(&leftover, INBOX_BYTES, EventHead::BYTES_MIN)?,
         out: Vec::with_capacity(PUBLISH_BACKLOG_BYTES + plan.payload_bytes + 512),
         out_pos: 0,
         in_flight: 0,

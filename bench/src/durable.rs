@@ -329,15 +329,16 @@ fn run_clients(args: &Args, server: std::net::SocketAddr, nonce: u64) -> Result<
     for p in 0..args.publishers {
         let c = wire::connect(server, &format!("durable-{nonce:08x}-p{p}"), timeout)
             .map_err(|e| format!("publisher {p}: {e}"))?;
-        limits = c.limits;
+        limits = c.conn.limits;
         wire::check_payload(args.payload, &limits)?;
-        c.stream
+        let (stream, leftover) = c.conn.into_parts();
+        stream
             .set_nonblocking(true)
-            .and_then(|_| wire::enable_rx_timestamps(&c.stream))
+            .and_then(|_| wire::enable_rx_timestamps(&stream))
             .map_err(|e| format!("socket options: {e}"))?;
         pubs.push(Pub {
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
-            stream: c.stream,
+            inbox: Inbox::new(&leftover, INBOX_BYTES, EventHead::BYTES_MIN)?,
+            stream,
             out: Vec::with_capacity(64 << 10),
             out_pos: 0,
             in_flight: Default::default(),

@@ -1057,10 +1057,10 @@ pub fn join(
     }
     if let Some(tls) = tls {
         let mut c = dial::connect_tls_from(server, source, id, timeout, tls)?;
-        (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
+        (*limits, *heartbeat_ms) = (c.conn.limits, c.heartbeat_ms);
         let (next_seq, gap) = subscribe(&mut c, topic, resume_after, timeout)?;
-        let mut buf = c.buf;
-        let (link, stream) = TlsLink::from_stream(c.stream, &mut buf)?;
+        let (stream, mut buf) = c.conn.into_parts();
+        let (link, stream) = TlsLink::from_stream(stream, &mut buf)?;
         return Ok(Joined {
             stream,
             buf,
@@ -1070,11 +1070,12 @@ pub fn join(
         });
     }
     let mut c = dial::connect_from(server, source, id, timeout)?;
-    (*limits, *heartbeat_ms) = (c.limits, c.heartbeat_ms);
+    (*limits, *heartbeat_ms) = (c.conn.limits, c.heartbeat_ms);
     let (next_seq, gap) = subscribe(&mut c, topic, resume_after, timeout)?;
+    let (stream, buf) = c.conn.into_parts();
     Ok(Joined {
-        stream: c.stream,
-        buf: c.buf,
+        stream,
+        buf,
         next_seq,
         gap,
         tls: None,

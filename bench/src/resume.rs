@@ -534,14 +534,13 @@ fn preload(
             .encode(&mut out);
             sent += 1;
         }
-        c.stream
+        c.conn
+            .stream
             .write_all(&out)
             .map_err(|e| format!("preloading: {e}"))?;
         while acked < sent {
             let ack = wire::await_frame(
-                &mut c.stream,
-                &mut c.buf,
-                &c.limits,
+                &mut c.conn,
                 Instant::now() + timeout,
                 "preloading",
                 |f| match f {
@@ -599,10 +598,11 @@ fn live_run(
         let last = c
             .subscribe_live(topics[topic].as_bytes(), timeout)
             .map_err(|e| format!("live subscriber {i}: {e}"))?;
-        set_live_socket(&c.stream)?;
+        let (stream, leftover) = c.conn.into_parts();
+        set_live_socket(&stream)?;
         subs.push(LiveSub {
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, peek)?,
-            stream: c.stream,
+            inbox: Inbox::new(&leftover, INBOX_BYTES, peek)?,
+            stream,
             topic,
             start_after: last,
             order: Order::starting_after(last),
@@ -610,10 +610,10 @@ fn live_run(
             alive: true,
         });
     }
-    let limits = publisher.limits;
-    let mut pub_stream = publisher.stream;
+    let limits = publisher.conn.limits;
+    let (mut pub_stream, leftover) = publisher.conn.into_parts();
     set_live_socket(&pub_stream)?;
-    let mut pub_inbox = Inbox::new(&publisher.buf, INBOX_BYTES, EventHead::BYTES_MIN)?;
+    let mut pub_inbox = Inbox::new(&leftover, INBOX_BYTES, EventHead::BYTES_MIN)?;
     let mut pub_out: Vec<u8> = Vec::with_capacity(64 << 10);
 
     crate::child::say("ready");
@@ -976,11 +976,12 @@ fn resume_run(
     for j in args.first..args.first + args.clients {
         let c = wire::connect(server, &format!("{id}-c{j}"), timeout)
             .map_err(|e| format!("client {j}: {e}"))?;
-        (limits, heartbeat_ms) = (c.limits, c.heartbeat_ms);
-        set_live_socket(&c.stream)?;
+        (limits, heartbeat_ms) = (c.conn.limits, c.heartbeat_ms);
+        let (stream, leftover) = c.conn.into_parts();
+        set_live_socket(&stream)?;
         clients.push(Client {
-            inbox: Inbox::new(&c.buf, INBOX_BYTES, EventHead::BYTES_MIN)?,
-            stream: c.stream,
+            inbox: Inbox::new(&leftover, INBOX_BYTES, EventHead::BYTES_MIN)?,
+            stream,
             topic: j % args.topics,
             after: 0,
             order: Order::default(),
@@ -1167,22 +1168,17 @@ fn start_storm(
     let mut epochs = Vec::with_capacity(topics.len());
     let mut newest = Vec::with_capacity(topics.len());
     for t in topics {
-        let mut out = Vec::new();
-        Frame::Subscribe(Subscribe {
-            mode: StartMode::Live,
-            epoch: 0,
-            last_seq: 0,
-            topic: t.as_bytes(),
-        })
-        .encode(&mut out);
         probe
-            .stream
-            .write_all(&out)
+            .conn
+            .send(&Frame::Subscribe(Subscribe {
+                mode: StartMode::Live,
+                epoch: 0,
+                last_seq: 0,
+                topic: t.as_bytes(),
+            }))
             .map_err(|e| format!("the probe: {e}"))?;
         let (epoch, last) = wire::await_frame(
-            &mut probe.stream,
-            &mut probe.buf,
-            &probe.limits,
+            &mut probe.conn,
             Instant::now() + timeout,
             "the probe's SUBSCRIBED",
             |f| match f {
@@ -1215,9 +1211,10 @@ fn start_storm(
             return Err("a SUBSCRIBE did not fit an empty socket".into());
         }
     }
-    set_live_socket(&probe.stream)?;
-    let inbox = Inbox::new(&probe.buf, INBOX_BYTES, EventHead::payload_at(64))?;
-    Ok((probe.stream, inbox, newest))
+    let (stream, leftover) = probe.conn.into_parts();
+    set_live_socket(&stream)?;
+    let inbox = Inbox::new(&leftover, INBOX_BYTES, EventHead::payload_at(64))?;
+    Ok((stream, inbox, newest))
 }
 
 /// The probe's live events: each topic's newest sequence so far.

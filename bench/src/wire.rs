@@ -9,8 +9,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{
-    decode, ErrorCode, EventHead, Frame, FrameType, Hello, Limits, StartMode, Subscribe,
-    SubscribeStatus,
+    decode, read_into, ErrorCode, EventHead, Filled, Frame, FrameConn, FrameType, Hello, Limits,
+    StartMode, Subscribe, SubscribeStatus,
 };
 
 use crate::dial::Unwelcome;
@@ -326,13 +326,10 @@ impl Blocking for TcpStream {
     }
 }
 
-/// One read of a blocking handshake: appends what arrives before
-/// `deadline` to `buf` (nothing, if the read was interrupted); Err when the
-/// deadline has passed or the server closed the connection. Every
-/// protocol's handshake waits with it.
-pub fn read_more<S: Blocking>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
+/// Sets the read timeout of `stream` to what is left until `deadline`;
+/// Err when nothing is.
+fn read_timeout_until<S: Blocking>(
+    stream: &S,
     deadline: Instant,
     what: &str,
 ) -> Result<(), String> {
@@ -343,64 +340,64 @@ pub fn read_more<S: Blocking>(
     stream
         .tcp()
         .set_read_timeout(Some(left))
-        .map_err(|e| format!("socket options: {e}"))?;
-    let mut chunk = [0u8; 4096];
-    match stream.read(&mut chunk) {
-        Ok(0) => Err(format!("{what}: the server closed the connection")),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(())
-        }
+        .map_err(|e| format!("socket options: {e}"))
+}
+
+/// What a handshake makes of one read: no data yet is for the caller's
+/// deadline to judge; the end of the stream and failures end it.
+fn handshake_read(filled: io::Result<Filled>, what: &str) -> Result<(), String> {
+    match filled {
+        Ok(Filled::Bytes(_) | Filled::NotYet) => Ok(()),
+        Ok(Filled::Closed) => Err(format!("{what}: the server closed the connection")),
         Err(e) => Err(format!("{what}: {e}")),
     }
+}
+
+/// One read of a blocking handshake: appends what arrives before
+/// `deadline` to `buf` (nothing, if the read was interrupted); Err when the
+/// deadline has passed or the server closed the connection. Every other
+/// protocol's handshake waits with it (the appliance's: [`await_frame`]).
+pub fn read_more<S: Blocking>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    what: &str,
+) -> Result<(), String> {
+    read_timeout_until(stream, deadline, what)?;
+    handshake_read(read_into(stream, buf, 4096), what)
 }
 
 /// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
 /// `pick` sees every frame first (an ERROR or GOAWAY too, which then ends
 /// the wait unless picked). The stream must be blocking.
 pub fn await_frame<S: Blocking, T>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    limits: &Limits,
+    conn: &mut FrameConn<S>,
     deadline: Instant,
     what: &str,
     mut pick: impl FnMut(&Frame<'_>) -> Option<T>,
 ) -> Result<T, String> {
     loop {
-        loop {
-            let (picked, used) = match decode(buf, limits) {
-                Ok(Some((frame, used))) => match (pick(&frame), refusal(&frame)) {
-                    (None, Some(why)) => return Err(format!("{what}: {why}")),
-                    (picked, _) => (picked, used),
-                },
-                Ok(None) => break,
-                Err(e) => return Err(format!("{what}: undecodable frame: {e}")),
-            };
-            buf.drain(..used);
-            if let Some(v) = picked {
-                return Ok(v);
+        while let Some(frame) = conn
+            .next_frame()
+            .map_err(|e| format!("{what}: undecodable frame: {e}"))?
+        {
+            match (pick(&frame), refusal(&frame)) {
+                (Some(picked), _) => return Ok(picked),
+                (None, Some(why)) => return Err(format!("{what}: {why}")),
+                (None, None) => {}
             }
         }
-        read_more(stream, buf, deadline, what)?;
+        read_timeout_until(&conn.stream, deadline, what)?;
+        handshake_read(conn.fill(), what)?;
     }
 }
 
 /// A connection past HELLO / WELCOME, still blocking: plain TCP, or TLS
 /// ([`connect_tls`]).
 pub struct Connected<S: Blocking = TcpStream> {
-    pub stream: S,
-    /// Bytes read past the last answer awaited.
-    pub buf: Vec<u8>,
-    /// The limits the server announced.
-    pub limits: Limits,
+    /// Frames to and from the server, within the limits it announced; what
+    /// it buffers was read past the last answer awaited.
+    pub conn: FrameConn<S>,
     pub heartbeat_ms: u32,
 }
 
@@ -424,7 +421,7 @@ pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<C
 
 /// HELLO / WELCOME on a connected stream.
 pub fn hello<S: Blocking>(
-    mut stream: S,
+    stream: S,
     client_id: &str,
     timeout: Duration,
 ) -> Result<Connected<S>, Unwelcome> {
@@ -432,24 +429,17 @@ pub fn hello<S: Blocking>(
         .tcp()
         .set_write_timeout(Some(timeout))
         .map_err(|e| format!("socket options: {e}"))?;
-    let mut out = Vec::new();
-    Frame::Hello(Hello {
+    let mut conn = FrameConn::new(stream, Limits::DEFAULT);
+    conn.send(&Frame::Hello(Hello {
         version_min: 1,
         version_max: 1,
         client_id: client_id.as_bytes(),
         token: b"",
-    })
-    .encode(&mut out);
-    stream
-        .write_all(&out)
-        .and_then(|_| stream.flush())
-        .map_err(|e| format!("sending HELLO: {e}"))?;
-    let mut buf = Vec::new();
+    }))
+    .map_err(|e| format!("sending HELLO: {e}"))?;
     let mut retry_after_ms = None;
     let welcome = await_frame(
-        &mut stream,
-        &mut buf,
-        &Limits::DEFAULT,
+        &mut conn,
         Instant::now() + timeout,
         "waiting for WELCOME",
         |f| match f {
@@ -465,16 +455,14 @@ pub fn hello<S: Blocking>(
         why,
         retry_after_ms,
     })?;
-    let limits = Limits {
+    conn.limits = Limits {
         frame_bytes_max: welcome.frame_bytes_max,
         payload_bytes_max: welcome.payload_bytes_max,
         topic_bytes_max: welcome.topic_bytes_max,
         ..Limits::DEFAULT
     };
     Ok(Connected {
-        stream,
-        buf,
-        limits,
+        conn,
         heartbeat_ms: welcome.heartbeat_ms,
     })
 }
@@ -499,25 +487,19 @@ impl<S: Blocking> Connected<S> {
         resume_after: Option<u64>,
         timeout: Duration,
     ) -> Result<Subscription, String> {
-        let mut out = Vec::new();
-        Frame::Subscribe(Subscribe {
-            mode: match resume_after {
-                Some(_) => StartMode::Resume,
-                None => StartMode::Live,
-            },
-            epoch: 0,
-            last_seq: resume_after.unwrap_or(0),
-            topic,
-        })
-        .encode(&mut out);
-        self.stream
-            .write_all(&out)
-            .and_then(|_| self.stream.flush())
+        self.conn
+            .send(&Frame::Subscribe(Subscribe {
+                mode: match resume_after {
+                    Some(_) => StartMode::Resume,
+                    None => StartMode::Live,
+                },
+                epoch: 0,
+                last_seq: resume_after.unwrap_or(0),
+                topic,
+            }))
             .map_err(|e| format!("sending SUBSCRIBE: {e}"))?;
         let answer = await_frame(
-            &mut self.stream,
-            &mut self.buf,
-            &self.limits,
+            &mut self.conn,
             Instant::now() + timeout,
             "waiting for SUBSCRIBED",
             |f| match f {

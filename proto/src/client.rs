@@ -21,8 +21,9 @@
 //! A publish is never retried on a new connection: the first one may have
 //! been sequenced already, and retrying would publish it twice.
 
-use crate::codec::{decode, valid_topic, Limits};
+use crate::codec::{valid_topic, Limits};
 use crate::frame::*;
+use crate::frame_conn::{Filled, FrameConn};
 pub use crate::retry::ConnectRetry;
 use crate::retry::{connect_with_retry, redirect_of, retry_delay};
 pub use crate::tls_error::TlsError;
@@ -37,8 +38,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Extra silence tolerated on top of two heartbeat periods before the
 /// connection is declared dead: covers a slow mobile network round trip.
 const DEAD_GRACE: Duration = Duration::from_secs(5);
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -626,7 +625,7 @@ impl Client {
     /// Closes the connection; every later call fails with `Closed`.
     pub fn close(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.stream.tcp().shutdown(Shutdown::Both);
+            let _ = conn.frames.stream.tcp().shutdown(Shutdown::Both);
         }
         self.closed = true;
     }
@@ -996,7 +995,7 @@ impl Client {
     /// client if reconnecting is off).
     fn connection_lost(&mut self, reason: &ClientError) {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.stream.tcp().shutdown(Shutdown::Both);
+            let _ = conn.frames.stream.tcp().shutdown(Shutdown::Both);
         }
         if !self.config.reconnect {
             self.closed = true;
@@ -1273,13 +1272,7 @@ impl Received {
 }
 
 struct Conn {
-    stream: Stream,
-    /// Received bytes; `buf[start..]` is not decoded yet.
-    buf: Vec<u8>,
-    start: usize,
-    /// Reused for encoding outgoing frames.
-    out: Vec<u8>,
-    limits: Limits,
+    frames: FrameConn<Stream>,
     /// PING after this long without sending anything; `None`: never.
     heartbeat: Option<Duration>,
     /// Dead after this long without receiving anything; `None`: never.
@@ -1308,11 +1301,7 @@ impl Conn {
         let stream = Stream::open(addr, config, timeout)?;
         let now = Instant::now();
         let mut conn = Conn {
-            stream,
-            buf: Vec::with_capacity(READ_CHUNK),
-            start: 0,
-            out: Vec::new(),
-            limits: config.limits,
+            frames: FrameConn::new(stream, config.limits),
             heartbeat: None,
             dead_after: None,
             last_sent: now,
@@ -1345,32 +1334,33 @@ impl Conn {
             )));
         }
         // Accept everything the server says it may send.
-        conn.limits.frame_bytes_max = conn.limits.frame_bytes_max.max(welcome.frame_bytes_max);
-        conn.limits.payload_bytes_max =
-            conn.limits.payload_bytes_max.max(welcome.payload_bytes_max);
-        conn.limits.topic_bytes_max = conn.limits.topic_bytes_max.max(welcome.topic_bytes_max);
+        let limits = &mut conn.frames.limits;
+        limits.frame_bytes_max = limits.frame_bytes_max.max(welcome.frame_bytes_max);
+        limits.payload_bytes_max = limits.payload_bytes_max.max(welcome.payload_bytes_max);
+        limits.topic_bytes_max = limits.topic_bytes_max.max(welcome.topic_bytes_max);
         if welcome.heartbeat_ms > 0 {
             let heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_ms));
             let dead_after = heartbeat * 2 + DEAD_GRACE;
             conn.heartbeat = Some(heartbeat);
             conn.dead_after = Some(dead_after);
             // A write that cannot finish in that time is as dead as a read.
-            conn.stream.tcp().set_write_timeout(Some(dead_after))?;
+            conn.frames
+                .stream
+                .tcp()
+                .set_write_timeout(Some(dead_after))?;
         }
         Ok((conn, welcome))
     }
 
     fn send(&mut self, frame: &Frame<'_>) -> Result<(), ClientError> {
-        self.out.clear();
-        frame.encode(&mut self.out);
         // A partial write leaves the stream mid-frame: any error here ends
         // the connection (the caller treats it as lost).
-        let written = self.stream.write_all(&self.out);
+        let written = self.frames.send(frame);
         written.map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 ClientError::Timeout("the server to accept our data")
             }
-            _ => self.stream.failure(e),
+            _ => self.frames.stream.failure(e),
         })?;
         self.last_sent = Instant::now();
         Ok(())
@@ -1421,59 +1411,32 @@ impl Conn {
                 t.saturating_duration_since(now)
                     .max(Duration::from_millis(1))
             });
-            self.stream.tcp().set_read_timeout(timeout)?;
+            self.frames.stream.tcp().set_read_timeout(timeout)?;
             self.fill()?;
         }
     }
 
     /// Decodes one frame from the buffer, if a whole one is there.
     fn take_frame(&mut self) -> Result<Option<Received>, ClientError> {
-        let (received, used) = match decode(&self.buf[self.start..], &self.limits) {
-            Ok(None) => return Ok(None),
-            Ok(Some((frame, used))) => (Received::from_frame(frame)?, used),
-            Err(e) => {
-                return Err(ClientError::Protocol(format!(
-                    "bad frame from the server: {e}"
-                )))
-            }
-        };
-        self.start += used;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+        match self.frames.next_frame() {
+            Ok(None) => Ok(None),
+            Ok(Some(frame)) => Ok(Some(Received::from_frame(frame)?)),
+            Err(e) => Err(ClientError::Protocol(format!(
+                "bad frame from the server: {e}"
+            ))),
         }
-        Ok(Some(received))
     }
 
     /// One read() into the buffer; a read timeout is not an error.
     fn fill(&mut self) -> Result<(), ClientError> {
-        // Move undecoded bytes to the front before growing the buffer.
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + READ_CHUNK, 0);
-        let result = self.stream.read(&mut self.buf[old_len..]);
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(old_len + n);
-        match result {
-            Ok(0) => Err(ClientError::Closed),
-            Ok(_) => {
+        match self.frames.fill() {
+            Ok(Filled::Closed) => Err(ClientError::Closed),
+            Ok(Filled::Bytes(_)) => {
                 self.last_recv = Instant::now();
                 Ok(())
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(self.stream.failure(e)),
+            Ok(Filled::NotYet) => Ok(()),
+            Err(e) => Err(self.frames.stream.failure(e)),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use cluecast_proto::client::*;
 use cluecast_proto::*;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
@@ -58,8 +58,7 @@ fn serve<T: Send + 'static>(
 
 /// The server side of one connection.
 struct Peer {
-    stream: TcpStream,
-    buf: Vec<u8>,
+    conn: FrameConn<TcpStream>,
 }
 
 fn accept(listener: &TcpListener) -> Peer {
@@ -71,10 +70,7 @@ fn accept(listener: &TcpListener) -> Peer {
                 stream.set_nonblocking(false).unwrap();
                 stream.set_read_timeout(Some(STEP)).unwrap();
                 stream.set_nodelay(true).unwrap();
-                return Peer {
-                    stream,
-                    buf: Vec::new(),
-                };
+                return Peer::new(stream);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(2));
@@ -87,36 +83,44 @@ fn accept(listener: &TcpListener) -> Peer {
 const SERVER_LIMITS: Limits = Limits::DEFAULT;
 
 impl Peer {
-    /// The next frame's bytes, whatever it is.
-    fn recv_raw(&mut self) -> Vec<u8> {
+    fn new(stream: TcpStream) -> Peer {
+        Peer {
+            conn: FrameConn::new(stream, SERVER_LIMITS),
+        }
+    }
+
+    /// One read from the client, which must bring bytes.
+    fn fill(&mut self) {
+        match self.conn.fill().expect("read from client") {
+            Filled::Bytes(_) => {}
+            Filled::Closed => panic!("client closed the connection"),
+            Filled::NotYet => panic!("read from client: nothing within the read timeout"),
+        }
+    }
+
+    /// The next frame, whatever it is, to `check`.
+    fn recv<R>(&mut self, check: impl FnOnce(Frame<'_>) -> R) -> R {
         loop {
-            if let Some((_, used)) = decode(&self.buf, &SERVER_LIMITS).unwrap() {
-                return self.buf.drain(..used).collect();
+            if let Some(frame) = self.conn.next_frame().unwrap() {
+                return check(frame);
             }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).expect("read from client");
-            assert!(n > 0, "client closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.fill();
         }
     }
 
     /// The next frame other than PING (answered with PONG), to `check`.
     fn expect<R>(&mut self, check: impl FnOnce(Frame<'_>) -> R) -> R {
         loop {
-            let raw = self.recv_raw();
-            let (frame, _) = decode(&raw, &SERVER_LIMITS).unwrap().unwrap();
-            if let Frame::Ping { nonce } = frame {
-                self.send(Frame::Pong { nonce });
-                continue;
+            match self.conn.next_frame().unwrap() {
+                Some(Frame::Ping { nonce }) => self.send(Frame::Pong { nonce }),
+                Some(frame) => return check(frame),
+                None => self.fill(),
             }
-            return check(frame);
         }
     }
 
     fn send(&mut self, frame: Frame<'_>) {
-        let mut out = Vec::new();
-        frame.encode(&mut out);
-        self.stream.write_all(&out).unwrap();
+        self.conn.send(&frame).unwrap();
     }
 
     fn handshake(&mut self, heartbeat_ms: u32) {
@@ -172,12 +176,14 @@ impl Peer {
 
     /// Waits for the client to close (EOF or reset).
     fn expect_closed(&mut self) {
-        let mut chunk = [0u8; 4096];
         loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(_) => {}
+            match self.conn.fill() {
+                Ok(Filled::Closed) => return,
+                Ok(Filled::Bytes(_)) => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Ok(Filled::NotYet) => {
+                    panic!("client did not close: nothing within the read timeout")
+                }
                 Err(e) => panic!("client did not close: {e}"),
             }
         }
@@ -586,11 +592,12 @@ fn heartbeat_pings_when_idle_and_answers_server_pings() {
         p.handshake(200);
         let welcomed = Instant::now();
         for _ in 0..2 {
-            let raw = p.recv_raw();
-            let (f, _) = decode(&raw, &SERVER_LIMITS).unwrap().unwrap();
-            let Frame::Ping { nonce } = f else {
-                panic!("expected PING, got {f:?}")
-            };
+            let nonce = p.recv(|f| {
+                let Frame::Ping { nonce } = f else {
+                    panic!("expected PING, got {f:?}")
+                };
+                nonce
+            });
             p.send(Frame::Pong { nonce });
         }
         // Two periods of 200 ms, with slack for a slow machine.
@@ -600,14 +607,14 @@ fn heartbeat_pings_when_idle_and_answers_server_pings() {
         // The client answers our PING.
         p.send(Frame::Ping { nonce: 77 });
         loop {
-            let raw = p.recv_raw();
-            match decode(&raw, &SERVER_LIMITS).unwrap().unwrap().0 {
-                Frame::Pong { nonce } => {
-                    assert_eq!(nonce, 77);
-                    break;
-                }
-                Frame::Ping { .. } => {}
+            let pong = p.recv(|f| match f {
+                Frame::Pong { nonce } => Some(nonce),
+                Frame::Ping { .. } => None,
                 other => panic!("{other:?}"),
+            });
+            if let Some(nonce) = pong {
+                assert_eq!(nonce, 77);
+                break;
             }
         }
         done_tx.send(()).unwrap();
@@ -630,7 +637,8 @@ fn silent_server_is_declared_dead() {
     let (addr, server) = serve(|l| {
         let mut p = accept(&l);
         p.handshake(200);
-        p.stream
+        p.conn
+            .stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         // Read the PINGs, never answer.
@@ -708,7 +716,8 @@ fn garbage_from_the_server_is_a_protocol_error() {
     let (addr, server) = serve(|l| {
         let mut p = accept(&l);
         p.handshake(30_000);
-        p.stream
+        p.conn
+            .stream
             .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             .unwrap();
         p.expect_closed();

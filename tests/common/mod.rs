@@ -4,13 +4,16 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cluecast_proto::{decode, Frame, Hello, Limits, StartMode, Subscribe, HELLO_MAGIC};
+use cluecast_proto::{
+    decode, Filled, Frame, FrameConn, Hello, Limits, StartMode, Subscribe, HELLO_MAGIC,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cluecast");
 
@@ -180,11 +183,25 @@ impl Drop for Server {
 }
 
 /// A client speaking the protocol by hand, for tests that need control over
-/// every byte (the reference client hides reconnects and heartbeats).
-pub struct RawClient {
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-    pub limits: Limits,
+/// every byte (the reference client hides reconnects and heartbeats): a
+/// [`FrameConn`] whose methods panic where a test would fail anyway. Its
+/// `stream` and `limits` are the frame connection's, reached through it.
+pub struct RawClient<S = TcpStream> {
+    conn: FrameConn<S>,
+}
+
+impl<S> Deref for RawClient<S> {
+    type Target = FrameConn<S>;
+
+    fn deref(&self) -> &FrameConn<S> {
+        &self.conn
+    }
+}
+
+impl<S> DerefMut for RawClient<S> {
+    fn deref_mut(&mut self) -> &mut FrameConn<S> {
+        &mut self.conn
+    }
 }
 
 impl RawClient {
@@ -204,11 +221,7 @@ impl RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        RawClient {
-            stream,
-            buf: Vec::new(),
-            limits: Limits::DEFAULT,
-        }
+        RawClient::over(stream)
     }
 
     /// Connects and completes the handshake.
@@ -224,54 +237,57 @@ impl RawClient {
         client
     }
 
+    /// True once the server closed the connection (reads until EOF).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.conn.stream.set_read_timeout(Some(within)).unwrap();
+        loop {
+            match self.conn.fill() {
+                Ok(Filled::Closed) => return true,
+                Ok(Filled::Bytes(_)) => {}
+                Ok(Filled::NotYet) => return false,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    }
+}
+
+impl<S: Read + Write> RawClient<S> {
+    /// A client over a stream set up by the caller (TLS, say).
+    pub fn over(stream: S) -> RawClient<S> {
+        RawClient {
+            conn: FrameConn::new(stream, Limits::DEFAULT),
+        }
+    }
+
     pub fn send(&mut self, frame: &Frame<'_>) {
-        let mut bytes = Vec::new();
-        frame.encode(&mut bytes);
-        self.stream.write_all(&bytes).expect("send");
+        self.conn.send(frame).expect("send");
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+        self.conn.stream.write_all(bytes)
     }
 
     /// The next frame, handed to `f` (frames borrow the buffer). None on EOF.
     pub fn recv<T>(&mut self, f: impl FnOnce(Frame<'_>) -> T) -> Option<T> {
         loop {
-            match decode(&self.buf, &self.limits).expect("server sent a malformed frame") {
-                Some((frame, used)) => {
-                    let out = f(frame);
-                    self.buf.drain(..used);
-                    return Some(out);
-                }
-                None => {
-                    let mut chunk = [0u8; 65536];
-                    let n = self.stream.read(&mut chunk).expect("read");
-                    if n == 0 {
-                        return None;
-                    }
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
+            let next = self.conn.next_frame();
+            if let Some(frame) = next.expect("server sent a malformed frame") {
+                return Some(f(frame));
+            }
+            match self.conn.fill().expect("read") {
+                Filled::Bytes(_) => {}
+                Filled::Closed => return None,
+                Filled::NotYet => panic!("read: nothing within the read timeout"),
             }
         }
-    }
-
-    /// Adds bytes read elsewhere (a poll loop) to the frame buffer.
-    pub fn extend(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
     }
 
     /// The next whole EVENT in the buffer as (seq, publish_ts_ns), skipping
     /// other frames; None when no whole frame is buffered.
     pub fn take_event(&mut self) -> Option<(u64, u64)> {
         loop {
-            let (event, used) = match decode(&self.buf, &self.limits).expect("malformed frame") {
-                Some((Frame::Event(e), used)) => (Some((e.seq, e.publish_ts_ns)), used),
-                Some((_, used)) => (None, used),
-                None => return None,
-            };
-            self.buf.drain(..used);
-            if event.is_some() {
-                return event;
+            if let Frame::Event(e) = self.conn.next_frame().expect("malformed frame")? {
+                return Some((e.seq, e.publish_ts_ns));
             }
         }
     }
@@ -310,28 +326,14 @@ impl RawClient {
         .expect("connection closed")
     }
 
-    /// True once the server closed the connection (reads until EOF).
-    pub fn closed_within(&mut self, within: Duration) -> bool {
-        self.stream.set_read_timeout(Some(within)).unwrap();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
     /// Frames still buffered after the connection closed, as (type, first
     /// bytes of the body) pairs.
     pub fn buffered_frames(&self) -> Vec<Frame<'_>> {
         let mut frames = Vec::new();
-        let mut at = 0;
-        while let Ok(Some((frame, used))) = decode(&self.buf[at..], &self.limits) {
+        let mut rest = self.conn.buffered();
+        while let Ok(Some((frame, used))) = decode(rest, &self.conn.limits) {
             frames.push(frame);
-            at += used;
+            rest = &rest[used..];
         }
         frames
     }

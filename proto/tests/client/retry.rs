@@ -107,10 +107,7 @@ fn a_server_full_past_the_deadline_is_given_up_at_the_deadline() {
                 Ok((stream, _)) => {
                     stream.set_nonblocking(false).unwrap();
                     stream.set_read_timeout(Some(STEP)).unwrap();
-                    let mut p = Peer {
-                        stream,
-                        buf: Vec::new(),
-                    };
+                    let mut p = Peer::new(stream);
                     refuse(&mut p, ServerFull, RETRY_AFTER_MS);
                     refused += 1;
                 }
