@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use cluecast_proto::{decode, ErrorCode, Frame, GoAwayReason, Hello, Limits};
 
-use crate::fanload::{Epoll, Outcome, READABLE, WRITABLE};
+use crate::fanload::Outcome;
+use crate::net::{Epoll, READABLE, WRITABLE};
 use crate::tls::TlsClient;
 
 /// Attack connection n comes from `NET + 1 + n % sources`.

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use cluecast_proto::{Event, EventHead, Frame, Limits, Publish};
 
 use crate::child::{result_struct, Mark};
-use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn};
+use crate::net::{self, pollfd};
+use crate::wire::{self, refusal, set_note, Inbox, Turn};
 
 /// Per-connection receive buffer. Only non-event frames (small) are ever
 /// held whole, so this only sets how much one read() may return.
@@ -290,7 +291,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<Outcome, String> {
         }
         for (i, s) in subs.iter_mut().enumerate() {
             if s.alive && !s.out.is_empty() {
-                if let Err(e) = wire::write_some(&mut s.stream, &mut s.out) {
+                if let Err(e) = net::write_some(&mut s.stream, &mut s.out) {
                     s.alive = false;
                     set_note(&mut note, format!("subscriber {i}: writing: {e}"));
                 }

@@ -1,5 +1,6 @@
 //! Connecting from an address of our choosing (`cluecast_sys::connect_from`),
-//! and what a connection turned away before WELCOME says. `storm --attack`
+//! and telling a connection turned away before WELCOME (wire.rs's
+//! `Unwelcome`) from one that failed otherwise. `storm --attack`
 //! needs both: its attackers (attack.rs) and newcomers (newcomers.rs) each
 //! come from loopback addresses other than 127.0.0.1, which the appliance
 //! counts as remote sources, and a newcomer turned away waits the GOAWAY's
@@ -11,38 +12,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use crate::net;
 use crate::tls::{TlsClient, TlsStream};
-use crate::wire::{self, Connected};
-
-/// A connection that did not reach WELCOME: turned away (GOAWAY, ERROR),
-/// closed, timed out, or not connected at all. `retry_after_ms`: the
-/// GOAWAY's retry hint, when one came.
-#[derive(Debug)]
-pub struct Unwelcome {
-    pub why: String,
-    pub retry_after_ms: Option<u32>,
-}
-
-impl fmt::Display for Unwelcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.why)
-    }
-}
-
-impl From<String> for Unwelcome {
-    fn from(why: String) -> Unwelcome {
-        Unwelcome {
-            why,
-            retry_after_ms: None,
-        }
-    }
-}
-
-impl From<Unwelcome> for String {
-    fn from(u: Unwelcome) -> String {
-        u.why
-    }
-}
+use crate::wire::{self, Connected, Unwelcome};
 
 /// Why a connection and its subscription (fanload's `join`) failed.
 #[derive(Debug)]
@@ -80,19 +52,19 @@ impl From<JoinError> for String {
     }
 }
 
-/// [`wire::tcp_connect`] from the address `source` (any when None).
+/// [`net::tcp_connect`] from the address `source` (any when None).
 pub fn tcp_connect_from(
     addr: SocketAddr,
     source: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, String> {
     let Some(from) = source else {
-        return wire::tcp_connect(addr, timeout);
+        return net::tcp_connect(addr, timeout);
     };
     let failed = |e: io::Error| format!("connecting to {addr} from {from}: {e}");
     let stream = cluecast_sys::connect_from(from, addr, true).map_err(failed)?;
     if stream.peer_addr().is_err() {
-        let mut fd = wire::pollfd(stream.as_raw_fd(), libc::POLLOUT);
+        let mut fd = net::pollfd(stream.as_raw_fd(), libc::POLLOUT);
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd.
         match unsafe { libc::poll(&mut fd, 1, ms) } {

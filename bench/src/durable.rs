@@ -27,6 +27,7 @@ use cluecast_proto::{EventHead, Frame, Limits, Publish, ACK_FLAG_DURABLE};
 
 use crate::child::{self, result_struct, Followed, Mark, Role};
 use crate::cli::{Common, Durability};
+use crate::net::{self, pollfd};
 use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
@@ -35,7 +36,7 @@ use crate::stats::{
     Percentiles,
 };
 use crate::targets::{self, Launch, Target};
-use crate::wire::{self, pollfd, refusal, set_note, Inbox, Turn};
+use crate::wire::{self, refusal, set_note, Inbox, Turn};
 
 /// Time for the server to print `listening on`.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -334,7 +335,7 @@ fn run_clients(args: &Args, server: std::net::SocketAddr, nonce: u64) -> Result<
         let (stream, leftover) = c.conn.into_parts();
         stream
             .set_nonblocking(true)
-            .and_then(|_| wire::enable_rx_timestamps(&stream))
+            .and_then(|_| net::enable_rx_timestamps(&stream))
             .map_err(|e| format!("socket options: {e}"))?;
         pubs.push(Pub {
             inbox: Inbox::new(&leftover, INBOX_BYTES, EventHead::BYTES_MIN)?,

@@ -42,6 +42,7 @@ use crate::attack::{self, Attack};
 use crate::child::{result_struct, Mark};
 use crate::delivery::{Schedule, Seen, Stamp, Track, STAMP_BYTES};
 use crate::dial::{self, JoinError};
+use crate::net::{self, Epoll, READABLE, WRITABLE};
 use crate::newcomers::Newcomers;
 use crate::peers::{self, Message, Peer};
 use crate::stats::{latency_histogram, Percentiles};
@@ -327,95 +328,6 @@ result_struct! {
         pub generator_cpu_secs: f64,
     }
 }
-
-// ---------------------------------------------------------------------------
-// epoll
-
-/// An epoll instance; tokens are the connection indices.
-pub struct Epoll {
-    fd: i32,
-    /// epoll_pwait2 (ns timeouts) is missing: fall back to epoll_wait.
-    ms_only: bool,
-}
-
-impl Epoll {
-    pub fn new() -> Result<Epoll, String> {
-        // SAFETY: plain system call.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(format!("epoll_create1: {}", io::Error::last_os_error()));
-        }
-        Ok(Epoll { fd, ms_only: false })
-    }
-
-    pub fn ctl(&self, op: i32, fd: i32, token: usize, events: u32) -> Result<(), String> {
-        let mut ev = libc::epoll_event {
-            events,
-            u64: token as u64,
-        };
-        // SAFETY: `ev` is a valid epoll_event for the call's duration.
-        if unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) } != 0 {
-            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout` for readiness; fills `events`, returns how
-    /// many.
-    pub fn wait(
-        &mut self,
-        events: &mut [libc::epoll_event],
-        timeout: Duration,
-    ) -> io::Result<usize> {
-        let max = events.len().min(i32::MAX as usize) as i32;
-        if !self.ms_only {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: events has room for `max`, ts lives through the call,
-            // no signal mask.
-            let n = unsafe {
-                libc::syscall(
-                    libc::SYS_epoll_pwait2,
-                    self.fd,
-                    events.as_mut_ptr(),
-                    max,
-                    &ts as *const libc::timespec,
-                    std::ptr::null::<libc::sigset_t>(),
-                    0usize,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOSYS) {
-                return Err(e);
-            }
-            self.ms_only = true;
-        }
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: as above.
-        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), max, ms) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: our own descriptor, closed once.
-        unsafe {
-            libc::close(self.fd);
-        }
-    }
-}
-
-pub const READABLE: u32 = libc::EPOLLIN as u32;
-pub const WRITABLE: u32 = libc::EPOLLOUT as u32;
 
 // ---------------------------------------------------------------------------
 // Connections
@@ -868,7 +780,7 @@ fn take_sub_bytes(
         ),
         Protocol::Peer(peer) => {
             let out = &mut s.out;
-            s.inbox.drain_peer(peer, |m| match m {
+            peers::drain(&mut s.inbox, peer, |m| match m {
                 Message::Delivery(payload) => {
                     rx.delivered += 1;
                     rx.stamped(payload, None, recv_ns, read_ns, &mut view);
@@ -940,7 +852,7 @@ fn take_pub_bytes(
         // reply), so it ends the publisher. A NATS PING is answered
         // with the next write.
         let (acks, sent, out) = (&mut p.acks, p.sent, &mut p.out);
-        return p.inbox.drain_peer(peer, |m| match m {
+        return peers::drain(&mut p.inbox, peer, |m| match m {
             Message::Ack if *acks < sent => {
                 *acks += 1;
                 Ok(())
@@ -1084,7 +996,7 @@ pub fn join(
 
 /// The SUBSCRIBE of [`join`], if `topic` is given: the sequence of the
 /// first event to come, and whether a resume left a gap.
-fn subscribe<S: wire::Blocking>(
+fn subscribe<S: net::Blocking>(
     c: &mut wire::Connected<S>,
     topic: Option<&str>,
     resume_after: Option<u64>,
@@ -1300,7 +1212,7 @@ fn rejoin(
     )?;
     c.stream
         .set_nonblocking(true)
-        .and_then(|_| wire::enable_rx_timestamps(&c.stream))
+        .and_then(|_| net::enable_rx_timestamps(&c.stream))
         .map_err(|e| format!("socket options: {e}"))?;
     s.inbox = Inbox::new(&c.buf, inbox.0, inbox.1)?;
     s.stream = c.stream;
@@ -1333,9 +1245,9 @@ fn write_queued(s: &mut Sub) -> io::Result<()> {
                     Err(e) => return Err(e),
                 }
             }
-            wire::write_some(up, &mut s.out)
+            net::write_some(up, &mut s.out)
         }
-        None => wire::write_some(&mut s.stream, &mut s.out),
+        None => net::write_some(&mut s.stream, &mut s.out),
     }
 }
 
@@ -1446,11 +1358,11 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         .map_err(|e| format!("subscriber {i}: {e}"))?;
         c.stream
             .set_nonblocking(true)
-            .and_then(|_| wire::enable_rx_timestamps(&c.stream))
+            .and_then(|_| net::enable_rx_timestamps(&c.stream))
             .map_err(|e| format!("socket options: {e}"))?;
         let upstream = match upstreams {
             true => Some(
-                wire::tcp_connect(plan.server, plan.connect_timeout)
+                net::tcp_connect(plan.server, plan.connect_timeout)
                     .and_then(|up| {
                         up.set_nonblocking(true)
                             .map_err(|e| format!("socket options: {e}"))?;

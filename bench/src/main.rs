@@ -32,6 +32,7 @@ mod fanout;
 mod jitter;
 mod mqtt;
 mod nats;
+mod net;
 mod newcomers;
 mod peers;
 mod plot;

@@ -242,7 +242,7 @@ fn await_packet(
             }
         }
         buf.drain(..at);
-        crate::wire::read_more(stream, buf, deadline, what)?;
+        crate::net::read_more(stream, buf, deadline, what)?;
     }
 }
 
@@ -258,7 +258,7 @@ pub fn connect(
     if client_id.len() > usize::from(u16::MAX) {
         return Err("MQTT client id over 64 KiB".into());
     }
-    let mut stream = crate::wire::tcp_connect(addr, timeout)?;
+    let mut stream = crate::net::tcp_connect(addr, timeout)?;
     let mut out = Vec::new();
     connect_packet(&mut out, client_id.as_bytes());
     stream

@@ -232,7 +232,7 @@ fn await_op(
             }
         }
         buf.drain(..at);
-        crate::wire::read_more(stream, buf, deadline, what)?;
+        crate::net::read_more(stream, buf, deadline, what)?;
     }
 }
 
@@ -241,7 +241,7 @@ fn await_op(
 /// (blocking, no read timeout) and any bytes read past the PONG.
 pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<(TcpStream, Vec<u8>), String> {
     let deadline = Instant::now() + timeout;
-    let mut stream = crate::wire::tcp_connect(addr, timeout)?;
+    let mut stream = crate::net::tcp_connect(addr, timeout)?;
     let mut buf = Vec::new();
     await_op(&mut stream, &mut buf, deadline, "NATS INFO", |op| {
         matches!(op, Op::Info)

@@ -10,6 +10,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::wire::Inbox;
 use crate::{mqtt, nats, resp};
 
 /// Which peer protocol.
@@ -37,10 +38,27 @@ pub enum Message<'a> {
     Other,
 }
 
+/// Consumes what `inbox` holds as `peer`'s messages: `on_message` per
+/// complete one (Err ends the connection). A message must fit in a
+/// quarter of the inbox.
+pub fn drain(
+    inbox: &mut Inbox,
+    peer: Peer,
+    mut on_message: impl FnMut(Message<'_>) -> Result<(), String>,
+) -> Result<(), String> {
+    inbox.drain_with(|buf, bytes_max| match parse(peer, buf, bytes_max)? {
+        Some((message, used)) => {
+            on_message(message)?;
+            Ok(Some(used))
+        }
+        None => Ok(None),
+    })
+}
+
 /// The first complete message in `buf` and the bytes it took; Ok(None)
 /// when `buf` ends before it does; Err for bytes that are not the
 /// protocol, a message over `bytes_max`, or an error reply.
-pub fn parse(
+fn parse(
     protocol: Peer,
     buf: &[u8],
     bytes_max: usize,
@@ -112,7 +130,7 @@ pub fn join(
 ) -> Result<(TcpStream, Vec<u8>), String> {
     match (protocol, topic) {
         (Peer::Resp, Some(t)) => resp::subscribe(server, t.as_bytes(), timeout),
-        (Peer::Resp, None) => Ok((crate::wire::tcp_connect(server, timeout)?, Vec::new())),
+        (Peer::Resp, None) => Ok((crate::net::tcp_connect(server, timeout)?, Vec::new())),
         (Peer::Nats, Some(t)) => nats::subscribe(server, t.as_bytes(), 1, timeout),
         (Peer::Nats, None) => nats::connect(server, timeout),
         (Peer::Mqtt, Some(t)) => mqtt::subscribe(server, id, t.as_bytes(), timeout),

@@ -140,7 +140,7 @@ pub fn subscribe(
     channel: &[u8],
     timeout: Duration,
 ) -> Result<(TcpStream, Vec<u8>), String> {
-    let mut stream = crate::wire::tcp_connect(addr, timeout)?;
+    let mut stream = crate::net::tcp_connect(addr, timeout)?;
     let mut out = Vec::new();
     command(&mut out, &[b"SUBSCRIBE", channel]);
     stream
@@ -160,7 +160,7 @@ pub fn subscribe(
             buf.drain(..used);
             return Ok((stream, buf));
         }
-        crate::wire::read_more(&mut stream, &mut buf, deadline, "SUBSCRIBE")?;
+        crate::net::read_more(&mut stream, &mut buf, deadline, "SUBSCRIBE")?;
     }
 }
 

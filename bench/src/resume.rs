@@ -45,7 +45,7 @@ use hdrhistogram::Histogram;
 use crate::child::{self, result_struct, ResultLine, Role};
 use crate::cli::{Common, Durability};
 use crate::delivery::{Stamp, STAMP_BYTES};
-use crate::fanload::{Epoll, READABLE};
+use crate::net::{self, Epoll, READABLE};
 use crate::plot;
 use crate::procfs::{self, CoreUse};
 use crate::report::{self, command_line, json_num, json_str, mib, num, thousands};
@@ -389,7 +389,7 @@ impl StdinLines {
             if left.is_zero() {
                 return Err(format!("no word from the driver within {timeout:?}"));
             }
-            let mut fd = wire::pollfd(0, libc::POLLIN);
+            let mut fd = net::pollfd(0, libc::POLLIN);
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut fd, 1, left.as_millis().min(1000) as i32) };
         }
@@ -437,7 +437,7 @@ fn client_main<T>(
 fn set_live_socket(stream: &TcpStream) -> Result<(), String> {
     stream
         .set_nonblocking(true)
-        .and_then(|_| wire::enable_rx_timestamps(stream))
+        .and_then(|_| net::enable_rx_timestamps(stream))
         .map_err(|e| format!("socket options: {e}"))
 }
 
@@ -485,7 +485,7 @@ fn ping_all<'a>(conns: impl Iterator<Item = (&'a mut TcpStream, &'a mut Vec<u8>)
         if out.is_empty() {
             Frame::Ping { nonce: 1 }.encode(out);
         }
-        let _ = wire::write_some(stream, out);
+        let _ = net::write_some(stream, out);
     }
 }
 
@@ -694,7 +694,7 @@ fn live_run(
             next += 1;
         }
         if !pub_out.is_empty() {
-            wire::write_some(&mut pub_stream, &mut pub_out)
+            net::write_some(&mut pub_stream, &mut pub_out)
                 .map_err(|e| format!("live publisher: writing: {e}"))?;
         }
         if let (Some(at), Some(every)) = (next_ping, ping_every) {
@@ -1205,7 +1205,7 @@ fn start_storm(
             topic: topics[c.topic].as_bytes(),
         })
         .encode(&mut c.out);
-        wire::write_some(&mut c.stream, &mut c.out)
+        net::write_some(&mut c.stream, &mut c.out)
             .map_err(|e| format!("sending SUBSCRIBE Resume: {e}"))?;
         if !c.out.is_empty() {
             return Err("a SUBSCRIBE did not fit an empty socket".into());

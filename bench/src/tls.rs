@@ -27,8 +27,9 @@ use std::time::Instant;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::net::{self, Blocking};
 use crate::server::ScratchDir;
-use crate::wire::{self, Blocking, Inbox};
+use crate::wire::Inbox;
 
 /// The name the certificate is made for, and the one every client checks.
 pub const SERVER_NAME: &str = "localhost";
@@ -291,7 +292,7 @@ struct Stamped {
 
 impl Read for Stamped {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (n, stamp) = wire::recv_stamped(self.fd, buf)?;
+        let (n, stamp) = net::recv_stamped(self.fd, buf)?;
         self.stamp = stamp.or(self.stamp);
         self.short = n < buf.len();
         Ok(n)
@@ -434,7 +435,7 @@ mod tests {
         let mut buf = Vec::new();
         let (mut link, mut tcp) = TlsLink::from_stream(stream, &mut buf).unwrap();
         tcp.set_nonblocking(true).unwrap();
-        wire::enable_rx_timestamps(&tcp).unwrap();
+        net::enable_rx_timestamps(&tcp).unwrap();
         let (taken, _) = link.send(&mut tcp, b"").unwrap();
         assert_eq!(taken, 0);
         let want = 200 * 4 + 20_000;

@@ -3,17 +3,18 @@
 //! timeouts) and the non-blocking receive buffer that hands over each EVENT
 //! by its first bytes without a second user-space copy.
 
-use std::io::{self, Read, Write};
+use std::fmt;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{
-    decode, read_into, ErrorCode, EventHead, Filled, Frame, FrameConn, FrameType, Hello, Limits,
-    StartMode, Subscribe, SubscribeStatus,
+    decode, ErrorCode, EventHead, Frame, FrameConn, FrameType, Hello, Limits, StartMode, Subscribe,
+    SubscribeStatus,
 };
 
-use crate::dial::Unwelcome;
+use crate::net::{self, Blocking};
 
 /// Smallest valid EVENT length prefix: it counts what follows it (4 bytes)
 /// up to the payload, here after an empty topic.
@@ -97,7 +98,7 @@ impl Inbox {
 
     /// One recvmsg(); like [`Inbox::fill`], plus the kernel's receive time
     /// of the data (CLOCK_REALTIME ns) when the socket has
-    /// [`enable_rx_timestamps`] and the kernel stamped it. For TCP that is
+    /// [`net::enable_rx_timestamps`] and the kernel stamped it. For TCP that is
     /// the time the last segment read reached the socket: it does not
     /// include how long the data then waited for this process to read it.
     pub fn fill_stamped(&mut self, stream: &TcpStream) -> io::Result<(usize, Option<u64>)> {
@@ -107,7 +108,7 @@ impl Inbox {
                 "a non-event frame larger than the receive buffer",
             ));
         }
-        let (n, stamp) = recv_stamped(stream.as_raw_fd(), &mut self.buf[self.end..])?;
+        let (n, stamp) = net::recv_stamped(stream.as_raw_fd(), &mut self.buf[self.end..])?;
         self.end += n;
         Ok((n, stamp))
     }
@@ -192,24 +193,19 @@ impl Inbox {
         }
     }
 
-    /// Consumes what is buffered as a peer's messages (peers.rs):
-    /// `on_message` per complete one (Err ends the connection). A message
-    /// must fit in a quarter of the buffer.
-    pub fn drain_peer(
+    /// Consumes what is buffered as another protocol's messages
+    /// (peers.rs): `take` is given the unparsed bytes and the most one
+    /// message may take (a quarter of the buffer), and says how many bytes
+    /// the first message took, None when they end before it does (Err
+    /// ends the connection).
+    pub fn drain_with(
         &mut self,
-        peer: crate::peers::Peer,
-        mut on_message: impl FnMut(crate::peers::Message<'_>) -> Result<(), String>,
+        mut take: impl FnMut(&[u8], usize) -> Result<Option<usize>, String>,
     ) -> Result<(), String> {
-        loop {
-            let head = &self.buf[self.start..self.end];
-            match crate::peers::parse(peer, head, self.free_min)? {
-                Some((message, used)) => {
-                    on_message(message)?;
-                    self.start += used;
-                }
-                None => return Ok(()),
-            }
+        while let Some(used) = take(&self.buf[self.start..self.end], self.free_min)? {
+            self.start += used;
         }
+        Ok(())
     }
 
     /// Test hook: appends bytes as a read would.
@@ -237,69 +233,6 @@ fn event_head(bytes: &[u8]) -> Result<EventHead<'_>, String> {
     EventHead::new(bytes).ok_or_else(|| "an EVENT head without its seq".to_string())
 }
 
-/// Asks the kernel to stamp received data with its arrival time (read
-/// back by [`Inbox::fill_stamped`]).
-pub fn enable_rx_timestamps(stream: &TcpStream) -> io::Result<()> {
-    cluecast_sys::set_int_option(
-        stream.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_TIMESTAMPNS,
-        1,
-    )
-}
-
-/// One recvmsg() on `fd` into `buf`: the bytes read (0: end of stream) and
-/// the kernel's receive time of the data (CLOCK_REALTIME ns) when the
-/// socket has [`enable_rx_timestamps`] and the kernel stamped it. For TCP
-/// that is the time the last segment read reached the socket: it does not
-/// include how long the data then waited for this process to read it.
-#[inline]
-pub fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // Room for one timestamp message and then some; u64 for alignment.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: iov and control point at live buffers of the given sizes.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((n as usize, rx_timestamp(&msg)))
-}
-
-/// The SCM_TIMESTAMPNS of a message recvmsg() filled, in ns.
-fn rx_timestamp(msg: &libc::msghdr) -> Option<u64> {
-    let want = std::mem::size_of::<libc::timespec>();
-    // SAFETY: `msg` was filled by recvmsg; the CMSG_* helpers stay within
-    // msg_controllen, and the length is checked before the data is read.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            let h = &*c;
-            if h.cmsg_level == libc::SOL_SOCKET
-                && h.cmsg_type == libc::SCM_TIMESTAMPNS
-                && h.cmsg_len as usize >= libc::CMSG_LEN(want as u32) as usize
-            {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                let ns = (ts.tv_sec as u64)
-                    .checked_mul(1_000_000_000)?
-                    .checked_add(ts.tv_nsec as u64)?;
-                return (ns > 0).then_some(ns);
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
-        }
-    }
-    None
-}
-
 /// Why a frame ends the exchange, if it does.
 pub fn refusal(frame: &Frame<'_>) -> Option<String> {
     match frame {
@@ -311,60 +244,6 @@ pub fn refusal(frame: &Frame<'_>) -> Option<String> {
         Frame::GoAway(g) => Some(format!("GOAWAY {:?}", g.reason)),
         _ => None,
     }
-}
-
-/// A blocking connection in its handshake: plain TCP, or TLS over it
-/// (tls.rs).
-pub trait Blocking: Read + Write {
-    /// The socket under it.
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl Blocking for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-/// Sets the read timeout of `stream` to what is left until `deadline`;
-/// Err when nothing is.
-fn read_timeout_until<S: Blocking>(
-    stream: &S,
-    deadline: Instant,
-    what: &str,
-) -> Result<(), String> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(format!("{what}: no answer in time"));
-    }
-    stream
-        .tcp()
-        .set_read_timeout(Some(left))
-        .map_err(|e| format!("socket options: {e}"))
-}
-
-/// What a handshake makes of one read: no data yet is for the caller's
-/// deadline to judge; the end of the stream and failures end it.
-fn handshake_read(filled: io::Result<Filled>, what: &str) -> Result<(), String> {
-    match filled {
-        Ok(Filled::Bytes(_) | Filled::NotYet) => Ok(()),
-        Ok(Filled::Closed) => Err(format!("{what}: the server closed the connection")),
-        Err(e) => Err(format!("{what}: {e}")),
-    }
-}
-
-/// One read of a blocking handshake: appends what arrives before
-/// `deadline` to `buf` (nothing, if the read was interrupted); Err when the
-/// deadline has passed or the server closed the connection. Every other
-/// protocol's handshake waits with it (the appliance's: [`await_frame`]).
-pub fn read_more<S: Blocking>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-    what: &str,
-) -> Result<(), String> {
-    read_timeout_until(stream, deadline, what)?;
-    handshake_read(read_into(stream, buf, 4096), what)
 }
 
 /// Reads frames until `pick` returns Some, or ERROR / GOAWAY / `deadline`.
@@ -387,13 +266,13 @@ pub fn await_frame<S: Blocking, T>(
                 (None, None) => {}
             }
         }
-        read_timeout_until(&conn.stream, deadline, what)?;
-        handshake_read(conn.fill(), what)?;
+        net::read_timeout_until(&conn.stream, deadline, what)?;
+        net::handshake_read(conn.fill(), what)?;
     }
 }
 
 /// A connection past HELLO / WELCOME, still blocking: plain TCP, or TLS
-/// ([`connect_tls`]).
+/// (dial.rs).
 pub struct Connected<S: Blocking = TcpStream> {
     /// Frames to and from the server, within the limits it announced; what
     /// it buffers was read past the last answer awaited.
@@ -401,21 +280,40 @@ pub struct Connected<S: Blocking = TcpStream> {
     pub heartbeat_ms: u32,
 }
 
-/// A TCP connection with no delay, as every generator connection, of
-/// every protocol.
-pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("socket options: {e}"))?;
-    Ok(stream)
+/// A connection that did not reach WELCOME: turned away (GOAWAY, ERROR),
+/// closed, timed out, or not connected at all. `retry_after_ms`: the
+/// GOAWAY's retry hint, when one came.
+#[derive(Debug)]
+pub struct Unwelcome {
+    pub why: String,
+    pub retry_after_ms: Option<u32>,
+}
+
+impl fmt::Display for Unwelcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl From<String> for Unwelcome {
+    fn from(why: String) -> Unwelcome {
+        Unwelcome {
+            why,
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl From<Unwelcome> for String {
+    fn from(u: Unwelcome) -> String {
+        u.why
+    }
 }
 
 /// Connects and completes HELLO / WELCOME (dial.rs: from a chosen
 /// address, over TLS).
 pub fn connect(addr: SocketAddr, client_id: &str, timeout: Duration) -> Result<Connected, String> {
-    let stream = tcp_connect(addr, timeout)?;
+    let stream = net::tcp_connect(addr, timeout)?;
     Ok(hello(stream, client_id, timeout)?)
 }
 
@@ -536,15 +434,6 @@ impl Subscription {
     }
 }
 
-/// A pollfd for `fd`.
-pub fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
 /// Keeps the first note: later ones are usually consequences of it.
 pub fn set_note(note: &mut String, text: String) {
     if note.is_empty() {
@@ -562,26 +451,6 @@ pub fn check_payload(payload_bytes: usize, limits: &Limits) -> Result<(), String
         ));
     }
     Ok(())
-}
-
-/// One write() of `out` to a non-blocking socket, dropping what went; a
-/// full socket or an interrupted write is not an error.
-pub fn write_some(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
-    match stream.write(out) {
-        Ok(n) => {
-            out.drain(..n);
-            Ok(())
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// What one read of a non-blocking socket into an [`Inbox`] came to.
@@ -610,6 +479,7 @@ pub fn turn<T>(read: io::Result<T>, n: impl Fn(&T) -> usize) -> Result<Turn<T>, 
 mod tests {
     use super::*;
     use cluecast_proto::Event;
+    use std::io::Write;
 
     fn event(seq: u64, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
@@ -679,7 +549,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (rx, _) = listener.accept().unwrap();
-        enable_rx_timestamps(&rx).unwrap();
+        net::enable_rx_timestamps(&rx).unwrap();
         // The kernel switches receive timestamps on in deferred work, so
         // the first segments after the first socket asks may go unstamped:
         // try a few times.
