@@ -2,7 +2,7 @@
 //! shard with memory-only history, checking tokens or not, played by up to
 //! two clients whose writes, closes, resets, clock steps and turns the input
 //! chooses (layout in `cluecast_fuzz::handshake`). Then the appliance is
-//! stopped and drained as tests/sim.rs does.
+//! stopped and drained as tests/sim/seeds.rs does.
 //!
 //! Asserted, besides every invariant the shard and the simulated ring check
 //! themselves (they panic naming the rule):
@@ -48,7 +48,7 @@ const SETTLE_TURNS: usize = 8;
 const DRAIN_TURNS_MAX: usize = 1_000;
 
 /// Small everything, short timeouts (so the clock steps reach them), and a
-/// publish rate limit, as tests/sim.rs `settings()` with one shard.
+/// publish rate limit, as tests/sim/world.rs `settings()` with one shard.
 static SETTINGS: LazyLock<Settings> = LazyLock::new(|| {
     cluecast::log::set_level(cluecast::log::Level::Error);
     RunArgs {

@@ -87,7 +87,7 @@ pub mod handshake {
     pub const ACTION_RESET: u8 = 2;
     pub const ACTION_STALL: u8 = 3;
     /// Unread bytes a client that stopped reading lets pile up (as the slow
-    /// reader of tests/sim.rs). Not 0: a real socket's send buffer always
+    /// reader of tests/sim/). Not 0: a real socket's send buffer always
     /// takes a fresh connection's first frames.
     pub const STALL_WINDOW_BYTES: usize = 120;
 
