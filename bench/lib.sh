@@ -13,6 +13,11 @@ bench_workdir() {
 
 bench_build() {
   cargo build --release -p cluecast -p cluecast-bench
+  bench_target_dir
+}
+
+# Sets $target_dir: where cargo builds (the shared cache).
+bench_target_dir() {
   target_dir=$(cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 }

@@ -34,6 +34,7 @@ mod mqtt;
 mod nats;
 mod net;
 mod newcomers;
+mod pairs;
 mod peers;
 mod plot;
 mod procfs;
@@ -89,6 +90,9 @@ enum Cmd {
     /// The comparison table of runs: the median lines of `--json` files,
     /// a table per case, cluecast's latency as a multiple of each target's
     Summary(summary::Args),
+    /// Two builds compared round by round (bench/event-path.sh): each
+    /// figure's median per build and the median of the per-round ratios
+    Pairs(pairs::Args),
     /// A trivial server, one send(2) per delivery: the practical ceiling
     /// `fanout --target ceiling` compares against (started by the driver)
     Ceiling(ceiling::Args),
@@ -127,6 +131,7 @@ fn main() -> ExitCode {
         Cmd::Ceiling(args) => ceiling::main(args),
         Cmd::Plot(args) => plot::main(args),
         Cmd::Summary(args) => summary::main(args),
+        Cmd::Pairs(args) => pairs::main(args),
         Cmd::Conns(args) => conns::main(args),
         Cmd::Durable(args) => durable::main(args),
         Cmd::Resume(args) => resume::main(args),
