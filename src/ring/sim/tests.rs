@@ -49,6 +49,14 @@ fn send(fd: RawFd, bytes: &[u8]) -> Op {
     }
 }
 
+/// A fault-free world from `seed` with one connected client.
+fn connected(seed: u64) -> (SimNet, SimRing, ClientId, RawFd) {
+    let net = net(seed, false);
+    let mut ring = net.ring();
+    let (client, fd) = connection(&net, &mut ring);
+    (net, ring, client, fd)
+}
+
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }
@@ -193,9 +201,7 @@ fn recv_fails_with_enobufs_until_buffers_are_recycled() {
 
 #[test]
 fn send_respects_the_window_and_resumes_when_the_client_reads() {
-    let net = net(5, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(5);
     net.client_set_window(client, 100);
     let bytes = pattern(250);
 
@@ -262,9 +268,7 @@ fn sends_are_short_or_fail_spuriously_with_faults_on() {
 
 #[test]
 fn vectored_send_gathers_every_iovec() {
-    let net = net(7, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(7);
     let (head, tail) = (b"head:".to_vec(), b"tail".to_vec());
     let iov = [
         libc::iovec {
@@ -334,9 +338,7 @@ fn zero_copy_send_gives_its_result_then_a_later_notification() {
 
 #[test]
 fn zero_copy_notification_comes_a_step_after_the_result() {
-    let net = net(9, false);
-    let mut ring = net.ring();
-    let (_, fd) = connection(&net, &mut ring);
+    let (net, mut ring, _, fd) = connected(9);
     let bytes = pattern(10);
     let op = Op::SendZeroCopy {
         fd,
@@ -355,9 +357,7 @@ fn zero_copy_notification_comes_a_step_after_the_result() {
 #[test]
 #[should_panic(expected = "changed the buffer before its notification")]
 fn zero_copy_buffer_changed_before_the_notification_panics() {
-    let net = net(10, false);
-    let mut ring = net.ring();
-    let (_, fd) = connection(&net, &mut ring);
+    let (_net, mut ring, _, fd) = connected(10);
     let mut bytes = pattern(10);
     let op = Op::SendZeroCopy {
         fd,
@@ -422,9 +422,7 @@ fn cancel_ends_a_multishot_recv() {
 
 #[test]
 fn cancelled_zero_copy_send_still_notifies() {
-    let net = net(12, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(12);
     net.client_set_window(client, 0);
     let bytes = pattern(10);
     let op = Op::SendZeroCopy {
@@ -451,9 +449,7 @@ fn cancelled_zero_copy_send_still_notifies() {
 
 #[test]
 fn reset_fails_recv_and_send_with_econnreset_and_drops_unread_bytes() {
-    let net = net(13, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(13);
     net.client_set_window(client, 0);
     let bytes = pattern(10);
     ring.push(send(fd, &bytes), SEND);
@@ -476,9 +472,7 @@ fn reset_fails_recv_and_send_with_econnreset_and_drops_unread_bytes() {
 
 #[test]
 fn send_after_the_client_closes_fails_with_epipe() {
-    let net = net(14, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(14);
     net.client_close(client);
     ring.push(send(fd, b"late"), SEND);
     assert_eq!(turn(&mut ring)[0].result, -libc::EPIPE);
@@ -486,9 +480,7 @@ fn send_after_the_client_closes_fails_with_epipe() {
 
 #[test]
 fn close_keeps_in_flight_ops_running_and_eof_waits_for_them() {
-    let net = net(15, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(15);
     assert_eq!(net.open_server_fds(), 1);
     ring.push(Op::RecvMulti { fd }, RECV);
     ring.push(Op::Close { fd }, CLOSE);
@@ -635,9 +627,7 @@ fn same_seed_replays_identically_and_seeds_differ() {
 #[test]
 #[should_panic(expected = "reuses user_data")]
 fn reusing_an_in_flight_user_data_panics() {
-    let net = net(18, false);
-    let mut ring = net.ring();
-    let (_, fd) = connection(&net, &mut ring);
+    let (_net, mut ring, _, fd) = connected(18);
     ring.push(Op::RecvMulti { fd }, RECV);
     turn(&mut ring);
     ring.push(Op::RecvMulti { fd }, RECV);
@@ -646,9 +636,7 @@ fn reusing_an_in_flight_user_data_panics() {
 #[test]
 #[should_panic(expected = "recycled twice?")]
 fn recycling_a_buffer_twice_panics() {
-    let net = net(19, false);
-    let mut ring = net.ring();
-    let (client, fd) = connection(&net, &mut ring);
+    let (net, mut ring, client, fd) = connected(19);
     net.client_write(client, b"x");
     ring.push(Op::RecvMulti { fd }, RECV);
     let buffer_id = turn(&mut ring)[0].buffer_id().unwrap();
@@ -659,9 +647,7 @@ fn recycling_a_buffer_twice_panics() {
 #[test]
 #[should_panic(expected = "zero-length")]
 fn zero_length_send_panics() {
-    let net = net(20, false);
-    let mut ring = net.ring();
-    let (_, fd) = connection(&net, &mut ring);
+    let (_net, mut ring, _, fd) = connected(20);
     ring.push(send(fd, b""), SEND);
 }
 
