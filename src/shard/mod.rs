@@ -72,13 +72,11 @@ use fanout::Subscriptions;
 pub use handshakes::HandshakeLimits;
 use handshakes::{Handshakes, PressureReport, NO_SOURCE};
 use mesh::{Mesh, MeshRecord};
+use net::Io;
 use paths::PathReads;
 use sequencer::Appends;
 use storage_link::StoragePorts;
 
-/// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
-/// than this buys nothing for small frames).
-const SEND_FRAMES_MAX: usize = 64;
 const TIMER_TICK_MS: u64 = 50;
 const TIMER_SLOTS: usize = 1024;
 
@@ -131,34 +129,6 @@ pub struct ShardSetup {
     /// Where the shard publishes its metrics (and heartbeat).
     pub metrics: Arc<ShardMetrics>,
     pub stop: Arc<AtomicBool>,
-}
-
-/// A block of iovecs and the msghdr pointing at them, for one gathering send.
-/// Never moved once made (its vector never grows past the capacity reserved
-/// at start-up), so the kernel may read it.
-struct IovBlock {
-    msg: libc::msghdr,
-    iov: [libc::iovec; SEND_FRAMES_MAX],
-}
-
-impl IovBlock {
-    fn new() -> IovBlock {
-        IovBlock {
-            msg: libc::msghdr {
-                msg_name: std::ptr::null_mut(),
-                msg_namelen: 0,
-                msg_iov: std::ptr::null_mut(),
-                msg_iovlen: 0,
-                msg_control: std::ptr::null_mut(),
-                msg_controllen: 0,
-                msg_flags: 0,
-            },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; SEND_FRAMES_MAX],
-        }
-    }
 }
 
 /// A connection as it is remembered across a wait (an ack, a disk read, a
@@ -257,23 +227,14 @@ struct Core {
     work_left: bool,
 
     storage: Option<StoragePorts>,
-    /// APPEND records pushed to the writer, ever (the writer counts alike).
     appends: Appends,
     path_reads: PathReads,
 
-    /// One block per connection sending at once, made the first time that
-    /// many send together (so idle connections cost none): with fewer, a
-    /// backlogged connection would send one frame per send and never catch
-    /// up. Room for every slot is reserved at start-up (address space only
-    /// until used).
-    iov_blocks: Vec<IovBlock>,
-    iov_free: Vec<u32>,
+    io: Io,
 
     outbox: Outbox,
     /// Connections with frames to send and no send in flight.
     dirty: Vec<u32>,
-    /// Connections whose multishot receive ended for want of buffers.
-    recv_rearm: Vec<u32>,
 
     keys: Option<Arc<Keys>>,
     sources: Arc<SourceCounts>,
@@ -281,8 +242,6 @@ struct Core {
     handshakes: Handshakes,
     publish_rate: Rate,
     tls: Option<Arc<TlsConfig>>,
-    /// Plaintext decrypted from one receive, before it is parsed.
-    tls_plain: Vec<u8>,
     stop: Arc<AtomicBool>,
     drain_deadline_ms: Option<u64>,
     /// The clocks as of this turn.
@@ -321,8 +280,6 @@ impl<R: Ring> Shard<R> {
             ..setup.handshakes
         };
         let handshakes = Handshakes::new(limits, slots, setup.sources.slots());
-        let iov_blocks = Vec::with_capacity(slots);
-        let iov_free = Vec::with_capacity(slots);
         let mut core = Core {
             id: setup.id,
             shards: setup.shards,
@@ -352,17 +309,14 @@ impl<R: Ring> Shard<R> {
             storage: setup.storage.map(|link| StoragePorts::new(link, setup.id)),
             appends: Appends::default(),
             path_reads: PathReads::default(),
-            iov_blocks,
-            iov_free,
+            io: Io::new(slots),
             outbox: Outbox::default(),
             dirty: Vec::new(),
-            recv_rearm: Vec::new(),
             keys: setup.keys,
             sources: setup.sources,
             handshakes,
             publish_rate: setup.publish_rate,
             tls: setup.tls,
-            tls_plain: Vec::new(),
             stop: setup.stop,
             drain_deadline_ms: None,
             now_ms,

@@ -8,9 +8,66 @@ use super::*;
 
 /// Most bytes gathered into one send.
 const SEND_BYTES_MAX: usize = 64 << 10;
+/// Most frames gathered into one send (the kernel's UIO_MAXIOV is 1024; more
+/// than this buys nothing for small frames).
+const SEND_FRAMES_MAX: usize = 64;
 
 /// Capacity a connection's partial-frame buffer may keep once emptied.
 const RX_KEEP_BYTES: usize = 4096;
+
+/// A block of iovecs and the msghdr pointing at them, for one gathering send.
+/// Never moved once made (its vector never grows past the capacity reserved
+/// at start-up), so the kernel may read it.
+struct IovBlock {
+    msg: libc::msghdr,
+    iov: [libc::iovec; SEND_FRAMES_MAX],
+}
+
+impl IovBlock {
+    fn new() -> IovBlock {
+        IovBlock {
+            msg: libc::msghdr {
+                msg_name: std::ptr::null_mut(),
+                msg_namelen: 0,
+                msg_iov: std::ptr::null_mut(),
+                msg_iovlen: 0,
+                msg_control: std::ptr::null_mut(),
+                msg_controllen: 0,
+                msg_flags: 0,
+            },
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; SEND_FRAMES_MAX],
+        }
+    }
+}
+
+/// What receives and sends need beyond each connection.
+pub(super) struct Io {
+    /// One block per connection sending at once, made the first time that
+    /// many send together (so idle connections cost none): with fewer, a
+    /// backlogged connection would send one frame per send and never catch
+    /// up. Room for every slot is reserved at start-up (address space only
+    /// until used).
+    iov_blocks: Vec<IovBlock>,
+    iov_free: Vec<u32>,
+    /// Connections whose multishot receive ended for want of buffers.
+    recv_rearm: Vec<u32>,
+    /// Plaintext decrypted from one receive, before it is parsed.
+    tls_plain: Vec<u8>,
+}
+
+impl Io {
+    pub(super) fn new(slots: usize) -> Io {
+        Io {
+            iov_blocks: Vec::with_capacity(slots),
+            iov_free: Vec::with_capacity(slots),
+            recv_rearm: Vec::new(),
+            tls_plain: Vec::new(),
+        }
+    }
+}
 
 /// Records how long after its sequencing an EVENT frame was sent (other
 /// frames are not events and are skipped).
@@ -54,7 +111,7 @@ impl Core {
                 self.stats.recv_no_buffers += 1;
                 if reading {
                     // Buffers come back at the end of this turn's handlers.
-                    self.recv_rearm.push(index);
+                    self.io.recv_rearm.push(index);
                 }
             }
             Outcome::Cancelled => {}
@@ -74,7 +131,7 @@ impl Core {
             self.on_plaintext(index, bytes);
             return;
         };
-        let mut plain = std::mem::take(&mut self.tls_plain);
+        let mut plain = std::mem::take(&mut self.io.tls_plain);
         plain.clear();
         let received = tls.receive(bytes, &mut plain);
         let wants_write = tls.has_output();
@@ -95,7 +152,7 @@ impl Core {
                 }
             }
         }
-        self.tls_plain = plain;
+        self.io.tls_plain = plain;
     }
 
     /// Handles every whole frame in what arrived and keeps the partial rest.
@@ -156,7 +213,7 @@ impl Core {
     pub(super) fn rearm_receives(&mut self) {
         // Slots listed this turn may have been freed (and even reused) by a
         // later completion of the same batch: look before touching.
-        for index in std::mem::take(&mut self.recv_rearm) {
+        for index in std::mem::take(&mut self.io.recv_rearm) {
             let rearm = self.conns.get(index as usize).is_some_and(|conn| {
                 matches!(conn.state, ConnState::Handshake | ConnState::Open) && !conn.recv_armed
             });
@@ -262,19 +319,19 @@ impl Core {
         } else {
             usize::MAX
         };
-        if self.iov_free.is_empty() && self.iov_blocks.len() < self.connections_max {
+        if self.io.iov_free.is_empty() && self.io.iov_blocks.len() < self.connections_max {
             assert!(
-                self.iov_blocks.len() < self.iov_blocks.capacity(),
+                self.io.iov_blocks.len() < self.io.iov_blocks.capacity(),
                 "iovec blocks must never move"
             );
-            self.iov_free.push(self.iov_blocks.len() as u32);
-            self.iov_blocks.push(IovBlock::new());
+            self.io.iov_free.push(self.io.iov_blocks.len() as u32);
+            self.io.iov_blocks.push(IovBlock::new());
         }
-        let block = self.iov_free.last().copied();
+        let block = self.io.iov_free.last().copied();
         let mut bytes = head_len - offset;
         let frames = match block {
             Some(block) => {
-                let iov = &mut self.iov_blocks[block as usize].iov;
+                let iov = &mut self.io.iov_blocks[block as usize].iov;
                 let arena = &self.arena;
                 let mut n = 0;
                 bytes = 0;
@@ -296,8 +353,8 @@ impl Core {
             None => 1,
         };
         if frames > 1 {
-            let block = self.iov_free.pop().expect("checked above");
-            let b = &mut self.iov_blocks[block as usize];
+            let block = self.io.iov_free.pop().expect("checked above");
+            let b = &mut self.io.iov_blocks[block as usize];
             b.msg.msg_iov = b.iov.as_mut_ptr();
             b.msg.msg_iovlen = frames;
             self.outbox.push(
@@ -335,7 +392,7 @@ impl Core {
             conn.pin_head_for_notification(&mut self.arena);
         }
         if let Some(block) = conn.iov_block.take() {
-            self.iov_free.push(block);
+            self.io.iov_free.push(block);
         }
         match c.outcome() {
             Outcome::Done(n) if n > 0 => {
@@ -423,7 +480,7 @@ impl Core {
         debug_assert!(self.subscriptions.none(index));
         conn.release_all(&mut self.arena);
         if let Some(block) = conn.iov_block.take() {
-            self.iov_free.push(block);
+            self.io.iov_free.push(block);
         }
         let conn = self.conns.remove(index as usize);
         if let Some(slot) = conn.source {
