@@ -9,13 +9,8 @@ use super::*;
 /// GOAWAY `reason` in answer to the next HELLO, then close; returns when
 /// it was sent.
 fn refuse(p: &mut Peer, reason: GoAwayReason, retry_after_ms: u32) -> Instant {
-    p.expect(|f| assert!(matches!(f, Frame::Hello(_)), "{f:?}"));
-    p.send(Frame::GoAway(GoAway {
-        reason,
-        retry_after_ms,
-        reconnect: b"",
-        resume: vec![],
-    }));
+    p.expect_hello();
+    p.send(goaway(reason, retry_after_ms));
     Instant::now()
 }
 
@@ -75,12 +70,9 @@ fn server_full_is_waited_out_for_its_retry_after() {
 fn a_connection_closed_before_welcome_is_retried_with_backoff() {
     let (addr, server) = serve(|l| {
         for _ in 0..2 {
-            let mut p = accept(&l);
-            p.expect(|f| assert!(matches!(f, Frame::Hello(_))));
+            accept(&l).expect_hello();
         }
-        let mut p = accept(&l);
-        p.handshake(30_000);
-        p.expect_closed();
+        greet(&l).expect_closed();
     });
     let (result, told) = connect_telling(config(&addr));
     result.unwrap().close();
@@ -158,9 +150,7 @@ fn a_server_full_past_the_deadline_is_given_up_at_the_deadline() {
 #[test]
 fn a_reconnect_waits_out_server_full_the_same_way() {
     let (addr, server) = serve(|l| {
-        let mut p = accept(&l);
-        p.handshake(30_000);
-        drop(p); // the connection is lost without a word
+        drop(greet(&l)); // the connection is lost without a word
         let mut p = accept(&l);
         let refused_at = refuse(&mut p, ServerFull, 300);
         let mut p = accept(&l);
@@ -172,18 +162,15 @@ fn a_reconnect_waits_out_server_full_the_same_way() {
         p.handshake(30_000);
         p.expect_closed();
     });
-    let mut client = Client::connect(config(&addr)).unwrap();
+    let mut client = connect(&addr);
     let started = Instant::now();
-    match next(&mut client) {
-        Delivery::Reconnected { attempts, .. } => assert_eq!(attempts, 2),
-        other => panic!("{other:?}"),
-    }
+    let (_, attempts) = next_reconnected(&mut client);
+    assert_eq!(attempts, 2);
     // Told as soon as it is up, not with the next frame.
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
-    client.close();
-    server.join().unwrap();
+    finish(client, server);
 }
