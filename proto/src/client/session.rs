@@ -17,7 +17,10 @@ impl Client {
 
     /// Makes sure there is a connection, reconnecting (with backoff) if
     /// needed. `Ok(false)`: the deadline came first.
-    pub(super) fn ensure_connected(&mut self, deadline: Option<Instant>) -> Result<bool, ClientError> {
+    pub(super) fn ensure_connected(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<bool, ClientError> {
         loop {
             if self.conn.is_some() {
                 return Ok(true);
@@ -203,7 +206,10 @@ impl Client {
     /// The next frame the caller must look at (`None`: deadline). A frame
     /// that ends the connection (GOAWAY, ERROR) and every read failure are
     /// recorded as a loss and returned as the error.
-    pub(super) fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Inbound>, ClientError> {
+    pub(super) fn recv(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Inbound>, ClientError> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(ClientError::Closed);
         };
