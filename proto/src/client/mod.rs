@@ -45,7 +45,7 @@ pub use errors::ClientError;
 pub(crate) use rng::Rng;
 
 use self::conn::{Conn, Inbound};
-use self::session::state_after_subscribed;
+use self::session::{state_after_subscribed, status_ok, Answer};
 use crate::frame::*;
 use crate::retry::connect_with_retry;
 pub use crate::retry::ConnectRetry;
@@ -196,20 +196,16 @@ impl Client {
             topic: topic.as_bytes(),
             payload,
         }))?;
-        let deadline = self.request_deadline();
-        loop {
-            match self.recv(Some(deadline))? {
-                Some(Inbound::PublishAck(ack)) if ack.request_id == request_id => {
-                    return if ack.status == 0 {
-                        Ok(ack)
-                    } else {
-                        Err(ClientError::Refused(ack.status))
-                    };
-                }
-                Some(other) => self.handle_unsolicited(other),
-                None => return Err(self.request_timed_out("PUBLISH_ACK")),
-            }
-        }
+        let ack = self.await_answer(
+            self.request_deadline(),
+            "PUBLISH_ACK",
+            |inbound| match inbound {
+                Inbound::PublishAck(ack) if ack.request_id == request_id => Answer::Done(ack),
+                other => Answer::NotOurs(other),
+            },
+        )?;
+        status_ok(ack.status)?;
+        Ok(ack)
     }
 
     /// Closes `topic` and waits for its TOPIC_CLOSED: the server deletes the
@@ -229,20 +225,17 @@ impl Client {
             request_id,
             topic: topic.as_bytes(),
         }))?;
-        let deadline = self.request_deadline();
-        loop {
-            match self.recv(Some(deadline))? {
-                Some(Inbound::TopicClosed(c)) if c.request_id == request_id => {
-                    return if c.status == 0 {
-                        Ok(c.last_seq)
-                    } else {
-                        Err(ClientError::Refused(c.status))
-                    };
-                }
-                Some(other) => self.handle_unsolicited(other),
-                None => return Err(self.request_timed_out("TOPIC_CLOSED")),
-            }
-        }
+        let closed =
+            self.await_answer(
+                self.request_deadline(),
+                "TOPIC_CLOSED",
+                |inbound| match inbound {
+                    Inbound::TopicClosed(c) if c.request_id == request_id => Answer::Done(c),
+                    other => Answer::NotOurs(other),
+                },
+            )?;
+        status_ok(closed.status)?;
+        Ok(closed.last_seq)
     }
 
     /// Reads the stored path of `player` (the `client_id` its phone sent in
@@ -269,29 +262,28 @@ impl Client {
             since_ms,
             player: player.as_bytes(),
         }))?;
-        let deadline = self.request_deadline();
         let mut answer = PathAnswer {
             positions: Vec::new(),
             truncated: false,
             corrupt: false,
         };
-        loop {
-            match self.recv(Some(deadline))? {
-                Some(Inbound::Path(p)) if p.request_id == request_id => {
-                    if p.status != 0 {
-                        return Err(ClientError::Refused(p.status));
-                    }
-                    answer.positions.extend(p.positions);
-                    answer.corrupt |= p.flags & PATH_FLAG_CORRUPT != 0;
-                    if p.flags & PATH_FLAG_LAST != 0 {
-                        answer.truncated = p.flags & PATH_FLAG_TRUNCATED != 0;
-                        return Ok(answer);
-                    }
+        self.await_answer(self.request_deadline(), "PATH", |inbound| match inbound {
+            Inbound::Path(p) if p.request_id == request_id => {
+                if let Err(refused) = status_ok(p.status) {
+                    return Answer::Done(Err(refused));
                 }
-                Some(other) => self.handle_unsolicited(other),
-                None => return Err(self.request_timed_out("PATH")),
+                answer.positions.extend(p.positions);
+                answer.corrupt |= p.flags & PATH_FLAG_CORRUPT != 0;
+                if p.flags & PATH_FLAG_LAST != 0 {
+                    answer.truncated = p.flags & PATH_FLAG_TRUNCATED != 0;
+                    Answer::Done(Ok(()))
+                } else {
+                    Answer::Partial
+                }
             }
-        }
+            other => Answer::NotOurs(other),
+        })??;
+        Ok(answer)
     }
 
     /// Subscribes to `topic` and waits for SUBSCRIBED. Replayed events (for
@@ -321,21 +313,20 @@ impl Client {
             last_seq,
             topic: topic.as_bytes(),
         }))?;
-        let deadline = self.request_deadline();
-        loop {
-            match self.recv(Some(deadline))? {
-                Some(Inbound::Subscribed(s)) if s.topic == topic => {
-                    if s.status == SubscribeStatus::NotAuthorized {
-                        return Err(ClientError::Refused(ErrorCode::NotAuthorized as u16));
-                    }
-                    let state = state_after_subscribed(&s, mode, epoch, last_seq);
-                    self.subs.insert(s.topic.clone(), state);
-                    return Ok(s);
-                }
-                Some(other) => self.handle_unsolicited(other),
-                None => return Err(self.request_timed_out("SUBSCRIBED")),
-            }
+        let s = self.await_answer(
+            self.request_deadline(),
+            "SUBSCRIBED",
+            |inbound| match inbound {
+                Inbound::Subscribed(s) if s.topic == topic => Answer::Done(s),
+                other => Answer::NotOurs(other),
+            },
+        )?;
+        if s.status == SubscribeStatus::NotAuthorized {
+            return Err(ClientError::Refused(ErrorCode::NotAuthorized as u16));
         }
+        let state = state_after_subscribed(&s, mode, epoch, last_seq);
+        self.subs.insert(s.topic.clone(), state);
+        Ok(s)
     }
 
     /// Ends a subscription. No event of `topic` is delivered after this
@@ -355,14 +346,14 @@ impl Client {
         self.send(&Frame::Unsubscribe {
             topic: topic.as_bytes(),
         })?;
-        let deadline = self.request_deadline();
-        loop {
-            match self.recv(Some(deadline))? {
-                Some(Inbound::Unsubscribed(t)) if t == topic => return Ok(()),
-                Some(other) => self.handle_unsolicited(other),
-                None => return Err(self.request_timed_out("UNSUBSCRIBED")),
-            }
-        }
+        self.await_answer(
+            self.request_deadline(),
+            "UNSUBSCRIBED",
+            |inbound| match inbound {
+                Inbound::Unsubscribed(t) if t == topic => Answer::Done(()),
+                other => Answer::NotOurs(other),
+            },
+        )
     }
 
     /// Sends a position fix. The server does not acknowledge it.

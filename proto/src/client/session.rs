@@ -111,25 +111,25 @@ impl Client {
         let mut waiting: BTreeSet<&str> = subs.iter().map(|(t, _)| t.as_str()).collect();
         let deadline = self.request_deadline();
         while !waiting.is_empty() {
-            match self.recv(Some(deadline))? {
-                Some(Inbound::Subscribed(s)) if waiting.remove(s.topic.as_str()) => {
-                    if s.status == SubscribeStatus::NotAuthorized {
-                        // The new connection's token no longer allows it:
-                        // the subscription ends (the app sees the status).
-                        self.subs.remove(&s.topic);
-                    } else if let Some(state) = self.subs.get_mut(&s.topic) {
-                        *state = state_after_subscribed(
-                            &s,
-                            StartMode::Resume,
-                            state.epoch,
-                            state.last_seq,
-                        );
-                    }
-                    self.queue.push_back(Delivery::Subscribed(s));
-                }
-                Some(other) => self.handle_unsolicited(other),
-                None => return Err(self.request_timed_out("SUBSCRIBED after reconnect")),
+            let s =
+                self.await_answer(
+                    deadline,
+                    "SUBSCRIBED after reconnect",
+                    |inbound| match inbound {
+                        Inbound::Subscribed(s) if waiting.remove(s.topic.as_str()) => {
+                            Answer::Done(s)
+                        }
+                        other => Answer::NotOurs(other),
+                    },
+                )?;
+            if s.status == SubscribeStatus::NotAuthorized {
+                // The new connection's token no longer allows it:
+                // the subscription ends (the app sees the status).
+                self.subs.remove(&s.topic);
+            } else if let Some(state) = self.subs.get_mut(&s.topic) {
+                *state = state_after_subscribed(&s, StartMode::Resume, state.epoch, state.last_seq);
             }
+            self.queue.push_back(Delivery::Subscribed(s));
         }
         Ok(())
     }
@@ -165,6 +165,27 @@ impl Client {
             redirect: goaway.and_then(redirect_of),
             attempts,
         });
+    }
+
+    /// Waits until `deadline` for the answer to a request just sent: each
+    /// frame goes to `take`, which keeps the answer (or a part of it) and
+    /// hands back any other frame, handled as unsolicited.
+    pub(super) fn await_answer<T>(
+        &mut self,
+        deadline: Instant,
+        what: &'static str,
+        mut take: impl FnMut(Inbound) -> Answer<T>,
+    ) -> Result<T, ClientError> {
+        loop {
+            match self.recv(Some(deadline))? {
+                Some(inbound) => match take(inbound) {
+                    Answer::Done(answer) => return Ok(answer),
+                    Answer::Partial => {}
+                    Answer::NotOurs(other) => self.handle_unsolicited(other),
+                },
+                None => return Err(self.request_timed_out(what)),
+            }
+        }
     }
 
     pub(super) fn request_timed_out(&mut self, what: &'static str) -> ClientError {
@@ -283,6 +304,25 @@ impl Client {
                 limits.topic_bytes_max
             )))
         }
+    }
+}
+
+/// What [`Client::await_answer`]'s `take` made of one frame.
+pub(super) enum Answer<T> {
+    /// The whole answer.
+    Done(T),
+    /// A part of the answer (a PATH frame before the last): wait on.
+    Partial,
+    /// Not the answer: handled as unsolicited.
+    NotOurs(Inbound),
+}
+
+/// A request's status: 0 is success, anything else the server's refusal.
+pub(super) fn status_ok(status: u16) -> Result<(), ClientError> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(ClientError::Refused(status))
     }
 }
 
