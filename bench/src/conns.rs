@@ -822,12 +822,7 @@ fn json_run(args: &Args, label: &str, r: &Run) -> String {
 /// One object per run (`"run": 1, 2, ...`), then one for the median
 /// (`"run": "median"`).
 fn json_report(args: &Args, runs: &[Run]) -> String {
-    let mut out = String::new();
-    for (i, r) in runs.iter().enumerate() {
-        out.push_str(&json_run(args, &(i + 1).to_string(), r));
-    }
-    out.push_str(&json_run(args, "\"median\"", &median_run(runs)));
-    out
+    crate::report::json_runs(runs, &median_run(runs), |r, run| json_run(args, run, r))
 }
 
 #[cfg(test)]
@@ -836,13 +831,7 @@ mod tests {
 
     /// Args as parsed from a command line (defaults for the rest).
     fn parse(words: &[&str]) -> Args {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        Cli::parse_from(std::iter::once("conns").chain(words.iter().copied())).args
+        crate::cli::parse_flags("conns", words)
     }
 
     #[test]

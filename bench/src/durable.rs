@@ -236,23 +236,13 @@ impl Pub {
 
     /// Writes what the socket takes.
     fn flush(&mut self) -> Result<(), String> {
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err("writing: the socket took nothing".into()),
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("writing: {e}")),
-            }
-        }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        } else if self.out_pos >= BACKLOG_MAX / 4 {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
-        Ok(())
+        crate::net::write_backlog(
+            &mut self.stream,
+            &mut self.out,
+            &mut self.out_pos,
+            BACKLOG_MAX / 4,
+        )
+        .map(|_| ())
     }
 }
 
@@ -1341,13 +1331,7 @@ mod tests {
     use super::*;
 
     fn parse(words: &[&str]) -> Args {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        Cli::parse_from(std::iter::once("durable").chain(words.iter().copied())).args
+        crate::cli::parse_flags("durable", words)
     }
 
     #[test]

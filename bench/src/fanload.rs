@@ -420,26 +420,12 @@ impl Pub {
         if self.tls.is_some() {
             return self.flush_tls();
         }
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err("writing: the socket took nothing".into()),
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("writing: {e}")),
-            }
-        }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-            Ok(true)
-        } else {
-            if self.out_pos >= PUBLISH_BACKLOG_MAX / 4 {
-                self.out.drain(..self.out_pos);
-                self.out_pos = 0;
-            }
-            Ok(false)
-        }
+        crate::net::write_backlog(
+            &mut self.stream,
+            &mut self.out,
+            &mut self.out_pos,
+            PUBLISH_BACKLOG_MAX / 4,
+        )
     }
 
     /// [`Pub::flush`] over TLS: the session takes the plaintext (as much

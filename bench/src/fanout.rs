@@ -1559,18 +1559,19 @@ fn json_run(args: &Args, label: &str, r: &Run, problems: &[String]) -> String {
 /// One object per run (`"run": 1, 2, ...`), then one for the median
 /// (`"run": "median"`).
 fn json_report(args: &Args, runs: &[Run]) -> String {
-    let mut out = String::new();
-    for (i, r) in runs.iter().enumerate() {
+    let median = median_run(runs);
+    crate::report::json_runs(runs, &median, |r, run| {
+        if run == "\"median\"" {
+            return json_run(args, run, r, &[]);
+        }
         let problems: Vec<String> = r
             .problems
             .iter()
             .chain(&r.redone_problems)
             .cloned()
             .collect();
-        out.push_str(&json_run(args, &(i + 1).to_string(), r, &problems));
-    }
-    out.push_str(&json_run(args, "\"median\"", &median_run(runs), &[]));
-    out
+        json_run(args, run, r, &problems)
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1812,13 +1813,7 @@ mod tests {
 
     /// Args as parsed from a command line (defaults for the rest).
     fn parse(words: &[&str]) -> Args {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        Cli::parse_from(std::iter::once("fanout").chain(words.iter().copied())).args
+        crate::cli::parse_flags("fanout", words)
     }
 
     #[test]
@@ -1974,13 +1969,7 @@ mod tests {
 
     #[test]
     fn hunt_defaults_are_the_original_systems_job() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: HuntArgs,
-        }
-        let a = Cli::parse_from(["hunt"]).args;
+        let a: HuntArgs = crate::cli::parse_flags("hunt", &[]);
         assert_eq!(
             (
                 a.load.subscribers,

@@ -105,6 +105,38 @@ pub fn write_some(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     }
 }
 
+/// Writes `out[*pos..]` as far as a non-blocking socket takes it (a full
+/// socket ends it, an interrupted write is retried), then compacts: `out`
+/// emptied once all of it went, its written head dropped once that reaches
+/// `compact_at`. Ok(true) when every byte went.
+pub fn write_backlog(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    pos: &mut usize,
+    compact_at: usize,
+) -> Result<bool, String> {
+    while *pos < out.len() {
+        match stream.write(&out[*pos..]) {
+            Ok(0) => return Err("writing: the socket took nothing".into()),
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("writing: {e}")),
+        }
+    }
+    if *pos == out.len() {
+        out.clear();
+        *pos = 0;
+        Ok(true)
+    } else {
+        if *pos >= compact_at {
+            out.drain(..*pos);
+            *pos = 0;
+        }
+        Ok(false)
+    }
+}
+
 /// Asks the kernel to stamp received data with its arrival time (read
 /// back by [`recv_stamped`]).
 pub fn enable_rx_timestamps(stream: &TcpStream) -> io::Result<()> {

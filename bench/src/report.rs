@@ -119,6 +119,18 @@ pub fn json_list(xs: &[f64]) -> String {
     )
 }
 
+/// The JSON lines of a scenario's runs: one per run (`"run": 1, 2, ...`),
+/// then one for the median (`"run": "median"`), each written by
+/// `line(run, its "run" value)`.
+pub fn json_runs<R>(runs: &[R], median: &R, line: impl Fn(&R, &str) -> String) -> String {
+    let mut out = String::new();
+    for (i, r) in runs.iter().enumerate() {
+        out.push_str(&line(r, &(i + 1).to_string()));
+    }
+    out.push_str(&line(median, "\"median\""));
+    out
+}
+
 /// Writes a scenario's report: its markdown to `path` (`--report`) if given,
 /// and to stdout the JSON lines (`--json`) or the markdown.
 pub fn emit(

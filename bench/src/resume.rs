@@ -2188,12 +2188,7 @@ fn json_run(args: &Args, label: &str, r: &Run) -> String {
 }
 
 fn json_report(args: &Args, runs: &[Run]) -> String {
-    let mut out = String::new();
-    for (i, r) in runs.iter().enumerate() {
-        out.push_str(&json_run(args, &(i + 1).to_string(), r));
-    }
-    out.push_str(&json_run(args, "\"median\"", &median_run(runs)));
-    out
+    crate::report::json_runs(runs, &median_run(runs), |r, run| json_run(args, run, r))
 }
 
 #[cfg(test)]
@@ -2201,13 +2196,7 @@ mod tests {
     use super::*;
 
     fn parse(words: &[&str]) -> Args {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        Cli::parse_from(std::iter::once("resume").chain(words.iter().copied())).args
+        crate::cli::parse_flags("resume", words)
     }
 
     #[test]

@@ -516,13 +516,7 @@ mod tests {
 
     /// `storm` Args as parsed from a command line.
     fn parse_storm(words: &[&str]) -> Args {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: super::super::StormArgs,
-        }
-        let a = Cli::parse_from(std::iter::once("storm").chain(words.iter().copied())).args;
+        let a: super::super::StormArgs = crate::cli::parse_flags("storm", words);
         Args {
             shape: Shape::Storm(a.storm),
             ..a.load
