@@ -169,7 +169,6 @@ impl Common {
 /// command line `name words..`, defaults for the rest: the tests' parser.
 #[cfg(test)]
 pub(crate) fn parse_flags<A: clap::Args>(name: &'static str, words: &[&str]) -> A {
-    use clap::FromArgMatches;
     let matches = A::augment_args(clap::Command::new(name))
         .get_matches_from(std::iter::once(name).chain(words.iter().copied()));
     A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())

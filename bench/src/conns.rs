@@ -84,17 +84,8 @@ pub struct Args {
     /// memory is read
     #[arg(long = "hold", default_value_t = 3.0)]
     pub hold_secs: f64,
-    /// Runs, each against a fresh server; the report gives each and their
-    /// median
-    #[arg(long, default_value_t = 3)]
-    pub repeat: usize,
-    /// Emit one JSON object per run (then one for the median) instead of
-    /// markdown
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the markdown report to this file (with --json, both)
-    #[arg(long)]
-    pub report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub runs: crate::report::RunFlags,
 
     // ---- client process ----
     /// Index of this process's first connection (role clients)
@@ -144,7 +135,7 @@ fn check(args: &Args) -> Result<(), String> {
         if args.processes > args.connections || args.topics > args.connections {
             return Err("--processes and --topics must not exceed --connections".into());
         }
-        if !(1..=REPEAT_MAX).contains(&args.repeat) {
+        if !(1..=REPEAT_MAX).contains(&args.runs.repeat) {
             return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
         }
     }
@@ -409,7 +400,7 @@ fn drive(args: &Args) -> Result<(), String> {
     eprintln!(
         "conns: {} runs against {}: {} connections over {} topics from {} processes (open-file \
          limit {nofile}); host: {} CPUs, {}, kernel {}",
-        args.repeat,
+        args.runs.repeat,
         args.target.name(),
         args.connections,
         args.topics,
@@ -418,17 +409,17 @@ fn drive(args: &Args) -> Result<(), String> {
         host.cpu_model,
         host.kernel
     );
-    let mut runs = Vec::with_capacity(args.repeat);
-    for i in 0..args.repeat {
+    let mut runs = Vec::with_capacity(args.runs.repeat);
+    for i in 0..args.runs.repeat {
         // Fresh topics per run, shared by its client processes.
         let nonce = cluecast_sys::random_u64().map_err(|e| format!("getrandom: {e}"))?;
         let run = run_once(args, &bench, &program, &plan, nonce & 0xffff_ffff);
-        eprintln!("[{}/{}] {}", i + 1, args.repeat, summary(&run));
+        eprintln!("[{}/{}] {}", i + 1, args.runs.repeat, summary(&run));
         runs.push(run);
     }
     report::emit(
-        args.report.as_deref(),
-        args.json,
+        args.runs.report.as_deref(),
+        args.runs.json,
         || markdown_report(args, &host, nofile, &runs),
         || json_report(args, &runs),
     )?;
@@ -445,7 +436,7 @@ fn drive(args: &Args) -> Result<(), String> {
 /// The report of a target that cannot be measured here; not a failure.
 fn skipped(args: &Args, why: &str) -> Result<(), String> {
     eprintln!("conns: target {} skipped: {why}", args.target.name());
-    let text = if args.json {
+    let text = if args.runs.json {
         format!(
             "{{\"scenario\":\"conns\",\"target\":\"{}\",\"skipped\":{}}}\n",
             args.target.name(),
@@ -729,7 +720,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, nofile: u64, runs: &[Run]) 
          each column\n",
         SERVER_SETTLE.as_secs(),
         args.hold_secs,
-        args.repeat
+        args.runs.repeat
     );
     let _ = writeln!(
         s,
@@ -923,7 +914,13 @@ mod tests {
         assert_eq!(check(&parse(&[])), Ok(()));
         let a = parse(&[]);
         assert_eq!(
-            (a.connections, a.processes, a.topics, a.hold_secs, a.repeat),
+            (
+                a.connections,
+                a.processes,
+                a.topics,
+                a.hold_secs,
+                a.runs.repeat
+            ),
             (19_500, 4, 100, 3.0, 3)
         );
         for bad in [

@@ -17,7 +17,7 @@
 //! each mode's median, and each mode's throughput and p99 against
 //! memory's (the median of the ratios of runs of the same round).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -59,7 +59,13 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 const GENERATOR_BOUND_PCT: f64 = 90.0;
 
 #[derive(clap::Args, Clone, Debug)]
-#[command(mut_arg("durability", |a| a.hide(true)))]
+#[command(
+    mut_arg("durability", |a| a.hide(true)),
+    mut_arg("repeat", |a| a.help(
+        "Rounds: each mode is measured this many times (a fresh server each), the report gives every run and each mode's median"
+    )),
+    mut_arg("json", |a| a.help("Emit one JSON object per run, then one per mode for its median")),
+)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
@@ -97,16 +103,8 @@ pub struct Args {
     /// After publishing stops, longest wait (s) for the last acks
     #[arg(long, default_value_t = 5.0)]
     pub drain_timeout: f64,
-    /// Rounds: each mode is measured this many times (a fresh server
-    /// each), the report gives every run and each mode's median
-    #[arg(long, default_value_t = 3)]
-    pub repeat: usize,
-    /// Emit one JSON object per run, then one per mode for its median
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the markdown report to this file (with --json, both)
-    #[arg(long)]
-    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub runs: crate::report::RunFlags,
     /// Free text naming this configuration in the report and JSON
     #[arg(long, default_value = "")]
     pub label: String,
@@ -202,7 +200,7 @@ fn check(args: &Args) -> Result<(), String> {
         if args.modes.is_empty() {
             return Err("--modes names no mode".into());
         }
-        if !(1..=REPEAT_MAX).contains(&args.repeat) {
+        if !(1..=REPEAT_MAX).contains(&args.runs.repeat) {
             return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
         }
         if args.common.durability.is_some()
@@ -710,7 +708,7 @@ fn drive(args: &Args) -> Result<(), String> {
     eprintln!(
         "durable: {} rounds of {} ({} s each, +{} s warm-up): {} publishers × {} over {} \
          topics, {} B payloads; host: {} CPUs, {}, kernel {}",
-        args.repeat,
+        args.runs.repeat,
         mode_list(args),
         args.duration,
         args.warmup,
@@ -726,7 +724,7 @@ fn drive(args: &Args) -> Result<(), String> {
         host.kernel
     );
     let mut runs = Vec::new();
-    for round in 0..args.repeat {
+    for round in 0..args.runs.repeat {
         for &mode in &args.modes {
             let (mut run, thrown) =
                 least_disturbed(args.common.retries, args.common.foreign_max, |attempt| {
@@ -734,7 +732,7 @@ fn drive(args: &Args) -> Result<(), String> {
                     eprintln!(
                         "[{}/{}] {}{}: {}",
                         round + 1,
-                        args.repeat,
+                        args.runs.repeat,
                         mode.name(),
                         attempt_tag(attempt),
                         summary(&run)
@@ -754,8 +752,8 @@ fn drive(args: &Args) -> Result<(), String> {
         write_hgrms(args, dir, &runs)?;
     }
     report::emit(
-        args.report.as_deref(),
-        args.json,
+        args.runs.report.as_deref(),
+        args.runs.json,
         || markdown_report(args, &host, &runs),
         || json_report(args, &runs),
     )?;
@@ -1100,7 +1098,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         args.warmup,
         args.duration,
         args.drain_timeout,
-        args.repeat,
+        args.runs.repeat,
         mode_list(args),
         args.common.foreign_max * 100.0,
         args.common.retries
@@ -1342,7 +1340,7 @@ mod tests {
             (a.publishers, a.window, a.topics, a.payload, a.rate),
             (8, 16, 8, 128, None)
         );
-        assert_eq!((a.duration, a.repeat), (10.0, 3));
+        assert_eq!((a.duration, a.runs.repeat), (10.0, 3));
         assert_eq!(check(&a), Ok(()));
         assert_eq!(
             parse(&["--modes", "sync,memory"]).modes,

@@ -30,7 +30,7 @@
 //! Its wait also takes a timeout in nanoseconds (`epoll_pwait2`), so sends
 //! keep their schedule to within the kernel's timer slack, set to 1 µs.
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};

@@ -282,17 +282,8 @@ pub struct Args {
     /// After publishing stops, longest wait (s) for every event to arrive
     #[arg(long, default_value_t = 5.0)]
     pub drain_timeout: f64,
-    /// Runs, each against a fresh server; the report gives each and their
-    /// median
-    #[arg(long, default_value_t = 3)]
-    pub repeat: usize,
-    /// Emit one JSON object per run (then one for the median) instead of
-    /// markdown
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the markdown report to this file (with --json, both)
-    #[arg(long)]
-    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub runs: crate::report::RunFlags,
     /// Free text naming this configuration in the report and JSON (e.g.
     /// `allocator=jemalloc` when --cluecast is such a build)
     #[arg(long, default_value = "")]
@@ -350,7 +341,7 @@ pub fn main(args: &Args) -> Result<(), String> {
     if args.subscribers == 0 || args.topics == 0 || args.publishers == 0 {
         return Err("need at least one subscriber, topic and publisher".into());
     }
-    if args.repeat == 0 || args.repeat > REPEAT_MAX {
+    if args.runs.repeat == 0 || args.runs.repeat > REPEAT_MAX {
         return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
     }
     args.shape.scenario(args)?;
@@ -607,7 +598,7 @@ fn drive(args: &Args) -> Result<(), String> {
     eprintln!(
         "fanout: {} runs of {} s (+{} s warm-up): {} subscribers, {} topics, {} publishers, \
          {} events/s per topic, {} B payloads; host: {} CPUs, {}, kernel {}",
-        args.repeat,
+        args.runs.repeat,
         args.duration,
         args.warmup,
         args.subscribers,
@@ -631,8 +622,8 @@ fn drive(args: &Args) -> Result<(), String> {
         (false, Some(sides)) => sides,
         (false, None) => vec![with_tls(args, args.tls)],
     };
-    let mut runs: Vec<Vec<Run>> = vec![Vec::with_capacity(args.repeat); sides.len()];
-    for i in 0..args.repeat {
+    let mut runs: Vec<Vec<Run>> = vec![Vec::with_capacity(args.runs.repeat); sides.len()];
+    for i in 0..args.runs.repeat {
         for k in under_attack::order(args, i, sides.len()) {
             let (side, side_runs) = (&sides[k], &mut runs[k]);
             let files = certs.as_ref().filter(|_| side.tls);
@@ -647,7 +638,7 @@ fn drive(args: &Args) -> Result<(), String> {
                     eprintln!(
                         "[{}/{}]{tag}{} {}",
                         i + 1,
-                        args.repeat,
+                        args.runs.repeat,
                         attempt_tag(attempt),
                         summary(side, &run)
                     );
@@ -670,8 +661,8 @@ fn drive(args: &Args) -> Result<(), String> {
         }
     }
     report::emit(
-        args.report.as_deref(),
-        args.json,
+        args.runs.report.as_deref(),
+        args.runs.json,
         || {
             let mut md: Vec<String> = (sides.iter().zip(&runs))
                 .map(|(side, side_runs)| markdown_report(side, &host, side_runs))
@@ -746,7 +737,7 @@ fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
 /// The report of a target that cannot be measured here; not a failure.
 fn skipped(args: &Args, why: &str) -> Result<(), String> {
     eprintln!("fanout: target {} skipped: {why}", args.target.name());
-    let text = if args.json {
+    let text = if args.runs.json {
         format!("{{{},\"skipped\":{}}}\n", json_case(args), json_str(why))
     } else {
         format!(
@@ -1195,7 +1186,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         args.warmup,
         args.duration,
         args.drain_timeout,
-        args.repeat,
+        args.runs.repeat,
         args.common.foreign_max * 100.0,
         args.common.retries,
         runs.iter().map(|r| r.redone).sum::<usize>()
@@ -1641,7 +1632,7 @@ fn comparison_markdown(args: &Args, plain: &[Run], tls: &[Run]) -> String {
          is the median over the rounds of each round's ratio. *server CPU per delivery*: the \
          server process's user + sys over the window divided by the deliveries in it; *its \
          core's*: the same with the core's ksoftirqd added (loopback TCP work).\n",
-        args.repeat
+        args.runs.repeat
     );
     let _ = writeln!(
         s,
@@ -1762,7 +1753,7 @@ fn comparison_json(args: &Args, plain: &[Run], tls: &[Run]) -> String {
          \"tls_over_plain\":{{\"server_cpu_per_delivery\":{},\"server_core_per_delivery\":{},\
          \"rounds\":{}}},\"generator_bound\":{}}}\n",
         json_case(&with_tls(args, false)),
-        args.repeat,
+        args.runs.repeat,
         med_of(&cpu_per_delivery_of(plain)),
         med_of(&cpu_per_delivery_of(tls)),
         med_of(&core_per_delivery_of(plain)),
@@ -1880,7 +1871,7 @@ mod tests {
             (a.subscribers, a.topics, a.publishers, a.rate, a.payload),
             (2000, 20, 1, 50.0, 256)
         );
-        assert_eq!((a.duration, a.repeat, a.shards), (10.0, 3, 1));
+        assert_eq!((a.duration, a.runs.repeat, a.shards), (10.0, 3, 1));
         assert_eq!((a.common.server_cpu, a.common.client_cpu), (0, 1));
         assert_eq!(a.common.role, Role::Driver);
         assert_eq!(parse(&["--role", "clients"]).common.role, Role::Subscribers);

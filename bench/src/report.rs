@@ -119,6 +119,24 @@ pub fn json_list(xs: &[f64]) -> String {
     )
 }
 
+/// The flags of a measuring scenario's runs and their report: how many, and
+/// where the report goes. A scenario that words one for its own case says so
+/// with `#[command(mut_arg(..))]`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunFlags {
+    /// Runs, each against a fresh server; the report gives each and their
+    /// median
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Emit one JSON object per run (then one for the median) instead of
+    /// markdown
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the markdown report to this file (with --json, both)
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+}
+
 /// The JSON lines of a scenario's runs: one per run (`"run": 1, 2, ...`),
 /// then one for the median (`"run": "median"`), each written by
 /// `line(run, its "run" value)`.

@@ -93,9 +93,12 @@ const STDIN_TOKEN: usize = usize::MAX;
 const PROBE_TOKEN: usize = usize::MAX - 1;
 
 #[derive(clap::Args, Clone, Debug)]
-#[command(mut_arg("durability", |a| a.help(
-    "The appliance's --durability [default: sync: the backlog is read from the durable log]"
-)))]
+#[command(
+    mut_arg("durability", |a| a.help(
+        "The appliance's --durability [default: sync: the backlog is read from the durable log]"
+    )),
+    mut_arg("json", |a| a.help("Emit one JSON object per run (then one for the median)")),
+)]
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
@@ -137,16 +140,8 @@ pub struct Args {
     /// it)
     #[arg(long, default_value_t = 64)]
     pub history_events_max: usize,
-    /// Runs, each against a fresh server; the report gives each and their
-    /// median
-    #[arg(long, default_value_t = 3)]
-    pub repeat: usize,
-    /// Emit one JSON object per run (then one for the median)
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the markdown report to this file (with --json, both)
-    #[arg(long)]
-    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub runs: crate::report::RunFlags,
     /// Free text naming this configuration in the report and JSON
     #[arg(long, default_value = "")]
     pub label: String,
@@ -283,7 +278,7 @@ fn check(args: &Args) -> Result<(), String> {
         return Err("--preload must be at least --behind".into());
     }
     if args.common.role == Role::Driver {
-        if !(1..=REPEAT_MAX).contains(&args.repeat) {
+        if !(1..=REPEAT_MAX).contains(&args.runs.repeat) {
             return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
         }
         let k = args.process_count();
@@ -1435,7 +1430,7 @@ fn drive(args: &Args) -> Result<(), String> {
     eprintln!(
         "resume: {} runs: {} clients ({} processes) each {} events behind on {} topics, {} live \
          subscribers at {} events/s per topic, durability {}; host: {} CPUs, {}, kernel {}",
-        args.repeat,
+        args.runs.repeat,
         args.clients,
         plan.len(),
         args.behind,
@@ -1447,20 +1442,20 @@ fn drive(args: &Args) -> Result<(), String> {
         host.cpu_model,
         host.kernel
     );
-    let mut runs = Vec::with_capacity(args.repeat);
-    for i in 0..args.repeat {
+    let mut runs = Vec::with_capacity(args.runs.repeat);
+    for i in 0..args.runs.repeat {
         let nonce =
             cluecast_sys::random_u64().map_err(|e| format!("getrandom: {e}"))? & 0xffff_ffff;
         let run = run_once(args, &bench, &program, &plan, nonce);
-        eprintln!("[{}/{}] {}", i + 1, args.repeat, summary(&run));
+        eprintln!("[{}/{}] {}", i + 1, args.runs.repeat, summary(&run));
         runs.push(run);
     }
     if let Some(dir) = &args.hgrm_dir {
         write_hgrms(args, dir, &runs)?;
     }
     report::emit(
-        args.report.as_deref(),
-        args.json,
+        args.runs.report.as_deref(),
+        args.runs.json,
         || markdown_report(args, &host, &runs),
         || json_report(args, &runs),
     )?;
@@ -2004,7 +1999,7 @@ fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
         args.behind,
         args.timeout,
         args.behind,
-        args.repeat
+        args.runs.repeat
     );
     let _ = writeln!(
         s,

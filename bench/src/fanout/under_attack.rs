@@ -388,7 +388,7 @@ pub(super) fn comparison_markdown(args: &Args, runs: &[Vec<Run>]) -> Option<Stri
          fresh appliance, calm and under attack ({} from {} addresses, {} connections/s, at \
          most {} held), calm first in odd rounds and the attack first in even ones. Medians of \
          each side; *attack / calm* is their ratio.\n",
-        args.repeat,
+        args.runs.repeat,
         f.attack.map_or(String::new(), |k| k.to_string()),
         f.attack_sources,
         thousands(f.attack_rate_per_s),
@@ -500,7 +500,7 @@ pub(super) fn comparison_json(args: &Args, runs: &[Vec<Run>]) -> Option<String> 
          \"server_cpu_pct\":{},\"lost\":{},\
          \"attack_over_calm\":{{\"connect_to_subscribed_p99\":{},\"rounds\":{}}}}}\n",
         json_case(args),
-        args.repeat,
+        args.runs.repeat,
         both(count(cf.refusals), count(af.refusals)),
         both(json_num(cf.connect_ms[1]), json_num(af.connect_ms[1])),
         both(json_num(c.server_cpu_pct), json_num(a.server_cpu_pct)),
