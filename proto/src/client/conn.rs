@@ -122,18 +122,13 @@ pub(super) struct Conn {
 impl Conn {
     /// TCP connect, HELLO, WELCOME.
     pub(super) fn open(addr: &str, config: &ClientConfig) -> Result<(Conn, Welcome), ClientError> {
-        if config.client_id.len() > usize::from(config.limits.client_id_bytes_max) {
-            return Err(ClientError::InvalidInput(format!(
-                "client_id is over {} bytes",
-                config.limits.client_id_bytes_max
-            )));
-        }
-        if config.token.len() > usize::from(config.limits.token_bytes_max) {
-            return Err(ClientError::InvalidInput(format!(
-                "token is over {} bytes",
-                config.limits.token_bytes_max
-            )));
-        }
+        let limits = &config.limits;
+        ClientError::check_length(
+            "client_id",
+            config.client_id.len(),
+            limits.client_id_bytes_max,
+        )?;
+        ClientError::check_length("token", config.token.len(), limits.token_bytes_max)?;
         let timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
         let stream = Stream::open(addr, config, timeout)?;
         let now = Instant::now();

@@ -47,6 +47,21 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// InvalidInput when `what` is longer than `max_bytes`: checked before
+    /// anything is sent, so the server never has to refuse it.
+    pub(crate) fn check_length(
+        what: &str,
+        len: usize,
+        max_bytes: impl Into<usize> + fmt::Display + Copy,
+    ) -> Result<(), ClientError> {
+        if len > max_bytes.into() {
+            return Err(ClientError::InvalidInput(format!(
+                "{what} is over {max_bytes} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Errors that reconnecting cannot fix: the client stops trying.
     pub(crate) fn is_fatal(&self) -> bool {
         match self {

@@ -150,12 +150,7 @@ impl Client {
     /// [`ClientError::TokenExpired`], the next call then reconnects and
     /// resumes with it.
     pub fn set_token(&mut self, token: Vec<u8>) -> Result<(), ClientError> {
-        if token.len() > usize::from(self.config.limits.token_bytes_max) {
-            return Err(ClientError::InvalidInput(format!(
-                "token is over {} bytes",
-                self.config.limits.token_bytes_max
-            )));
-        }
+        ClientError::check_length("token", token.len(), self.config.limits.token_bytes_max)?;
         self.config.token = token;
         self.token_expired = false;
         Ok(())
