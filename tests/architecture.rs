@@ -1,6 +1,8 @@
 //! The layout holds: no cycle among `src`'s top-level modules. A module's
 //! dependencies are the `crate::NAME` paths written in its files (macros
-//! such as `crate::warn!` are not modules and do not count).
+//! such as `crate::warn!` are not modules and do not count). And the walk
+//! in docs/ARCHITECTURE.md, "The path of one event", names only functions
+//! and types that are where it says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -92,5 +94,86 @@ fn a_cycle_is_found() {
     assert_eq!(
         cycle_from(&deps, "a").unwrap(),
         ["a", "b", "c", "a"].map(String::from)
+    );
+}
+
+/// The `file::name` (or `file::Type::name`) references in the walk.
+fn walk_references(doc: &str) -> Vec<(String, String)> {
+    let start = doc
+        .find("## The path of one event")
+        .expect("the walk's heading");
+    let walk = &doc[start..];
+    let walk = &walk[..walk[3..].find("\n## ").map_or(walk.len(), |end| end + 3)];
+    walk.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|code| {
+            let (file, rest) = code.split_once("::")?;
+            let name = rest.rsplit("::").next()?;
+            let plain =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            (plain(file) && plain(name) && file != "file")
+                .then(|| (file.to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+/// Whether `text` defines `name`: a function, a type, or an enum variant.
+fn defines(text: &str, name: &str) -> bool {
+    [
+        format!("fn {name}("),
+        format!("fn {name}<"),
+        format!("struct {name} "),
+        format!("struct {name}<"),
+        format!("enum {name} "),
+        format!("enum {name}<"),
+        format!("    {name} {{"),
+        format!("    {name}("),
+        format!("    {name},"),
+    ]
+    .iter()
+    .any(|d| text.contains(d.as_str()))
+}
+
+#[test]
+fn the_event_walk_names_what_is_there() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let references = walk_references(&doc);
+    assert!(
+        references.len() >= 20,
+        "the walk's references: {references:?}"
+    );
+    let mut sources = Vec::new();
+    files(&root.join("src"), None, &mut sources);
+    let missing: Vec<String> = references
+        .iter()
+        .filter(|(scope, name)| {
+            if scope.starts_with(char::is_uppercase) {
+                // `Type::Variant`: in the file that defines the type.
+                let enum_of = [format!("enum {scope} "), format!("enum {scope}<")];
+                !sources.iter().any(|(_, text)| {
+                    enum_of.iter().any(|e| text.contains(e.as_str())) && defines(text, name)
+                })
+            } else {
+                // `file::name`: in src/shard/file.rs.
+                let path = root.join("src/shard").join(format!("{scope}.rs"));
+                !defines(&std::fs::read_to_string(path).unwrap_or_default(), name)
+            }
+        })
+        .map(|(scope, name)| format!("{scope}::{name}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the walk names what is not there: {missing:#?}"
+    );
+}
+
+#[test]
+fn a_renamed_function_is_caught() {
+    let doc = "## The path of one event\n`net::on_recv` then `mesh::Mesh::gone`, `file::function`.\n## Next\n`net::later`";
+    assert_eq!(
+        walk_references(doc),
+        [("net", "on_recv"), ("mesh", "gone")].map(|(f, n)| (f.to_string(), n.to_string()))
     );
 }
