@@ -450,28 +450,19 @@ fn read_publisher(p: &mut Publisher, limits: &Limits, now: Instant) -> Result<()
             &mut p.refused,
             &mut p.paused_until,
         );
-        p.inbox.drain(
-            limits,
-            |_, _| {}, // not subscribed: no events come here
-            |frame| {
-                if let Some(why) = refusal(frame) {
-                    return Err(why);
-                }
-                if let Frame::PublishAck(ack) = frame {
-                    if *in_flight == 0 {
-                        return Err("PUBLISH_ACK for no PUBLISH".into());
-                    }
-                    *in_flight -= 1;
-                    if ack.status == 0 {
-                        *acked += 1;
-                    } else {
-                        *refused += 1;
-                        *paused = Some(now + REFUSAL_BACKOFF);
-                    }
-                }
-                Ok(())
-            },
-        )?;
+        p.inbox.drain_acks(limits, |ack| {
+            if *in_flight == 0 {
+                return Err("PUBLISH_ACK for no PUBLISH".into());
+            }
+            *in_flight -= 1;
+            if ack.status == 0 {
+                *acked += 1;
+            } else {
+                *refused += 1;
+                *paused = Some(now + REFUSAL_BACKOFF);
+            }
+            Ok(())
+        })?;
         if n < p.inbox.free_min() {
             return Ok(());
         }

@@ -32,11 +32,10 @@ use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
 use crate::stats::{
-    attempt_tag, latency_histogram, least_disturbed, median, paired_ratio, redone_because,
-    Percentiles,
+    attempt_tag, latency_histogram, least_disturbed, paired_ratio, redone_because, Percentiles,
 };
 use crate::targets::{self, Launch, Target};
-use crate::wire::{self, refusal, set_note, Inbox, Turn};
+use crate::wire::{self, set_note, Inbox, Turn};
 
 mod reports;
 use reports::*;
@@ -563,22 +562,13 @@ fn read_acks(
         };
         let recv_ns = stamp.unwrap_or_else(cluecast_sys::realtime_ns);
         let in_flight = &mut pb.in_flight;
-        pb.inbox.drain(
-            limits,
-            |_, _| {}, // not subscribed: no events come here
-            |frame| {
-                if let Some(why) = refusal(frame) {
-                    return Err(why);
-                }
-                if let Frame::PublishAck(ack) = frame {
-                    let (start, topic) = in_flight.remove(&ack.request_id).ok_or_else(|| {
-                        format!("PUBLISH_ACK for no PUBLISH ({})", ack.request_id)
-                    })?;
-                    on_ack(ack, start, topic, recv_ns);
-                }
-                Ok(())
-            },
-        )?;
+        pb.inbox.drain_acks(limits, |ack| {
+            let (start, topic) = in_flight
+                .remove(&ack.request_id)
+                .ok_or_else(|| format!("PUBLISH_ACK for no PUBLISH ({})", ack.request_id))?;
+            on_ack(ack, start, topic, recv_ns);
+            Ok(())
+        })?;
         if n < pb.inbox.free_min() {
             return Ok(());
         }

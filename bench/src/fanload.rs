@@ -853,25 +853,16 @@ fn take_pub_bytes(
     }
     let mut refused = Vec::new();
     let (acks, sent) = (&mut p.acks, p.sent);
-    p.inbox.drain(
-        limits,
-        |_, _| {}, // not subscribed: no events come here
-        |frame| {
-            if let Some(why) = refusal(frame) {
-                return Err(why);
-            }
-            if let Frame::PublishAck(ack) = frame {
-                if *acks >= sent {
-                    return Err("PUBLISH_ACK for no PUBLISH".into());
-                }
-                *acks += 1;
-                if ack.status != 0 {
-                    refused.push(ack.request_id);
-                }
-            }
-            Ok(())
-        },
-    )?;
+    p.inbox.drain_acks(limits, |ack| {
+        if *acks >= sent {
+            return Err("PUBLISH_ACK for no PUBLISH".into());
+        }
+        *acks += 1;
+        if ack.status != 0 {
+            refused.push(ack.request_id);
+        }
+        Ok(())
+    })?;
     for request_id in refused {
         let counter = p
             .counter_of(request_id)

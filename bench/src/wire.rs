@@ -10,8 +10,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use cluecast_proto::{
-    decode, ErrorCode, EventHead, Frame, FrameConn, FrameType, Hello, Limits, StartMode, Subscribe,
-    SubscribeStatus,
+    decode, ErrorCode, EventHead, Frame, FrameConn, FrameType, Hello, Limits, PublishAck,
+    StartMode, Subscribe, SubscribeStatus,
 };
 
 use crate::net::{self, Blocking};
@@ -191,6 +191,29 @@ impl Inbox {
                 Err(e) => return Err(format!("undecodable frame from the server: {e}")),
             }
         }
+    }
+
+    /// [`Inbox::drain`] for a publisher, which subscribes to nothing:
+    /// ERROR / GOAWAY ends the connection, `on_ack` is given each
+    /// PUBLISH_ACK (Err ends the connection), other frames pass.
+    pub fn drain_acks(
+        &mut self,
+        limits: &Limits,
+        mut on_ack: impl FnMut(&PublishAck) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.drain(
+            limits,
+            |_, _| {}, // not subscribed: no events come here
+            |frame| {
+                if let Some(why) = refusal(frame) {
+                    return Err(why);
+                }
+                if let Frame::PublishAck(ack) = frame {
+                    on_ack(ack)?;
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Consumes what is buffered as another protocol's messages
