@@ -30,7 +30,7 @@ use crate::fanload;
 use crate::procfs;
 use crate::report::{self, command_line, json_num, json_str, mib, num, thousands};
 use crate::server::Server;
-use crate::stats::median;
+use crate::stats::median_by;
 use crate::targets::{self, Launch, Target};
 use crate::wire::set_note;
 
@@ -658,10 +658,7 @@ fn summary(run: &Run) -> String {
 /// that held any connection.
 fn median_run(runs: &[Run]) -> Run {
     let held: Vec<&Run> = runs.iter().filter(|r| r.connections > 0).collect();
-    let med = |f: &dyn Fn(&Run) -> f64| {
-        let v: Vec<f64> = held.iter().map(|r| f(r)).collect();
-        median(&v).unwrap_or(f64::NAN)
-    };
+    let med = |f: &dyn Fn(&Run) -> f64| median_by(&held, f);
     // No runs held anything: NaN, which rounds to 0.
     let whole = |f: fn(&Run) -> u64| med(&|r| f(r) as f64).round() as u64;
     let footprint = |at: fn(&Run) -> Footprint| Footprint {

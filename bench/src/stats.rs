@@ -19,6 +19,12 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// Median of `f` over `items` (see [`median`]); NaN when none is finite.
+pub fn median_by<T>(items: &[&T], f: impl Fn(&T) -> f64) -> f64 {
+    let v: Vec<f64> = items.iter().map(|x| f(x)).collect();
+    median(&v).unwrap_or(f64::NAN)
+}
+
 /// Median of the ratios `a[i] / b[i]` of runs paired by index.
 ///
 /// Each pair was measured back to back, so slow drifts of the (shared,

@@ -1,6 +1,7 @@
 //! The durable scenario's reports: each mode's median run, the markdown and the JSON lines.
 
 use super::*;
+use crate::stats::median_by;
 
 /// The median run of one mode (each column the median over its measured
 /// runs), and its throughput and p99 against memory's.
@@ -24,10 +25,7 @@ pub(super) fn medians(args: &Args, runs: &[Run]) -> Vec<Median> {
         .map(|&m| {
             let all = of_mode(m);
             let measured: Vec<&Run> = all.iter().copied().filter(|r| r.measured).collect();
-            let med = |f: &dyn Fn(&Run) -> f64| {
-                let v: Vec<f64> = measured.iter().map(|r| f(r)).collect();
-                median(&v).unwrap_or(f64::NAN)
-            };
+            let med = |f: &dyn Fn(&Run) -> f64| median_by(&measured, f);
             let c = |f: fn(&Run) -> u64| med(&|r| f(r) as f64).round() as u64;
             let run = Run {
                 mode: m,

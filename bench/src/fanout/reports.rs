@@ -1,12 +1,7 @@
 //! The fan-out scenarios' reports: medians, the markdown and the JSON lines.
 
 use super::*;
-
-/// The median of `f` over the measured runs.
-pub(super) fn med(runs: &[&Run], f: impl Fn(&Run) -> f64) -> f64 {
-    let v: Vec<f64> = runs.iter().map(|r| f(r)).collect();
-    median(&v).unwrap_or(f64::NAN)
-}
+use crate::stats::median_by;
 
 /// The runs a median is of: the counted ones; when every measured run was
 /// generator-bound, those (and true: the median is generator-bound too).
@@ -27,25 +22,25 @@ pub(super) fn median_pool(all: &[Run]) -> (Vec<&Run>, bool) {
 pub(super) fn median_run(all: &[Run]) -> Run {
     let (runs, generator_bound) = median_pool(all);
     let runs: &[&Run] = &runs;
-    let c = |f: fn(&Run) -> u64| med(runs, |r| f(r) as f64).round() as u64;
-    let c_at = |i: usize| med(runs, |r| r.storm[i] as f64).round() as u64;
+    let c = |f: fn(&Run) -> u64| median_by(runs, |r| f(r) as f64).round() as u64;
+    let c_at = |i: usize| median_by(runs, |r| r.storm[i] as f64).round() as u64;
     Run {
         measured: !runs.is_empty(),
-        offered_per_s: med(runs, |r| r.offered_per_s),
-        deliveries_per_s: med(runs, |r| r.deliveries_per_s),
-        ideal_deliveries_per_s: med(runs, |r| r.ideal_deliveries_per_s),
-        latency: std::array::from_fn(|i| med(runs, |r| r.latency[i])),
-        fanout: std::array::from_fn(|i| med(runs, |r| r.fanout[i])),
-        publish_leg: std::array::from_fn(|i| med(runs, |r| r.publish_leg[i])),
-        read_delay: std::array::from_fn(|i| med(runs, |r| r.read_delay[i])),
-        phase: std::array::from_fn(|i| med(runs, |r| r.phase[i])),
-        steady: std::array::from_fn(|i| med(runs, |r| r.steady[i])),
+        offered_per_s: median_by(runs, |r| r.offered_per_s),
+        deliveries_per_s: median_by(runs, |r| r.deliveries_per_s),
+        ideal_deliveries_per_s: median_by(runs, |r| r.ideal_deliveries_per_s),
+        latency: std::array::from_fn(|i| median_by(runs, |r| r.latency[i])),
+        fanout: std::array::from_fn(|i| median_by(runs, |r| r.fanout[i])),
+        publish_leg: std::array::from_fn(|i| median_by(runs, |r| r.publish_leg[i])),
+        read_delay: std::array::from_fn(|i| median_by(runs, |r| r.read_delay[i])),
+        phase: std::array::from_fn(|i| median_by(runs, |r| r.phase[i])),
+        steady: std::array::from_fn(|i| median_by(runs, |r| r.steady[i])),
         storm: std::array::from_fn(c_at),
-        storm_resume_ms: med(runs, |r| r.storm_resume_ms),
+        storm_resume_ms: median_by(runs, |r| r.storm_resume_ms),
         catch_up: c(|r| r.catch_up),
-        positions_per_s: med(runs, |r| r.positions_per_s),
+        positions_per_s: median_by(runs, |r| r.positions_per_s),
         generator_bound,
-        send_lag: std::array::from_fn(|i| med(runs, |r| r.send_lag[i])),
+        send_lag: std::array::from_fn(|i| median_by(runs, |r| r.send_lag[i])),
         lost: c(|r| r.lost),
         duplicated: c(|r| r.duplicated),
         reordered: c(|r| r.reordered),
@@ -54,15 +49,15 @@ pub(super) fn median_run(all: &[Run]) -> Run {
         unacked: c(|r| r.unacked),
         invalid: c(|r| r.invalid),
         seq_errors: c(|r| r.seq_errors),
-        server_cpu_pct: med(runs, |r| r.server_cpu_pct),
-        server_core_pct: med(runs, |r| r.server_core_pct),
-        server_rss_bytes: med(runs, |r| r.server_rss_bytes),
-        generator_cpu_pct: med(runs, |r| r.generator_cpu_pct),
-        foreign_server_pct: med(runs, |r| r.foreign_server_pct),
-        foreign_client_pct: med(runs, |r| r.foreign_client_pct),
-        sends_per_s: med(runs, |r| r.sends_per_s),
-        connect_secs: med(runs, |r| r.connect_secs),
-        host_stall_ms: std::array::from_fn(|i| med(runs, |r| r.host_stall_ms[i])),
+        server_cpu_pct: median_by(runs, |r| r.server_cpu_pct),
+        server_core_pct: median_by(runs, |r| r.server_core_pct),
+        server_rss_bytes: median_by(runs, |r| r.server_rss_bytes),
+        generator_cpu_pct: median_by(runs, |r| r.generator_cpu_pct),
+        foreign_server_pct: median_by(runs, |r| r.foreign_server_pct),
+        foreign_client_pct: median_by(runs, |r| r.foreign_client_pct),
+        sends_per_s: median_by(runs, |r| r.sends_per_s),
+        connect_secs: median_by(runs, |r| r.connect_secs),
+        host_stall_ms: std::array::from_fn(|i| median_by(runs, |r| r.host_stall_ms[i])),
         admission: under_attack::Figures::median(runs),
         failed: all.iter().any(|r| r.failed),
         problems: Vec::new(),

@@ -15,7 +15,7 @@ use crate::fanload::Outcome;
 use crate::newcomers;
 use crate::report::{json_list, json_num, num, thousands};
 use crate::server::Stopped;
-use crate::stats::median;
+use crate::stats::{median, median_by};
 use crate::targets::Target;
 
 /// The appliance's admission counters (its ShardStats at exit, summed
@@ -145,10 +145,7 @@ impl Figures {
 
     /// Each figure's median over `runs`.
     pub(super) fn median(runs: &[&Run]) -> Figures {
-        let med = |f: &dyn Fn(&Figures) -> f64| {
-            let v: Vec<f64> = runs.iter().map(|r| f(&r.admission)).collect();
-            median(&v).unwrap_or(f64::NAN)
-        };
+        let med = |f: &dyn Fn(&Figures) -> f64| median_by(runs, |r| f(&r.admission));
         let count = |f: &dyn Fn(&Figures) -> u64| med(&|x| f(x) as f64).round() as u64;
         let a = |f: fn(&Counts) -> u64| count(&|x| f(&x.attack));
         Figures {

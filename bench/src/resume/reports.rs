@@ -1,13 +1,11 @@
 //! The resume scenario's reports: the median run, the markdown and the JSON lines.
 
 use super::*;
+use crate::stats::median_by;
 
 pub(super) fn median_run(runs: &[Run]) -> Run {
     let m: Vec<&Run> = runs.iter().filter(|r| r.measured).collect();
-    let med = |f: &dyn Fn(&Run) -> f64| {
-        let v: Vec<f64> = m.iter().map(|r| f(r)).collect();
-        median(&v).unwrap_or(f64::NAN)
-    };
+    let med = |f: &dyn Fn(&Run) -> f64| median_by(&m, f);
     let c = |f: fn(&Run) -> u64| med(&|r| f(r) as f64).round() as u64;
     Run {
         measured: !m.is_empty(),
