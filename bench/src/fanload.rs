@@ -329,6 +329,27 @@ result_struct! {
     }
 }
 
+impl Outcome {
+    /// The latency percentiles: p50, p90, p99, p99.9, p99.99, max.
+    pub fn latency(&self) -> [u64; 6] {
+        let o = self;
+        [
+            o.lat_p50,
+            o.lat_p90,
+            o.lat_p99,
+            o.lat_p999,
+            o.lat_p9999,
+            o.lat_max,
+        ]
+    }
+
+    /// The phase's latency percentiles: p50, p99, p99.9, max.
+    pub fn phase(&self) -> [u64; 4] {
+        let o = self;
+        [o.phase_p50, o.phase_p99, o.phase_p999, o.phase_max]
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Connections
 
@@ -1316,15 +1337,16 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     let mut subs = Vec::with_capacity(plan.subscribers);
     let mut limits = Limits::DEFAULT;
     let mut heartbeat_ms = 0;
-    for i in 0..plan.subscribers {
-        let topic = i % plan.topics;
-        let c = join(
+    // One client's handshake (and SUBSCRIBE to `topic`); `who` names it in
+    // an error.
+    let mut join_one = |who: &str, id: &str, topic: Option<&str>| {
+        join(
             plan.protocol,
             plan.server,
             None,
             plan.connect_timeout,
-            &format!("{id_base}-s{i}"),
-            Some(&topics[topic]),
+            id,
+            topic,
             None,
             &mut limits,
             &mut heartbeat_ms,
@@ -1332,7 +1354,15 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
         )
         .map_err(String::from)
         .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
-        .map_err(|e| format!("subscriber {i}: {e}"))?;
+        .map_err(|e| format!("{who}: {e}"))
+    };
+    for i in 0..plan.subscribers {
+        let topic = i % plan.topics;
+        let c = join_one(
+            &format!("subscriber {i}"),
+            &format!("{id_base}-s{i}"),
+            Some(&topics[topic]),
+        )?;
         c.stream
             .set_nonblocking(true)
             .and_then(|_| net::enable_rx_timestamps(&c.stream))
@@ -1373,21 +1403,7 @@ pub fn run(plan: &Plan, mut mark: impl FnMut(Mark)) -> Result<(Outcome, Histogra
     }
     let mut pubs = Vec::with_capacity(plan.publishers);
     for p in 0..plan.publishers {
-        let c = join(
-            plan.protocol,
-            plan.server,
-            None,
-            plan.connect_timeout,
-            &format!("{id_base}-p{p}"),
-            None,
-            None,
-            &mut limits,
-            &mut heartbeat_ms,
-            plan.tls.as_ref(),
-        )
-        .map_err(String::from)
-        .and_then(|c| wire::check_payload(plan.payload_bytes, &limits).map(|_| c))
-        .map_err(|e| format!("publisher {p}: {e}"))?;
+        let c = join_one(&format!("publisher {p}"), &format!("{id_base}-p{p}"), None)?;
         c.stream
             .set_nonblocking(true)
             .map_err(|e| format!("socket options: {e}"))?;

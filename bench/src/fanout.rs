@@ -857,15 +857,7 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     // Subscribers per topic, averaged over topics (i % T spreads them).
     run.ideal_deliveries_per_s =
         run.offered_per_s * args.subscribers as f64 / args.topics.max(1) as f64;
-    run.latency = [
-        o.lat_p50,
-        o.lat_p90,
-        o.lat_p99,
-        o.lat_p999,
-        o.lat_p9999,
-        o.lat_max,
-    ]
-    .map(ms);
+    run.latency = o.latency().map(ms);
     run.fanout = [o.fanout_p50, o.fanout_p99, o.fanout_max].map(ms);
     run.publish_leg = [o.publish_p99, o.publish_max].map(ms);
     if args.target.protocol() != Protocol::Cluecast {
@@ -877,7 +869,7 @@ fn fill_figures(args: &Args, run: &mut Run, o: &Outcome, w: &child::Window, stop
     run.read_delay = [o.read_delay_p50, o.read_delay_p99, o.read_delay_max].map(ms);
     run.phase = match o.phase_count {
         0 => [nan; 4],
-        _ => [o.phase_p50, o.phase_p99, o.phase_p999, o.phase_max].map(ms),
+        _ => o.phase().map(ms),
     };
     run.steady = [o.steady_p99, o.steady_p999].map(ms);
     run.storm = [o.storm_dropped, o.storm_rejoined, o.storm_gaps];

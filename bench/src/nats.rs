@@ -246,16 +246,28 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<(TcpStream, Vec<u8
     await_op(&mut stream, &mut buf, deadline, "NATS INFO", |op| {
         matches!(op, Op::Info)
     })?;
+    send_until_pong(&mut stream, &mut buf, deadline, "CONNECT", CONNECT)?;
+    Ok((stream, buf))
+}
+
+/// Sends `bytes` (operation `op`, ending in a PING) and waits for the PONG
+/// after them, then leaves the stream with no read timeout.
+fn send_until_pong(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    op: &str,
+    bytes: &[u8],
+) -> Result<(), String> {
     stream
-        .write_all(CONNECT)
-        .map_err(|e| format!("sending CONNECT: {e}"))?;
-    await_op(&mut stream, &mut buf, deadline, "NATS CONNECT", |op| {
+        .write_all(bytes)
+        .map_err(|e| format!("sending {op}: {e}"))?;
+    await_op(stream, buf, deadline, &format!("NATS {op}"), |op| {
         matches!(op, Op::Pong)
     })?;
     stream
         .set_read_timeout(None)
-        .map_err(|e| format!("socket options: {e}"))?;
-    Ok((stream, buf))
+        .map_err(|e| format!("socket options: {e}"))
 }
 
 /// Connects a subscriber to `subject` as subscription `sid` and waits for
@@ -276,15 +288,7 @@ pub fn subscribe(
     let mut out = b"SUB ".to_vec();
     out.extend_from_slice(subject);
     let _ = write!(out, " {sid}\r\nPING\r\n");
-    stream
-        .write_all(&out)
-        .map_err(|e| format!("sending SUB: {e}"))?;
-    await_op(&mut stream, &mut buf, deadline, "NATS SUB", |op| {
-        matches!(op, Op::Pong)
-    })?;
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| format!("socket options: {e}"))?;
+    send_until_pong(&mut stream, &mut buf, deadline, "SUB", &out)?;
     Ok((stream, buf))
 }
 
@@ -363,19 +367,10 @@ mod tests {
 
     #[test]
     fn nats_every_strict_prefix_is_incomplete() {
-        let first = parse(WIRE, 100).unwrap().unwrap().1;
-        for cut in 0..first {
-            assert_eq!(parse(&WIRE[..cut], 100).unwrap(), None, "cut at {cut}");
-        }
         // Each op, split anywhere, from its own start.
-        let mut at = 0;
-        while at < WIRE.len() {
-            let (_, used) = parse(&WIRE[at..], 100).unwrap().unwrap();
-            for cut in at..at + used {
-                assert_eq!(parse(&WIRE[at..cut], 100).unwrap(), None, "cut at {cut}");
-            }
-            at += used;
-        }
+        crate::peers::assert_every_strict_prefix_is_incomplete(WIRE, |b| {
+            parse(b, 100).map(|p| p.map(|(_, used)| used))
+        });
     }
 
     #[test]

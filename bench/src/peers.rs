@@ -138,6 +138,25 @@ pub fn join(
     }
 }
 
+/// Test helper: `wire` is whole messages, and `parse` says how many bytes
+/// the first message of its input takes (None: it ends before that
+/// message does). Each message, cut anywhere short of its end from its own
+/// start, must be incomplete.
+#[cfg(test)]
+pub(crate) fn assert_every_strict_prefix_is_incomplete(
+    wire: &[u8],
+    parse: impl Fn(&[u8]) -> Result<Option<usize>, String>,
+) {
+    let mut at = 0;
+    while at < wire.len() {
+        let used = parse(&wire[at..]).unwrap().unwrap();
+        for cut in at..at + used {
+            assert_eq!(parse(&wire[at..cut]).unwrap(), None, "cut at {cut}");
+        }
+        at += used;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,6 +168,26 @@ pub fn emit(
         .map_err(|e| format!("writing the report: {e}"))
 }
 
+/// Test helper: each of `keys` stands in `line`.
+#[cfg(test)]
+pub(crate) fn assert_has_keys(line: &str, keys: &[&str]) {
+    for key in keys {
+        assert!(line.contains(key), "{key} missing from {line}");
+    }
+}
+
+/// Test helper: `report` ([`json_runs`]) is `lines` lines, the median
+/// run's last.
+#[cfg(test)]
+pub(crate) fn assert_runs_then_median(report: &str, lines: usize) {
+    assert_eq!(report.lines().count(), lines);
+    assert!(report
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"run\":\"median\""));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

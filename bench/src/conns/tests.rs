@@ -68,27 +68,23 @@ fn conns_median_row_and_json_keys() {
     assert_eq!(m.connect_per_s, 7.5);
     let args = parse(&["--json", "--target", "ceiling"]);
     let line = json_run(&args, "1", &a);
-    for key in [
-        "\"scenario\":\"conns\"",
-        "\"target\":\"ceiling\"",
-        "\"run\":1,",
-        "\"connections\":10,",
-        "\"connect_per_s\":10,",
-        "\"server_rss_bytes\":3000,",
-        "\"server_rss_baseline_bytes\":1000,",
-        "\"rss_per_conn_bytes\":200,",
-        "\"failures\":0,",
-        "\"problems\":[]",
-    ] {
-        assert!(line.contains(key), "{key} missing from {line}");
-    }
+    crate::report::assert_has_keys(
+        &line,
+        &[
+            "\"scenario\":\"conns\"",
+            "\"target\":\"ceiling\"",
+            "\"run\":1,",
+            "\"connections\":10,",
+            "\"connect_per_s\":10,",
+            "\"server_rss_bytes\":3000,",
+            "\"server_rss_baseline_bytes\":1000,",
+            "\"rss_per_conn_bytes\":200,",
+            "\"failures\":0,",
+            "\"problems\":[]",
+        ],
+    );
     let report = json_report(&args, &[a]);
-    assert_eq!(report.lines().count(), 2);
-    assert!(report
-        .lines()
-        .last()
-        .unwrap()
-        .contains("\"run\":\"median\""));
+    crate::report::assert_runs_then_median(&report, 2);
 }
 
 #[test]

@@ -81,17 +81,18 @@ fn medians_and_ratios_to_memory_by_round() {
     let json = json_report(&args, &runs);
     assert_eq!(json.lines().count(), 8);
     let last = json.lines().last().unwrap();
-    for key in [
-        "\"scenario\":\"durable\"",
-        "\"mode\":\"sync\"",
-        "\"run\":\"median\"",
-        "\"acks_per_s\":50,",
-        "\"durable_fraction\":1,",
-        "\"flag_violations\":0,",
-        "\"vs_memory\":{\"acks_per_s\":0.25,\"p99\":3}",
-    ] {
-        assert!(last.contains(key), "{key} missing from {last}");
-    }
+    crate::report::assert_has_keys(
+        last,
+        &[
+            "\"scenario\":\"durable\"",
+            "\"mode\":\"sync\"",
+            "\"run\":\"median\"",
+            "\"acks_per_s\":50,",
+            "\"durable_fraction\":1,",
+            "\"flag_violations\":0,",
+            "\"vs_memory\":{\"acks_per_s\":0.25,\"p99\":3}",
+        ],
+    );
     let md = markdown_report(&args, &procfs::host(), &runs);
     assert!(md.contains("| sync | 50 | 0.25× | 4.000 | 3.00× |"), "{md}");
 }

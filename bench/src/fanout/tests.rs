@@ -116,34 +116,30 @@ fn json_object_has_the_agreed_keys() {
     let mut r = run(1.5, 2);
     r.server_cpu_pct = f64::NAN;
     let line = json_run(&args, "1", &r, &["a \"b\"".to_string()]);
-    for key in [
-        "\"scenario\":\"fanout\"",
-        "\"target\":\"cluecast\"",
-        "\"run\":1,",
-        "\"offered_per_s\":",
-        "\"deliveries_per_s\":",
-        "\"latency_ms\":{\"p50\":0.1,\"p90\":0.2,\"p99\":1.5,\"p999\":3,\"p9999\":3.75,\
-         \"max\":4.5}",
-        "\"lost\":2,",
-        "\"duplicated\":0,",
-        "\"reordered\":0,",
-        "\"server_rss_bytes\":100,",
-        "\"server_cpu_pct\":null,",
-        "\"generator_cpu_pct\":",
-        "\"problems\":[\"a \\\"b\\\"\"]",
-    ] {
-        assert!(line.contains(key), "{key} missing from {line}");
-    }
+    crate::report::assert_has_keys(
+        &line,
+        &[
+            "\"scenario\":\"fanout\"",
+            "\"target\":\"cluecast\"",
+            "\"run\":1,",
+            "\"offered_per_s\":",
+            "\"deliveries_per_s\":",
+            "\"latency_ms\":{\"p50\":0.1,\"p90\":0.2,\"p99\":1.5,\"p999\":3,\"p9999\":3.75,\
+             \"max\":4.5}",
+            "\"lost\":2,",
+            "\"duplicated\":0,",
+            "\"reordered\":0,",
+            "\"server_rss_bytes\":100,",
+            "\"server_cpu_pct\":null,",
+            "\"generator_cpu_pct\":",
+            "\"problems\":[\"a \\\"b\\\"\"]",
+        ],
+    );
     assert!(line.ends_with("}\n"));
     let ceiling = json_run(&parse(&["--target", "ceiling"]), "1", &r, &[]);
     assert!(ceiling.contains("\"target\":\"ceiling\""));
     let report = json_report(&args, &[r.clone(), r]);
-    assert_eq!(report.lines().count(), 3);
-    assert!(report
-        .lines()
-        .last()
-        .unwrap()
-        .contains("\"run\":\"median\""));
+    crate::report::assert_runs_then_median(&report, 3);
 }
 
 #[test]

@@ -570,15 +570,16 @@ mod tests {
             vec![run(4.0, 2), run(6.0, 0)],
         );
         let line = json(&sides[1], &attack[0]);
-        for key in [
-            ",\"side\":\"attack\"",
-            "\"newcomers\":{\"count\":500,\"subscribed\":500,\"refused\":2,",
-            "\"connect_to_subscribed_ms\":{\"p50\":2,\"p99\":4,\"max\":8}",
-            "\"attack\":{\"kinds\":[\"silent\",\"trickle\"],\"sources\":200,\"rate_per_s\":2000,",
-            "\"opened\":100,",
-        ] {
-            assert!(line.contains(key), "{key} missing from {line}");
-        }
+        crate::report::assert_has_keys(
+            &line,
+            &[
+                ",\"side\":\"attack\"",
+                "\"newcomers\":{\"count\":500,\"subscribed\":500,\"refused\":2,",
+                "\"connect_to_subscribed_ms\":{\"p50\":2,\"p99\":4,\"max\":8}",
+                "\"attack\":{\"kinds\":[\"silent\",\"trickle\"],\"sources\":200,\"rate_per_s\":2000,",
+                "\"opened\":100,",
+            ],
+        );
         assert!(json(&sides[0], &calm[0]).contains("\"attack\":null"));
         let cmp = comparison_json(&args, &[calm.clone(), attack.clone()]).unwrap();
         assert!(cmp.contains("\"comparison\":\"attack_vs_calm\""), "{cmp}");
