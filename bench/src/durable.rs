@@ -38,7 +38,7 @@ use crate::targets::{self, Launch, Target};
 use crate::wire::{self, set_note, Inbox, Turn};
 
 mod reports;
-use reports::*;
+use reports::{json_report, markdown_report, write_hgrms};
 
 /// Time for the server to print `listening on`.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);

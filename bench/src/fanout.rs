@@ -51,7 +51,7 @@ use crate::targets::{self, Launch, Target};
 use crate::tls::{self, CertFiles, TlsClient};
 
 mod reports;
-use reports::*;
+use reports::{json_case, json_report, markdown_report, median_pool, median_run, pct_of_core};
 
 /// Time allowed on top of the plan's own phases for the client process to
 /// start, and to exit after reporting.

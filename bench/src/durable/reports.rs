@@ -110,7 +110,7 @@ pub(super) fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), S
     Ok(())
 }
 
-pub(super) fn load_text(args: &Args) -> String {
+fn load_text(args: &Args) -> String {
     let how = match args.rate {
         Some(r) => format!(
             "open loop: {} publishes/s in all on a fixed schedule, spread over the \
@@ -317,12 +317,7 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
     s
 }
 
-pub(super) fn json_run(
-    args: &Args,
-    run_label: &str,
-    r: &Run,
-    vs_memory: Option<[f64; 2]>,
-) -> String {
+fn json_run(args: &Args, run_label: &str, r: &Run, vs_memory: Option<[f64; 2]>) -> String {
     let problems: Vec<String> = r.problems.iter().map(|p| json_str(p)).collect();
     let vs = match vs_memory {
         Some([acks, p99]) => format!(

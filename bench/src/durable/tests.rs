@@ -1,5 +1,6 @@
 //! The unit tests of `durable`.
 
+use super::reports::medians;
 use super::*;
 
 fn parse(words: &[&str]) -> Args {

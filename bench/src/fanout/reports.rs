@@ -302,7 +302,7 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
 }
 
 /// The figures of the scenario's own question, a table after the main one.
-pub(super) fn scenario_section(s: &mut String, args: &Args, named: &[(String, &Run)]) {
+fn scenario_section(s: &mut String, args: &Args, named: &[(String, &Run)]) {
     use std::fmt::Write as _;
     let measured = || named.iter().filter(|(_, r)| r.measured);
     match args.shape {
@@ -397,7 +397,7 @@ pub(super) fn scenario_section(s: &mut String, args: &Args, named: &[(String, &R
 
 /// The scenario's own figures as a JSON member (with its leading comma),
 /// empty for plain fan-out.
-pub(super) fn json_scenario(args: &Args, r: &Run) -> String {
+fn json_scenario(args: &Args, r: &Run) -> String {
     match args.shape {
         Shape::Fanout => String::new(),
         Shape::Spike(f) => format!(

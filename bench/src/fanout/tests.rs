@@ -1,5 +1,6 @@
 //! The unit tests of `fanout`.
 
+use super::reports::json_run;
 use super::*;
 
 fn run(p99: f64, lost: u64) -> Run {

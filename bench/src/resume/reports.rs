@@ -3,7 +3,7 @@
 use super::*;
 use crate::stats::median_by;
 
-pub(super) fn median_run(runs: &[Run]) -> Run {
+fn median_run(runs: &[Run]) -> Run {
     let m: Vec<&Run> = runs.iter().filter(|r| r.measured).collect();
     let med = |f: &dyn Fn(&Run) -> f64| median_by(&m, f);
     let c = |f: fn(&Run) -> u64| med(&|r| f(r) as f64).round() as u64;

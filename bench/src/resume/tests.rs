@@ -1,5 +1,6 @@
 //! The unit tests of `resume`.
 
+use super::reports::json_run;
 use super::*;
 
 fn parse(words: &[&str]) -> Args {
