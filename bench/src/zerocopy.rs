@@ -28,7 +28,7 @@ use crate::stats::{attempt_tag, format_size, least_disturbed, median, paired_rat
 use crate::targets;
 
 mod reports;
-use reports::{json_report, markdown_report, ratios};
+use reports::{json_report, markdown_report};
 
 /// Time allowed for the client process to connect and subscribe everyone,
 /// and for it to exit after reporting, on top of the plan's own phases.

@@ -1,6 +1,6 @@
 //! The unit tests of `zerocopy`.
 
-use super::reports::{pairs, suggested_min, verdict};
+use super::reports::{pairs, ratios, suggested_min, verdict};
 use super::*;
 
 fn run(mb: f64, cpu: f64) -> Run {
