@@ -3,8 +3,6 @@
 
 use super::*;
 
-// Connections
-
 pub(super) struct Sub {
     pub(super) stream: TcpStream,
     pub(super) inbox: Inbox,

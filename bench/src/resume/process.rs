@@ -4,8 +4,6 @@
 
 use super::*;
 
-// The client processes' side
-
 /// Lines from the driver on stdin, read without blocking the event loop.
 pub(super) struct StdinLines {
     buf: Vec<u8>,
