@@ -53,9 +53,9 @@ use crate::tls::{self, CertFiles, TlsClient};
 mod driver;
 mod reports;
 mod vs_plain;
-use driver::{drive, launch, server_args, with_tls, CERT_WORDS};
+use driver::{drive, launch, with_tls, CERT_WORDS};
 use reports::{json_case, json_report, markdown_report, median_pool, median_run, pct_of_core};
-use vs_plain::{comparison_json, comparison_markdown, cpu_us_per_delivery, Pairs};
+use vs_plain::{comparison_json, comparison_markdown};
 
 /// Time allowed on top of the plan's own phases for the client process to
 /// start, and to exit after reporting.

@@ -1,5 +1,6 @@
 //! The unit tests of `conns`.
 
+use super::reports::{json_run, median_run};
 use super::*;
 
 /// Args as parsed from a command line (defaults for the rest).

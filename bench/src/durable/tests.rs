@@ -1,5 +1,6 @@
 //! The unit tests of `durable`.
 
+use super::clients::Acked;
 use super::reports::medians;
 use super::*;
 

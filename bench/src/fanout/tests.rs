@@ -1,6 +1,8 @@
 //! The unit tests of `fanout`.
 
+use super::driver::server_args;
 use super::reports::json_run;
+use super::vs_plain::{cpu_us_per_delivery, Pairs};
 use super::*;
 
 fn run(p99: f64, lost: u64) -> Run {
