@@ -33,6 +33,7 @@ use crate::server::Server;
 use crate::stats::median_by;
 use crate::targets::{self, Launch, Target};
 use crate::wire::set_note;
+
 mod reports;
 use reports::{json_report, markdown_report};
 

@@ -37,10 +37,10 @@ use crate::stats::{
 use crate::targets::{self, Launch, Target};
 use crate::wire::{self, set_note, Inbox, Turn};
 
-mod reports;
-use reports::{json_report, markdown_report, write_hgrms};
 mod clients;
+mod reports;
 use clients::clients;
+use reports::{json_report, markdown_report, write_hgrms};
 
 /// Time for the server to print `listening on`.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);

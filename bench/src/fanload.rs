@@ -48,6 +48,7 @@ use crate::peers::{self, Message, Peer};
 use crate::stats::{latency_histogram, Percentiles};
 use crate::tls::{TlsClient, TlsLink, TlsTurn};
 use crate::wire::{self, refusal, set_note, Inbox, Turn};
+
 mod conns;
 mod driver;
 mod handshake;

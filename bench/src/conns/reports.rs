@@ -2,8 +2,6 @@
 
 use super::*;
 
-// Reports
-
 /// The median run: every column the median of that column over the runs
 /// that held any connection.
 pub(super) fn median_run(runs: &[Run]) -> Run {

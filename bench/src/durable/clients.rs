@@ -3,8 +3,6 @@
 
 use super::*;
 
-// The client side
-
 struct Pub {
     stream: TcpStream,
     inbox: Inbox,

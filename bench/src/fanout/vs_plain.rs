@@ -3,8 +3,6 @@
 
 use super::*;
 
-// TLS against plaintext (--vs-plain)
-
 /// Server CPU per delivery, µs (the process's user + sys).
 pub(super) fn cpu_us_per_delivery(r: &Run) -> f64 {
     r.server_cpu_pct * 1e4 / r.deliveries_per_s
