@@ -7,8 +7,9 @@
 //! markdown table: per figure the median of each build and the median (and
 //! range) of the per-round ratios head / base. A round pairs two runs made
 //! minutes apart, so the ratio of the pair is steadier than the ratio of the
-//! two medians on a noisy host. A run that failed, lost or duplicated
-//! anything is named, never averaged in.
+//! two medians on a noisy host. Several directories (batches of rounds run
+//! at different times) pool their pairs. A run that failed, lost or
+//! duplicated anything is named, never averaged in.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,8 +22,10 @@ use crate::stats::{median, paired_ratio};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// The directory holding SCENARIO-base-N.json and SCENARIO-head-N.json
-    pub dir: PathBuf,
+    /// Directories holding SCENARIO-base-N.json and SCENARIO-head-N.json;
+    /// the pairs of all of them are pooled
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
 }
 
 /// One figure taken from a scenario's median line.
@@ -129,8 +132,21 @@ fn median_line(path: &Path) -> Result<Value, String> {
     Err(format!("{}: no median line", path.display()))
 }
 
-/// The rounds present for `scenario`: those with both a base and a head file.
-fn rounds(dir: &Path, scenario: &str) -> Result<Vec<u32>, String> {
+/// The rounds present for `scenario` in each of `dirs` (as the directory's
+/// index and the round): those with both a base and a head file.
+fn rounds(dirs: &[PathBuf], scenario: &str) -> Result<Vec<(usize, u32)>, String> {
+    let mut all = Vec::new();
+    for (d, dir) in dirs.iter().enumerate() {
+        all.extend(
+            rounds_in(dir, scenario)?
+                .into_iter()
+                .map(|round| (d, round)),
+        );
+    }
+    Ok(all)
+}
+
+fn rounds_in(dir: &Path, scenario: &str) -> Result<Vec<u32>, String> {
     let mut found = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     let prefix = format!("{scenario}-base-");
@@ -152,23 +168,30 @@ fn rounds(dir: &Path, scenario: &str) -> Result<Vec<u32>, String> {
 }
 
 pub fn main(args: &Args) -> Result<(), String> {
-    print!("{}", table(&args.dir)?);
+    print!("{}", table(&args.dirs)?);
     Ok(())
 }
 
-fn table(dir: &Path) -> Result<String, String> {
-    let mut lines: BTreeMap<(&str, &str, u32), Value> = BTreeMap::new();
+fn table(dirs: &[PathBuf]) -> Result<String, String> {
+    let mut lines: BTreeMap<(&str, &str, (usize, u32)), Value> = BTreeMap::new();
     let mut out = String::new();
     let mut problems = Vec::new();
     for scenario in ["fanout", "durable", "hunt"] {
-        for round in rounds(dir, scenario)? {
+        for (d, round) in rounds(dirs, scenario)? {
             for build in ["base", "head"] {
-                let path = dir.join(format!("{scenario}-{build}-{round}.json"));
+                let path = dirs[d].join(format!("{scenario}-{build}-{round}.json"));
                 let line = median_line(&path)?;
+                let batch = if dirs.len() > 1 {
+                    format!("{}: ", dirs[d].display())
+                } else {
+                    String::new()
+                };
                 match unsound(&line) {
-                    Some(why) => problems.push(format!("{scenario} {build} round {round}: {why}")),
+                    Some(why) => {
+                        problems.push(format!("{batch}{scenario} {build} round {round}: {why}"))
+                    }
                     None => {
-                        lines.insert((scenario, build, round), line);
+                        lines.insert((scenario, build, (d, round)), line);
                     }
                 }
             }
@@ -182,7 +205,7 @@ fn table(dir: &Path) -> Result<String, String> {
     writeln!(out, "|---|---:|---:|---:|---:|---:|---|").expect("writing to a String");
     for figure in &FIGURES {
         let (mut base, mut head) = (Vec::new(), Vec::new());
-        for round in rounds(dir, figure.scenario)? {
+        for round in rounds(dirs, figure.scenario)? {
             let pair = (
                 lines.get(&(figure.scenario, "base", round)),
                 lines.get(&(figure.scenario, "head", round)),
@@ -255,7 +278,7 @@ mod tests {
         write(&dir, "fanout-head-2.json", &fanout(57.0, 0));
         write(&dir, "fanout-base-3.json", &fanout(50.0, 0));
         write(&dir, "fanout-head-3.json", &fanout(40.0, 3));
-        let table = table(&dir).unwrap();
+        let table = table(std::slice::from_ref(&dir)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         // Rounds 1 and 2 pair: ratios 1.1 and 0.95, median 1.025; round 3
         // lost events and is left out.
@@ -267,5 +290,26 @@ mod tests {
         assert!(row.contains("| 0.95–1.10 | 2 |"), "{row}");
         assert!(table.contains("fanout head round 3: 3 lost"), "{table}");
         assert!(table.contains("| durable, memory: acks/s (thousands) | – |"));
+    }
+
+    #[test]
+    fn directories_pool_their_pairs() {
+        let root = std::env::temp_dir().join(format!("cluecast-pairs-pool-{}", std::process::id()));
+        let dirs = [root.join("a"), root.join("b")];
+        let durable = |acks: f64| {
+            format!(
+                "{{\"run\":\"median\",\"acks_per_s\":{acks},\"failed\":false,\"measured\":true}}"
+            )
+        };
+        for (dir, (base, head)) in dirs.iter().zip([(1000.0, 1100.0), (1000.0, 900.0)]) {
+            std::fs::create_dir_all(dir).unwrap();
+            write(dir, "durable-base-1.json", &durable(base));
+            write(dir, "durable-head-1.json", &durable(head));
+        }
+        let table = table(&dirs).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        let row = table.lines().find(|l| l.starts_with("| durable")).unwrap();
+        // Round 1 of each directory: ratios 1.1 and 0.9, median 1.0.
+        assert!(row.contains("| 1.000 | 0.90–1.10 | 2 |"), "{row}");
     }
 }
