@@ -377,16 +377,9 @@ fn launch(args: &Args) -> Launch {
 /// --server-arg says otherwise; the appliance warns and takes less if its
 /// open-file limit does not allow that many).
 fn server_args(args: &Args) -> Vec<String> {
-    let mut v: Vec<String> = ["run", "--shards", "1", "--listen"]
-        .map(String::from)
-        .to_vec();
-    v.push(args.common.listen.to_string());
     let given = (args.common.server_args.iter()).any(|a| a.starts_with("--connections-max"));
-    if !given {
-        v.extend(["--connections-max".into(), args.connections.to_string()]);
-    }
-    v.extend(args.common.server_args.iter().cloned());
-    v
+    let room = (!given).then(|| ["--connections-max".into(), args.connections.to_string()]);
+    targets::appliance_args(&args.common, 1, 0, room.into_iter().flatten())
 }
 
 fn drive(args: &Args) -> Result<(), String> {
@@ -459,15 +452,11 @@ fn skipped(args: &Args, why: &str) -> Result<(), String> {
 /// One measurement: a fresh server, the client processes, the figures.
 fn run_once(args: &Args, bench: &Path, program: &Path, plan: &[(usize, usize)], nonce: u64) -> Run {
     let mut run = Run::default();
-    let mut server = match targets::start(&launch(args), program, SERVER_START_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => {
-            run.problems.push(e);
-            run.failed = true;
-            return run;
-        }
+    let started = targets::start(&launch(args), program, SERVER_START_TIMEOUT);
+    let Some(mut server) = Server::for_run(started, &mut run.problems) else {
+        run.failed = true;
+        return run;
     };
-    run.problems.extend(server.identity_problem());
     thread::sleep(SERVER_SETTLE);
     run.baseline = Footprint::of(server.pid());
     let mut clients = Clients::start(args, bench, server.addr(), nonce, plan, &mut run.problems);

@@ -31,6 +31,7 @@ use crate::net::{self, pollfd};
 use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
+use crate::server::Server;
 use crate::stats::{
     attempt_tag, latency_histogram, least_disturbed, paired_ratio, redone_because, Percentiles,
 };
@@ -308,18 +309,7 @@ impl Run {
 }
 
 fn server_args(args: &Args) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "run".into(),
-        "--shards".into(),
-        args.shards.to_string(),
-        "--listen".into(),
-        args.common.listen.to_string(),
-    ];
-    if args.payload > Limits::DEFAULT.payload_bytes_max as usize {
-        v.extend(["--payload-bytes-max".into(), args.payload.to_string()]);
-    }
-    v.extend(args.common.server_args.iter().cloned());
-    v
+    targets::appliance_args(&args.common, args.shards, args.payload, [])
 }
 
 fn launch(args: &Args, mode: Durability) -> Launch {
@@ -408,15 +398,11 @@ fn mode_list(args: &Args) -> String {
 
 fn run_once(args: &Args, bench: &Path, program: &Path, mode: Durability, cores: Cores) -> Run {
     let mut run = Run::new(mode);
-    let mut server = match targets::start(&launch(args, mode), program, SERVER_START_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => {
-            run.problems.push(e);
-            run.failed = true;
-            return run;
-        }
+    let started = targets::start(&launch(args, mode), program, SERVER_START_TIMEOUT);
+    let Some(mut server) = Server::for_run(started, &mut run.problems) else {
+        run.failed = true;
+        return run;
     };
-    run.problems.extend(server.identity_problem());
     let mut cmd = std::process::Command::new(bench);
     cmd.args(["durable", "--role", "clients"])
         .args(["--server", &server.addr().to_string()])

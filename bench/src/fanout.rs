@@ -35,8 +35,6 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use cluecast_proto::Limits;
-
 use crate::attack::AttackFlags;
 use crate::child::{self, Followed, Role};
 use crate::cli::{Common, Durability};

@@ -274,6 +274,22 @@ impl Server {
         self.scratch.as_ref().map(ScratchDir::size_bytes)
     }
 
+    /// The server a run measures, from its start: with its
+    /// [`Server::identity_problem`] (if any) added to `problems`; or, where
+    /// it did not start, None and why added to `problems`.
+    pub fn for_run(started: Result<Server, String>, problems: &mut Vec<String>) -> Option<Server> {
+        match started {
+            Ok(server) => {
+                problems.extend(server.identity_problem());
+                Some(server)
+            }
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        }
+    }
+
     /// Why the process id might not be the server's, which the CPU and
     /// memory figures assume (a `via` command that forks would break that).
     pub fn identity_problem(&self) -> Option<String> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cluecast_proto::Limits;
 
-use crate::cli::Durability;
+use crate::cli::{Common, Durability};
 use crate::fanload::Protocol;
 use crate::peers::Peer;
 use crate::server::{ScratchDir, Server, ServerCommand};
@@ -101,6 +101,31 @@ pub fn arg_value(args: &[String], flag: &str) -> Option<String> {
         }
     }
     found
+}
+
+/// The appliance's `cluecast run` arguments: `--shards`, `--listen`,
+/// `--payload-bytes-max` where `payload_bytes` is more than the protocol's
+/// default allows, then the scenario's `own` flags, and the user's
+/// `--server-arg` words last.
+pub fn appliance_args(
+    common: &Common,
+    shards: usize,
+    payload_bytes: usize,
+    own: impl IntoIterator<Item = String>,
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "run".into(),
+        "--shards".into(),
+        shards.to_string(),
+        "--listen".into(),
+        common.listen.to_string(),
+    ];
+    if payload_bytes > Limits::DEFAULT.payload_bytes_max as usize {
+        v.extend(["--payload-bytes-max".into(), payload_bytes.to_string()]);
+    }
+    v.extend(own);
+    v.extend(common.server_args.iter().cloned());
+    v
 }
 
 /// Adds the appliance's storage to its `cluecast run` arguments:

@@ -446,14 +446,9 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
         server.own_dir(dir);
         Ok(server)
     });
-    let mut server = match started {
-        Ok(s) => s,
-        Err(e) => {
-            run.problems.push(e);
-            return run;
-        }
+    let Some(mut server) = Server::for_run(started, &mut run.problems) else {
+        return run;
     };
-    run.problems.extend(server.identity_problem());
     let addr = match args.connect_host {
         Some(ip) => SocketAddr::new(ip, server.addr().port()),
         None => server.addr(),

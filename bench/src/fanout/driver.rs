@@ -22,26 +22,20 @@ pub(super) fn launch(args: &Args, tls: Option<(&Path, &Path)>) -> Launch {
 pub(super) const CERT_WORDS: (&str, &str) = ("CERT.pem", "KEY.pem");
 
 pub(super) fn server_args(args: &Args, tls: Option<(&Path, &Path)>) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "run".into(),
-        "--shards".into(),
-        args.shards.to_string(),
-        "--listen".into(),
-        args.common.listen.to_string(),
-    ];
-    if args.payload > Limits::DEFAULT.payload_bytes_max as usize {
-        v.extend(["--payload-bytes-max".into(), args.payload.to_string()]);
-    }
-    if let Some((cert, key)) = tls {
-        v.extend([
+    let tls_flags = tls.map(|(cert, key)| {
+        [
             "--tls-cert".into(),
             cert.display().to_string(),
             "--tls-key".into(),
             key.display().to_string(),
-        ]);
-    }
-    v.extend(args.common.server_args.iter().cloned());
-    v
+        ]
+    });
+    targets::appliance_args(
+        &args.common,
+        args.shards,
+        args.payload,
+        tls_flags.into_iter().flatten(),
+    )
 }
 
 /// `args` for one side of the measurement: TLS on or off.
@@ -249,15 +243,10 @@ fn run_once(
             SERVER_START_TIMEOUT,
         ),
     };
-    let mut server = match started {
-        Ok(s) => s,
-        Err(e) => {
-            run.problems.push(e);
-            run.failed = true;
-            return run;
-        }
+    let Some(mut server) = Server::for_run(started, &mut run.problems) else {
+        run.failed = true;
+        return run;
     };
-    run.problems.extend(server.identity_problem());
     let mut clients = std::process::Command::new(bench);
     clients
         .args([args.shape.name(), "--role", "clients"])

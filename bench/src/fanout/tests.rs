@@ -1,5 +1,7 @@
 //! The unit tests of `fanout`.
 
+use cluecast_proto::Limits;
+
 use super::driver::server_args;
 use super::reports::json_run;
 use super::vs_plain::{cpu_us_per_delivery, Pairs};

@@ -4,18 +4,20 @@
 use super::*;
 
 pub(super) fn server_args(args: &Args) -> Vec<String> {
-    let mut v: Vec<String> = ["run", "--shards", "1", "--listen"]
-        .map(String::from)
-        .to_vec();
-    v.push(args.common.listen.to_string());
-    if targets::arg_value(&args.common.server_args, "--history-events-max").is_none() {
-        v.extend([
-            "--history-events-max".into(),
-            args.history_events_max.to_string(),
-        ]);
-    }
-    v.extend(args.common.server_args.iter().cloned());
-    v
+    let history = targets::arg_value(&args.common.server_args, "--history-events-max")
+        .is_none()
+        .then(|| {
+            [
+                "--history-events-max".into(),
+                args.history_events_max.to_string(),
+            ]
+        });
+    targets::appliance_args(
+        &args.common,
+        1,
+        PAYLOAD_BYTES,
+        history.into_iter().flatten(),
+    )
 }
 
 pub(super) fn launch(args: &Args) -> Launch {
@@ -220,15 +222,11 @@ fn client_command(
 /// processes, the figures.
 fn run_once(args: &Args, bench: &Path, program: &Path, plan: &[(usize, usize)], nonce: u64) -> Run {
     let mut run = Run::default();
-    let mut server = match targets::start(&launch(args), program, SERVER_START_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => {
-            run.problems.push(e);
-            run.failed = true;
-            return run;
-        }
+    let started = targets::start(&launch(args), program, SERVER_START_TIMEOUT);
+    let Some(mut server) = Server::for_run(started, &mut run.problems) else {
+        run.failed = true;
+        return run;
     };
-    run.problems.extend(server.identity_problem());
     let hgrm_path = std::env::temp_dir().join(format!(
         "cluecast-bench-resume-{}-{}",
         std::process::id(),
