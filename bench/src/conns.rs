@@ -413,20 +413,17 @@ fn drive(args: &Args) -> Result<(), String> {
         eprintln!("[{}/{}] {}", i + 1, args.runs.repeat, summary(&run));
         runs.push(run);
     }
-    report::emit(
-        args.runs.report.as_deref(),
-        args.runs.json,
+    report::finish(
+        &args.runs,
+        None,
+        |_| Ok(()),
         || markdown_report(args, &host, nofile, &runs),
         || json_report(args, &runs),
-    )?;
-    if runs.iter().any(|r| r.failed) {
-        return Err(
+        runs.iter().any(|r| r.failed).then_some(
             "some runs failed: not every connection was held, or a server that did not exit 0 \
-             (see the report)"
-                .into(),
-        );
-    }
-    Ok(())
+             (see the report)",
+        ),
+    )
 }
 
 /// The report of a target that cannot be measured here; not a failure.

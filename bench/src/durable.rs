@@ -371,24 +371,18 @@ fn drive(args: &Args) -> Result<(), String> {
             runs.push(run);
         }
     }
-    if let Some(dir) = &args.hgrm_dir {
-        write_hgrms(args, dir, &runs)?;
-    }
-    report::emit(
-        args.runs.report.as_deref(),
-        args.runs.json,
+    report::finish(
+        &args.runs,
+        args.hgrm_dir.as_deref(),
+        |dir| write_hgrms(args, dir, &runs),
         || markdown_report(args, &host, &runs),
         || json_report(args, &runs),
-    )?;
-    if runs.iter().any(|r| !r.measured || r.failed) {
-        return Err(
+        runs.iter().any(|r| !r.measured || r.failed).then_some(
             "some runs failed: no figures, a durable flag not as the mode promises, acked \
              sequences out of order, unanswered publishes, or a server that did not exit 0 \
-             (see the report)"
-                .into(),
-        );
-    }
-    Ok(())
+             (see the report)",
+        ),
+    )
 }
 
 fn mode_list(args: &Args) -> String {

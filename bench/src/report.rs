@@ -137,6 +137,29 @@ pub struct RunFlags {
     pub report: Option<std::path::PathBuf>,
 }
 
+/// The end of a scenario's driver: the latency histogram files where
+/// `hgrm_dir` is given (`write_hgrms`), the report where `flags` send it,
+/// then, where `failed` says why, that as the error: the report is written
+/// either way, the exit status says whether it is one of a healthy
+/// appliance.
+pub fn finish(
+    flags: &RunFlags,
+    hgrm_dir: Option<&std::path::Path>,
+    write_hgrms: impl FnOnce(&std::path::Path) -> Result<(), String>,
+    markdown: impl Fn() -> String,
+    json_lines: impl FnOnce() -> String,
+    failed: Option<&str>,
+) -> Result<(), String> {
+    if let Some(dir) = hgrm_dir {
+        write_hgrms(dir)?;
+    }
+    emit(flags.report.as_deref(), flags.json, markdown, json_lines)?;
+    match failed {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
+}
+
 /// The JSON lines of a scenario's runs: one per run (`"run": 1, 2, ...`),
 /// then one for the median (`"run": "median"`), each written by
 /// `line(run, its "run" value)`.

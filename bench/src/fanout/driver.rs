@@ -120,14 +120,14 @@ pub(super) fn drive(args: &Args) -> Result<(), String> {
             side_runs.push(run);
         }
     }
-    if let Some(dir) = &args.hgrm_dir {
-        for (side, side_runs) in sides.iter().zip(&runs) {
-            write_hgrms(side, dir, side_runs)?;
-        }
-    }
-    report::emit(
-        args.runs.report.as_deref(),
-        args.runs.json,
+    let failed = runs.iter().flatten().any(|r| !r.measured || r.failed);
+    report::finish(
+        &args.runs,
+        args.hgrm_dir.as_deref(),
+        |dir| {
+            (sides.iter().zip(&runs))
+                .try_for_each(|(side, side_runs)| write_hgrms(side, dir, side_runs))
+        },
         || {
             let mut md: Vec<String> = (sides.iter().zip(&runs))
                 .map(|(side, side_runs)| markdown_report(side, &host, side_runs))
@@ -148,17 +148,11 @@ pub(super) fn drive(args: &Args) -> Result<(), String> {
             }
             lines
         },
-    )?;
-    // The report is written either way; the exit status says whether it
-    // is one of a healthy appliance.
-    if runs.iter().flatten().any(|r| !r.measured || r.failed) {
-        return Err(
-            "some runs failed: no figures, deliveries lost / duplicated / out of order, or \
-             a server that did not exit 0 (see the report)"
-                .into(),
-        );
-    }
-    Ok(())
+        failed.then_some(
+            "some runs failed: no figures, deliveries lost / duplicated / out of order, or a \
+             server that did not exit 0 (see the report)",
+        ),
+    )
 }
 
 /// Writes each run's latency distribution, and the median run's again as

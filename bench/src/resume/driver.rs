@@ -74,23 +74,17 @@ pub(super) fn drive(args: &Args) -> Result<(), String> {
         eprintln!("[{}/{}] {}", i + 1, args.runs.repeat, summary(&run));
         runs.push(run);
     }
-    if let Some(dir) = &args.hgrm_dir {
-        write_hgrms(args, dir, &runs)?;
-    }
-    report::emit(
-        args.runs.report.as_deref(),
-        args.runs.json,
+    report::finish(
+        &args.runs,
+        args.hgrm_dir.as_deref(),
+        |dir| write_hgrms(args, dir, &runs),
         || markdown_report(args, &host, &runs),
         || json_report(args, &runs),
-    )?;
-    if runs.iter().any(|r| !r.measured || r.failed) {
-        return Err(
+        runs.iter().any(|r| !r.measured || r.failed).then_some(
             "some runs failed: clients not caught up or not holding exactly their events, live \
-             deliveries lost, a timeout, or a server that did not exit 0 (see the report)"
-                .into(),
-        );
-    }
-    Ok(())
+             deliveries lost, a timeout, or a server that did not exit 0 (see the report)",
+        ),
+    )
 }
 
 /// The client processes of one run: process 0 is the live one.
