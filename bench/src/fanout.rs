@@ -44,7 +44,7 @@ use crate::plot;
 use crate::procfs::{self, Cores};
 use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
 use crate::server::{Server, Stopped};
-use crate::stats::{attempt_tag, least_disturbed, median, redone_because};
+use crate::stats::{attempt_tag, least_disturbed, median, nearest, redone_because};
 use crate::targets::{self, Launch, Target};
 use crate::tls::{self, CertFiles, TlsClient};
 

@@ -137,6 +137,33 @@ pub struct RunFlags {
     pub report: Option<std::path::PathBuf>,
 }
 
+/// Where a scenario's latency distributions go: `DIR/STEM[-LABEL]-SUFFIX.hgrm`,
+/// the label's characters other than ASCII letters and digits as `_`.
+pub struct HgrmFiles<'a> {
+    dir: &'a std::path::Path,
+    label: String,
+}
+
+impl<'a> HgrmFiles<'a> {
+    /// Makes `dir` if need be.
+    pub fn new(dir: &'a std::path::Path, label: &str) -> Result<HgrmFiles<'a>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let label = if label.is_empty() {
+            String::new()
+        } else {
+            let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
+            format!("-{}", label.chars().map(safe).collect::<String>())
+        };
+        Ok(HgrmFiles { dir, label })
+    }
+
+    /// Writes `text` as `STEM[-LABEL]-SUFFIX.hgrm`.
+    pub fn write(&self, stem: &str, suffix: &str, text: &str) -> Result<(), String> {
+        let path = (self.dir).join(format!("{stem}{}-{suffix}.hgrm", self.label));
+        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
 /// The end of a scenario's driver: the latency histogram files where
 /// `hgrm_dir` is given (`write_hgrms`), the report where `flags` send it,
 /// then, where `failed` says why, that as the error: the report is written

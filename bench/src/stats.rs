@@ -25,6 +25,18 @@ pub fn median_by<T>(items: &[&T], f: impl Fn(&T) -> f64) -> f64 {
     median(&v).unwrap_or(f64::NAN)
 }
 
+/// The item whose `f` is nearest `target` (the first of equals); None
+/// without items.
+pub fn nearest<T>(
+    items: impl IntoIterator<Item = T>,
+    target: f64,
+    f: impl Fn(&T) -> f64,
+) -> Option<T> {
+    items
+        .into_iter()
+        .min_by(|a, b| (f(a) - target).abs().total_cmp(&(f(b) - target).abs()))
+}
+
 /// Median of the ratios `a[i] / b[i]` of runs paired by index.
 ///
 /// Each pair was measured back to back, so slow drifts of the (shared,

@@ -1,7 +1,7 @@
 //! The durable scenario's reports: each mode's median run, the markdown and the JSON lines.
 
 use super::*;
-use crate::stats::median_by;
+use crate::stats::{median_by, nearest};
 
 /// The median run of one mode (each column the median over its measured
 /// runs), and its throughput and p99 against memory's.
@@ -75,36 +75,17 @@ pub(super) fn medians(args: &Args, runs: &[Run]) -> Vec<Median> {
 
 /// Each run's distribution, and per mode the run nearest its median p99.
 pub(super) fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let stem = |mode: Durability| {
-        let mut s = format!("durable-{}", mode.name());
-        if !args.label.is_empty() {
-            let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
-            s = format!("{s}-{}", args.label.chars().map(safe).collect::<String>());
-        }
-        s
-    };
-    let write = |name: String, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
-    };
+    let files = report::HgrmFiles::new(dir, &args.label)?;
     for m in medians(args, runs) {
         let mode = m.run.mode;
+        let stem = format!("durable-{}", mode.name());
         let mine: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
         for (i, r) in mine.iter().enumerate().filter(|(_, r)| !r.hgrm.is_empty()) {
-            write(format!("{}-{}.hgrm", stem(mode), i + 1), &r.hgrm)?;
+            files.write(&stem, &(i + 1).to_string(), &r.hgrm)?;
         }
-        let p99 = m.run.latency[2];
-        let middle = mine
-            .iter()
-            .filter(|r| r.measured && !r.hgrm.is_empty())
-            .min_by(|a, b| {
-                (a.latency[2] - p99)
-                    .abs()
-                    .total_cmp(&(b.latency[2] - p99).abs())
-            });
-        if let Some(r) = middle {
-            write(format!("{}-median.hgrm", stem(mode)), &r.hgrm)?;
+        let counted = mine.iter().filter(|r| r.measured && !r.hgrm.is_empty());
+        if let Some(r) = nearest(counted, m.run.latency[2], |r| r.latency[2]) {
+            files.write(&stem, "median", &r.hgrm)?;
         }
     }
     Ok(())

@@ -158,37 +158,20 @@ pub(super) fn drive(args: &Args) -> Result<(), String> {
 /// Writes each run's latency distribution, and the median run's again as
 /// `-median` (the counted run whose p99 is the median's).
 fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let files = report::HgrmFiles::new(dir, &args.label)?;
     let mut stem = format!("{}-{}", args.shape.name(), args.target.name());
     if args.tls {
         stem.push_str("-tls");
     }
-    if !args.label.is_empty() {
-        let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
-        stem = format!(
-            "{stem}-{}",
-            args.label.chars().map(safe).collect::<String>()
-        );
-    }
-    let write = |name: String, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
-    };
     for (i, r) in runs.iter().enumerate().filter(|(_, r)| !r.hgrm.is_empty()) {
-        write(format!("{stem}-{}.hgrm", i + 1), &r.hgrm)?;
+        files.write(&stem, &(i + 1).to_string(), &r.hgrm)?;
     }
-    let p99 = median_run(runs).latency[2];
-    let middle = median_pool(runs)
+    let counted = median_pool(runs)
         .0
         .into_iter()
-        .filter(|r| !r.hgrm.is_empty())
-        .min_by(|a, b| {
-            (a.latency[2] - p99)
-                .abs()
-                .total_cmp(&(b.latency[2] - p99).abs())
-        });
-    match middle {
-        Some(r) => write(format!("{stem}-median.hgrm"), &r.hgrm),
+        .filter(|r| !r.hgrm.is_empty());
+    match nearest(counted, median_run(runs).latency[2], |r| r.latency[2]) {
+        Some(r) => files.write(&stem, "median", &r.hgrm),
         None => Ok(()),
     }
 }

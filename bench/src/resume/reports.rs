@@ -1,7 +1,7 @@
 //! The resume scenario's reports: the median run, the markdown and the JSON lines.
 
 use super::*;
-use crate::stats::median_by;
+use crate::stats::{median_by, nearest};
 
 fn median_run(runs: &[Run]) -> Run {
     let m: Vec<&Run> = runs.iter().filter(|r| r.measured).collect();
@@ -40,38 +40,18 @@ fn median_run(runs: &[Run]) -> Run {
 }
 
 pub(super) fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut stem = "resume".to_string();
-    if !args.label.is_empty() {
-        let safe = |c: char| if c.is_ascii_alphanumeric() { c } else { '_' };
-        stem = format!(
-            "{stem}-{}",
-            args.label.chars().map(safe).collect::<String>()
-        );
-    }
-    let write = |name: String, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))
-    };
+    let files = report::HgrmFiles::new(dir, &args.label)?;
     for (i, r) in runs.iter().enumerate() {
         for (k, phase) in ["baseline", "storm"].iter().enumerate() {
             if !r.hgrm[k].is_empty() {
-                write(format!("{stem}-{phase}-{}.hgrm", i + 1), &r.hgrm[k])?;
+                files.write("resume", &format!("{phase}-{}", i + 1), &r.hgrm[k])?;
             }
         }
     }
-    let p99 = median_run(runs).storm[2];
-    let middle = runs
-        .iter()
-        .filter(|r| r.measured && !r.hgrm[1].is_empty())
-        .min_by(|a, b| {
-            (a.storm[2] - p99)
-                .abs()
-                .total_cmp(&(b.storm[2] - p99).abs())
-        });
-    if let Some(r) = middle {
-        write(format!("{stem}-baseline-median.hgrm"), &r.hgrm[0])?;
-        write(format!("{stem}-storm-median.hgrm"), &r.hgrm[1])?;
+    let counted = runs.iter().filter(|r| r.measured && !r.hgrm[1].is_empty());
+    if let Some(r) = nearest(counted, median_run(runs).storm[2], |r| r.storm[2]) {
+        files.write("resume", "baseline-median", &r.hgrm[0])?;
+        files.write("resume", "storm-median", &r.hgrm[1])?;
     }
     Ok(())
 }
