@@ -28,7 +28,7 @@ use crate::child::{self, result_struct, Mark, ResultLine, Role};
 use crate::cli::{Common, Durability};
 use crate::fanload;
 use crate::procfs;
-use crate::report::{self, command_line, json_num, json_str, mib, num, thousands};
+use crate::report::{self, json_num, json_str, mib, num, thousands};
 use crate::server::Server;
 use crate::stats::median_by;
 use crate::targets::{self, Launch, Target};

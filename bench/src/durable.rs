@@ -30,7 +30,7 @@ use crate::cli::{Common, Durability};
 use crate::net::{self, pollfd};
 use crate::plot;
 use crate::procfs::{self, Cores};
-use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
+use crate::report::{self, json_num, json_str, mib, num, pct, thousands};
 use crate::server::Server;
 use crate::stats::{
     attempt_tag, latency_histogram, least_disturbed, paired_ratio, redone_because, Percentiles,

@@ -42,7 +42,7 @@ use crate::fanload::{self, Outcome, Plan, Protocol, Scenario};
 use crate::jitter;
 use crate::plot;
 use crate::procfs::{self, Cores};
-use crate::report::{self, command_line, json_num, json_str, mib, num, pct, thousands};
+use crate::report::{self, json_num, json_str, mib, num, pct, thousands};
 use crate::server::{Server, Stopped};
 use crate::stats::{attempt_tag, least_disturbed, median, nearest, redone_because};
 use crate::targets::{self, Launch, Target};

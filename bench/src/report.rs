@@ -64,6 +64,27 @@ pub fn parenthesised(text: &str) -> String {
     }
 }
 
+/// A report title's ending for a run's label: ` (LABEL)`, or nothing.
+pub fn label_words(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!(" ({label})")
+    }
+}
+
+/// The first lines under a report's title: the command as run, and the
+/// host, `host_more` after it.
+pub fn header_lines(s: &mut String, host: &crate::procfs::Host, host_more: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(s, "- command: `{}`", command_line());
+    let _ = writeln!(
+        s,
+        "- host: {} CPUs, `{}`, kernel `{}`{host_more}",
+        host.cpus, host.cpu_model, host.kernel
+    );
+}
+
 /// This process's command line, quoted for a shell where needed.
 pub fn command_line() -> String {
     std::env::args()

@@ -48,7 +48,7 @@ use crate::delivery::{Stamp, STAMP_BYTES};
 use crate::net::{self, Epoll, READABLE};
 use crate::plot;
 use crate::procfs::{self, CoreUse};
-use crate::report::{self, command_line, json_num, json_str, mib, num, thousands};
+use crate::report::{self, json_num, json_str, mib, num, thousands};
 use crate::server::Server;
 use crate::stats::{latency_histogram, Percentiles};
 use crate::targets::{self, Launch, Target};

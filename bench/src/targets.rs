@@ -346,6 +346,15 @@ pub fn command(launch: &Launch, program: &Path, port: Option<u16>) -> ServerComm
     cmd
 }
 
+/// The target's command as a report shows it ([`describe`]), or only its
+/// name where its program is not found.
+pub fn shown(launch: &Launch, cluecast: &Path) -> String {
+    match program(launch.target, cluecast) {
+        Ok(p) => describe(launch, &p),
+        Err(_) => launch.target.name().to_string(),
+    }
+}
+
 /// `program args...` as the report shows it.
 pub fn describe(launch: &Launch, program: &Path) -> String {
     let cmd = command(launch, program, None);

@@ -22,7 +22,7 @@ use crate::child::{self, Followed, Role, Window};
 use crate::cli::{Common, Durability};
 use crate::clients::{self, Outcome, Plan};
 use crate::procfs::{self, Cores};
-use crate::report::{self, command_line, json_list, json_num, json_str, num, pct, thousands};
+use crate::report::{self, json_list, json_num, json_str, num, pct, thousands};
 use crate::server::{Server, ServerCommand, Stopped};
 use crate::stats::{attempt_tag, format_size, least_disturbed, median, paired_ratio, parse_size};
 use crate::targets;

@@ -38,16 +38,9 @@ pub(super) fn markdown_report(
     let mut s = String::new();
     let target = args.target.name();
     let _ = writeln!(s, "# idle connections, target `{target}`\n");
-    let _ = writeln!(s, "- command: `{}`", command_line());
-    let _ = writeln!(
-        s,
-        "- host: {} CPUs, `{}`, kernel `{}`; open-file limit {nofile} per process",
-        host.cpus, host.cpu_model, host.kernel
-    );
-    let shown = match targets::program(args.target, &args.common.cluecast) {
-        Ok(p) => targets::describe(&launch(args), &p),
-        Err(_) => target.to_string(),
-    };
+    let more = format!("; open-file limit {nofile} per process");
+    report::header_lines(&mut s, host, &more);
+    let shown = targets::shown(&launch(args), &args.common.cluecast);
     let _ = writeln!(
         s,
         "- target `{target}`: `{shown}`{}; a fresh one per run, stopped with SIGTERM",

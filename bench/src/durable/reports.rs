@@ -113,25 +113,12 @@ fn load_text(args: &Args) -> String {
 pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let label = if args.label.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", args.label)
-    };
+    let label = report::label_words(&args.label);
     let _ = writeln!(s, "# durable: publish → ack by durability mode{label}\n");
-    let _ = writeln!(s, "- command: `{}`", command_line());
-    let _ = writeln!(
-        s,
-        "- host: {} CPUs, `{}`, kernel `{}`; data directories under `{}`",
-        host.cpus,
-        host.cpu_model,
-        host.kernel,
-        std::env::temp_dir().display()
-    );
-    let shown = match targets::program(Target::Cluecast, &args.common.cluecast) {
-        Ok(p) => targets::describe(&launch(args, Durability::Sync), &p),
-        Err(_) => "cluecast".into(),
-    };
+    let scratch = std::env::temp_dir();
+    let more = format!("; data directories under `{}`", scratch.display());
+    report::header_lines(&mut s, host, &more);
+    let shown = targets::shown(&launch(args, Durability::Sync), &args.common.cluecast);
     let _ = writeln!(
         s,
         "- target: `{shown}` (sync shown; `--durability` per mode, and a fresh temporary \

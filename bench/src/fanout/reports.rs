@@ -81,35 +81,25 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
         args.target.name(),
         if args.tls { " over TLS 1.3" } else { "" },
         under_attack::title(args),
-        if args.label.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", args.label)
-        }
+        report::label_words(&args.label)
     );
-    let _ = writeln!(s, "- command: `{}`", command_line());
-    let _ = writeln!(
-        s,
-        "- host: {} CPUs, `{}`, kernel `{}`",
-        host.cpus, host.cpu_model, host.kernel
-    );
+    report::header_lines(&mut s, host, "");
     let pin = |cpu: usize| args.common.pinned(", ", cpu);
-    let shown = match (
-        args.common.server,
-        targets::program(args.target, &args.common.cluecast),
-    ) {
-        (Some(addr), _) => format!(
+    let shown = match args.common.server {
+        Some(addr) => format!(
             "already running at {addr}{}, not started or stopped by this tool",
             args.common.server_pid.map_or(
                 " (no --server-pid: no CPU or memory figures)".into(),
                 |p| format!(", process {p}")
             )
         ),
-        (None, Ok(p)) => {
+        None => {
             let words = (Path::new(CERT_WORDS.0), Path::new(CERT_WORDS.1));
-            targets::describe(&launch(args, args.tls.then_some(words)), &p)
+            targets::shown(
+                &launch(args, args.tls.then_some(words)),
+                &args.common.cluecast,
+            )
         }
-        (None, Err(_)) => args.target.name().to_string(),
     };
     let how = match args.common.server {
         Some(_) => String::new(),

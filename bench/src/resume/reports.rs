@@ -59,28 +59,15 @@ pub(super) fn write_hgrms(args: &Args, dir: &Path, runs: &[Run]) -> Result<(), S
 pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let label = if args.label.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", args.label)
-    };
+    let label = report::label_words(&args.label);
     let _ = writeln!(
         s,
         "# resume: a storm of clients resuming from disk{label}\n"
     );
-    let _ = writeln!(s, "- command: `{}`", command_line());
-    let _ = writeln!(
-        s,
-        "- host: {} CPUs, `{}`, kernel `{}`; data directories under `{}`",
-        host.cpus,
-        host.cpu_model,
-        host.kernel,
-        std::env::temp_dir().display()
-    );
-    let shown = match targets::program(Target::Cluecast, &args.common.cluecast) {
-        Ok(p) => targets::describe(&launch(args), &p),
-        Err(_) => "cluecast".into(),
-    };
+    let scratch = std::env::temp_dir();
+    let more = format!("; data directories under `{}`", scratch.display());
+    report::header_lines(&mut s, host, &more);
+    let shown = targets::shown(&launch(args), &args.common.cluecast);
     let _ = writeln!(
         s,
         "- target: `{shown}`{}; a fresh server and data directory per run, stopped with SIGTERM",

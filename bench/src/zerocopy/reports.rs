@@ -68,12 +68,7 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) 
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "# cluecast zero-copy fan-out measurement\n");
-    let _ = writeln!(s, "- command: `{}`", command_line());
-    let _ = writeln!(
-        s,
-        "- host: {} CPUs, `{}`, kernel `{}`",
-        host.cpus, host.cpu_model, host.kernel
-    );
+    report::header_lines(&mut s, host, "");
     let _ = writeln!(
         s,
         "- path: server listens on {}{}; clients {}",
