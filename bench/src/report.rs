@@ -85,6 +85,34 @@ pub fn header_lines(s: &mut String, host: &crate::procfs::Host, host_more: &str)
     );
 }
 
+/// `- run N: PROBLEM` for each problem of each run (N from 1).
+pub fn run_problems<'a, P>(runs: impl IntoIterator<Item = P>) -> Vec<String>
+where
+    P: IntoIterator<Item = &'a String>,
+{
+    let mut lines = Vec::new();
+    for (i, problems) in runs.into_iter().enumerate() {
+        for p in problems {
+            lines.push(format!("- run {}: {p}", i + 1));
+        }
+    }
+    lines
+}
+
+/// A report's last section: `problems` (lines) under "Problems seen:",
+/// or, without any, "No problems: " and `all_well`.
+pub fn problems_section(s: &mut String, problems: Vec<String>, all_well: &str) {
+    use std::fmt::Write as _;
+    if problems.is_empty() {
+        let _ = writeln!(s, "No problems: {all_well}");
+    } else {
+        let _ = writeln!(s, "Problems seen:\n");
+        for p in problems {
+            let _ = writeln!(s, "{p}");
+        }
+    }
+}
+
 /// This process's command line, quoted for a shell where needed.
 pub fn command_line() -> String {
     std::env::args()

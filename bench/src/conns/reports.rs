@@ -99,24 +99,13 @@ pub(super) fn markdown_report(
             thousands(r.anon_per_conn),
         );
     }
-    let problems: Vec<String> = (runs.iter().enumerate())
-        .flat_map(|(i, r)| {
-            r.problems
-                .iter()
-                .map(move |p| format!("- run {}: {p}", i + 1))
-        })
-        .collect();
-    if problems.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNo problems: every connection was held, and every server exited 0 on SIGTERM."
-        );
-    } else {
-        let _ = writeln!(s, "\nProblems seen:\n");
-        for p in problems {
-            let _ = writeln!(s, "{p}");
-        }
-    }
+    let problems = report::run_problems(runs.iter().map(|r| &r.problems));
+    s.push('\n');
+    report::problems_section(
+        &mut s,
+        problems,
+        "every connection was held, and every server exited 0 on SIGTERM.",
+    );
     s
 }
 

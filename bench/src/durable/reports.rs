@@ -269,19 +269,14 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
                 .map(move |p| format!("- {}: {p}", r.mode.name()))
         })
         .collect();
-    if problems.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNo problems: every publish was answered, every ack's durable flag was what its \
-             mode promises, every topic's acked sequences were 1, 2, 3, … in one epoch, and \
-             every server exited 0 when stopped."
-        );
-    } else {
-        let _ = writeln!(s, "\nProblems seen:\n");
-        for p in problems {
-            let _ = writeln!(s, "{p}");
-        }
-    }
+    s.push('\n');
+    report::problems_section(
+        &mut s,
+        problems,
+        "every publish was answered, every ack's durable flag was what its \
+         mode promises, every topic's acked sequences were 1, 2, 3, … in one epoch, and \
+         every server exited 0 when stopped.",
+    );
     s
 }
 

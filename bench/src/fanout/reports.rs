@@ -269,25 +269,18 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
             num(r.connect_secs, 1),
         );
     }
-    let mut problems = Vec::new();
-    for (i, r) in runs.iter().enumerate() {
-        for p in r.problems.iter().chain(&r.redone_problems) {
-            problems.push(format!("- run {}: {p}", i + 1));
-        }
-    }
-    if problems.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNo problems: every subscriber received every published event of its topic \
-             exactly once and in order, no publish was refused, the generator kept its \
-             schedule, and every server exited 0 when stopped."
-        );
-    } else {
-        let _ = writeln!(s, "\nProblems seen:\n");
-        for p in problems {
-            let _ = writeln!(s, "{p}");
-        }
-    }
+    let problems = report::run_problems(
+        runs.iter()
+            .map(|r| r.problems.iter().chain(&r.redone_problems)),
+    );
+    s.push('\n');
+    report::problems_section(
+        &mut s,
+        problems,
+        "every subscriber received every published event of its topic \
+         exactly once and in order, no publish was refused, the generator kept its \
+         schedule, and every server exited 0 when stopped.",
+    );
     s
 }
 

@@ -198,25 +198,14 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
             mib(r.data_dir_bytes, 1),
         );
     }
-    let problems: Vec<String> = (runs.iter().enumerate())
-        .flat_map(|(i, r)| {
-            r.problems
-                .iter()
-                .map(move |p| format!("- run {}: {p}", i + 1))
-        })
-        .collect();
-    if problems.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nNo problems: every client resumed, caught up and held exactly its events, no live \
-             delivery was lost, and every server exited 0 when stopped."
-        );
-    } else {
-        let _ = writeln!(s, "\nProblems seen:\n");
-        for p in problems {
-            let _ = writeln!(s, "{p}");
-        }
-    }
+    let problems = report::run_problems(runs.iter().map(|r| &r.problems));
+    s.push('\n');
+    report::problems_section(
+        &mut s,
+        problems,
+        "every client resumed, caught up and held exactly its events, no live \
+         delivery was lost, and every server exited 0 when stopped.",
+    );
     s
 }
 

@@ -225,18 +225,12 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, cells: &[Cell]) 
             problems.push(format!("- {} {} {p}", format_size(c.size), c.mode.name()));
         }
     }
-    if problems.is_empty() {
-        let _ = writeln!(
-            s,
-            "No problems: every run delivered every event to every subscriber, in sequence, \
-             no publish was refused, and every server exited 0 on SIGTERM."
-        );
-    } else {
-        let _ = writeln!(s, "Problems seen:\n");
-        for p in problems {
-            let _ = writeln!(s, "{p}");
-        }
-    }
+    report::problems_section(
+        &mut s,
+        problems,
+        "every run delivered every event to every subscriber, in sequence, no publish was \
+         refused, and every server exited 0 on SIGTERM.",
+    );
     s
 }
 
