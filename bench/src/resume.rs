@@ -61,7 +61,9 @@ mod reports;
 mod resumer;
 use driver::{drive, launch};
 use live::live_process;
-use process::{client_main, fit_descriptors, ping_all, set_live_socket, Order, StdinLines};
+use process::{
+    client_main, fit_descriptors, part_setup, ping_all, set_live_socket, Order, StdinLines,
+};
 use reports::{json_report, markdown_report, write_hgrms};
 use resumer::resume_process;
 

@@ -79,12 +79,7 @@ fn live_run(
     server: SocketAddr,
     stdin: &mut StdinLines,
 ) -> Result<LiveOutcome, String> {
-    let timeout = Duration::from_millis(args.common.connect_timeout_ms);
-    fit_descriptors(args.live + 1)?;
-    let topics: Vec<String> = (0..args.topics)
-        .map(|k| topic_name(args.nonce, k))
-        .collect();
-    let id = format!("resume-{:08x}-live", args.nonce);
+    let (timeout, topics, id) = part_setup(args, args.live + 1, "-live")?;
     let mut o = LiveOutcome::default();
 
     let mut publisher = wire::connect(server, &format!("{id}-pub"), timeout)?;

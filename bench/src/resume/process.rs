@@ -95,6 +95,26 @@ pub(super) fn fit_descriptors(sockets: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// What a client process starts with: room for its `sockets` ([`fit_descriptors`]),
+/// then its connect timeout, the run's topics and its clients' id stem
+/// (`resume-NONCE`, then `suffix`).
+pub(super) fn part_setup(
+    args: &Args,
+    sockets: usize,
+    suffix: &str,
+) -> Result<(Duration, Vec<String>, String), String> {
+    let timeout = Duration::from_millis(args.common.connect_timeout_ms);
+    fit_descriptors(sockets)?;
+    let topics: Vec<String> = (0..args.topics)
+        .map(|k| topic_name(args.nonce, k))
+        .collect();
+    Ok((
+        timeout,
+        topics,
+        format!("resume-{:08x}{suffix}", args.nonce),
+    ))
+}
+
 /// Runs `body`, telling the driver its result or error.
 pub(super) fn client_main<T>(
     args: &Args,

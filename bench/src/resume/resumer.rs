@@ -33,12 +33,7 @@ fn resume_run(
     server: SocketAddr,
     stdin: &mut StdinLines,
 ) -> Result<ResumeOutcome, String> {
-    let timeout = Duration::from_millis(args.common.connect_timeout_ms);
-    fit_descriptors(args.clients + 1)?;
-    let topics: Vec<String> = (0..args.topics)
-        .map(|k| topic_name(args.nonce, k))
-        .collect();
-    let id = format!("resume-{:08x}", args.nonce);
+    let (timeout, topics, id) = part_setup(args, args.clients + 1, "")?;
     let mut o = ResumeOutcome::default();
     let mut note = String::new();
 
