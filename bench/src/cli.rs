@@ -122,6 +122,24 @@ impl Common {
         }
     }
 
+    /// This process's part of a tool whose driver always starts its
+    /// server: the driver (`drive`, --server refused) or the client side
+    /// (`clients`).
+    pub fn own_server_part(
+        &self,
+        tool: &str,
+        drive: impl FnOnce() -> Result<(), String>,
+        clients: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        match self.role {
+            Role::Driver => {
+                self.starts_its_own_server(tool)?;
+                drive()
+            }
+            Role::Subscribers => clients(),
+        }
+    }
+
     /// The driver's checks before it starts: the appliance binary exists.
     pub fn check_cluecast(&self) -> Result<(), String> {
         if self.cluecast.exists() {

@@ -114,13 +114,8 @@ result_struct! {
 
 pub fn main(args: &Args) -> Result<(), String> {
     check(args)?;
-    match args.common.role {
-        Role::Driver => {
-            args.common.starts_its_own_server("conns")?;
-            drive(args)
-        }
-        Role::Subscribers => clients(args),
-    }
+    args.common
+        .own_server_part("conns", || drive(args), || clients(args))
 }
 
 /// The flags, as far as they can be judged before anything starts.

@@ -172,13 +172,8 @@ result_struct! {
 
 pub fn main(args: &Args) -> Result<(), String> {
     check(args)?;
-    match args.common.role {
-        Role::Driver => {
-            args.common.starts_its_own_server("durable")?;
-            drive(args)
-        }
-        Role::Subscribers => clients(args),
-    }
+    args.common
+        .own_server_part("durable", || drive(args), || clients(args))
 }
 
 fn check(args: &Args) -> Result<(), String> {

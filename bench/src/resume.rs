@@ -258,16 +258,14 @@ result_struct! {
 
 pub fn main(args: &Args) -> Result<(), String> {
     check(args)?;
-    match args.common.role {
-        Role::Driver => {
-            args.common.starts_its_own_server("resume")?;
-            drive(args)
-        }
-        Role::Subscribers => match args.part {
+    args.common.own_server_part(
+        "resume",
+        || drive(args),
+        || match args.part {
             Part::Live => live_process(args),
             Part::Resume => resume_process(args),
         },
-    }
+    )
 }
 
 fn check(args: &Args) -> Result<(), String> {

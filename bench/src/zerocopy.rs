@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::child::{self, Followed, Role, Window};
+use crate::child::{self, Followed, Window};
 use crate::cli::{Common, Durability};
 use crate::clients::{self, Outcome, Plan};
 use crate::procfs::{self, Cores};
@@ -129,13 +129,8 @@ pub fn main(args: &Args) -> Result<(), String> {
     if !(args.duration_secs > 0.0 && args.duration_secs < 86_400.0) {
         return Err("--duration-secs must be in (0, 86400)".into());
     }
-    match args.common.role {
-        Role::Driver => {
-            args.common.starts_its_own_server("zerocopy")?;
-            drive(args)
-        }
-        Role::Subscribers => subscribers(args),
-    }
+    args.common
+        .own_server_part("zerocopy", || drive(args), || subscribers(args))
 }
 
 // ---------------------------------------------------------------------------
