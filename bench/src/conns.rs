@@ -30,7 +30,7 @@ use crate::fanload;
 use crate::procfs;
 use crate::report::{self, json_num, json_str, mib, num, thousands};
 use crate::server::Server;
-use crate::stats::median_by;
+use crate::stats::{median_by, shares};
 use crate::targets::{self, Launch, Target};
 use crate::wire::set_note;
 
@@ -138,20 +138,6 @@ fn check(args: &Args) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The connections of each of `processes` processes, as (first index,
-/// count): equal shares, the remainder one each to the first processes.
-fn shares(connections: usize, processes: usize) -> Vec<(usize, usize)> {
-    let (each, extra) = (connections / processes, connections % processes);
-    let mut first = 0;
-    (0..processes)
-        .map(|k| {
-            let count = each + usize::from(k < extra);
-            first += count;
-            (first - count, count)
-        })
-        .collect()
 }
 
 /// Whether `share` sockets fit one process's open-file limit `soft`.

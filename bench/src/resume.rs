@@ -50,7 +50,7 @@ use crate::plot;
 use crate::procfs::{self, CoreUse};
 use crate::report::{self, json_num, json_str, mib, num, thousands};
 use crate::server::Server;
-use crate::stats::{latency_histogram, Percentiles};
+use crate::stats::{latency_histogram, shares, Percentiles};
 use crate::targets::{self, Launch, Target};
 use crate::wire::{self, refusal, set_note, Inbox, Turn};
 

@@ -37,6 +37,21 @@ pub fn nearest<T>(
         .min_by(|a, b| (f(a) - target).abs().total_cmp(&(f(b) - target).abs()))
 }
 
+/// `items` spread over `parts` (the connections or clients of each
+/// process), as (first index, count): equal shares, the remainder one each
+/// to the first parts.
+pub fn shares(items: usize, parts: usize) -> Vec<(usize, usize)> {
+    let (each, extra) = (items / parts, items % parts);
+    let mut first = 0;
+    (0..parts)
+        .map(|k| {
+            let count = each + usize::from(k < extra);
+            first += count;
+            (first - count, count)
+        })
+        .collect()
+}
+
 /// Median of the ratios `a[i] / b[i]` of runs paired by index.
 ///
 /// Each pair was measured back to back, so slow drifts of the (shared,

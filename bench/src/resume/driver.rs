@@ -31,19 +31,6 @@ pub(super) fn launch(args: &Args) -> Launch {
     }
 }
 
-/// The resuming clients of each process, as (first index, count).
-pub(super) fn shares(clients: usize, processes: usize) -> Vec<(usize, usize)> {
-    let (each, extra) = (clients / processes, clients % processes);
-    let mut first = 0;
-    (0..processes)
-        .map(|k| {
-            let count = each + usize::from(k < extra);
-            first += count;
-            (first - count, count)
-        })
-        .collect()
-}
-
 pub(super) fn drive(args: &Args) -> Result<(), String> {
     let program = targets::program(Target::Cluecast, &args.common.cluecast)?;
     let bench = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;

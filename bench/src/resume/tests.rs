@@ -1,6 +1,6 @@
 //! The unit tests of `resume`.
 
-use super::driver::{fill_figures, server_args, shares};
+use super::driver::{fill_figures, server_args};
 use super::reports::json_run;
 use super::*;
 
