@@ -166,7 +166,6 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let meds = medians(args, runs);
-    let mut rounds = vec![0usize; Durability::ALL.len()];
     let row = |s: &mut String, name: &str, r: &Run| {
         if !r.measured {
             let _ = writeln!(
@@ -198,13 +197,8 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
             pct(r.generator_cpu_pct / 100.0),
         );
     };
-    for r in runs {
-        let k = Durability::ALL
-            .iter()
-            .position(|&m| m == r.mode)
-            .unwrap_or(0);
-        rounds[k] += 1;
-        row(&mut s, &rounds[k].to_string(), r);
+    for (n, r) in numbered(runs) {
+        row(&mut s, &n.to_string(), r);
     }
     for m in &meds {
         row(&mut s, "**median**", &m.run);
@@ -221,17 +215,11 @@ pub(super) fn markdown_report(args: &Args, host: &procfs::Host, runs: &[Run]) ->
         s,
         "| run | mode | server core | foreign srv / gen | redone |\n|---|---|---:|---:|---:|"
     );
-    let mut rounds = vec![0usize; Durability::ALL.len()];
-    for r in runs.iter().filter(|r| r.measured) {
-        let k = Durability::ALL
-            .iter()
-            .position(|&m| m == r.mode)
-            .unwrap_or(0);
-        rounds[k] += 1;
+    for (n, r) in numbered(runs.iter().filter(|r| r.measured)) {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} / {} | {} |",
-            rounds[k],
+            n,
             r.mode.name(),
             pct(r.server_core_pct / 100.0),
             pct(r.foreign_server_pct / 100.0),
@@ -342,18 +330,27 @@ fn json_run(args: &Args, run_label: &str, r: &Run, vs_memory: Option<[f64; 2]>) 
     )
 }
 
+/// Each run with its number among its mode's runs (from 1).
+fn numbered<'a>(runs: impl IntoIterator<Item = &'a Run>) -> Vec<(usize, &'a Run)> {
+    let mut counts = vec![0usize; Durability::ALL.len()];
+    (runs.into_iter())
+        .map(|r| {
+            let k = Durability::ALL
+                .iter()
+                .position(|&m| m == r.mode)
+                .unwrap_or(0);
+            counts[k] += 1;
+            (counts[k], r)
+        })
+        .collect()
+}
+
 /// One object per run (`"run": N`, N counting that mode's runs), then one
 /// per mode for its median (`"run": "median"`, with `vs_memory`).
 pub(super) fn json_report(args: &Args, runs: &[Run]) -> String {
     let mut out = String::new();
-    let mut rounds = vec![0usize; Durability::ALL.len()];
-    for r in runs {
-        let k = Durability::ALL
-            .iter()
-            .position(|&m| m == r.mode)
-            .unwrap_or(0);
-        rounds[k] += 1;
-        out.push_str(&json_run(args, &rounds[k].to_string(), r, None));
+    for (n, r) in numbered(runs) {
+        out.push_str(&json_run(args, &n.to_string(), r, None));
     }
     for m in medians(args, runs) {
         out.push_str(&json_run(args, "\"median\"", &m.run, Some(m.vs_memory)));
