@@ -48,8 +48,6 @@ const HOLD_SECS_MAX: f64 = 60.0;
 /// Descriptors a client process keeps free besides its sockets (stdio,
 /// libraries).
 const FDS_SPARE: u64 = 64;
-/// Time for the server to print `listening on`.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for the server to go quiet after it starts, before the baseline.
 const SERVER_SETTLE: Duration = Duration::from_secs(1);
 /// Time for the server to drain and exit after SIGTERM (the appliance
@@ -430,7 +428,7 @@ fn skipped(args: &Args, why: &str) -> Result<(), String> {
 /// One measurement: a fresh server, the client processes, the figures.
 fn run_once(args: &Args, bench: &Path, program: &Path, plan: &[(usize, usize)], nonce: u64) -> Run {
     let mut run = Run::default();
-    let started = targets::start(&launch(args), program, SERVER_START_TIMEOUT);
+    let started = targets::start(&launch(args), program, crate::server::SERVER_START_TIMEOUT);
     let Some(mut server) = Server::for_run(started, &mut run.problems) else {
         run.failed = true;
         return run;

@@ -43,8 +43,6 @@ mod reports;
 use clients::clients;
 use reports::{json_report, markdown_report, write_hgrms};
 
-/// Time for the server to print `listening on`.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for the server to drain and exit after SIGTERM.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed on top of the run's own phases for the client process.
@@ -387,7 +385,11 @@ fn mode_list(args: &Args) -> String {
 
 fn run_once(args: &Args, bench: &Path, program: &Path, mode: Durability, cores: Cores) -> Run {
     let mut run = Run::new(mode);
-    let started = targets::start(&launch(args, mode), program, SERVER_START_TIMEOUT);
+    let started = targets::start(
+        &launch(args, mode),
+        program,
+        crate::server::SERVER_START_TIMEOUT,
+    );
     let Some(mut server) = Server::for_run(started, &mut run.problems) else {
         run.failed = true;
         return run;

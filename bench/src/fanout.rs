@@ -61,8 +61,6 @@ const CLIENT_SLACK: Duration = Duration::from_secs(30);
 /// Allowance per subscriber for connecting and subscribing (normally well
 /// under a millisecond each on loopback).
 const CONNECT_PER_SUBSCRIBER: Duration = Duration::from_millis(5);
-/// Time for the server to print `listening on`.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for the server to drain and exit after SIGTERM (its own drain
 /// timeout is 5 s by default).
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);

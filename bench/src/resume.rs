@@ -67,8 +67,6 @@ use process::{
 use reports::{json_report, markdown_report, write_hgrms};
 use resumer::resume_process;
 
-/// Time for the server to print `listening on`.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for the server to drain and exit after SIGTERM (it sends every
 /// connection a GOAWAY first).
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(20);

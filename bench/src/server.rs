@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Lines of server stderr kept for the report; the rest is counted only.
 const LOG_LINES_KEPT: usize = 2000;
 
+/// Time for a server the scenarios start to print `listening on`.
+pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to start the server.
 #[derive(Clone, Debug)]
 pub struct ServerCommand {

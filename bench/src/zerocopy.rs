@@ -33,8 +33,6 @@ use reports::{json_report, markdown_report};
 /// Time allowed for the client process to connect and subscribe everyone,
 /// and for it to exit after reporting, on top of the plan's own phases.
 const CLIENT_SLACK: Duration = Duration::from_secs(20);
-/// Time for the server to print `listening on`.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for the server to drain and exit after SIGTERM (its own drain
 /// timeout is 5 s by default).
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -437,7 +435,7 @@ fn run_once(args: &Args, bench: &std::path::Path, size: usize, mode: Mode, cores
         stop_signal: libc::SIGTERM,
     };
     let started = targets::fresh_data_dir(&mut cmd).and_then(|dir| {
-        let mut server = Server::start(&cmd, SERVER_START_TIMEOUT)?;
+        let mut server = Server::start(&cmd, crate::server::SERVER_START_TIMEOUT)?;
         server.own_dir(dir);
         Ok(server)
     });

@@ -217,7 +217,7 @@ fn run_once(
         None => targets::start(
             &launch(args, certs.map(|c| (c.cert.as_path(), c.key.as_path()))),
             program,
-            SERVER_START_TIMEOUT,
+            crate::server::SERVER_START_TIMEOUT,
         ),
     };
     let Some(mut server) = Server::for_run(started, &mut run.problems) else {

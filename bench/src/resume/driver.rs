@@ -203,7 +203,7 @@ fn client_command(
 /// processes, the figures.
 fn run_once(args: &Args, bench: &Path, program: &Path, plan: &[(usize, usize)], nonce: u64) -> Run {
     let mut run = Run::default();
-    let started = targets::start(&launch(args), program, SERVER_START_TIMEOUT);
+    let started = targets::start(&launch(args), program, crate::server::SERVER_START_TIMEOUT);
     let Some(mut server) = Server::for_run(started, &mut run.problems) else {
         run.failed = true;
         return run;
