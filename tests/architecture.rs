@@ -1,4 +1,5 @@
-//! The layout holds: no cycle among `src`'s top-level modules. A module's
+//! The layout holds: no cycle among the top-level modules of `src` (the
+//! appliance) or of `bench/src` (the load generator). A module's
 //! dependencies are the `crate::NAME` paths written in its files (macros
 //! such as `crate::warn!` are not modules and do not count). And the walk
 //! in docs/ARCHITECTURE.md, "The path of one event", names only functions
@@ -70,19 +71,27 @@ fn cycle_from(deps: &BTreeMap<String, BTreeSet<String>>, from: &str) -> Option<V
     walk(deps, from, &mut path, &mut seen).then_some(path)
 }
 
+/// The cycles among the top-level modules under `dir`, each written out.
+fn cycles(deps: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    deps.keys()
+        .filter_map(|m| cycle_from(deps, m))
+        .map(|c| c.join(" → "))
+        .collect()
+}
+
 #[test]
 fn no_module_cycles() {
-    let deps = dependencies(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    assert!(
-        deps.get("shard").is_some_and(|d| d.contains("topics")),
-        "the scan sees the modules' paths: {deps:?}"
-    );
-    let cycles: Vec<String> = deps
-        .keys()
-        .filter_map(|m| cycle_from(&deps, m))
-        .map(|c| c.join(" → "))
-        .collect();
-    assert!(cycles.is_empty(), "module cycles: {cycles:#?}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The appliance, and the load generator (its own crate, same rule).
+    for (dir, module, uses) in [("src", "shard", "topics"), ("bench/src", "fanload", "wire")] {
+        let deps = dependencies(&root.join(dir));
+        assert!(
+            deps.get(module).is_some_and(|d| d.contains(uses)),
+            "the scan sees {dir}'s paths: {deps:?}"
+        );
+        let found = cycles(&deps);
+        assert!(found.is_empty(), "module cycles in {dir}: {found:#?}");
+    }
 }
 
 #[test]

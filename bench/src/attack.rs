@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use cluecast_proto::{decode, ErrorCode, Frame, GoAwayReason, Hello, Limits};
 
-use crate::fanload::Outcome;
 use crate::net::{Epoll, READABLE, WRITABLE};
+use crate::outcome::Outcome;
 use crate::tls::TlsClient;
 
 /// Attack connection n comes from `NET + 1 + n % sources`.

@@ -34,6 +34,7 @@ mod mqtt;
 mod nats;
 mod net;
 mod newcomers;
+mod outcome;
 mod pairs;
 mod peers;
 mod plot;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::fanload::Outcome;
+use crate::outcome::Outcome;
 use crate::stats::{latency_histogram, Percentiles};
 
 /// Newcomer i connects from `NET + 1 + i`.

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use super::{json_case, median_pool, median_run, pct_of_core, Args, Run, Shape};
 use crate::attack::{AttackFlags, Counts};
-use crate::fanload::Outcome;
 use crate::newcomers;
+use crate::outcome::Outcome;
 use crate::report::{json_list, json_num, num, thousands};
 use crate::server::Stopped;
 use crate::stats::{median, median_by};
