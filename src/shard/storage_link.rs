@@ -85,8 +85,8 @@ impl Core {
             ports.stalled = true;
             return;
         }
+        ports.resume_owed = true;
         self.fail_undurable_appends();
-        self.storage.as_mut().expect("storage").resume_owed = true;
         self.send_resume();
     }
 

@@ -86,7 +86,10 @@ impl<'a> ToWriter<'a> {
             ToWriter::Append(frame) => push(APPEND, &[frame]),
             ToWriter::Resume => push(RESUME, &[]),
             ToWriter::Position { player, position } => {
-                // Players are client ids, at most 255 bytes (str8 in HELLO).
+                // A player is a HELLO client_id (a str8) or a token's
+                // subject (at most `auth::SUBJECT_BYTES_MAX`): its length
+                // fits a byte.
+                debug_assert!(player.len() <= usize::from(u8::MAX));
                 let len = [player.len() as u8];
                 push(POSITION, &[&len, player, &position.to_bytes()])
             }
