@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::report::num;
-use crate::stats::{median, paired_ratio};
+use crate::stats::median;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -216,9 +216,14 @@ fn table(dirs: &[PathBuf]) -> Result<String, String> {
                 head.push(h);
             }
         }
-        let ratios: Vec<f64> = head.iter().zip(&base).map(|(h, b)| h / b).collect();
+        let ratios: Vec<f64> = head
+            .iter()
+            .zip(&base)
+            .map(|(h, b)| h / b)
+            .filter(|r| r.is_finite())
+            .collect();
         let (Some(ratio), Some(base_median), Some(head_median)) =
-            (paired_ratio(&head, &base), median(&base), median(&head))
+            (median(&ratios), median(&base), median(&head))
         else {
             writeln!(out, "| {} | – | – | – | – | 0 | |", figure.name)
                 .expect("writing to a String");
